@@ -1,0 +1,9 @@
+"""The data half of the pipeline: download, extract, validate, split, TFRecords, input pipeline.
+
+Submodules import TensorFlow only where they need it (`tfrecords`, `input`).
+"""
+
+CLASS_NAMES: tuple[str, ...] = ("pet", "background", "border")
+"""Model labels 0, 1, 2 = trimap values 1, 2, 3."""
+
+ARCHIVES: tuple[str, ...] = ("images.tar.gz", "annotations.tar.gz")

@@ -1,0 +1,40 @@
+"""Model names and their input-size rules, importable without TensorFlow.
+
+The builders live in sibling modules and are imported lazily by
+`segpipe.models.build_model`, so validating a config never loads TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# name -> (module, builder function)
+BUILDERS: dict[str, tuple[str, str]] = {
+    "xception_unet": ("segpipe.models.xception_unet", "build_xception_unet"),
+    "unet": ("segpipe.models.unet", "build_unet"),
+    "deeplabv3plus": ("segpipe.models.deeplabv3plus", "build_deeplabv3plus"),
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(BUILDERS)
+
+
+def required_divisor(name: str, params: dict[str, Any] | None = None) -> int:
+    """The input height and width must be multiples of this for model `name`."""
+    params = params or {}
+    if name == "unet":
+        return 2 ** int(params.get("depth", 4))
+    if name == "xception_unet":
+        return 16  # stride-2 stem + 3 stride-2 blocks, mirrored by 4 upsamplings
+    if name == "deeplabv3plus":
+        return 16  # ASPP runs on the output-stride-16 features of the backbone
+    raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+
+
+def check_input_size(name: str, size: tuple[int, int], params: dict[str, Any] | None = None) -> None:
+    """Raise ValueError naming the size and the rule when `size` does not suit model `name`."""
+    div = required_divisor(name, params)
+    h, w = size
+    if h <= 0 or w <= 0 or h % div or w % div:
+        raise ValueError(
+            f"img_size {h}x{w} does not suit model {name!r}: height and width must be positive multiples of {div}"
+        )
