@@ -43,6 +43,10 @@ class DataConfig(_Section):
             raise ValueError("source must be 'official', an http(s)/file:// URL or a directory")
         return v.strip()
 
+    def content_params(self) -> dict[str, Any]:
+        """The parameters that change the dataset's content (not where it comes from or how fast)."""
+        return self.model_dump(mode="json", include={"split", "val_fraction", "test_fraction", "seed", "shard_size_mb"})
+
     @model_validator(mode="after")
     def _fractions(self) -> "DataConfig":
         if self.split == "random" and self.val_fraction + self.test_fraction >= 1.0:
@@ -202,7 +206,10 @@ def format_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{field}: {msg} (got {err.get('input')!r})" if "input" in err and not isinstance(err.get("input"), dict) else f"{field}: {msg}")
+        if not err["loc"] and ": " in msg:  # a cross-field check that names its own field
+            field, msg = msg.split(": ", 1)
+        got = err.get("input")
+        lines.append(f"{field}: {msg}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

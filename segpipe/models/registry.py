@@ -17,6 +17,11 @@ BUILDERS: dict[str, tuple[str, str]] = {
 
 MODEL_NAMES: tuple[str, ...] = tuple(BUILDERS)
 
+# Smallest height/width a model accepts, where more than one divisor step is needed.
+MIN_SIZES: dict[str, int] = {
+    "deeplabv3plus": 32,  # keras.applications backbones refuse inputs below 32x32
+}
+
 
 def required_divisor(name: str, params: dict[str, Any] | None = None) -> int:
     """The input height and width must be multiples of this for model `name`."""
@@ -26,15 +31,18 @@ def required_divisor(name: str, params: dict[str, Any] | None = None) -> int:
     if name == "xception_unet":
         return 16  # stride-2 stem + 3 stride-2 blocks, mirrored by 4 upsamplings
     if name == "deeplabv3plus":
-        return 16  # ASPP runs on the output-stride-16 features of the backbone
+        return 16  # ASPP runs on the output-stride-16 features of the backbone, upsampled x4 twice
     raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
 
 
 def check_input_size(name: str, size: tuple[int, int], params: dict[str, Any] | None = None) -> None:
     """Raise ValueError naming the size and the rule when `size` does not suit model `name`."""
     div = required_divisor(name, params)
+    low = max(div, MIN_SIZES.get(name, div))
     h, w = size
-    if h <= 0 or w <= 0 or h % div or w % div:
+    if h < low or w < low or h % div or w % div:
+        at_least = f" and at least {low}" if low > div else ""
         raise ValueError(
-            f"img_size {h}x{w} does not suit model {name!r}: height and width must be positive multiples of {div}"
+            f"img_size {h}x{w} does not suit model {name!r}: height and width must be positive multiples "
+            f"of {div}{at_least}"
         )

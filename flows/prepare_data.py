@@ -1,0 +1,39 @@
+"""Flows `download-data` (download → verify) and `prepare-data` (… → extract → validate → split → shards → manifest)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from segpipe.config import PipelineConfig
+from segpipe.data import ARCHIVES
+from segpipe.layout import resolve_work_dir
+from tasks.data import Archive, download, extract, split, validate, verify, write_manifest, write_shards
+
+SPLITS = ("train", "val", "test")
+
+
+@flow(name="download-data")
+def download_data(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> dict[str, Archive]:
+    """Fetch both archives (in parallel) and verify them; returns the verified archives by name."""
+    work = str(resolve_work_dir(work_dir))
+    data = config.data
+    futures = {name: download.submit(data.source, name, work, data.download_timeout_s) for name in ARCHIVES}
+    archives = {name: future.result() for name, future in futures.items()}
+    for archive in archives.values():
+        verify(archive)
+    return archives
+
+
+@flow(name="prepare-data")
+def prepare_data(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> str:
+    """Build the TFRecord dataset for `config.data`; returns the dataset directory."""
+    work = str(resolve_work_dir(work_dir))
+    data = config.data
+    archives = download_data(config, work)
+    digests = {name: archive.sha256 for name, archive in archives.items()}
+    roots = {name: extract(archive.path, archive.sha256, work) for name, archive in archives.items()}
+    report = validate(roots["images.tar.gz"], roots["annotations.tar.gz"], digests, data.workers)
+    plan = split(report, digests, data.content_params())
+    futures = {name: write_shards.submit(name, plan, report, work, data.workers) for name in SPLITS}
+    shards = {name: future.result() for name, future in futures.items()}
+    return write_manifest(plan, digests, report, shards, work)

@@ -1,0 +1,110 @@
+"""Deterministic train/val/test splits.
+
+- `official`: test = the valid ids of test.txt; val is carved out of the valid
+  ids of trainval.txt; train is the rest of trainval. Ids in neither list go to
+  `unassigned` (kept out of every split, reported).
+- `random`: every valid id is shuffled into train/val/test.
+
+Ids are sorted before a `random.Random(seed)` shuffle, so the same seed gives
+the same split whatever order the ids come in. Each split keeps the shuffled
+order, so the shards written from it mix breeds.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from segpipe.fsutil import atomic_write_json, read_json
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+MODES: tuple[str, ...] = ("official", "random")
+SPLIT_FILE = "split.json"
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def _take(n: int, fraction: float, keep: int) -> int:
+    """How many of `n` ids a `fraction` gets: at least 1 when fraction > 0, leaving `keep` behind."""
+    if n == 0 or fraction == 0.0:
+        return 0
+    return max(0, min(n - keep, max(1, round(n * fraction))))
+
+
+def _shuffled(ids: Iterable[str], seed: int) -> list[str]:
+    out = sorted(ids)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def make_split(
+    examples_ids: list[str],
+    lists: Mapping[str, frozenset[str]],
+    *,
+    mode: str,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> dict[str, list[str]]:
+    """Split valid ids into {"train", "val", "test", "unassigned"}.
+
+    `lists` maps an id to the list files naming it ("trainval", "test", "list");
+    ids missing from it count as listed nowhere. `test_fraction` is used only
+    in random mode.
+    """
+    if mode not in MODES:
+        raise ValueError(f"split mode must be one of {', '.join(MODES)}, got {mode!r}")
+    _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    dupes = sorted(i for i, n in Counter(examples_ids).items() if n > 1)
+    if dupes:
+        raise ValueError(f"duplicate example ids: {', '.join(dupes[:5])}")
+
+    if mode == "official":
+        member = {i: lists.get(i, frozenset()) for i in examples_ids}
+        test = _shuffled((i for i, m in member.items() if "test" in m), seed)
+        trainval = _shuffled((i for i, m in member.items() if "trainval" in m and "test" not in m), seed)
+        unassigned = sorted(i for i, m in member.items() if "test" not in m and "trainval" not in m)
+        if not trainval:
+            raise ValueError("official split: no valid id is listed in trainval.txt, so train would be empty")
+        n_val = _take(len(trainval), val_fraction, keep=1)
+        return {"train": trainval[n_val:], "val": trainval[:n_val], "test": test, "unassigned": unassigned}
+
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1 for a random split, got {val_fraction} + {test_fraction}"
+        )
+    ids = _shuffled(examples_ids, seed)
+    n_test = _take(len(ids), test_fraction, keep=1)
+    n_val = _take(len(ids) - n_test, val_fraction, keep=1)
+    if len(ids) - n_test - n_val < 1:
+        raise ValueError(f"random split: {len(ids)} valid ids are too few to leave a non-empty train split")
+    return {
+        "train": ids[n_test + n_val:],
+        "val": ids[n_test:n_test + n_val],
+        "test": ids[:n_test],
+        "unassigned": [],
+    }
+
+
+def write_split(split: Mapping[str, list[str]], dataset_dir: str | Path, params: Mapping[str, Any]) -> Path:
+    """Write `split.json` ({params, counts, ids}) into `dataset_dir`, atomically."""
+    ids = {k: list(split.get(k, [])) for k in (*SPLITS, "unassigned")}
+    doc = {"params": dict(params), "counts": {k: len(v) for k, v in ids.items()}, "ids": ids}
+    return atomic_write_json(Path(dataset_dir) / SPLIT_FILE, doc)
+
+
+def load_split(dataset_dir: str | Path) -> dict[str, list[str]]:
+    """The ids per split from `split.json` (clear error when it is missing)."""
+    path = Path(dataset_dir) / SPLIT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {SPLIT_FILE} in {dataset_dir}: the dataset has not been split")
+    return read_json(path)["ids"]

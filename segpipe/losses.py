@@ -1,0 +1,232 @@
+"""Segmentation losses for softmax probabilities and sparse integer labels.
+
+    y_true: ints 0..num_classes-1, shape (B, H, W) or (B, H, W, 1) (any numeric dtype)
+    y_pred: probabilities, shape (B, H, W, num_classes) (float16 or float32)
+
+Every loss casts to float32 and clips probabilities to [EPSILON, 1 - EPSILON]
+first, so it is finite in mixed precision and on saturated predictions.
+
+`class_weights` (one weight per class, e.g. (pet, background, border)):
+for the cross-entropy and focal losses each pixel's loss is multiplied by
+the weight of its true class and then averaged over all pixels (Keras
+`class_weight` semantics, not renormalised); for Dice the per-class scores
+are averaged with these weights.
+
+The losses are `keras.losses.Loss` subclasses registered as serialisable
+under the "segpipe" package: a model compiled with them saves to `.keras`
+and loads with `compile=True` once `segpipe.losses` is imported (with
+`compile=False` it loads without it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+from keras import ops
+
+EPSILON = 1e-7
+LOSS_NAMES = ("sce", "dice", "sce+dice", "focal")
+
+
+def _check_weights(class_weights: Sequence[float] | None, num_classes: int | None) -> tuple[float, ...] | None:
+    if class_weights is None:
+        return None
+    weights = tuple(float(w) for w in class_weights)
+    if num_classes is not None and len(weights) != num_classes:
+        raise ValueError(f"class_weights must have one weight per class ({num_classes}), got {class_weights!r}")
+    if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"class_weights must be non-negative with a positive sum, got {class_weights!r}")
+    return weights
+
+
+def _prepare(y_true: Any, y_pred: Any, class_weights: tuple[float, ...] | None) -> tuple[Any, Any]:
+    """Return (int32 labels (B, H, W), clipped float32 probabilities (B, H, W, C))."""
+    y_pred = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
+    if len(y_true.shape) == len(y_pred.shape):
+        y_true = ops.squeeze(y_true, axis=-1)
+    if len(y_true.shape) != len(y_pred.shape) - 1:
+        raise ValueError(
+            f"labels must have shape (B, H, W) or (B, H, W, 1) for predictions of shape {tuple(y_pred.shape)}, "
+            f"got {tuple(y_true.shape)}"
+        )
+    if class_weights is not None and y_pred.shape[-1] is not None and y_pred.shape[-1] != len(class_weights):
+        raise ValueError(
+            f"class_weights has {len(class_weights)} entries but predictions have {y_pred.shape[-1]} classes"
+        )
+    return ops.cast(y_true, "int32"), y_pred
+
+
+def _pixel_weights(y_true: Any, class_weights: tuple[float, ...] | None) -> Any:
+    if class_weights is None:
+        return ops.ones_like(y_true, dtype="float32")
+    return ops.take(ops.convert_to_tensor(class_weights, dtype="float32"), y_true)
+
+
+class _SegLoss(keras.losses.Loss):
+    """Shared config handling; subclasses implement `call`."""
+
+    def __init__(self, class_weights: Sequence[float] | None = None, num_classes: int | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.class_weights = _check_weights(class_weights, num_classes)
+
+    def get_config(self) -> dict[str, Any]:
+        weights = None if self.class_weights is None else list(self.class_weights)
+        return {**super().get_config(), "class_weights": weights}
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class FocalLoss(_SegLoss):
+    """Focal loss (Lin et al., 2017): -w[y] * (1 - p_y)**gamma * log(p_y) per pixel; gamma=0 is weighted SCE."""
+
+    def __init__(self, gamma: float = 2.0, class_weights: Sequence[float] | None = None, **kwargs: Any):
+        kwargs.setdefault("name", "focal")
+        super().__init__(class_weights, **kwargs)
+        if gamma < 0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma!r}")
+        self.gamma = float(gamma)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        labels, probs = _prepare(y_true, y_pred, self.class_weights)
+        p_true = ops.take_along_axis(probs, ops.expand_dims(labels, -1), axis=-1)[..., 0]
+        loss = -ops.log(p_true) * _pixel_weights(labels, self.class_weights)
+        if self.gamma:
+            loss = loss * ops.power(1.0 - p_true, self.gamma)
+        return loss
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "gamma": self.gamma}
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class SparseCategoricalCrossentropy(FocalLoss):
+    """Per-pixel cross-entropy -w[y] * log(p_y), averaged over pixels."""
+
+    def __init__(self, class_weights: Sequence[float] | None = None, **kwargs: Any):
+        kwargs.pop("gamma", None)
+        kwargs.setdefault("name", "sce")
+        super().__init__(0.0, class_weights, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.pop("gamma")
+        return config
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class SoftDiceLoss(_SegLoss):
+    """1 - mean over classes of the soft Dice score, per image.
+
+    dice_c = (2 * sum(p_c * y_c) + smooth) / (sum(p_c) + sum(y_c) + smooth), sums over the
+    image's pixels; a class absent from both label and prediction scores 1.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 3,
+        class_weights: Sequence[float] | None = None,
+        smooth: float = 1.0,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("name", "dice")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if smooth < 0:
+            raise ValueError(f"smooth must be >= 0, got {smooth!r}")
+        super().__init__(class_weights, num_classes=num_classes, **kwargs)
+        self.num_classes = num_classes
+        self.smooth = float(smooth)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        labels, probs = _prepare(y_true, y_pred, self.class_weights)
+        onehot = ops.one_hot(labels, self.num_classes, dtype="float32")
+        axes = tuple(range(1, len(probs.shape) - 1))
+        intersection = ops.sum(probs * onehot, axis=axes)
+        total = ops.sum(probs, axis=axes) + ops.sum(onehot, axis=axes)
+        dice = (2.0 * intersection + self.smooth) / (total + self.smooth)  # (B, C)
+        weights = ops.convert_to_tensor(self.class_weights or (1.0,) * self.num_classes, dtype="float32")
+        return 1.0 - ops.sum(dice * weights, axis=-1) / ops.sum(weights)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_classes": self.num_classes, "smooth": self.smooth}
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class CombinedLoss(_SegLoss):
+    """Per-image mean cross-entropy + dice_weight * soft Dice."""
+
+    def __init__(
+        self,
+        num_classes: int = 3,
+        dice_weight: float = 1.0,
+        class_weights: Sequence[float] | None = None,
+        smooth: float = 1.0,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("name", "sce_dice")
+        if dice_weight < 0:
+            raise ValueError(f"dice_weight must be >= 0, got {dice_weight!r}")
+        super().__init__(class_weights, num_classes=num_classes, **kwargs)
+        self.num_classes = num_classes
+        self.dice_weight = float(dice_weight)
+        self.smooth = float(smooth)
+        self._sce = SparseCategoricalCrossentropy(class_weights)
+        self._dice = SoftDiceLoss(num_classes, class_weights, smooth)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        sce = self._sce.call(y_true, y_pred)
+        per_image_sce = ops.mean(ops.reshape(sce, (ops.shape(sce)[0], -1)), axis=-1)
+        return per_image_sce + self.dice_weight * self._dice.call(y_true, y_pred)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "dice_weight": self.dice_weight,
+            "smooth": self.smooth,
+        }
+
+
+def sparse_categorical_crossentropy(class_weights: Sequence[float] | None = None) -> keras.losses.Loss:
+    """Per-pixel (optionally class-weighted) cross-entropy on softmax probabilities."""
+    return SparseCategoricalCrossentropy(class_weights)
+
+
+def soft_dice_loss(
+    num_classes: int, class_weights: Sequence[float] | None = None, smooth: float = 1.0
+) -> keras.losses.Loss:
+    """Multi-class soft Dice loss on one-hot labels, averaged over classes."""
+    return SoftDiceLoss(num_classes, class_weights, smooth)
+
+
+def combined_loss(
+    dice_weight: float = 1.0, class_weights: Sequence[float] | None = None, num_classes: int = 3
+) -> keras.losses.Loss:
+    """Cross-entropy + dice_weight * soft Dice."""
+    return CombinedLoss(num_classes, dice_weight, class_weights)
+
+
+def focal_loss(gamma: float = 2.0, class_weights: Sequence[float] | None = None) -> keras.losses.Loss:
+    """Focal loss; gamma=0 equals the cross-entropy."""
+    return FocalLoss(gamma, class_weights)
+
+
+def build_loss(
+    name: str,
+    *,
+    num_classes: int = 3,
+    dice_weight: float = 1.0,
+    focal_gamma: float = 2.0,
+    class_weights: Sequence[float] | None = None,
+) -> keras.losses.Loss:
+    """The loss named as in `TrainConfig.loss`: "sce", "dice", "sce+dice" or "focal"."""
+    weights = _check_weights(class_weights, num_classes)
+    if name == "sce":
+        return sparse_categorical_crossentropy(weights)
+    if name == "dice":
+        return soft_dice_loss(num_classes, weights)
+    if name == "sce+dice":
+        return combined_loss(dice_weight, weights, num_classes=num_classes)
+    if name == "focal":
+        return focal_loss(focal_gamma, weights)
+    raise ValueError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {name!r}")

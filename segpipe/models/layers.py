@@ -1,0 +1,105 @@
+"""Building blocks shared by the segpipe models.
+
+Input convention for every segpipe model: float32 RGB images scaled to
+[0, 1], shape (B, H, W, 3). Models that need another range (the DeepLabV3+
+backbones) convert inside the model with `BackbonePreprocess`, so a saved
+`.keras` file is self-contained. Every model ends in a float32 softmax, so
+its output is float32 probabilities even under mixed precision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+# ImageNet channel means in BGR order on the 0-255 scale (Caffe / keras ResNet50 preprocessing).
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def check_common(
+    input_shape: tuple[int, ...], num_classes: int, bn_momentum: float = 0.99
+) -> tuple[int, int, int]:
+    """Validate the arguments every builder shares; return input_shape as a tuple of 3 ints."""
+    shape = tuple(input_shape)
+    if len(shape) != 3 or any(not isinstance(d, int) or d <= 0 for d in shape):
+        raise ValueError(f"input_shape must be (height, width, channels) of positive ints, got {input_shape!r}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if not 0.0 < bn_momentum < 1.0:
+        raise ValueError(f"bn_momentum must be in (0, 1), got {bn_momentum!r}")
+    return shape  # type: ignore[return-value]
+
+
+def conv_bn_relu(
+    x: Any,
+    filters: int,
+    kernel_size: int = 3,
+    *,
+    dilation_rate: int = 1,
+    bn_momentum: float = 0.99,
+    name: str | None = None,
+) -> Any:
+    """Conv2D (no bias) -> BatchNormalization -> ReLU."""
+    n = (lambda s: f"{name}_{s}") if name else (lambda s: None)
+    x = layers.Conv2D(
+        filters, kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False, name=n("conv")
+    )(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name=n("bn"))(x)
+    return layers.Activation("relu", name=n("relu"))(x)
+
+
+def sep_conv_bn_relu(
+    x: Any,
+    filters: int,
+    kernel_size: int = 3,
+    *,
+    dilation_rate: int = 1,
+    bn_momentum: float = 0.99,
+    name: str | None = None,
+) -> Any:
+    """Atrous depthwise-separable conv as in DeepLabV3+: depthwise -> BN -> ReLU -> 1x1 -> BN -> ReLU."""
+    n = (lambda s: f"{name}_{s}") if name else (lambda s: None)
+    x = layers.DepthwiseConv2D(
+        kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False, name=n("depthwise")
+    )(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name=n("depthwise_bn"))(x)
+    x = layers.Activation("relu", name=n("depthwise_relu"))(x)
+    return conv_bn_relu(x, filters, 1, bn_momentum=bn_momentum, name=n("pointwise"))
+
+
+def softmax_head(x: Any, num_classes: int, kernel_size: int = 1, name: str = "head") -> Any:
+    """Per-pixel classifier: Conv2D to `num_classes` logits, then a float32 softmax."""
+    x = layers.Conv2D(num_classes, kernel_size, padding="same", name=f"{name}_logits")(x)
+    return layers.Activation("softmax", dtype="float32", name=f"{name}_softmax")(x)
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class BackbonePreprocess(layers.Layer):
+    """Map [0, 1] RGB images to the range a keras.applications backbone was trained on.
+
+    mode="tf":    x * 2 - 1                      (MobileNetV2: [-1, 1])
+    mode="caffe": RGB -> BGR, x * 255 - ImageNet mean  (ResNet50)
+    """
+
+    MODES = ("tf", "caffe")
+
+    def __init__(self, mode: str = "tf", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"BackbonePreprocess mode must be one of {self.MODES}, got {mode!r}")
+        self.mode = mode
+
+    def call(self, inputs: Any) -> Any:
+        x = ops.cast(inputs, self.compute_dtype)
+        if self.mode == "tf":
+            return x * 2.0 - 1.0
+        mean = ops.cast(ops.convert_to_tensor(CAFFE_BGR_MEAN), self.compute_dtype)
+        return ops.flip(x, axis=-1) * 255.0 - mean
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mode": self.mode}
