@@ -93,6 +93,11 @@ def _eval(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gallery-worst", type=int)
 
 
+def _models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", dest="model_paths", action="append", required=True, type=Path, metavar="PATH",
+                   help="a saved .keras model; repeat for an ensemble (softmax outputs averaged)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segpipe", description="Oxford-IIIT Pet segmentation pipeline (Keras 3 + Prefect 3)."
@@ -103,6 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p), _data(p)
     p = sub.add_parser("prepare", help="download → verify → extract → validate → split → TFRecords")
     _common(p), _data(p)
+    p = sub.add_parser("train", help="train a model on a prepared dataset (the latest, or --dataset KEY)")
+    _common(p), _train(p)
+    p = sub.add_parser("evaluate", help="score saved model(s) on a prepared split or on any --source")
+    _common(p), _data(p), _eval(p), _models(p)
+    p.add_argument("--dataset", help="dataset key under WORK/datasets (default: the latest)")
+    p.add_argument("--out", help="where to write the metrics JSON")
+    p = sub.add_parser("gallery", help="render a prediction gallery (seeded sample + worst-K)")
+    _common(p), _data(p), _eval(p), _models(p)
+    p.add_argument("--dataset", help="dataset key under WORK/datasets (default: the latest)")
+    p.add_argument("--out", help="gallery directory (default: beside the first model)")
+    p = sub.add_parser("predict", help="write trimap masks (1 pet, 2 background, 3 border) and overlays")
+    _common(p), _models(p)
+    p.add_argument("paths", nargs="+", type=Path, help="image files or directories")
+    p.add_argument("--out", type=Path, default=Path("predictions"), help="output directory (default ./predictions)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p = sub.add_parser("run", help="the full pipeline: prepare → train → evaluate → gallery")
+    _common(p), _data(p), _train(p), _eval(p)
     p = sub.add_parser("config", help="print the resolved configuration as JSON")
     _common(p), _data(p), _train(p), _eval(p)
     p = sub.add_parser("datasets", help="list prepared datasets under WORK")
@@ -179,16 +201,101 @@ def cmd_prepare(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     work = _prepare_runtime(args)
     from flows.prepare_data import prepare_data
 
-    dataset_dir = prepare_data(config=cfg, work_dir=str(work))
-    manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
-    counts = ", ".join(f"{s} {v['num_examples']}" for s, v in manifest["splits"].items())
-    print(f"dataset {manifest['dataset_key']}: {counts}")
-    print(f"dataset written to {dataset_dir}")
-    print(f"validation report: {Path(dataset_dir) / 'validation.md'}")
+    ref = prepare_data(config=cfg, work_dir=str(work))
+    counts = ", ".join(f"{name} {n}" for name, n in ref.num_examples.items())
+    print(f"dataset {ref.dataset_key}: {counts}")
+    print(f"dataset written to {ref.path}")
+    print(f"validation report: {Path(ref.path) / 'validation.md'}")
+    return 0
+
+
+def _model_paths(args: argparse.Namespace) -> list[str]:
+    missing = [str(p) for p in args.model_paths if not p.is_file()]
+    if missing:
+        raise CliError(f"--model: no such model file: {', '.join(missing)} (expected a saved .keras model)")
+    return [str(p.resolve()) for p in args.model_paths]
+
+
+def _source_given(args: argparse.Namespace) -> bool:
+    return getattr(args, "source", None) is not None
+
+
+def cmd_train(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    work = _prepare_runtime(args)
+    from flows.train import train_model
+
+    trained = train_model(config=cfg, work_dir=str(work), dataset_key=args.dataset)
+    print(f"run {trained.run_id}: best val mean IoU {trained.best_val_mean_iou} at epoch {trained.best_epoch}")
+    print(f"model written to {trained.model_path}")
+    print(f"run directory: {trained.run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    models = _model_paths(args)
+    work = _prepare_runtime(args)
+    from flows.evaluate import evaluate_models
+
+    out = str(Path(args.out).resolve()) if args.out else None
+    result = evaluate_models(
+        models, config=cfg, work_dir=str(work), dataset_key=args.dataset, prepare_source=_source_given(args),
+        out_path=out,
+    )
+    m = result["metrics"]
+    print(f"{m['n_images']} images, split {cfg.eval.split}, at original resolution:")
+    print(f"  mean IoU {m['mean_iou']:.4f}  pixel accuracy {m['pixel_accuracy']:.4f}  "
+          f"foreground IoU {m['foreground_iou']:.4f}  dice {m['dice']:.4f}")
+    for warning in m.get("warnings", []):
+        print(f"  WARNING: {warning}")
+    print(f"metrics written to {result['metrics_path']}")
+    return 0
+
+
+def cmd_gallery(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    models = _model_paths(args)
+    work = _prepare_runtime(args)
+    from flows.evaluate import render_gallery
+
+    out = str(Path(args.out).resolve()) if args.out else None
+    index = render_gallery(
+        models, config=cfg, work_dir=str(work), dataset_key=args.dataset, prepare_source=_source_given(args),
+        out_dir=out,
+    )
+    print(f"gallery written to {index}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    models = _model_paths(args)
+    work = _prepare_runtime(args)
+    from flows.predict import predict
+
+    report = predict(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size)
+    print(f"{len(report['written'])} masks written to {args.out} (values: 1 pet, 2 background, 3 border)")
+    for failure in report["failed"]:
+        print(f"  could not read {failure['input']}: {failure['error']}", file=sys.stderr)
+    return 1 if report["failed"] and not report["written"] else 0
+
+
+def cmd_run(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    work = _prepare_runtime(args)
+    from flows.pipeline import pipeline
+
+    out = pipeline(config=cfg, work_dir=str(work))
+    print(f"dataset:  {out['dataset']}")
+    print(f"run:      {out['run_dir']}")
+    print(f"model:    {out['model']}")
+    print(f"metrics:  {out['metrics']} (test mean IoU {out['mean_iou']:.4f})")
+    print(f"gallery:  {out['gallery']}")
     return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "gallery": cmd_gallery,
+    "predict": cmd_predict,
+    "run": cmd_run,
     "config": cmd_config,
     "datasets": cmd_datasets,
     "download": cmd_download,

@@ -7,9 +7,8 @@ from prefect import flow
 from segpipe.config import PipelineConfig
 from segpipe.data import ARCHIVES
 from segpipe.layout import resolve_work_dir
-from tasks.data import Archive, download, extract, split, validate, verify, write_manifest, write_shards
+from tasks.data import Archive, DatasetRef, download, extract, split, validate, verify, write_manifest, write_shards
 
-SPLITS = ("train", "val", "test")
 
 
 @flow(name="download-data")
@@ -25,8 +24,8 @@ def download_data(config: PipelineConfig = PipelineConfig(), work_dir: str | Non
 
 
 @flow(name="prepare-data")
-def prepare_data(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> str:
-    """Build the TFRecord dataset for `config.data`; returns the dataset directory."""
+def prepare_data(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> DatasetRef:
+    """Build the TFRecord dataset for `config.data`; returns where it is and its content key."""
     work = str(resolve_work_dir(work_dir))
     data = config.data
     archives = download_data(config, work)
@@ -34,6 +33,6 @@ def prepare_data(config: PipelineConfig = PipelineConfig(), work_dir: str | None
     roots = {name: extract(archive.path, archive.sha256, work) for name, archive in archives.items()}
     report = validate(roots["images.tar.gz"], roots["annotations.tar.gz"], digests, data.workers)
     plan = split(report, digests, data.content_params())
-    futures = {name: write_shards.submit(name, plan, report, work, data.workers) for name in SPLITS}
+    futures = {name: write_shards.submit(name, plan, report, work, data.workers) for name in plan.splits}
     shards = {name: future.result() for name, future in futures.items()}
     return write_manifest(plan, digests, report, shards, work)

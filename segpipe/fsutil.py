@@ -148,10 +148,21 @@ def code_version() -> str:
 
 
 def source_digest(*modules: Any) -> str:
-    """sha256 over the source files of the given modules: a content key for code."""
+    """sha256 over the source files of the given modules (objects or dotted names, not imported).
+
+    A content key for code: a change to any of these files changes the digest.
+    """
+    import importlib.util
+
     h = hashlib.sha256()
     for mod in modules:
-        path = Path(mod.__file__)
+        if isinstance(mod, str):
+            spec = importlib.util.find_spec(mod)
+            if spec is None or spec.origin is None:
+                raise ModuleNotFoundError(f"no source for module {mod!r}")
+            path = Path(spec.origin)
+        else:
+            path = Path(mod.__file__)
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()

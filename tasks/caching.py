@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any, Callable
 
 from prefect.cache_policies import CachePolicy
@@ -32,13 +31,13 @@ class ContentKey(CachePolicy):
     `inputs`: names of task inputs that carry content identifiers (digests,
     keys, configuration). Inputs not named here (paths, the work directory,
     progress flags) do not enter the key.
-    `modules`: library modules whose source is part of the key, so a code
-    change recomputes exactly the stages it affects.
+    `modules`: dotted names of library modules whose source is part of the
+    key, so a code change recomputes exactly the stages it affects.
     `outputs_ok`: given the task inputs, True while the artifact is complete.
     """
 
     inputs: tuple[str, ...] = ()
-    modules: tuple[ModuleType, ...] = ()
+    modules: tuple[str, ...] = ()
     outputs_ok: OutputsOk | None = None
     _code: str | None = field(default=None, repr=False)
 
@@ -70,7 +69,9 @@ class ContentKey(CachePolicy):
 
 
 def _plain(value: Any) -> Any:
-    """Content of a value for hashing: pydantic models by their data, paths refused."""
+    """Content of a value for hashing: `cache_content()` where defined, pydantic models by their data."""
+    if hasattr(value, "cache_content"):
+        return value.cache_content()
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     if hasattr(value, "__dataclass_fields__"):

@@ -7,11 +7,13 @@ artifacts.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
 
 from segpipe.data import dataset as dataset_mod
@@ -34,6 +36,9 @@ class Archive:
     expected_sha256: str | None
     source: str
 
+    def cache_content(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "expected": self.expected_sha256}
+
 
 def _source_fingerprint(inputs: dict[str, Any]) -> Any:
     source = download_mod.resolve_source(inputs["source"])
@@ -55,7 +60,7 @@ class _DownloadKey(ContentKey):
     retry_condition_fn=retry_if_transient(download_mod.is_transient),
     cache_policy=_DownloadKey(
         inputs=("name", "fingerprint"),
-        modules=(download_mod,),
+        modules=("segpipe.data.download",),
         outputs_ok=lambda i: (WorkDir.at(i["work_dir"]).downloads / i["name"]).is_file(),
     ),
 )
@@ -65,7 +70,10 @@ def download(source: str, name: str, work_dir: str, timeout: float = 60.0) -> Ar
     src = download_mod.resolve_source(source)
     expected = download_mod.expected_digests(src, timeout).get(name)
     # A local copy must be byte-identical to its source; the recorded digest is checked by `verify`.
-    must_equal = download_mod.source_fingerprint(src, timeout).get(name) if src.kind == "local" else expected
+    if src.kind == "local":
+        must_equal = download_mod.source_fingerprint(src, timeout)[name].removeprefix("sha256:")
+    else:
+        must_equal = expected
     logger.info("downloading %s from %s", name, src.describe())
     result = download_mod.download_archive(
         src, name, WorkDir.at(work_dir).downloads, expected_sha256=must_equal, timeout=timeout
@@ -79,7 +87,7 @@ def download(source: str, name: str, work_dir: str, timeout: float = 60.0) -> Ar
 @task(
     name="verify",
     cache_policy=ContentKey(
-        inputs=("archive",), modules=(download_mod,), outputs_ok=lambda i: Path(i["archive"].path).is_file()
+        inputs=("archive",), modules=("segpipe.data.download",), outputs_ok=lambda i: Path(i["archive"].path).is_file()
     ),
 )
 def verify(archive: Archive) -> str:
@@ -97,7 +105,7 @@ def verify(archive: Archive) -> str:
     name="extract",
     cache_policy=ContentKey(
         inputs=("digest",),
-        modules=(extract_mod,),
+        modules=("segpipe.data.extract",),
         outputs_ok=lambda i: (WorkDir.at(i["work_dir"]).extracted(i["digest"]) / COMPLETE_MARKER).is_file(),
     ),
 )
@@ -112,7 +120,7 @@ def extract(archive_path: str, digest: str, work_dir: str) -> str:
     return str(dest)
 
 
-@task(name="validate", cache_policy=ContentKey(inputs=("digests",), modules=(validate_mod,)))
+@task(name="validate", cache_policy=ContentKey(inputs=("digests",), modules=("segpipe.data.validate",)))
 def validate(images_root: str, annotations_root: str, digests: dict[str, str], workers: int = 2) -> Any:
     """Pair and decode every image and trimap; report what was skipped or converted."""
     report = validate_mod.validate_dataset(
@@ -130,13 +138,28 @@ def validate(images_root: str, annotations_root: str, digests: dict[str, str], w
 
 
 @dataclass(frozen=True)
+class DatasetRef:
+    """A complete prepared dataset: its content key, where it is, and its split sizes."""
+
+    dataset_key: str
+    path: str
+    num_examples: dict[str, int]
+
+    def cache_content(self) -> str:
+        return self.dataset_key
+
+
+@dataclass(frozen=True)
 class DatasetPlan:
     dataset_key: str
     splits: dict[str, list[str]]
     params: dict[str, Any]
 
+    def cache_content(self) -> dict[str, Any]:
+        return {"dataset_key": self.dataset_key, "splits": self.splits}
 
-@task(name="split", cache_policy=ContentKey(inputs=("digests", "params"), modules=(split_mod, dataset_mod)))
+
+@task(name="split", cache_policy=ContentKey(inputs=("digests", "params"), modules=("segpipe.data.split", "segpipe.data.dataset")))
 def split(report: Any, digests: dict[str, str], params: dict[str, Any]) -> DatasetPlan:
     """Seeded split of the valid examples; fixes the dataset key."""
     lists = {ex.id: ex.lists for ex in report.examples}
@@ -162,7 +185,7 @@ def _split_shards_exist(inputs: dict[str, Any]) -> bool:
 @task(
     name="write-shards",
     cache_policy=ContentKey(
-        inputs=("split_name", "plan"), modules=(tfrecords_mod, dataset_mod), outputs_ok=_split_shards_exist
+        inputs=("split_name", "plan"), modules=("segpipe.data.tfrecords", "segpipe.data.spec", "segpipe.data.dataset"), outputs_ok=_split_shards_exist
     ),
 )
 def write_shards(split_name: str, plan: DatasetPlan, report: Any, work_dir: str, workers: int = 2) -> list[Any]:
@@ -182,13 +205,13 @@ def write_shards(split_name: str, plan: DatasetPlan, report: Any, work_dir: str,
     name="write-manifest",
     cache_policy=ContentKey(
         inputs=("plan", "digests"),
-        modules=(tfrecords_mod, dataset_mod),
+        modules=("segpipe.data.tfrecords", "segpipe.data.spec", "segpipe.data.dataset"),
         outputs_ok=lambda i: (WorkDir.at(i["work_dir"]).dataset(i["plan"].dataset_key) / MANIFEST).is_file(),
     ),
 )
 def write_manifest(
     plan: DatasetPlan, digests: dict[str, str], report: Any, shards: dict[str, list[Any]], work_dir: str
-) -> str:
+) -> DatasetRef:
     """validation.json, split.json, then manifest.json last: the dataset is complete once it exists."""
     out_dir = WorkDir.at(work_dir).dataset(plan.dataset_key)
     validate_mod.write_validation(report, out_dir)
@@ -201,5 +224,21 @@ def write_manifest(
     if problems:
         raise RuntimeError(f"dataset {plan.dataset_key} failed verification: " + "; ".join(problems))
     get_run_logger().info("dataset ready: %s", out_dir)
-    return str(out_dir)
+    return DatasetRef(plan.dataset_key, str(out_dir), {name: len(ids) for name, ids in plan.splits.items()})
+
+
+@task(name="locate-dataset", cache_policy=NO_CACHE)
+def locate_dataset(work_dir: str, dataset_key: str | None = None) -> DatasetRef:
+    """A prepared dataset under WORK: `dataset_key`, or the latest complete one."""
+    work = WorkDir.at(work_dir)
+    key = dataset_key or work.latest_dataset()
+    path = work.dataset(key)
+    if not (path / MANIFEST).is_file():
+        known = ", ".join(k for k, _ in work.complete_datasets()) or "none"
+        raise FileNotFoundError(f"dataset {key!r}: no complete dataset at {path} (prepared datasets: {known})")
+    problems = tfrecords_mod.verify_dataset(path)
+    if problems:
+        raise RuntimeError(f"dataset {key} failed verification: " + "; ".join(problems))
+    splits = json.loads((path / MANIFEST).read_text())["splits"]
+    return DatasetRef(key, str(path), {name: info["num_examples"] for name, info in splits.items()})
 

@@ -114,7 +114,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if_range = self.headers.get("If-Range")
         if wants_range and (if_range is None or if_range == etag(data)):
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers["Range"].strip())
-            if m:
+            if m and not (m.group(2) and int(m.group(2)) < int(m.group(1))):  # else: ignore it, send all
                 start = int(m.group(1))
                 end = min(int(m.group(2)) + 1, len(data)) if m.group(2) else len(data)
                 if start >= len(data):
@@ -176,7 +176,9 @@ class LoopbackServer:
     def __enter__(self) -> "LoopbackServer":
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.state = self._state
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="loopback-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="loopback-http", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -9,9 +9,7 @@ from segpipe.fsutil import digest_json, source_digest
 
 def data_code_digest() -> str:
     """Digest of the library code that decides a dataset's content."""
-    from segpipe.data import spec, split, tfrecords, validate
-
-    return source_digest(validate, split, tfrecords, spec)
+    return source_digest("segpipe.data.validate", "segpipe.data.split", "segpipe.data.tfrecords", "segpipe.data.spec")
 
 
 def dataset_key(archives: dict[str, str], params: dict[str, Any]) -> str:

@@ -291,7 +291,7 @@ def download_archive(
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / name
-    expected = expected_sha256.lower() if expected_sha256 else None
+    expected = _check_hex(expected_sha256, name) if expected_sha256 else None
     with file_lock(dest_dir / f".{name}.lock"):
         if final.is_file():
             actual = sha256_file(final)
@@ -327,8 +327,15 @@ def verify_archive(path: Path, expected_sha256: str, *, source: str | None = Non
     """sha256 of `path`; quarantine it and raise `ChecksumMismatchError` when it is not `expected_sha256`."""
     path = Path(path)
     actual = sha256_file(path)
-    _check_digest(path, path.name, source or str(path), expected_sha256.lower(), actual)
+    _check_digest(path, path.name, source or str(path), _check_hex(expected_sha256, path.name), actual)
     return actual
+
+
+def _check_hex(digest: str, name: str) -> str:
+    """`digest` lower-cased; a ValueError unless it is 64 hex digits (so a typo never quarantines a good file)."""
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", digest or ""):
+        raise ValueError(f"expected sha256 for {name} must be 64 hex digits, got {digest!r}")
+    return digest.lower()
 
 
 def _check_digest(path: Path, name: str, shown: str, expected: str | None, actual: str) -> None:
@@ -352,10 +359,10 @@ def _quarantine(path: Path, actual: str, name: str | None = None) -> Path:
 
 def _combined_error(name: str, errors: list[tuple[str, Exception]]) -> Exception:
     tried = ", ".join(url for url, _ in errors)
-    last_url, last = errors[-1]
+    last = errors[-1][1]
     if any(isinstance(e, TransientDownloadError) for _, e in errors):
         return TransientDownloadError(
-            f"could not download {name}; tried {tried}; last error ({last_url}): {last}; {SOURCE_HINT}"
+            f"could not download {name}; tried {tried}; last error: {last}; {SOURCE_HINT}"
         )
     if isinstance(last, ChecksumMismatchError):
         return last

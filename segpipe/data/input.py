@@ -70,62 +70,39 @@ def preprocess(example: dict[str, Any], img_size: int) -> tuple[tf.Tensor, tf.Te
 # --------------------------------------------------------------------------- augmentation
 
 
-def _flip(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    do_flip = tf.random.stateless_uniform([], seed) < 0.5
-    image = tf.where(do_flip, tf.reverse(image, axis=[1]), image)
-    label = tf.where(do_flip, tf.reverse(label, axis=[1]), label)
-    return image, label
+def geometric_transform(
+    seed: tf.Tensor, height: int, width: int, *, flip: bool, max_scale: float, max_rotation_degrees: float
+) -> tf.Tensor:
+    """A random (1, 8) projective transform: rotate, zoom in and crop, then maybe mirror, as ONE warp.
 
-
-def _scale_crop(
-    image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, max_scale: float
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Zoom in by a random factor in [1, max_scale], then crop back to the input size at a random offset."""
-    size = tf.shape(image)[:2]
-    scale_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    scale = tf.random.stateless_uniform([], scale_seed, 1.0, max_scale)
-    new_size = tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32)
-    image = tf.image.resize(image, new_size, method="bilinear")
-    label = tf.image.resize(label, new_size, method="nearest")
-    slack = new_size - size + 1
-    offset = tf.cast(
-        tf.random.stateless_uniform([2], offset_seed) * tf.cast(slack, tf.float32), tf.int32
-    )
-    offset = tf.minimum(offset, slack - 1)
-    image = tf.slice(image, tf.concat([offset, [0]], 0), tf.concat([size, [-1]], 0))
-    label = tf.slice(label, tf.concat([offset, [0]], 0), tf.concat([size, [-1]], 0))
-    return image, label
-
-
-def rotation_transform(angle: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
-    """The (1, 8) projective transform rotating an image by `angle` radians about its centre.
-
-    It maps output pixel (x, y) to input pixel (a0 x + a1 y + a2, b0 x + b1 y + b2).
+    It maps each output pixel (x, y) to the input point (a0 x + a1 y + a2, b0 x + b1 y + b2)
+    (the `ImageProjectiveTransformV3` convention). Equivalent to: resize up by a
+    scale in [1, max_scale], crop back to height x width at a random offset,
+    rotate by an angle in +-max_rotation_degrees about the centre, and flip
+    left-right with probability 1/2; composed so each pixel is interpolated once.
     """
-    h, w = tf.cast(height, tf.float32) - 1.0, tf.cast(width, tf.float32) - 1.0
+    flip_seed, scale_seed, offset_seed, angle_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    limit = max_rotation_degrees * math.pi / 180.0
+    angle = tf.random.stateless_uniform([], angle_seed, -limit, limit) if limit > 0 else tf.constant(0.0)
+    scale = tf.random.stateless_uniform([], scale_seed, 1.0, max_scale) if max_scale > 1 else tf.constant(1.0)
+    # Crop offset in the enlarged image, so the crop stays inside it.
+    span = tf.constant([width - 1.0, height - 1.0])
+    ox, oy = tf.unstack(tf.random.stateless_uniform([2], offset_seed) * span * (scale - 1.0))
+    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
     cos, sin = tf.cos(angle), tf.sin(angle)
-    x_offset = (w - (cos * w - sin * h)) / 2.0
-    y_offset = (h - (sin * w + cos * h)) / 2.0
-    zero = tf.zeros_like(cos)
-    return tf.reshape(tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zero, zero]), [1, 8])
+    a = tf.stack([cos, -sin, cx - (cos * cx - sin * cy) + ox]) / scale
+    b = tf.stack([sin, cos, cy - (sin * cx + cos * cy) + oy]) / scale
+    if flip:
+        mirror = tf.random.stateless_uniform([], flip_seed) < 0.5
+        a = tf.where(mirror, tf.stack([-a[0], -a[1], (width - 1.0) - a[2]]), a)
+    return tf.reshape(tf.concat([a, b, [0.0, 0.0]], 0), [1, 8])
 
 
-def _rotate(
-    image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, max_degrees: float
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Rotate by a random angle in ±max_degrees: image bilinear, label nearest, both reflect-filled."""
-    limit = max_degrees * math.pi / 180.0
-    angle = tf.random.stateless_uniform([], seed, -limit, limit)
-    size = tf.shape(image)[:2]
-    transform = rotation_transform(angle, size[0], size[1])
-
-    def warp(x: tf.Tensor, interpolation: str) -> tf.Tensor:
-        return tf.raw_ops.ImageProjectiveTransformV3(
-            images=x[tf.newaxis], transforms=transform, output_shape=size,
-            fill_value=0.0, interpolation=interpolation, fill_mode="REFLECT",
-        )[0]
-
-    return warp(image, "BILINEAR"), warp(label, "NEAREST")
+def _warp(x: tf.Tensor, transform: tf.Tensor, interpolation: str) -> tf.Tensor:
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x[tf.newaxis], transforms=transform, output_shape=tf.shape(x)[:2],
+        fill_value=0.0, interpolation=interpolation, fill_mode="REFLECT",
+    )[0]
 
 
 def _color_jitter(image: tf.Tensor, seed: tf.Tensor, brightness: float, contrast: float) -> tf.Tensor:
@@ -150,24 +127,30 @@ def augment(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Random flip, scale-and-crop, rotation (image and label alike) and brightness/contrast (image only).
 
-    `seed` is a shape-[2] int32/int64 tensor; the same seed gives the same output.
-    Setting `flip=False`, `max_scale=1`, `max_rotation_degrees=0`, `brightness=0`
-    or `contrast=0` turns that step off.
+    `image` is float32 (H, W, 3) in [0, 1], `label` int32 (H, W, 1); `seed` is a
+    shape-[2] int32/int64 tensor, and the same seed gives the same output. The
+    geometric part is one warp applied to both: bilinear for the image, nearest
+    for the label (no new label values), reflect fill at the borders.
+    `flip=False`, `max_scale=1`, `max_rotation_degrees=0`, `brightness=0`,
+    `contrast=0` turn the respective step off.
     """
-    if max_scale < 1.0:
-        raise ValueError(f"max_scale must be >= 1.0, got {max_scale}")
-    flip_seed, scale_seed, rotate_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    shape = image.shape
-    if flip:
-        image, label = _flip(image, label, flip_seed)
-    if max_scale > 1.0:
-        image, label = _scale_crop(image, label, scale_seed, max_scale)
-    if max_rotation_degrees > 0:
-        image, label = _rotate(image, label, rotate_seed, max_rotation_degrees)
-    image = _color_jitter(image, color_seed, brightness, contrast)
-    image.set_shape(shape)
-    label.set_shape(label.shape.merge_with(shape[:-1] + [1]))
-    return image, label
+    if max_scale < 1.0 or max_rotation_degrees < 0 or brightness < 0 or not 0 <= contrast < 1:
+        raise ValueError(
+            "augment expects max_scale >= 1, max_rotation_degrees >= 0, brightness >= 0 and 0 <= contrast < 1; "
+            f"got {max_scale}, {max_rotation_degrees}, {brightness}, {contrast}"
+        )
+    if image.shape.rank != 3 or label.shape.rank != 3 or image.shape[:2] != label.shape[:2]:
+        raise ValueError(f"augment expects image (H, W, 3) and label (H, W, 1) of one size; got {image.shape}, {label.shape}")
+    geo_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    if flip or max_scale > 1 or max_rotation_degrees > 0:
+        height, width = image.shape[0], image.shape[1]
+        if height is None or width is None:
+            raise ValueError(f"augment needs a static image size, got {image.shape}")
+        transform = geometric_transform(
+            geo_seed, height, width, flip=flip, max_scale=max_scale, max_rotation_degrees=max_rotation_degrees
+        )
+        image, label = _warp(image, transform, "BILINEAR"), _warp(label, transform, "NEAREST")
+    return _color_jitter(image, color_seed, brightness, contrast), label
 
 
 _augment = augment  # `training_dataset` has a flag of the same name
@@ -190,14 +173,17 @@ def training_dataset(
 ) -> tf.data.Dataset:
     """Shuffled (and optionally augmented) batches of `split` for `Model.fit`.
 
-    Examples are decoded and resized once (kept in memory as uint8 when `cache`),
-    then reshuffled and re-augmented every epoch; the order and the augmentation
-    are fixed by `seed`. `repeat=True` makes it endless (for `steps_per_epoch`).
+    With `cache` (the default) examples are decoded and resized once, kept in
+    memory as uint8, then reshuffled and re-augmented every epoch: batches are
+    then fully determined by `seed`. Without `cache` every epoch re-reads the
+    shards in a shuffled order, and records interleave as they arrive (faster,
+    not bit-reproducible). `repeat=True` makes it endless (for `steps_per_epoch`).
     """
     from segpipe.data.tfrecords import read_examples
 
     _check_sizes(img_size=img_size, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
-    ds = read_examples(dataset_dir, split, shuffle_files=True, seed=seed)
+    # Split lists are shuffled when written, so shard order only matters when not caching.
+    ds = read_examples(dataset_dir, split, shuffle_files=not cache, seed=seed)
     ds = ds.map(lambda ex: _resize_uint8(ex, img_size), num_parallel_calls=AUTOTUNE)
     if cache:
         ds = ds.cache()

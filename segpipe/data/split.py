@@ -84,7 +84,7 @@ def make_split(
         )
     ids = _shuffled(examples_ids, seed)
     n_test = _take(len(ids), test_fraction, keep=1)
-    n_val = _take(len(ids) - n_test, val_fraction, keep=1)
+    n_val = _take(len(ids), val_fraction, keep=n_test + 1)
     if len(ids) - n_test - n_val < 1:
         raise ValueError(f"random split: {len(ids)} valid ids are too few to leave a non-empty train split")
     return {

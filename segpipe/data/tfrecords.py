@@ -8,6 +8,8 @@ renamed into place only when complete.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import re
 import struct
@@ -58,7 +60,8 @@ def estimate_bytes(example: Example) -> int:
 def plan_shards(examples: Sequence[Example], target_shard_bytes: int) -> list[list[Example]]:
     """Cut `examples` (in order) into contiguous shards of about `target_shard_bytes` each.
 
-    At least one shard for a non-empty list, none for an empty one, never an empty shard.
+    `ceil(estimated bytes / target)` shards (at most one per example), cut where the
+    running byte count is closest to an equal share; none for an empty list, never an empty shard.
     """
     if target_shard_bytes <= 0:
         raise ValueError(f"target_shard_bytes must be > 0, got {target_shard_bytes}")
@@ -67,12 +70,16 @@ def plan_shards(examples: Sequence[Example], target_shard_bytes: int) -> list[li
     sizes = [estimate_bytes(e) for e in examples]
     total = sum(sizes)
     n = min(len(examples), max(1, math.ceil(total / target_shard_bytes)))
-    shards: list[list[Example]] = [[] for _ in range(n)]
-    done = 0
-    for example, size in zip(examples, sizes):
-        shards[min(n - 1, int((done + size / 2) * n / total))].append(example)
-        done += size
-    return [s for s in shards if s]
+    before = list(itertools.accumulate(sizes, initial=0))  # before[i]: bytes ahead of example i
+    cuts = [0]
+    for k in range(1, n):  # cut k sits where the bytes ahead are closest to k/n of the total
+        goal = k * total / n
+        i = bisect.bisect_left(before, goal)
+        if i > 0 and goal - before[i - 1] < before[i] - goal:
+            i -= 1
+        cuts.append(max(cuts[-1] + 1, min(i, len(examples) - (n - k))))
+    cuts.append(len(examples))
+    return [list(examples[a:b]) for a, b in zip(cuts, cuts[1:])]
 
 
 def serialize(example: Example) -> bytes:

@@ -245,13 +245,13 @@ def _trimap_values(img: Image.Image) -> np.ndarray:
     elif img.mode in ("RGB", "RGBA"):
         rgb = np.asarray(img)[..., :3]
         if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
-            raise ValueError(f"trimap is {img.mode} with differing channels (expected one channel)")
+            raise ValueError(f"{img.mode} with differing channels (expected one channel)")
         arr = rgb[..., 0]
     else:
-        raise ValueError(f"unsupported trimap mode {img.mode}")
+        raise ValueError(f"unsupported mode {img.mode}")
     bad = np.setdiff1d(np.unique(arr), TRIMAP_VALUES)
     if bad.size:
-        raise ValueError(f"trimap values {bad.tolist()[:5]} outside {{1, 2, 3}}")
+        raise ValueError(f"values {bad.tolist()[:5]} outside {{1, 2, 3}}")
     return arr.astype(np.uint8)
 
 

@@ -1,0 +1,62 @@
+"""Flows `evaluate` (score saved models on a split) and `gallery` (render predictions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from flows.prepare_data import prepare_data
+from segpipe.config import PipelineConfig
+from segpipe.layout import resolve_work_dir
+from tasks.data import DatasetRef, locate_dataset
+from tasks.evaluation import evaluate, gallery
+
+
+def _dataset(config: PipelineConfig, work: str, dataset_key: str | None, prepare_source: bool) -> DatasetRef:
+    return prepare_data(config, work) if prepare_source else locate_dataset(work, dataset_key)
+
+
+@flow(name="evaluate")
+def evaluate_models(
+    model_paths: list[str],
+    config: PipelineConfig = PipelineConfig(),
+    work_dir: str | None = None,
+    dataset_key: str | None = None,
+    prepare_source: bool = False,
+    out_path: str | None = None,
+) -> dict[str, Any]:
+    """Score `model_paths` (several = an ensemble) on `config.eval.split`.
+
+    With `prepare_source`, `config.data.source` is prepared under WORK first, so a
+    model can be scored on any mirror of the archives it has never seen.
+    """
+    work = str(resolve_work_dir(work_dir))
+    dataset = _dataset(config, work, dataset_key, prepare_source)
+    out = out_path or str(Path(model_paths[0]).resolve().parent / f"metrics-{dataset.dataset_key}-{config.eval.split}.json")
+    return evaluate(model_paths, dataset, config.eval.split, out, config.eval.batch_size, config.eval.collapse_threshold)
+
+
+@flow(name="gallery")
+def render_gallery(
+    model_paths: list[str],
+    config: PipelineConfig = PipelineConfig(),
+    work_dir: str | None = None,
+    dataset_key: str | None = None,
+    prepare_source: bool = False,
+    out_dir: str | None = None,
+) -> str:
+    """Evaluate per image, then render a seeded sample plus the worst-K images."""
+    work = str(resolve_work_dir(work_dir))
+    dataset = _dataset(config, work, dataset_key, prepare_source)
+    base = Path(model_paths[0]).resolve().parent
+    scored = evaluate(
+        model_paths, dataset, config.eval.split, str(base / f"metrics-{dataset.dataset_key}-{config.eval.split}.json"),
+        config.eval.batch_size, config.eval.collapse_threshold,
+    )
+    e = config.eval
+    return gallery(
+        model_paths, dataset, e.split, scored["per_image"], out_dir or str(base / "gallery"),
+        e.gallery_samples, e.gallery_worst, e.gallery_seed,
+    )

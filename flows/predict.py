@@ -1,0 +1,14 @@
+"""Flow `predict`: run saved model(s) over image files and directories."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from tasks.predict import predict as predict_task
+
+
+@flow(name="predict")
+def predict(model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8) -> dict[str, Any]:
+    return predict_task(model_paths, inputs, out_dir, batch_size)

@@ -1,0 +1,411 @@
+"""Evaluate saved models (one, or an ensemble) on a split of a prepared dataset.
+
+    result = evaluate([run / "model.keras"], dataset_dir, "test")
+    write_metrics(result, run / "metrics.json")
+    render_evaluation_gallery([run / "model.keras"], dataset_dir, "test", run / "gallery",
+                              n_sample=8, n_worst=8, seed=0, per_image=result.per_image)
+
+How images are predicted:
+
+* each image is resized to a model's input size exactly as the training input
+  pipeline does (bilinear with antialiasing, rounded to uint8, scaled to [0, 1]);
+* an ensemble averages its members' softmax outputs; every member sees the
+  image at its own input size and its output is resized (bilinear) to the
+  size of the first member, the "model resolution";
+* for scores at the ORIGINAL resolution (the headline figures) the averaged
+  probability map is resized (bilinear) back to the image's original height
+  and width, then the argmax is compared with the original trimap;
+* scores at MODEL resolution compare the argmax at the first member's input
+  size with the trimap resized there (nearest neighbour), as during training.
+
+Labels are 0 pet, 1 background, 2 border (= trimap - 1).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segpipe.data import CLASS_NAMES
+from segpipe.fsutil import atomic_write_json, sha256_file
+from segpipe.metrics import ConfusionAccumulator, markdown_table, per_image_iou
+
+NUM_CLASSES = len(CLASS_NAMES)
+PathLike = str | os.PathLike[str]
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_models(paths: Sequence[PathLike]) -> list[Any]:
+    """Load `.keras` models (compile=False); a clear error names any missing or unreadable file.
+
+    Every model must take one image input of fixed size (B, H, W, 3) and output
+    (B, h, w, 3) softmax probabilities.
+    """
+    import keras
+
+    import segpipe.models.layers  # noqa: F401  (registers segpipe's custom layers for deserialisation)
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("need at least one model path; got none")
+    models = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} does not exist (expected a .keras file)")
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as exc:  # keras raises many types for corrupt or foreign files
+            raise ValueError(f"cannot load model {path} (expected a .keras file): {type(exc).__name__}: {exc}") from exc
+        input_size(model, name=str(path))
+        out = model.output_shape
+        if isinstance(out, list) or len(out) != 4 or out[-1] != NUM_CLASSES:
+            raise ValueError(f"model {path} must output (batch, height, width, {NUM_CLASSES}) probabilities; got {out}")
+        models.append(model)
+    return models
+
+
+def input_size(model: Any, name: str | None = None) -> tuple[int, int]:
+    """(height, width) a model takes, from `model.input_shape` (must be (None, H, W, 3) with H, W fixed)."""
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4 or shape[-1] != 3 or shape[1] is None or shape[2] is None:
+        raise ValueError(
+            f"model {name or model.name} must take one RGB image input of fixed size (batch, H, W, 3); got {shape}"
+        )
+    return int(shape[1]), int(shape[2])
+
+
+def model_sizes(models: Sequence[Any]) -> list[tuple[int, int]]:
+    """The distinct input sizes of `models`, first member's first (the "model resolution")."""
+    sizes: list[tuple[int, int]] = []
+    for m in models:
+        if (s := input_size(m)) not in sizes:
+            sizes.append(s)
+    return sizes
+
+
+def model_records(paths: Sequence[PathLike]) -> list[dict[str, str]]:
+    """[{path, sha256}] of model files, for metrics and lineage."""
+    return [{"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for p in paths]
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def resize_image(image: Any, size: tuple[int, int]) -> Any:
+    """uint8 HxWx3 -> float32 [0, 1] at `size`, like the training input pipeline (bilinear, antialiased, rounded)."""
+    import tensorflow as tf
+
+    x = tf.image.resize(image, size, method="bilinear", antialias=True)
+    x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+    return tf.cast(x, tf.float32) / 255.0
+
+
+def resize_probs(probs: Any, size: tuple[int, int]) -> np.ndarray:
+    """Probability map(s) (..., h, w, C) resized bilinear to `size` (a no-op at the same size)."""
+    import tensorflow as tf
+
+    probs = np.asarray(probs, dtype=np.float32)
+    if tuple(probs.shape[-3:-1]) == tuple(size):
+        return probs
+    return tf.image.resize(probs, size, method="bilinear", antialias=True).numpy()
+
+
+def labels_at(probs: Any, size: tuple[int, int]) -> np.ndarray:
+    """argmax labels (HxW int64) of an (h, w, C) probability map resized to `size`."""
+    return resize_probs(probs, size).argmax(axis=-1).astype(np.int64)
+
+
+def _ensemble(models: Sequence[Any], inputs: dict[tuple[int, int], np.ndarray], out_size: tuple[int, int]) -> np.ndarray:
+    """Mean of the members' softmax outputs at `out_size`; `inputs` holds the batch at each member's size."""
+    total = None
+    for model in models:
+        probs = resize_probs(model.predict_on_batch(inputs[input_size(model)]), out_size)
+        sums = probs.sum(axis=-1)
+        if not np.allclose(sums, 1.0, atol=1e-3):
+            raise ValueError(
+                f"model {model.name} does not output softmax probabilities (channel sums range "
+                f"{sums.min():.3f}..{sums.max():.3f}); ensembles average probabilities"
+            )
+        total = probs if total is None else total + probs
+    assert total is not None
+    return total / len(models)
+
+
+def predict_probs(models: Sequence[Any], images: Any) -> np.ndarray:
+    """Ensemble probabilities (B, H, W, C) for a batch of float32 [0, 1] images (B, H, W, 3).
+
+    Each member gets the batch resized (bilinear) to its own input size; its
+    output is resized back to H x W; the result is the average.
+    """
+    import tensorflow as tf
+
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be a float32 batch (B, H, W, 3) in [0, 1]; got shape {images.shape}")
+    size = tuple(images.shape[1:3])
+    inputs = {
+        s: images if s == size else tf.image.resize(images, s, method="bilinear", antialias=True).numpy()
+        for s in model_sizes(models)
+    }
+    return _ensemble(models, inputs, size)  # type: ignore[arg-type]
+
+
+def predict_labels(models: Sequence[Any], images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """HxW labels (0..2) for uint8 RGB images of any sizes, each at its own original size; one batch."""
+    sizes = model_sizes(models)
+    inputs = {s: np.stack([np.asarray(resize_image(img, s)) for img in images]) for s in sizes}
+    probs = _ensemble(models, inputs, sizes[0])
+    return [labels_at(p, img.shape[:2]) for p, img in zip(probs, images)]
+
+
+# --------------------------------------------------------------------------- dataset predictions
+
+
+def _batches(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _predict_split(
+    models: Sequence[Any], dataset_dir: PathLike, split: str, *, batch_size: int, ids: Sequence[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Per image: id, image (original uint8), truth/pred (original HxW), truth_model/pred_model (model size).
+
+    Streams: at most one batch of images is held. `ids` restricts to those ids.
+    """
+    import tensorflow as tf
+
+    from segpipe.data.tfrecords import read_examples
+
+    sizes = model_sizes(models)
+    primary = sizes[0]
+    ds = read_examples(dataset_dir, split)
+    if ids is not None:
+        wanted = tf.constant(sorted(set(ids)), dtype=tf.string)
+        ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["id"], wanted)))
+
+    def prepare(ex: dict[str, Any]) -> dict[str, Any]:
+        out = {"id": ex["id"], "image": ex["image"], "mask": ex["mask"],
+               "mask_model": tf.image.resize(ex["mask"], primary, method="nearest")}
+        out.update({f"x{i}": resize_image(ex["image"], s) for i, s in enumerate(sizes)})
+        return out
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    for batch in _batches(ds.as_numpy_iterator(), batch_size):
+        inputs = {s: np.stack([b[f"x{i}"] for b in batch]) for i, s in enumerate(sizes)}
+        probs = _ensemble(models, inputs, primary)
+        for b, p in zip(batch, probs):
+            truth = b["mask"][..., 0].astype(np.int64) - 1
+            yield {
+                "id": b["id"].decode("utf-8"),
+                "image": b["image"],
+                "truth": truth,
+                "pred": labels_at(p, truth.shape),
+                "truth_model": b["mask_model"][..., 0].astype(np.int64) - 1,
+                "pred_model": p.argmax(axis=-1),
+            }
+
+
+def _split_size(dataset_dir: PathLike, split: str) -> tuple[dict[str, Any], int]:
+    """(manifest, number of examples in `split`); clear errors for no manifest, unknown or empty split."""
+    from segpipe.data.tfrecords import load_manifest
+
+    manifest = load_manifest(dataset_dir)
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r} in {dataset_dir}; it has {', '.join(sorted(splits)) or 'none'}")
+    n = int(splits[split].get("num_examples", 0))
+    if n == 0:
+        raise ValueError(f"split {split!r} of {dataset_dir} is empty: nothing to evaluate")
+    return manifest, n
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@dataclass
+class EvaluationResult:
+    """`metrics` (see `evaluate`), `per_image` [{id, iou}] in dataset order, and `items` kept for a gallery
+    ({id, image, truth, pred, iou}; add a `tag` before `render_gallery`)."""
+
+    metrics: dict[str, Any]
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+def collapse_warning(metrics: dict[str, Any]) -> str | None:
+    """The warning for a collapsed prediction (one class takes nearly every pixel), else None."""
+    if not metrics.get("collapsed"):
+        return None
+    share = {k: v for k, v in (metrics.get("predicted_class_share") or {}).items() if v is not None}
+    name = max(share, key=share.__getitem__)
+    return (
+        f"predictions collapsed to one class: {name} {share[name] * 100:.1f}% of pixels — the model predicts a "
+        "single class; BatchNormalization statistics may not have converged"
+    )
+
+
+def evaluate(
+    model_paths: Sequence[PathLike],
+    dataset_dir: PathLike,
+    split: str,
+    *,
+    batch_size: int = 8,
+    collapse_threshold: float = 0.98,
+    keep_for_gallery: Callable[[str], bool] | None = None,
+) -> EvaluationResult:
+    """Score a model (or the ensemble of several) on `split` of the dataset in `dataset_dir`.
+
+    `metrics` holds the ORIGINAL-resolution scores at the top level
+    (`segpipe.metrics.scores` keys plus n_images and resolution="original"),
+    `at_model_resolution` (the same keys, resolution="model", img_size [h, w]),
+    split, models [{path, sha256}], dataset_key and warnings.
+    `keep_for_gallery(id)` selects the images whose pixels are kept in `items`.
+    """
+    _check_batch_size(batch_size)
+    manifest, expected = _split_size(dataset_dir, split)
+    models = load_models(model_paths)
+    sizes = model_sizes(models)
+    original, at_model = ConfusionAccumulator(NUM_CLASSES), ConfusionAccumulator(NUM_CLASSES)
+    per_image: list[dict[str, Any]] = []
+    items: list[dict[str, Any]] = []
+    for r in _predict_split(models, dataset_dir, split, batch_size=batch_size):
+        original.update(r["truth"], r["pred"])
+        at_model.update(r["truth_model"], r["pred_model"])
+        per_image.append({"id": r["id"], "iou": per_image_iou(r["truth"], r["pred"])})
+        if keep_for_gallery is not None and keep_for_gallery(r["id"]):
+            items.append({k: r[k] for k in ("id", "image", "truth", "pred")} | {"iou": per_image[-1]["iou"]})
+    n = len(per_image)
+    if n == 0:
+        raise ValueError(f"split {split!r} of {dataset_dir} yielded no examples: nothing to evaluate")
+
+    top = {**original.scores(collapse_threshold=collapse_threshold), "n_images": n, "resolution": "original"}
+    model_res = {**at_model.scores(collapse_threshold=collapse_threshold), "n_images": n, "resolution": "model",
+                 "img_size": list(sizes[0])}
+    warnings = [w for w in [collapse_warning(top)] if w]
+    if n != expected:
+        warnings.append(f"the manifest lists {expected} examples in split {split!r} but {n} were read")
+    if len(sizes) > 1:
+        warnings.append(
+            f"ensemble members take different input sizes {[list(s) for s in sizes]}; model-resolution "
+            f"scores are at the first member's size {list(sizes[0])}"
+        )
+    metrics = {
+        **top,
+        "at_model_resolution": model_res,
+        "split": split,
+        "models": model_records(model_paths),
+        "dataset_key": manifest.get("dataset_key", Path(dataset_dir).name),
+        "warnings": warnings,
+    }
+    return EvaluationResult(metrics=metrics, per_image=per_image, items=items)
+
+
+def write_metrics(result_or_metrics: EvaluationResult | dict[str, Any], out_path: PathLike) -> Path:
+    """Write the metrics dict as JSON, atomically; return the path."""
+    metrics = result_or_metrics.metrics if isinstance(result_or_metrics, EvaluationResult) else result_or_metrics
+    if not isinstance(metrics, dict):
+        raise TypeError(f"write_metrics expects an EvaluationResult or a metrics dict; got {type(metrics).__name__}")
+    return atomic_write_json(out_path, metrics)
+
+
+def write_per_image(per_image: Sequence[dict[str, Any]], out_path: PathLike) -> Path:
+    """Write the per-image [{id, iou}] list as JSON, atomically (input of `render_evaluation_gallery`)."""
+    return atomic_write_json(out_path, list(per_image))
+
+
+def metrics_markdown(metrics: dict[str, Any]) -> str:
+    """A Markdown report: context, warnings, then tables at original (headline) and model resolution."""
+    model_res = metrics.get("at_model_resolution")
+    if not isinstance(model_res, dict):
+        raise ValueError("metrics has no 'at_model_resolution' section; expected the dict returned by evaluate()")
+    size = "x".join(str(v) for v in model_res.get("img_size", []))
+    models = ", ".join(f"`{Path(m['path']).name}` ({m['sha256'][:12]})" for m in metrics.get("models", []))
+    lines = [
+        f"## Evaluation: split `{metrics.get('split')}` of dataset `{metrics.get('dataset_key')}`",
+        "",
+        f"- images: {metrics.get('n_images')}",
+        f"- models: {models or 'n/a'}" + (" (ensemble: mean of softmax outputs)" if len(metrics.get("models", [])) > 1 else ""),
+        "- headline figures are at the ORIGINAL image resolution (probabilities resized back, then argmax);",
+        f"  the second table is at MODEL resolution ({size}, trimap resized nearest), as seen during training.",
+        "",
+    ]
+    for w in metrics.get("warnings", []):
+        lines.append(f"> **Warning:** {w}")
+    if metrics.get("warnings"):
+        lines.append("")
+    lines.append(markdown_table(metrics, "At original resolution (headline)"))
+    lines.append(markdown_table(model_res, f"At model resolution ({size})"))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- gallery
+
+
+def collect_items(
+    model_paths: Sequence[PathLike], dataset_dir: PathLike, split: str, ids: Sequence[str], *, batch_size: int = 8
+) -> list[dict[str, Any]]:
+    """{id, image, truth, pred, iou} at original resolution for `ids` (in that order), predicted afresh.
+
+    Only those images are predicted. A clear error names ids not found in the split.
+    """
+    _check_batch_size(batch_size)
+    wanted = list(dict.fromkeys(str(i) for i in ids))
+    if not wanted:
+        return []
+    _split_size(dataset_dir, split)
+    models = load_models(model_paths)
+    found: dict[str, dict[str, Any]] = {}
+    for r in _predict_split(models, dataset_dir, split, batch_size=batch_size, ids=wanted):
+        if r["id"] not in found:
+            found[r["id"]] = {k: r[k] for k in ("id", "image", "truth", "pred")} | {
+                "iou": per_image_iou(r["truth"], r["pred"])
+            }
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise ValueError(f"ids not found in split {split!r} of {dataset_dir}: {missing[:10]}")
+    return [found[i] for i in wanted]
+
+
+def render_evaluation_gallery(
+    model_paths: Sequence[PathLike],
+    dataset_dir: PathLike,
+    split: str,
+    out_dir: PathLike,
+    *,
+    n_sample: int,
+    n_worst: int,
+    seed: int,
+    per_image: Sequence[dict[str, Any]],
+    metrics: dict[str, Any] | None = None,
+    title: str | None = None,
+    batch_size: int = 8,
+) -> Path:
+    """Pick the `n_worst` lowest-IoU and `n_sample` random images from `per_image`, predict just
+    those and write a gallery to `out_dir` (see `segpipe.gallery.render_gallery`); return index.html."""
+    from segpipe.gallery import render_gallery, select_items
+
+    selected = select_items(per_image, n_sample, n_worst, seed)
+    collected = collect_items(model_paths, dataset_dir, split, [s["id"] for s in selected], batch_size=batch_size)
+    items = [{**item, "tag": sel["tag"]} for sel, item in zip(selected, collected)]
+    n_worst_shown = sum(it["tag"] == "worst" for it in items)
+    title = title or f"{split} split: {n_worst_shown} worst and {len(items) - n_worst_shown} sampled predictions"
+    return render_gallery(items, out_dir, title=title, metrics=metrics)

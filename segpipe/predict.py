@@ -1,0 +1,230 @@
+"""Predict segmentation masks for image files with a saved model (or an ensemble).
+
+    report = predict_paths([Path("model.keras")], [Path("photos/"), Path("cat.jpg")], Path("out"))
+
+Outputs, for an input `<stem>.<ext>`:
+
+    out/<stem>_mask.png      single-channel 8-bit PNG, same width and height as the input,
+                             holding TRIMAP VALUES: 1 pet, 2 background, 3 border
+                             (model labels + 1, as in the Oxford-IIIT Pet trimaps)
+    out/<stem>_overlay.png   the predicted classes blended over the input (RGB; colours of
+                             `segpipe.gallery.PALETTE`: pet orange, background blue, border yellow)
+    out/predictions.json     what was written and what failed (with the reason), the models used
+
+Inputs are files or directories. Directories are searched recursively for
+.jpg .jpeg .png .gif .bmp .webp .tif .tiff (any case), skipping hidden files
+and anything under `out_dir`; their relative sub-paths are kept under
+`out_dir`. Name clashes (`cat.jpg` and `cat.png`) get the extension appended
+(`cat_png_mask.png`), then a number. Files are identified by content, not by
+extension: anything Pillow decodes is used (GIF: first frame; alpha dropped;
+grayscale, CMYK, palette and 16-bit images converted to 8-bit RGB exactly as
+when the dataset was built). The EXIF orientation is applied, so masks line up
+with the image as viewers display it. Unreadable files are listed under
+`failed` and the rest are still predicted.
+
+Each image is resized to the model's input size as in training, the
+(ensemble-averaged) probabilities are resized back to the original size
+(bilinear) and the argmax taken. Images are predicted `batch_size` at a time;
+at most one batch is held in memory. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import chain, count
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from segpipe.fsutil import atomic_path, atomic_write_json
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+MASK_VALUES = {1: "pet", 2: "background", 3: "border"}
+SUMMARY = "predictions.json"
+OVERLAY_ALPHA = 0.5
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class PredictReport:
+    """`written`: [{input, mask, overlay}]; `failed`: [{input, error}]; `summary`: predictions.json."""
+
+    out_dir: Path
+    written: list[dict[str, str | None]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    summary: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "written": self.written, "failed": self.failed,
+                "n_written": len(self.written), "n_failed": len(self.failed)}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _walk(folder: Path, exclude: Path) -> list[Path]:
+    """Image files under `folder` (recursive, sorted, no hidden entries, nothing under `exclude`)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _inside(Path(root, d).resolve(), exclude))
+        found += [Path(root, f) for f in sorted(files) if _is_image_name(Path(f))]
+    return found
+
+
+def find_inputs(inputs: Sequence[PathLike], out_dir: PathLike) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
+    """(file, output stem relative to out_dir) for every input image, and failures for unusable paths.
+
+    Raises FileNotFoundError when none of `inputs` exists.
+    """
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise ValueError("no inputs given; expected image files or directories")
+    if not any(p.exists() for p in paths):
+        raise FileNotFoundError(f"none of the inputs exists: {', '.join(str(p) for p in paths)}")
+    exclude = Path(out_dir).resolve()
+    pairs: list[tuple[Path, Path]] = []
+    failed: list[dict[str, str]] = []
+    seen: set[Path] = set()
+    used: set[str] = set()
+
+    def add(file: Path, rel: Path) -> None:
+        if (key := file.resolve()) in seen:
+            return
+        seen.add(key)
+        pairs.append((file, _unique_stem(rel, used)))
+
+    for p in paths:
+        if not p.exists():
+            failed.append({"input": str(p), "error": "no such file or directory"})
+        elif p.is_dir():
+            files = _walk(p, exclude)
+            if not files:
+                failed.append({"input": str(p), "error": f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in directory"})
+            for f in files:
+                add(f, f.relative_to(p))
+        elif p.is_file():
+            add(p, Path(p.name))
+        else:
+            failed.append({"input": str(p), "error": "not a regular file or directory"})
+    return pairs, failed
+
+
+def _unique_stem(rel: Path, used: set[str]) -> Path:
+    """`rel` without its extension; on a clash (case-insensitive) `<stem>_<ext>`, then `<stem>_2`, `_3`, ..."""
+    stem = rel.with_suffix("")
+    ext = rel.suffix.lstrip(".").lower()
+    options = chain([stem], [stem.with_name(f"{stem.name}_{ext}")] if ext else [],
+                    (stem.with_name(f"{stem.name}_{n}") for n in count(2)))
+    for option in options:
+        if (key := option.as_posix().lower()) not in used:
+            used.add(key)
+            return option
+    raise AssertionError("unreachable")
+
+
+def load_image(path: PathLike) -> np.ndarray:
+    """RGB uint8 HxWx3 of an image file, identified by content; ValueError with the reason otherwise."""
+    from segpipe.data.validate import to_rgb
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            img.seek(0)  # first frame of an animation
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            if upright.mode in ("P", "PA"):
+                upright = upright.convert("RGBA")  # palette (with transparency) -> colours; alpha dropped below
+            rgb = np.asarray(to_rgb(upright), dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ValueError("not a recognisable image (expected JPEG, PNG, GIF, BMP, WebP or TIFF content)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot decode image: {exc}") from None
+    if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"decoded to an unusable array of shape {rgb.shape}")
+    return rgb
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _save_png(path: Path, pixels: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+
+
+def _overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    from segpipe.gallery import overlay
+
+    return overlay(image, labels, alpha=OVERLAY_ALPHA)
+
+
+def _write_outputs(out_dir: Path, rel: Path, image: np.ndarray, labels: np.ndarray, with_overlay: bool) -> dict[str, str | None]:
+    mask_path = out_dir / rel.with_name(f"{rel.name}_mask.png")
+    _save_png(mask_path, (labels + 1).astype(np.uint8))
+    overlay_path = None
+    if with_overlay:
+        overlay_path = out_dir / rel.with_name(f"{rel.name}_overlay.png")
+        _save_png(overlay_path, _overlay(image, labels))
+    return {"mask": str(mask_path), "overlay": None if overlay_path is None else str(overlay_path)}
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def predict_paths(
+    model_paths: Sequence[PathLike],
+    inputs: Sequence[PathLike],
+    out_dir: PathLike,
+    *,
+    batch_size: int = 8,
+    overlay: bool = True,
+) -> PredictReport:
+    """Predict a mask (and an overlay) for every image in `inputs`; see the module doc for the outputs."""
+    from segpipe.evaluation import _check_batch_size, load_models, model_records, model_sizes, predict_labels
+
+    _check_batch_size(batch_size)
+    out = Path(out_dir)
+    pairs, failed = find_inputs(inputs, out)
+    models = load_models(model_paths)
+    report = PredictReport(out_dir=out, failed=failed)
+    pending: list[tuple[Path, Path, np.ndarray]] = []
+
+    def flush() -> None:
+        for (src, rel, image), labels in zip(pending, predict_labels(models, [p[2] for p in pending])):
+            report.written.append({"input": str(src), **_write_outputs(out, rel, image, labels, overlay)})
+        pending.clear()
+
+    for src, rel in pairs:
+        try:
+            pending.append((src, rel, load_image(src)))
+        except (ValueError, OSError) as exc:
+            report.failed.append({"input": str(src), "error": str(exc)})
+            continue
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+
+    summary = {
+        **report.to_dict(),
+        "models": model_records(model_paths),
+        "img_size": [list(s) for s in model_sizes(models)],
+        "mask_values": {str(k): v for k, v in MASK_VALUES.items()},
+    }
+    report.summary = atomic_write_json(out / SUMMARY, summary)
+    return report

@@ -1,0 +1,525 @@
+"""Training: a config and a prepared dataset in, a run directory out.
+
+    run_dir = work.run(run_id_for(cfg, dataset_key, code_version()))
+    result = train(cfg, dataset_dir, run_dir)
+
+A run directory holds
+
+    config.json          the full PipelineConfig
+    lineage.json         dataset key and manifest digest, code version, seed, library versions
+    model.keras          the best model so far by val_mean_iou (replaced atomically)
+    best.json            epoch and score of model.keras
+    history.csv          one row per completed epoch (epoch indices are 0-based, as in Keras)
+    tensorboard/         TensorBoard logs
+    backup/              BackupAndRestore state; removed once the run is complete
+    train_summary.json   written last: the run is complete once it exists
+
+Because the run id is derived from data + config + code, a killed or retried
+run lands in the same directory and resumes from its last completed epoch;
+a complete run is returned without training again.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from segpipe.config import PipelineConfig, TrainConfig
+from segpipe.data.input import eval_dataset, num_examples, training_dataset
+from segpipe.fsutil import (
+    atomic_write_json,
+    atomic_write_text,
+    code_version,
+    digest_json,
+    file_lock,
+    read_json,
+    sha256_file,
+)
+from segpipe.layout import MANIFEST
+
+log = logging.getLogger(__name__)
+
+NUM_CLASSES = 3
+MONITOR = "val_mean_iou"
+CONFIG_FILE = "config.json"
+LINEAGE_FILE = "lineage.json"
+SUMMARY_FILE = "train_summary.json"
+MODEL_FILE = "model.keras"
+BEST_FILE = "best.json"
+HISTORY_FILE = "history.csv"
+BACKUP_DIR = "backup"
+TENSORBOARD_DIR = "tensorboard"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` produced. Epoch indices are 0-based; `epochs_completed` is a count."""
+
+    run_dir: Path
+    model_path: Path
+    epochs_completed: int
+    best_epoch: int
+    best_val_mean_iou: float
+    history: list[dict[str, float]]
+    resumed_from_epoch: int
+    predicted_class_share: list[float] = field(default_factory=list)
+    collapsed: bool = False
+    stop_reason: str = "completed"
+    cached: bool = False
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def _identity(cfg: PipelineConfig) -> dict[str, Any]:
+    """The parts of the config that change what training produces."""
+    return {"model": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json")}
+
+
+def run_id_for(cfg: PipelineConfig, dataset_key: str, code: str) -> str:
+    """`<model>-<12 hex>` from dataset key, model and train config, and code version."""
+    if not dataset_key:
+        raise ValueError("dataset_key must be a non-empty string")
+    digest = digest_json({"dataset_key": dataset_key, **_identity(cfg), "code": code})
+    return f"{cfg.model.name}-{digest[:12]}"
+
+
+# --------------------------------------------------------------------------- learning rate
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak_learning_rate` over `warmup_steps`, then cosine decay to 0 at `total_steps`.
+
+    With `decay="constant"` the rate stays at the peak after the warm-up.
+    During warm-up, step s (0-based) uses peak * (s + 1) / warmup_steps.
+    """
+
+    def __init__(self, peak_learning_rate: float, warmup_steps: int, total_steps: int, decay: str = "cosine"):
+        if peak_learning_rate <= 0 or warmup_steps < 0 or total_steps < 1 or decay not in ("cosine", "constant"):
+            raise ValueError(
+                "WarmupCosineDecay needs peak_learning_rate > 0, warmup_steps >= 0, total_steps >= 1 and decay "
+                f"'cosine' or 'constant'; got {peak_learning_rate}, {warmup_steps}, {total_steps}, {decay!r}"
+            )
+        self.peak_learning_rate = float(peak_learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.decay = decay
+
+    def __call__(self, step: Any) -> Any:
+        step = ops.cast(step, "float32")
+        peak = self.peak_learning_rate
+        warm = peak * ops.minimum(1.0, (step + 1.0) / max(1, self.warmup_steps))
+        if self.decay == "constant":
+            return warm if self.warmup_steps else ops.full_like(step, peak)
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = 0.5 * peak * (1.0 + ops.cos(math.pi * progress))
+        return ops.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "peak_learning_rate": self.peak_learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "decay": self.decay,
+        }
+
+
+def build_optimizer(train_cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam or AdamW with the warm-up + cosine/constant schedule of `train_cfg`."""
+    schedule = WarmupCosineDecay(
+        train_cfg.learning_rate,
+        warmup_steps=round(train_cfg.warmup_epochs * steps_per_epoch),
+        total_steps=train_cfg.epochs * steps_per_epoch,
+        decay=train_cfg.schedule,
+    )
+    if train_cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=train_cfg.weight_decay)
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+def _save_atomically(path: Path, save: Callable[[str], Any]) -> None:
+    """`save(tmp)` to a temporary name beside `path` that keeps its suffixes (Keras checks them), then rename."""
+    suffix = "".join(path.suffixes)
+    tmp = path.with_name(f".{path.name.removesuffix(suffix)}.tmp-{os.getpid()}{suffix}")
+    try:
+        save(str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _finite_loss(logs: dict[str, Any] | None) -> bool:
+    loss = (logs or {}).get("loss")
+    return loss is None or math.isfinite(float(loss))
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose weights and metadata files are each replaced atomically.
+
+    A kill while saving leaves the previous epoch's backup intact. Epochs that
+    ended with a NaN loss are not backed up.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if _finite_loss(logs):
+            super().on_epoch_end(epoch, logs)
+
+    def _save_model(self) -> None:
+        os.makedirs(self.backup_dir, exist_ok=True)
+        _save_atomically(Path(self._weights_path), lambda p: self.model.save_weights(p, overwrite=True))
+        atomic_write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Save the whole model atomically whenever `monitor` reaches a new maximum.
+
+    The best score is kept in `state_path`, so a resumed run only replaces the
+    model with a better one.
+    """
+
+    def __init__(self, path: Path, state_path: Path, monitor: str = MONITOR):
+        super().__init__()
+        self.path, self.state_path, self.monitor = Path(path), Path(state_path), monitor
+        state = read_json(self.state_path) if self.state_path.is_file() and self.path.is_file() else {}
+        self.best = float(state.get("value", -math.inf))
+        self.best_epoch: int | None = state.get("epoch")
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise KeyError(f"BestModelCheckpoint monitors {self.monitor!r}, which is not in the logs: {sorted(logs)}")
+        value = float(logs[self.monitor])
+        if not (_finite_loss(logs) and math.isfinite(value) and value > self.best):
+            return
+        _save_atomically(self.path, self.model.save)
+        self.best, self.best_epoch = value, epoch
+        atomic_write_json(self.state_path, {"epoch": epoch, "monitor": self.monitor, "value": value})
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping that replays the monitored values of epochs completed before a resume."""
+
+    def __init__(self, prior_values: list[float], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.prior_values = list(prior_values)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        for epoch, value in enumerate(self.prior_values):
+            self.on_epoch_end(epoch, {self.monitor: value})
+
+
+# --------------------------------------------------------------------------- run-directory helpers
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """Rows of a CSVLogger file as dicts: `epoch` an int, every other column a float."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [
+            {k: int(v) if k == "epoch" else float(v) for k, v in row.items() if v not in (None, "")}
+            for row in csv.DictReader(f)
+        ]
+
+
+def _truncate_history(path: Path, keep_epochs: int) -> None:
+    """Drop rows of epochs >= `keep_epochs` (written by a run killed before its backup of that epoch)."""
+    if not path.is_file():
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [r for r in body if r and int(r[0]) < keep_epochs]
+    if len(kept) == len(body):
+        return
+    if not kept:
+        path.unlink()
+        return
+    lines = [",".join(header)] + [",".join(r) for r in kept]
+    atomic_write_text(path, "\r\n".join(lines) + "\r\n")
+
+
+def _backup_epoch(backup_dir: Path) -> int:
+    """Epochs completed according to the BackupAndRestore metadata (0 when there is none)."""
+    meta = backup_dir / "training_metadata.json"
+    return int(read_json(meta)["epoch"]) if meta.is_file() and (backup_dir / "latest.weights.h5").is_file() else 0
+
+
+def _check_same_run(run_dir: Path, identity: dict[str, Any], dataset_key: str) -> None:
+    """Refuse a run directory that holds a run of another config or dataset."""
+    config_path, lineage_path = run_dir / CONFIG_FILE, run_dir / LINEAGE_FILE
+    if config_path.is_file():
+        old = read_json(config_path)
+        old_identity = {"model": old.get("model"), "train": old.get("train")}
+        if old_identity != identity:
+            raise ValueError(
+                f"run_dir {run_dir} holds a run with a different model/train config; "
+                "use run_id_for(cfg, dataset_key, code) to name run directories"
+            )
+    if lineage_path.is_file() and read_json(lineage_path).get("dataset_key") != dataset_key:
+        raise ValueError(f"run_dir {run_dir} holds a run on another dataset than {dataset_key!r}")
+
+
+def _write_lineage(run_dir: Path, cfg: PipelineConfig, dataset_dir: Path, dataset_key: str, resumed: int) -> None:
+    path = run_dir / LINEAGE_FILE
+    old = read_json(path) if path.is_file() else {}
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(path, {
+        "run_id": run_dir.name,
+        "dataset_key": dataset_key,
+        "dataset_dir": str(dataset_dir),
+        "dataset_manifest_sha256": sha256_file(dataset_dir / MANIFEST),
+        "code_version": code_version(),
+        "seed": cfg.train.seed,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "started_at": old.get("started_at", now),
+        "resumed_at": old.get("resumed_at", []) + ([{"at": now, "from_epoch": resumed}] if resumed else []),
+    })
+
+
+def _result_from_summary(run_dir: Path, summary: dict[str, Any], *, cached: bool) -> TrainResult:
+    return TrainResult(
+        run_dir=run_dir,
+        model_path=run_dir / MODEL_FILE,
+        epochs_completed=summary["epochs_completed"],
+        best_epoch=summary["best_epoch"],
+        best_val_mean_iou=summary["best_val_mean_iou"],
+        history=read_history(run_dir / HISTORY_FILE),
+        resumed_from_epoch=summary["resumed_from_epoch"],
+        predicted_class_share=summary["predicted_class_share"],
+        collapsed=summary["collapsed"],
+        stop_reason=summary["stop_reason"],
+        cached=cached,
+    )
+
+
+# --------------------------------------------------------------------------- after training
+
+
+def inference_check(
+    model_path: Path, dataset_dir: Path, *, img_size: int, batch_size: int, collapse_threshold: float, split: str = "val"
+) -> dict[str, Any]:
+    """Scores of the saved model on `split` in inference mode (BatchNorm uses its moving statistics).
+
+    Catches the failure where BN moving statistics never caught up and the
+    model predicts (nearly) one class at inference, whatever it did in training.
+    """
+    from segpipe.metrics import ConfusionAccumulator
+
+    model = keras.saving.load_model(model_path, compile=False)
+    acc = ConfusionAccumulator(NUM_CLASSES)
+    for images, labels in eval_dataset(dataset_dir, split, img_size=img_size, batch_size=batch_size):
+        probs = model(images, training=False)
+        acc.update(labels.numpy()[..., 0], ops.convert_to_numpy(ops.argmax(probs, axis=-1)))
+    return acc.scores(collapse_threshold=collapse_threshold)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _default_verbose() -> int:
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over all GPUs when there are several, else the default strategy."""
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def train(
+    cfg: PipelineConfig,
+    dataset_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    *,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    verbose: int | None = None,
+) -> TrainResult:
+    """Train `cfg.model` on `dataset_dir` into `run_dir`; resume a killed run; return a complete one as is.
+
+    `on_epoch_end(epoch, logs)` is called after each epoch is fully saved
+    (0-based epoch, logs with loss, mean_iou, pixel_accuracy and their val_ versions).
+    """
+    dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
+    manifest_path = dataset_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"dataset_dir {dataset_dir} has no {MANIFEST}: not a prepared dataset")
+    dataset_key = read_json(manifest_path).get("dataset_key") or dataset_dir.name
+    n_train, n_val = num_examples(dataset_dir, "train"), num_examples(dataset_dir, "val")
+    if n_train == 0:
+        raise ValueError(f"dataset {dataset_dir}: the train split has 0 examples")
+    if n_val == 0:
+        raise ValueError(
+            f"dataset {dataset_dir}: the val split has 0 examples; training needs validation examples "
+            "to pick the best model (prepare the dataset with a val_fraction > 0)"
+        )
+
+    identity = _identity(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(run_dir / ".lock"):
+        _check_same_run(run_dir, identity, dataset_key)
+        summary_path = run_dir / SUMMARY_FILE
+        if summary_path.is_file() and (run_dir / MODEL_FILE).is_file():
+            summary = read_json(summary_path)
+            if summary.get("identity") == identity and summary.get("dataset_key") == dataset_key:
+                log.info("run %s is already complete; not training again", run_dir)
+                return _result_from_summary(run_dir, summary, cached=True)
+
+        resumed = _backup_epoch(run_dir / BACKUP_DIR)
+        _truncate_history(run_dir / HISTORY_FILE, resumed)
+        atomic_write_json(run_dir / CONFIG_FILE, cfg.model_dump(mode="json"))
+        _write_lineage(run_dir, cfg, dataset_dir, dataset_key, resumed)
+        if resumed:
+            log.info("resuming %s after epoch %d", run_dir, resumed)
+
+        previous_policy = keras.mixed_precision.global_policy()
+        try:
+            if cfg.train.mixed_precision:
+                keras.mixed_precision.set_global_policy("mixed_float16")
+            stop_reason = _fit(cfg, dataset_dir, run_dir, n_train, on_epoch_end, verbose)
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
+
+        summary = _summarise(cfg, dataset_dir, run_dir, dataset_key, identity, resumed, stop_reason)
+        atomic_write_json(summary_path, summary)
+        shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+        return _result_from_summary(run_dir, summary, cached=False)
+
+
+def _fit(
+    cfg: PipelineConfig,
+    dataset_dir: Path,
+    run_dir: Path,
+    n_train: int,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+    verbose: int | None,
+) -> str:
+    """Build, compile and fit; return why training stopped: completed, early_stopping or nan."""
+    t = cfg.train
+    keras.utils.set_random_seed(t.seed)
+    steps = t.steps_per_epoch or math.ceil(n_train / t.batch_size)
+    train_ds = training_dataset(
+        dataset_dir, img_size=t.img_size, batch_size=t.batch_size, augment=t.augment, seed=t.seed,
+        repeat=t.steps_per_epoch is not None,
+    )
+    val_ds = eval_dataset(dataset_dir, "val", img_size=t.img_size, batch_size=t.batch_size)
+
+    from segpipe.losses import build_loss
+    from segpipe.models import build_model
+
+    with _strategy().scope():
+        model = build_model(cfg.model.name, (t.img_size, t.img_size, 3), NUM_CLASSES, **cfg.model.params())
+        model.compile(
+            optimizer=build_optimizer(t, steps),
+            loss=build_loss(t.loss, num_classes=NUM_CLASSES, dice_weight=t.dice_weight,
+                            focal_gamma=t.focal_gamma, class_weights=t.class_weights),
+            metrics=[
+                keras.metrics.MeanIoU(num_classes=NUM_CLASSES, sparse_y_pred=False, name="mean_iou"),
+                keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
+            ],
+            jit_compile=t.jit_compile,
+        )
+
+    history_path = run_dir / HISTORY_FILE
+    early = None
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(str(history_path), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR)),
+        BestModelCheckpoint(run_dir / MODEL_FILE, run_dir / BEST_FILE),
+    ]
+    if t.early_stopping_patience > 0:
+        prior = [row[MONITOR] for row in read_history(history_path) if MONITOR in row]
+        early = ResumableEarlyStopping(prior, monitor=MONITOR, mode="max", patience=t.early_stopping_patience)
+        callbacks.append(early)
+    # Last but one: an epoch counts as done for a resume only once everything above is written.
+    callbacks.append(AtomicBackupAndRestore(str(run_dir / BACKUP_DIR), save_freq="epoch", delete_checkpoint=False))
+    if on_epoch_end is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: on_epoch_end(epoch, {k: float(v) for k, v in (logs or {}).items()})
+        ))
+
+    history = model.fit(
+        train_ds, validation_data=val_ds, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
+        callbacks=callbacks, verbose=_default_verbose() if verbose is None else verbose,
+    )
+    losses = history.history.get("loss", [])
+    if losses and not math.isfinite(losses[-1]):
+        return "nan"
+    if early is not None and early.stopped_epoch > 0:
+        return "early_stopping"
+    return "completed"
+
+
+def _summarise(
+    cfg: PipelineConfig, dataset_dir: Path, run_dir: Path, dataset_key: str, identity: dict[str, Any],
+    resumed: int, stop_reason: str,
+) -> dict[str, Any]:
+    """train_summary.json: best epoch and score, epochs completed, and the inference-mode check."""
+    model_path, best_path = run_dir / MODEL_FILE, run_dir / BEST_FILE
+    if not (model_path.is_file() and best_path.is_file()):
+        raise RuntimeError(
+            f"training in {run_dir} ended ({stop_reason}) without ever saving a model: {MONITOR} was never "
+            f"finite with a finite loss; see {run_dir / HISTORY_FILE}"
+        )
+    best = read_json(best_path)
+    history = read_history(run_dir / HISTORY_FILE)
+    check = inference_check(
+        model_path, dataset_dir, img_size=cfg.train.img_size, batch_size=cfg.train.batch_size,
+        collapse_threshold=cfg.eval.collapse_threshold,
+    )
+    share = [check["predicted_class_share"][name] or 0.0 for name in check["predicted_class_share"]]
+    if check["collapsed"]:
+        log.warning(
+            "WARNING: the best model predicts one class for %.1f%% of val pixels in inference mode "
+            "(class shares %s): BatchNorm statistics may not have caught up; try a lower bn_momentum, "
+            "more epochs or a larger dataset",
+            100 * max(share), [round(s, 4) for s in share],
+        )
+    return {
+        "identity": identity,
+        "dataset_key": dataset_key,
+        "run_id": run_dir.name,
+        "epochs_completed": len(history),
+        "epochs_planned": cfg.train.epochs,
+        "best_epoch": int(best["epoch"]),
+        "best_val_mean_iou": float(best["value"]),
+        "resumed_from_epoch": resumed,
+        "stop_reason": stop_reason,
+        "predicted_class_share": share,
+        "collapsed": bool(check["collapsed"]),
+        "inference_val": {k: check[k] for k in ("mean_iou", "pixel_accuracy", "iou", "confusion_matrix")},
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

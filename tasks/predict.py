@@ -1,0 +1,23 @@
+"""Prefect task `predict`: masks and overlays for arbitrary image files (never cached: inputs are files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+
+@task(name="predict", cache_policy=NO_CACHE)
+def predict(model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8) -> dict[str, Any]:
+    from segpipe import predict as predict_mod
+
+    logger = get_run_logger()
+    report = predict_mod.predict_paths(
+        [Path(p) for p in model_paths], [Path(p) for p in inputs], Path(out_dir), batch_size=batch_size
+    )
+    for failure in report.failed:
+        logger.warning("could not read %s: %s", failure["input"], failure["error"])
+    logger.info("%d masks written to %s", len(report.written), out_dir)
+    return {"written": report.written, "failed": report.failed}

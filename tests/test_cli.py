@@ -1,0 +1,64 @@
+"""The CLI: bad input fails before any work, fast, without importing TensorFlow or Prefect."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cli.main import main
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_config_prints_resolved_json(capsys):
+    assert main(["config", "--preset", "cpu-quick", "--epochs", "3", "--set", "data.val_fraction=0.2"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["train"]["epochs"] == 3 and cfg["data"]["val_fraction"] == 0.2 and cfg["preset"] == "cpu-quick"
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["prepare", "--val-fraction", "0"], "data.val_fraction"),
+        (["prepare", "--seed", "-1"], "data.seed"),
+        (["config", "--epochs", "-2"], "train.epochs"),
+        (["config", "--model", "nope"], "model.name"),
+        (["config", "--set", "train.img_size=30"], "train.img_size"),
+    ],
+)
+def test_bad_parameters_exit_2_naming_the_field(argv, field, capsys, tmp_path):
+    assert main([*argv, "--work-dir", str(tmp_path)]) == 2
+    assert field in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "nothing may be written before validation passes"
+
+
+def test_set_needs_field_equals_value(capsys):
+    assert main(["config", "--set", "nonsense"]) == 2
+    assert "FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_config_file(tmp_path, capsys):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"train": {"epochs": 5}}))
+    assert main(["config", "--config", str(f)]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["epochs"] == 5
+    assert main(["config", "--config", str(tmp_path / "missing.json")]) == 2
+
+
+def test_bad_flag_fails_without_heavy_imports():
+    code = (
+        "import sys; from cli.main import main; rc = main(['prepare', '--val-fraction', '2']);"
+        "assert 'tensorflow' not in sys.modules and 'prefect' not in sys.modules, sorted(sys.modules);"
+        "sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "data.val_fraction" in proc.stderr
+
+
+def test_datasets_lists_nothing_in_empty_work(tmp_path, capsys):
+    assert main(["datasets", "--work-dir", str(tmp_path)]) == 0
+    assert "no prepared dataset" in capsys.readouterr().out

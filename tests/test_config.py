@@ -1,0 +1,65 @@
+"""The typed configuration: presets, overrides, and errors that name the field."""
+
+import pytest
+
+from segpipe.config import PRESETS, ConfigError, PipelineConfig, build_config
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_is_valid(preset):
+    cfg = build_config(preset)
+    assert cfg.preset == preset
+    assert isinstance(cfg, PipelineConfig)
+
+
+def test_keras_example_preset_is_the_examples_recipe():
+    cfg = build_config("keras-example")
+    assert (cfg.model.name, cfg.train.img_size, cfg.train.batch_size) == ("xception_unet", 160, 32)
+    assert (cfg.train.optimizer, cfg.train.learning_rate) == ("adam", 1e-4)
+
+
+def test_overrides_dotted_and_nested():
+    cfg = build_config("cpu-quick", {"train.epochs": 3, "data": {"seed": 7}, "model.name": "xception_unet"})
+    assert cfg.train.epochs == 3 and cfg.data.seed == 7 and cfg.model.name == "xception_unet"
+    assert cfg.train.img_size == PRESETS["cpu-quick"]["train"]["img_size"]
+
+
+def test_none_overrides_are_ignored():
+    assert build_config("tiny", {"train.epochs": None}).train.epochs == PRESETS["tiny"]["train"]["epochs"]
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"train.epochs": -1}, "train.epochs"),
+        ({"model.name": "segformer"}, "model.name"),
+        ({"train.img_size": 100}, "train.img_size"),
+        ({"data.seed": 2**32}, "data.seed"),
+        ({"data.val_fraction": 1.5}, "data.val_fraction"),
+        ({"data.split": "weird"}, "data.split"),
+        ({"data.source": "  "}, "data.source"),
+        ({"train.nonsense": 1}, "train.nonsense"),
+    ],
+)
+def test_invalid_values_name_the_field(overrides, field):
+    with pytest.raises(ConfigError) as err:
+        build_config(None, overrides)
+    assert field in str(err.value)
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ConfigError, match="preset: unknown preset 'nope'.*cpu-quick"):
+        build_config("nope")
+
+
+def test_img_size_rule_follows_the_model():
+    build_config(None, {"model.name": "unet", "model.depth": 2, "train.img_size": 36})
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        build_config(None, {"model.name": "xception_unet", "train.img_size": 40})
+
+
+def test_content_params_exclude_location_and_speed():
+    a = build_config(None, {"data.source": "/a", "data.workers": 1}).data.content_params()
+    b = build_config(None, {"data.source": "http://b/", "data.workers": 4}).data.content_params()
+    assert a == b and "source" not in a
+    assert build_config(None, {"data.seed": 1}).data.content_params() != a

@@ -1,0 +1,293 @@
+"""Training: run directory contents, caching, resume after interruption, LR schedule, guards."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from segpipe.config import build_config  # noqa: E402
+from segpipe.fsutil import read_json, sha256_file  # noqa: E402
+from segpipe.training import (  # noqa: E402
+    BestModelCheckpoint,
+    ResumableEarlyStopping,
+    WarmupCosineDecay,
+    _truncate_history,
+    build_optimizer,
+    inference_check,
+    read_history,
+    run_id_for,
+    train,
+)
+from tests.test_input import write_tiny_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_cfg(**train):
+    return build_config("tiny", {"train": {"epochs": 2, "batch_size": 4, **train}})
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("ds"), {"train": 12, "val": 4}, key="tiny-train-ds")
+
+
+# --------------------------------------------------------------------------- a full tiny run
+
+
+def test_train_writes_the_run_directory_and_is_cached(dataset_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(augment=True)
+    run_dir = tmp_path / run_id_for(cfg, "tiny-train-ds", "test")
+    seen: list[tuple[int, dict]] = []
+    result = train(cfg, dataset_dir, run_dir, on_epoch_end=lambda e, logs: seen.append((e, logs)), verbose=0)
+
+    assert result.run_dir == run_dir and result.model_path == run_dir / "model.keras"
+    assert result.epochs_completed == 2 and result.resumed_from_epoch == 0 and not result.cached
+    assert [e for e, _ in seen] == [0, 1]
+    assert {"loss", "mean_iou", "pixel_accuracy", "val_loss", "val_mean_iou", "val_pixel_accuracy"} <= set(seen[0][1])
+    val_scores = [logs["val_mean_iou"] for _, logs in seen]
+    assert result.best_epoch == int(np.argmax(val_scores))
+    assert result.best_val_mean_iou == pytest.approx(max(val_scores))
+
+    assert read_json(run_dir / "config.json") == cfg.model_dump(mode="json")
+    history = read_history(run_dir / "history.csv")
+    assert [row["epoch"] for row in history] == [0, 1] and result.history == history
+    assert history[1]["val_mean_iou"] == pytest.approx(val_scores[1])
+    lineage = read_json(run_dir / "lineage.json")
+    assert lineage["dataset_key"] == "tiny-train-ds"
+    assert lineage["dataset_manifest_sha256"] == sha256_file(dataset_dir / "manifest.json")
+    assert lineage["seed"] == cfg.train.seed and lineage["keras"] == keras.__version__
+    assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert not (run_dir / "backup").exists()  # removed once the run is complete
+    assert not list(run_dir.glob(".*tmp*"))  # no temporary files left behind
+
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    probs = model.predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0)
+    assert probs.shape == (1, 32, 32, 3)
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-4)
+
+    summary = read_json(run_dir / "train_summary.json")
+    assert summary["epochs_completed"] == 2 and summary["best_epoch"] == result.best_epoch
+    assert len(summary["predicted_class_share"]) == 3
+    assert sum(summary["predicted_class_share"]) == pytest.approx(1.0)
+    assert summary["collapsed"] == (max(summary["predicted_class_share"]) >= 0.98) == result.collapsed
+
+    # Same config again: the complete run is returned, nothing is retrained or rewritten.
+    mtime = (run_dir / "model.keras").stat().st_mtime_ns
+    seen.clear()
+    again = train(cfg, dataset_dir, run_dir, on_epoch_end=lambda e, logs: seen.append((e, logs)), verbose=0)
+    assert again.cached and seen == []
+    assert (again.epochs_completed, again.best_epoch, again.best_val_mean_iou) == (
+        result.epochs_completed, result.best_epoch, result.best_val_mean_iou)
+    assert (run_dir / "model.keras").stat().st_mtime_ns == mtime
+
+    # Another config in the same directory is refused rather than mixed in.
+    with pytest.raises(ValueError, match="different model/train config"):
+        train(tiny_cfg(augment=True, learning_rate=0.5), dataset_dir, run_dir, verbose=0)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_from_the_last_completed_epoch(dataset_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(epochs=3, warmup_epochs=1.0, early_stopping_patience=5)
+    run_dir = tmp_path / "run"
+
+    def crash_after_first_epoch(epoch: int, logs: dict) -> None:
+        if epoch == 0:
+            raise Interrupt("killed")
+
+    with pytest.raises(Interrupt):
+        train(cfg, dataset_dir, run_dir, on_epoch_end=crash_after_first_epoch, verbose=0)
+    assert read_json(run_dir / "backup" / "training_metadata.json")["epoch"] == 1
+    assert [row["epoch"] for row in read_history(run_dir / "history.csv")] == [0]
+    assert not (run_dir / "train_summary.json").exists()
+
+    seen: list[int] = []
+    result = train(cfg, dataset_dir, run_dir, on_epoch_end=lambda e, logs: seen.append(e), verbose=0)
+    assert seen == [1, 2]
+    assert result.resumed_from_epoch == 1 and result.epochs_completed == 3 and not result.cached
+    assert [row["epoch"] for row in result.history] == [0, 1, 2]
+    assert read_json(run_dir / "lineage.json")["resumed_at"][0]["from_epoch"] == 1
+    assert 0 <= result.best_epoch <= 2
+
+
+def test_empty_val_split_is_refused_up_front(tmp_path: Path) -> None:
+    ds = write_tiny_dataset(tmp_path / "ds", {"train": 4, "val": 0})
+    with pytest.raises(ValueError, match="val split has 0 examples"):
+        train(tiny_cfg(), ds, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        train(tiny_cfg(), tmp_path / "nowhere", tmp_path / "run", verbose=0)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_run_id_is_content_derived() -> None:
+    cfg = tiny_cfg()
+    rid = run_id_for(cfg, "ds1", "v1")
+    assert rid.startswith("unet-") and len(rid) == len("unet-") + 12
+    assert run_id_for(tiny_cfg(), "ds1", "v1") == rid
+    assert run_id_for(cfg, "ds2", "v1") != rid
+    assert run_id_for(cfg, "ds1", "v2") != rid
+    assert run_id_for(tiny_cfg(epochs=3), "ds1", "v1") != rid
+    assert run_id_for(build_config("tiny", {"train": {"epochs": 2}, "eval": {"split": "val"}}), "ds1", "v1") == rid
+    with pytest.raises(ValueError, match="dataset_key"):
+        run_id_for(cfg, "", "v1")
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    s = WarmupCosineDecay(1e-3, warmup_steps=10, total_steps=110)
+    lr = lambda step: float(s(step))  # noqa: E731
+    assert lr(0) == pytest.approx(1e-4)
+    assert lr(4) == pytest.approx(5e-4)
+    assert lr(9) == pytest.approx(1e-3)
+    assert lr(10) == pytest.approx(1e-3)
+    assert lr(35) == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 0.25)))
+    assert lr(60) == pytest.approx(5e-4)
+    assert lr(110) == pytest.approx(0.0, abs=1e-12)
+    assert lr(500) == pytest.approx(0.0, abs=1e-12)
+    values = [lr(i) for i in range(111)]
+    assert all(a <= b for a, b in zip(values[:10], values[1:11]))  # rising during warm-up
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))  # falling after
+
+
+def test_lr_schedule_constant_and_no_warmup() -> None:
+    constant = WarmupCosineDecay(2e-3, warmup_steps=4, total_steps=100, decay="constant")
+    assert [round(float(constant(i)), 9) for i in (0, 1, 3, 4, 99, 1000)] == [5e-4, 1e-3, 2e-3, 2e-3, 2e-3, 2e-3]
+    no_warmup = WarmupCosineDecay(1e-3, warmup_steps=0, total_steps=10)
+    assert float(no_warmup(0)) == pytest.approx(1e-3)
+    assert float(no_warmup(5)) == pytest.approx(5e-4)
+    assert float(WarmupCosineDecay(1e-3, 0, 10, decay="constant")(7)) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="decay"):
+        WarmupCosineDecay(1e-3, 0, 10, decay="linear")
+
+
+def test_lr_schedule_serialises_and_optimizer_uses_config() -> None:
+    s = WarmupCosineDecay(1e-3, warmup_steps=10, total_steps=110)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(s))
+    assert isinstance(restored, WarmupCosineDecay) and restored.get_config() == s.get_config()
+
+    cfg = build_config("tiny", {"train": {"epochs": 4, "warmup_epochs": 1.5, "optimizer": "adamw",
+                                          "learning_rate": 0.01, "weight_decay": 0.05}})
+    opt = build_optimizer(cfg.train, steps_per_epoch=10)
+    assert isinstance(opt, keras.optimizers.AdamW) and opt.weight_decay == pytest.approx(0.05)
+    sched = opt.learning_rate if isinstance(opt.learning_rate, WarmupCosineDecay) else opt._learning_rate
+    assert sched.get_config() == {"peak_learning_rate": 0.01, "warmup_steps": 15, "total_steps": 40, "decay": "cosine"}
+    restored_opt = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert float(restored_opt._learning_rate(15)) == pytest.approx(0.01)
+    assert isinstance(build_optimizer(tiny_cfg().train, 3), keras.optimizers.Adam)
+
+
+def _tiny_model(bias: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> keras.Model:
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Conv2D(3, 1, activation="softmax", kernel_initializer="zeros",
+                                  bias_initializer=keras.initializers.Constant(bias))(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def test_best_checkpoint_is_atomic_and_remembers_the_best(tmp_path: Path) -> None:
+    path, state = tmp_path / "model.keras", tmp_path / "best.json"
+    cb = BestModelCheckpoint(path, state)
+    cb.set_model(_tiny_model())
+    cb.on_epoch_end(0, {"loss": 1.0, "val_mean_iou": 0.5})
+    assert path.is_file() and read_json(state) == {"epoch": 0, "monitor": "val_mean_iou", "value": 0.5}
+    mtime = path.stat().st_mtime_ns
+
+    resumed = BestModelCheckpoint(path, state)  # a resumed run reads the best so far
+    resumed.set_model(_tiny_model())
+    assert resumed.best == 0.5 and resumed.best_epoch == 0
+    resumed.on_epoch_end(1, {"loss": 1.0, "val_mean_iou": 0.4})
+    resumed.on_epoch_end(2, {"loss": float("nan"), "val_mean_iou": 0.9})
+    assert path.stat().st_mtime_ns == mtime and read_json(state)["epoch"] == 0
+    resumed.on_epoch_end(3, {"loss": 0.5, "val_mean_iou": 0.6})
+    assert read_json(state)["epoch"] == 3 and path.stat().st_mtime_ns != mtime
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "model.keras"]
+    with pytest.raises(KeyError, match="val_mean_iou"):
+        resumed.on_epoch_end(4, {"loss": 0.5})
+
+
+def test_early_stopping_replays_epochs_before_a_resume() -> None:
+    cb = ResumableEarlyStopping([0.5, 0.4, 0.3], monitor="val_mean_iou", mode="max", patience=3)
+    cb.set_model(_tiny_model())
+    cb.on_train_begin()
+    assert cb.best == 0.5 and cb.wait == 2
+    cb.on_epoch_end(3, {"val_mean_iou": 0.45})
+    assert cb.model.stop_training and cb.stopped_epoch == 3
+
+
+def test_truncate_history_drops_epochs_not_backed_up(tmp_path: Path) -> None:
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_mean_iou\r\n0,1.0,0.2\r\n1,0.9,0.3\r\n2,0.8,0.4\r\n")
+    _truncate_history(path, 2)
+    assert read_history(path) == [{"epoch": 0, "loss": 1.0, "val_mean_iou": 0.2},
+                                  {"epoch": 1, "loss": 0.9, "val_mean_iou": 0.3}]
+    _truncate_history(path, 0)
+    assert not path.exists()
+
+
+def test_inference_check_flags_a_collapsed_model(dataset_dir: Path, tmp_path: Path) -> None:
+    _tiny_model(bias=(0.0, 5.0, 0.0)).save(tmp_path / "collapsed.keras")
+    check = inference_check(tmp_path / "collapsed.keras", dataset_dir, img_size=32, batch_size=4,
+                            collapse_threshold=0.98)
+    assert check["collapsed"] is True
+    assert check["predicted_class_share"] == {"pet": 0.0, "background": 1.0, "border": 0.0}
+    assert check["n_pixels"] == 4 * 32 * 32
+
+
+# --------------------------------------------------------------------------- a real kill
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from segpipe.config import build_config
+    from segpipe.training import train
+
+    def hook(epoch, logs):
+        print(f"epoch {epoch + 1} done", flush=True)
+        if epoch == 0:
+            time.sleep(600)  # killed here, after epoch 1 is fully saved
+
+    cfg = build_config("tiny", {"train": {"epochs": 3, "batch_size": 4}})
+    train(cfg, Path(sys.argv[1]), Path(sys.argv[2]), on_epoch_end=hook, verbose=0)
+""")
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes(dataset_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(dataset_dir), str(run_dir)], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        for line in child.stdout:
+            if "epoch 1 done" in line or time.monotonic() > deadline:
+                break
+        assert child.poll() is None, "the child exited before it could be killed"
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert not (run_dir / "train_summary.json").exists()
+
+    cfg = build_config("tiny", {"train": {"epochs": 3, "batch_size": 4}})
+    result = train(cfg, dataset_dir, run_dir, verbose=0)
+    assert result.resumed_from_epoch == 1 and result.epochs_completed == 3
+    assert [row["epoch"] for row in result.history] == [0, 1, 2]
+    keras.saving.load_model(result.model_path, compile=False)
