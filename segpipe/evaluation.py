@@ -62,11 +62,15 @@ def load_models(paths: Sequence[PathLike]) -> list[Any]:
         try:
             model = keras.saving.load_model(path, compile=False)
         except Exception as exc:  # keras raises many types for corrupt or foreign files
-            raise ValueError(f"cannot load model {path} (expected a .keras file): {type(exc).__name__}: {exc}") from exc
+            raise ValueError(
+                f"cannot load model {path} (expected a .keras file): {type(exc).__name__}: {exc}"
+            ) from exc
         input_size(model, name=str(path))
         out = model.output_shape
         if isinstance(out, list) or len(out) != 4 or out[-1] != NUM_CLASSES:
-            raise ValueError(f"model {path} must output (batch, height, width, {NUM_CLASSES}) probabilities; got {out}")
+            raise ValueError(
+                f"model {path} must output (batch, height, width, {NUM_CLASSES}) probabilities; got {out}"
+            )
         models.append(model)
     return models
 
@@ -122,7 +126,9 @@ def labels_at(probs: Any, size: tuple[int, int]) -> np.ndarray:
     return resize_probs(probs, size).argmax(axis=-1).astype(np.int64)
 
 
-def _ensemble(models: Sequence[Any], inputs: dict[tuple[int, int], np.ndarray], out_size: tuple[int, int]) -> np.ndarray:
+def _ensemble(
+    models: Sequence[Any], inputs: dict[tuple[int, int], np.ndarray], out_size: tuple[int, int]
+) -> np.ndarray:
     """Mean of the members' softmax outputs at `out_size`; `inputs` holds the batch at each member's size."""
     total = None
     for model in models:
@@ -233,7 +239,8 @@ def _split_size(dataset_dir: PathLike, split: str) -> tuple[dict[str, Any], int]
     return manifest, n
 
 
-def _check_batch_size(batch_size: int) -> None:
+def check_batch_size(batch_size: int) -> None:
+    """ValueError unless `batch_size` is a positive int."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
 
@@ -280,7 +287,7 @@ def evaluate(
     split, models [{path, sha256}], dataset_key and warnings.
     `keep_for_gallery(id)` selects the images whose pixels are kept in `items`.
     """
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     manifest, expected = _split_size(dataset_dir, split)
     models = load_models(model_paths)
     sizes = model_sizes(models)
@@ -338,12 +345,14 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     if not isinstance(model_res, dict):
         raise ValueError("metrics has no 'at_model_resolution' section; expected the dict returned by evaluate()")
     size = "x".join(str(v) for v in model_res.get("img_size", []))
-    models = ", ".join(f"`{Path(m['path']).name}` ({m['sha256'][:12]})" for m in metrics.get("models", []))
+    members = metrics.get("models", [])
+    models = ", ".join(f"`{Path(m['path']).name}` ({m['sha256'][:12]})" for m in members)
+    ensemble = " (ensemble: mean of softmax outputs)" if len(members) > 1 else ""
     lines = [
         f"## Evaluation: split `{metrics.get('split')}` of dataset `{metrics.get('dataset_key')}`",
         "",
         f"- images: {metrics.get('n_images')}",
-        f"- models: {models or 'n/a'}" + (" (ensemble: mean of softmax outputs)" if len(metrics.get("models", [])) > 1 else ""),
+        f"- models: {models or 'n/a'}{ensemble}",
         "- headline figures are at the ORIGINAL image resolution (probabilities resized back, then argmax);",
         f"  the second table is at MODEL resolution ({size}, trimap resized nearest), as seen during training.",
         "",
@@ -367,7 +376,7 @@ def collect_items(
 
     Only those images are predicted. A clear error names ids not found in the split.
     """
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     wanted = list(dict.fromkeys(str(i) for i in ids))
     if not wanted:
         return []

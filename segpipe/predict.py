@@ -13,8 +13,8 @@ Outputs, for an input `<stem>.<ext>`:
 
 Inputs are files or directories. Directories are searched recursively for
 .jpg .jpeg .png .gif .bmp .webp .tif .tiff (any case), skipping hidden files
-and anything under `out_dir`; their relative sub-paths are kept under
-`out_dir`. Name clashes (`cat.jpg` and `cat.png`) get the extension appended
+and the `*_mask.png` / `*_overlay.png` files already in `out_dir`; their
+relative sub-paths are kept under `out_dir`. Name clashes (`cat.jpg` and `cat.png`) get the extension appended
 (`cat_png_mask.png`), then a number. Files are identified by content, not by
 extension: anything Pillow decodes is used (GIF: first frame; alpha dropped;
 grayscale, CMYK, palette and 16-bit images converted to 8-bit RGB exactly as
@@ -75,16 +75,23 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _walk(folder: Path, exclude: Path) -> list[Path]:
-    """Image files under `folder` (recursive, sorted, no hidden entries, nothing under `exclude`)."""
+def _is_our_output(path: Path, out_dir: Path) -> bool:
+    """A mask or overlay written by an earlier run into `out_dir` (never read back as an input)."""
+    return path.name.endswith(("_mask.png", "_overlay.png")) and _inside(path.resolve(), out_dir)
+
+
+def _walk(folder: Path, out_dir: Path) -> list[Path]:
+    """Image files under `folder` (recursive, sorted, no hidden entries, none of our outputs in `out_dir`)."""
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _inside(Path(root, d).resolve(), exclude))
-        found += [Path(root, f) for f in sorted(files) if _is_image_name(Path(f))]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [p for f in sorted(files) if _is_image_name(p := Path(root, f)) and not _is_our_output(p, out_dir)]
     return found
 
 
-def find_inputs(inputs: Sequence[PathLike], out_dir: PathLike) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
+def find_inputs(
+    inputs: Sequence[PathLike], out_dir: PathLike
+) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
     """(file, output stem relative to out_dir) for every input image, and failures for unusable paths.
 
     Raises FileNotFoundError when none of `inputs` exists.
@@ -112,7 +119,8 @@ def find_inputs(inputs: Sequence[PathLike], out_dir: PathLike) -> tuple[list[tup
         elif p.is_dir():
             files = _walk(p, exclude)
             if not files:
-                failed.append({"input": str(p), "error": f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in directory"})
+                kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+                failed.append({"input": str(p), "error": f"no image files ({kinds}) in directory"})
             for f in files:
                 add(f, f.relative_to(p))
         elif p.is_file():
@@ -163,8 +171,8 @@ def load_image(path: PathLike) -> np.ndarray:
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG")
+    with atomic_path(path) as tmp:  # zlib level 1: several times faster than the default, files barely larger
+        Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
 
 
 def _overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -173,7 +181,10 @@ def _overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return overlay(image, labels, alpha=OVERLAY_ALPHA)
 
 
-def _write_outputs(out_dir: Path, rel: Path, image: np.ndarray, labels: np.ndarray, with_overlay: bool) -> dict[str, str | None]:
+def _write_outputs(
+    out_dir: Path, rel: Path, image: np.ndarray, labels: np.ndarray, with_overlay: bool
+) -> dict[str, str | None]:
+    """Write `<rel>_mask.png` (trimap values = labels + 1) and, if asked, `<rel>_overlay.png`."""
     mask_path = out_dir / rel.with_name(f"{rel.name}_mask.png")
     _save_png(mask_path, (labels + 1).astype(np.uint8))
     overlay_path = None
@@ -195,9 +206,9 @@ def predict_paths(
     overlay: bool = True,
 ) -> PredictReport:
     """Predict a mask (and an overlay) for every image in `inputs`; see the module doc for the outputs."""
-    from segpipe.evaluation import _check_batch_size, load_models, model_records, model_sizes, predict_labels
+    from segpipe.evaluation import check_batch_size, load_models, model_records, model_sizes, predict_labels
 
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     out = Path(out_dir)
     pairs, failed = find_inputs(inputs, out)
     models = load_models(model_paths)

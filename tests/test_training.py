@@ -43,32 +43,79 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("ds"), {"train": 12, "val": 4}, key="tiny-train-ds")
 
 
-# --------------------------------------------------------------------------- a full tiny run
+# --------------------------------------------------------------------------- one tiny run, interrupted and resumed
+#
+# Tracing a Keras train step is the slow part of these tests (seconds each on a shared
+# 2-core machine), so one module-scoped run is shared: it is interrupted after its first
+# epoch, resumed to completion, and then asked for again (cached).
 
 
-def test_train_writes_the_run_directory_and_is_cached(dataset_dir: Path, tmp_path: Path) -> None:
-    cfg = tiny_cfg(augment=True)
-    run_dir = tmp_path / run_id_for(cfg, "tiny-train-ds", "test")
-    seen: list[tuple[int, dict]] = []
-    result = train(cfg, dataset_dir, run_dir, on_epoch_end=lambda e, logs: seen.append((e, logs)), verbose=0)
+class Interrupt(Exception):
+    pass
 
-    assert result.run_dir == run_dir and result.model_path == run_dir / "model.keras"
-    assert result.epochs_completed == 2 and result.resumed_from_epoch == 0 and not result.cached
-    assert [e for e, _ in seen] == [0, 1]
-    assert {"loss", "mean_iou", "pixel_accuracy", "val_loss", "val_mean_iou", "val_pixel_accuracy"} <= set(seen[0][1])
-    val_scores = [logs["val_mean_iou"] for _, logs in seen]
+
+@pytest.fixture(scope="module")
+def run(dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    cfg = tiny_cfg(epochs=3, augment=True, warmup_epochs=1.0, early_stopping_patience=5)
+    run_dir = tmp_path_factory.mktemp("runs") / run_id_for(cfg, "tiny-train-ds", "test")
+    first: list[tuple[int, dict]] = []
+
+    def crash_after_first_epoch(epoch: int, logs: dict) -> None:
+        first.append((epoch, logs))
+        if epoch == 0:
+            raise Interrupt("killed")
+
+    with pytest.raises(Interrupt):
+        train(cfg, dataset_dir, run_dir, on_epoch_end=crash_after_first_epoch, verbose=0)
+    interrupted = {
+        "backup_epoch": read_json(run_dir / "backup" / "training_metadata.json")["epoch"],
+        "history": read_history(run_dir / "history.csv"),
+        "summary_exists": (run_dir / "train_summary.json").exists(),
+        "model_exists": (run_dir / "model.keras").exists(),
+    }
+    second: list[tuple[int, dict]] = []
+    result = train(cfg, dataset_dir, run_dir, on_epoch_end=lambda e, logs: second.append((e, logs)), verbose=0)
+    return {"cfg": cfg, "run_dir": run_dir, "first": first, "second": second, "interrupted": interrupted,
+            "result": result}
+
+
+def test_interrupted_run_leaves_a_resumable_state(run: dict) -> None:
+    assert [e for e, _ in run["first"]] == [0]
+    assert run["interrupted"]["backup_epoch"] == 1
+    assert [row["epoch"] for row in run["interrupted"]["history"]] == [0]
+    assert run["interrupted"]["model_exists"] and not run["interrupted"]["summary_exists"]
+
+
+def test_resumed_run_continues_from_the_last_completed_epoch(run: dict) -> None:
+    result = run["result"]
+    assert [e for e, _ in run["second"]] == [1, 2]
+    assert result.resumed_from_epoch == 1 and result.epochs_completed == 3 and not result.cached
+    assert [row["epoch"] for row in result.history] == [0, 1, 2]
+    assert read_json(run["run_dir"] / "lineage.json")["resumed_at"][0]["from_epoch"] == 1
+    # The resumed epochs continue the warm-up + cosine schedule where it stopped (3 steps an epoch).
+    lrs = [row["learning_rate"] for row in result.history]
+    expected = WarmupCosineDecay(1e-3, warmup_steps=3, total_steps=9)
+    assert lrs == pytest.approx([float(expected(3 * (e + 1))) for e in range(3)], abs=1e-7)
+
+
+def test_run_directory_contents(run: dict, dataset_dir: Path) -> None:
+    cfg, run_dir, result = run["cfg"], run["run_dir"], run["result"]
+    logs = dict(run["first"] + run["second"])
+    assert {"loss", "mean_iou", "pixel_accuracy", "val_loss", "val_mean_iou", "val_pixel_accuracy"} <= set(logs[0])
+    val_scores = [logs[e]["val_mean_iou"] for e in range(3)]
     assert result.best_epoch == int(np.argmax(val_scores))
     assert result.best_val_mean_iou == pytest.approx(max(val_scores))
+    assert read_json(run_dir / "best.json")["epoch"] == result.best_epoch
 
+    assert result.model_path == run_dir / "model.keras"
     assert read_json(run_dir / "config.json") == cfg.model_dump(mode="json")
-    history = read_history(run_dir / "history.csv")
-    assert [row["epoch"] for row in history] == [0, 1] and result.history == history
-    assert history[1]["val_mean_iou"] == pytest.approx(val_scores[1])
+    assert [row["val_mean_iou"] for row in read_history(run_dir / "history.csv")] == pytest.approx(val_scores)
     lineage = read_json(run_dir / "lineage.json")
-    assert lineage["dataset_key"] == "tiny-train-ds"
+    assert lineage["dataset_key"] == "tiny-train-ds" and lineage["run_id"] == run_dir.name
     assert lineage["dataset_manifest_sha256"] == sha256_file(dataset_dir / "manifest.json")
     assert lineage["seed"] == cfg.train.seed and lineage["keras"] == keras.__version__
-    assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    for split in ("train", "validation"):
+        assert list((run_dir / "tensorboard" / split).glob("events.out.tfevents.*"))
     assert not (run_dir / "backup").exists()  # removed once the run is complete
     assert not list(run_dir.glob(".*tmp*"))  # no temporary files left behind
 
@@ -78,50 +125,50 @@ def test_train_writes_the_run_directory_and_is_cached(dataset_dir: Path, tmp_pat
     np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-4)
 
     summary = read_json(run_dir / "train_summary.json")
-    assert summary["epochs_completed"] == 2 and summary["best_epoch"] == result.best_epoch
+    assert (summary["epochs_completed"], summary["best_epoch"], summary["resumed_from_epoch"]) == (3, result.best_epoch, 1)
+    assert summary["stop_reason"] == result.stop_reason == "completed"
     assert len(summary["predicted_class_share"]) == 3
     assert sum(summary["predicted_class_share"]) == pytest.approx(1.0)
     assert summary["collapsed"] == (max(summary["predicted_class_share"]) >= 0.98) == result.collapsed
 
-    # Same config again: the complete run is returned, nothing is retrained or rewritten.
+
+def test_tensorboard_scalars_are_readable(run: dict) -> None:
+    tf = pytest.importorskip("tensorflow")
+    def scalars(split: str) -> dict[tuple[str, int], float]:
+        files = sorted((run["run_dir"] / "tensorboard" / split).glob("events.out.tfevents.*"))
+        assert len(files) == 2  # one per process: the interrupted one and the resumed one
+        out = {}
+        for f in files:
+            for record in tf.data.TFRecordDataset(str(f)).as_numpy_iterator():
+                event = tf.compat.v1.Event.FromString(record)
+                for v in event.summary.value:
+                    out[(v.tag, event.step)] = tf.make_ndarray(v.tensor).item()
+        return out
+
+    history = run["result"].history
+    train, val = scalars("train"), scalars("validation")
+    for epoch in range(3):
+        assert val[("epoch_mean_iou", epoch)] == pytest.approx(history[epoch]["val_mean_iou"], rel=1e-5)
+        assert train[("epoch_loss", epoch)] == pytest.approx(history[epoch]["loss"], rel=1e-5)
+        assert train[("epoch_learning_rate", epoch)] == pytest.approx(history[epoch]["learning_rate"], rel=1e-5)
+
+
+def test_complete_run_is_returned_without_training(run: dict, dataset_dir: Path) -> None:
+    run_dir, result = run["run_dir"], run["result"]
     mtime = (run_dir / "model.keras").stat().st_mtime_ns
-    seen.clear()
-    again = train(cfg, dataset_dir, run_dir, on_epoch_end=lambda e, logs: seen.append((e, logs)), verbose=0)
+    seen: list[int] = []
+    again = train(run["cfg"], dataset_dir, run_dir, on_epoch_end=lambda e, logs: seen.append(e), verbose=0)
     assert again.cached and seen == []
-    assert (again.epochs_completed, again.best_epoch, again.best_val_mean_iou) == (
-        result.epochs_completed, result.best_epoch, result.best_val_mean_iou)
+    assert (again.epochs_completed, again.best_epoch, again.best_val_mean_iou, again.resumed_from_epoch) == (
+        result.epochs_completed, result.best_epoch, result.best_val_mean_iou, result.resumed_from_epoch)
+    assert again.history == result.history
     assert (run_dir / "model.keras").stat().st_mtime_ns == mtime
 
-    # Another config in the same directory is refused rather than mixed in.
+
+def test_another_config_in_the_same_run_dir_is_refused(run: dict, dataset_dir: Path) -> None:
+    other = tiny_cfg(epochs=3, augment=True, warmup_epochs=1.0, early_stopping_patience=5, learning_rate=0.5)
     with pytest.raises(ValueError, match="different model/train config"):
-        train(tiny_cfg(augment=True, learning_rate=0.5), dataset_dir, run_dir, verbose=0)
-
-
-class Interrupt(Exception):
-    pass
-
-
-def test_interrupted_run_resumes_from_the_last_completed_epoch(dataset_dir: Path, tmp_path: Path) -> None:
-    cfg = tiny_cfg(epochs=3, warmup_epochs=1.0, early_stopping_patience=5)
-    run_dir = tmp_path / "run"
-
-    def crash_after_first_epoch(epoch: int, logs: dict) -> None:
-        if epoch == 0:
-            raise Interrupt("killed")
-
-    with pytest.raises(Interrupt):
-        train(cfg, dataset_dir, run_dir, on_epoch_end=crash_after_first_epoch, verbose=0)
-    assert read_json(run_dir / "backup" / "training_metadata.json")["epoch"] == 1
-    assert [row["epoch"] for row in read_history(run_dir / "history.csv")] == [0]
-    assert not (run_dir / "train_summary.json").exists()
-
-    seen: list[int] = []
-    result = train(cfg, dataset_dir, run_dir, on_epoch_end=lambda e, logs: seen.append(e), verbose=0)
-    assert seen == [1, 2]
-    assert result.resumed_from_epoch == 1 and result.epochs_completed == 3 and not result.cached
-    assert [row["epoch"] for row in result.history] == [0, 1, 2]
-    assert read_json(run_dir / "lineage.json")["resumed_at"][0]["from_epoch"] == 1
-    assert 0 <= result.best_epoch <= 2
+        train(other, dataset_dir, run["run_dir"], verbose=0)
 
 
 def test_empty_val_split_is_refused_up_front(tmp_path: Path) -> None:

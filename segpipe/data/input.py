@@ -183,7 +183,7 @@ def training_dataset(
 
     _check_sizes(img_size=img_size, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
     # Split lists are shuffled when written, so shard order only matters when not caching.
-    ds = read_examples(dataset_dir, split, shuffle_files=not cache, seed=seed)
+    ds = _read(read_examples(dataset_dir, split, shuffle_files=not cache, seed=seed), dataset_dir, split)
     ds = ds.map(lambda ex: _resize_uint8(ex, img_size), num_parallel_calls=AUTOTUNE)
     if cache:
         ds = ds.cache()
@@ -206,9 +206,14 @@ def eval_dataset(
     from segpipe.data.tfrecords import read_examples
 
     _check_sizes(img_size=img_size, batch_size=batch_size)
-    ds = read_examples(dataset_dir, split, shuffle_files=False)
+    ds = _read(read_examples(dataset_dir, split, shuffle_files=False), dataset_dir, split)
     ds = ds.map(lambda ex: preprocess(ex, img_size), num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def _read(ds: tf.data.Dataset, dataset_dir: str | os.PathLike[str], split: str) -> tf.data.Dataset:
+    """Declare the manifest's example count (Keras then knows the epoch length; a mismatch fails loudly)."""
+    return ds.apply(tf.data.experimental.assert_cardinality(num_examples(dataset_dir, split)))
 
 
 def _check_sizes(**sizes: int) -> None:

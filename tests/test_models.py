@@ -1,0 +1,245 @@
+"""Model zoo: shapes, softmax output, size rules, training under tf.distribute, .keras round trip,
+mixed precision and DeepLabV3+ encoder weights from a local file."""
+
+from __future__ import annotations
+
+import warnings
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from segpipe.config import ModelConfig
+from segpipe.losses import build_loss
+from segpipe.models import MODEL_NAMES, build_model
+from segpipe.models.deeplabv3plus import build_backbone
+from segpipe.models.layers import BackbonePreprocess
+
+SHAPE = (32, 48, 3)  # non-square on purpose
+# Tiny settings per model, on top of ModelConfig's defaults (so unused params must be ignored).
+TINY: dict[str, dict] = {
+    "xception_unet": {},
+    "unet": {"base_filters": 4, "depth": 2, "dropout": 0.2},
+    "deeplabv3plus": {"backbone_alpha": 0.35, "aspp_filters": 16, "aspp_rates": (1, 2), "dropout": 0.1},
+}
+# A size that breaks each model's divisor rule at SHAPE's height.
+BAD_WIDTH = {"xception_unet": 40, "unet": 34, "deeplabv3plus": 40}
+
+
+def tiny_params(name: str) -> dict:
+    return {**ModelConfig(name=name).params(), **TINY[name]}
+
+
+def batch(shape=SHAPE, n=2, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, *shape), dtype=np.float32), rng.integers(0, 3, (n, *shape[:2], 1)).astype("int32")
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, keras.Model]:
+    keras.utils.set_random_seed(0)
+    return {name: build_model(name, SHAPE, 3, **tiny_params(name)) for name in MODEL_NAMES}
+
+
+def test_every_registered_model_is_tested():
+    assert set(TINY) == set(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_is_float32_softmax_of_input_size(models, name):
+    model = models[name]
+    assert model.name.startswith(name)
+    x, _ = batch()
+    y = model.predict(x, verbose=0)
+    assert y.shape == (2, 32, 48, 3) and y.dtype == np.float32
+    assert np.all(y >= 0)
+    np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_save_load_round_trip_gives_identical_predictions(models, name, tmp_path):
+    path = tmp_path / f"{name}.keras"
+    models[name].save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    x, _ = batch(seed=1)
+    assert loaded.name == models[name].name
+    want = keras.ops.convert_to_numpy(models[name](x, training=False))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x, training=False)), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_invalid_size_raises_naming_the_divisor(name):
+    with pytest.raises(ValueError, match=r"multiples of (4|16)"):
+        build_model(name, (32, BAD_WIDTH[name], 3), 3, **tiny_params(name))
+
+
+def test_builders_validate_size_when_called_directly():
+    from segpipe.models.unet import build_unet
+    from segpipe.models.xception_unet import build_xception_unet
+
+    with pytest.raises(ValueError, match="multiples of 8"):
+        build_unet((36, 36, 3), base_filters=2, depth=3)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        build_xception_unet((24, 32, 3))
+
+
+def test_deeplab_needs_at_least_32_pixels():
+    with pytest.raises(ValueError, match="at least 32"):
+        build_model("deeplabv3plus", (16, 32, 3), 3, **TINY["deeplabv3plus"])
+
+
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        ("unet", {"depth": 0}, "depth"),
+        ("unet", {"base_filters": 0, "depth": 1}, "base_filters"),
+        ("unet", {"depth": 1, "dropout": 1.5}, "dropout"),
+        ("xception_unet", {"bn_momentum": 1.0}, "bn_momentum"),
+        ("deeplabv3plus", {"backbone": "vgg16"}, "backbone"),
+        ("deeplabv3plus", {"aspp_rates": ()}, "aspp_rates"),
+        ("deeplabv3plus", {"aspp_rates": (6, 0)}, "aspp_rates"),
+    ],
+)
+def test_bad_params_raise_naming_the_param(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(name, (32, 32, 3), 3, **params)
+
+
+def test_bad_num_classes_and_channels():
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("unet", (32, 32, 3), 1, depth=1)
+    with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):
+        build_model("deeplabv3plus", (32, 32, 1), 3)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_train_step_under_distribute_scope_updates_every_weight(name):
+    """Variables made in a OneDeviceStrategy scope; one step (eager, to keep CPU tests fast)."""
+    keras.utils.set_random_seed(1)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = build_model(name, SHAPE, 3, **tiny_params(name))
+        model.compile(keras.optimizers.Adam(1e-3), loss=build_loss("sce+dice"), run_eagerly=True)
+    assert model.distribute_strategy is strategy
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    x, y = batch()
+    loss = float(model.train_on_batch(x, y))
+    assert np.isfinite(loss) and loss > 0
+    unchanged = [v.path for b, v in zip(before, model.trainable_variables) if np.array_equal(b, v.numpy())]
+    assert not unchanged
+
+
+@pytest.mark.slow
+def test_graph_mode_train_step_reduces_loss_on_one_batch():
+    """The compiled (tf.function) path as used by training: unet fits one fixed batch."""
+    keras.utils.set_random_seed(2)
+    model = build_model("unet", SHAPE, 3, **tiny_params("unet"))
+    model.compile(keras.optimizers.Adam(1e-2), loss=build_loss("sce"), jit_compile=False)
+    x, y = batch()
+    losses = [float(model.train_on_batch(x, y)) for _ in range(8)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_graph_mode_train_step_all_models(name):
+    keras.utils.set_random_seed(3)
+    model = build_model(name, SHAPE, 3, **tiny_params(name))
+    model.compile(keras.optimizers.Adam(1e-3), loss=build_loss("sce+dice"), jit_compile=False)
+    x, y = batch()
+    assert np.isfinite(float(model.train_on_batch(x, y)))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_mixed_precision_computes_in_float16_and_outputs_float32(name):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(name, SHAPE, 3, **tiny_params(name))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.outputs[0].dtype == "float32"
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.compute_dtype == "float16" for layer in convs)
+
+
+@pytest.mark.parametrize("mode", ["tf", "caffe"])
+def test_backbone_preprocess_matches_keras_applications(mode):
+    x = np.random.default_rng(0).random((1, 4, 4, 3), dtype=np.float32)
+    got = keras.ops.convert_to_numpy(BackbonePreprocess(mode)(x))
+    ref = keras.applications.imagenet_utils.preprocess_input(x * 255.0, mode=mode)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+# --- DeepLabV3+ encoder weights from a file -------------------------------------------------------
+
+
+def _randomised_backbone(seed: int) -> keras.Model:
+    """A tiny MobileNetV2 backbone with every weight (BN statistics too) set to random values."""
+    src = build_backbone("mobilenetv2", (32, 32, 3), alpha=0.35)
+    rng = np.random.default_rng(seed)
+    src.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in src.get_weights()])
+    return src
+
+
+def _assert_backbone_equals(model: keras.Model, src: keras.Model) -> None:
+    backbone = model.get_layer("mobilenetv2_backbone")
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    assert len(weighted) > 50
+    for layer in weighted:
+        src_weights = src.get_layer(layer.name).get_weights()
+        assert len(src_weights) == len(layer.weights)
+        for got, want in zip(layer.get_weights(), src_weights):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_encoder_weights_from_a_file(tmp_path):
+    """Both formats: Keras 3 `.weights.h5` and the legacy `.h5` of keras' own '..._no_top.h5' downloads."""
+    from keras.src.legacy.saving import legacy_h5_format
+
+    src = _randomised_backbone(0)  # random values: a fresh init cannot match them by chance
+    new_format = tmp_path / "mnv2.weights.h5"
+    src.save_weights(new_format)
+    legacy = tmp_path / "mnv2_no_top.h5"
+    with h5py.File(legacy, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, src)
+    # Built at another (non-square) size: backbone weights do not depend on it.
+    for path in (new_format, legacy):
+        model = build_model("deeplabv3plus", (64, 32, 3), 3, **TINY["deeplabv3plus"], encoder_weights=str(path))
+        _assert_backbone_equals(model, src)
+
+
+def test_encoder_weights_missing_file_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nope.weights.h5"
+    with pytest.raises(FileNotFoundError, match=r"encoder_weights: no such file .*nope\.weights\.h5.*'imagenet'"):
+        build_model("deeplabv3plus", (32, 32, 3), 3, **TINY["deeplabv3plus"], encoder_weights=str(missing))
+
+
+def test_encoder_weights_wrong_file_is_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not an hdf5 file")
+    with pytest.raises(ValueError, match=r"encoder_weights: could not load .*junk\.h5.*mobilenetv2"):
+        build_model("deeplabv3plus", (32, 32, 3), 3, **TINY["deeplabv3plus"], encoder_weights=str(junk))
+    other_alpha = tmp_path / "alpha05.weights.h5"
+    build_backbone("mobilenetv2", (32, 32, 3), alpha=0.5).save_weights(other_alpha)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"could not load .*alpha=0\.35"):
+            build_model("deeplabv3plus", (32, 32, 3), 3, **TINY["deeplabv3plus"], encoder_weights=str(other_alpha))
+
+
+@pytest.mark.slow
+def test_deeplab_resnet50_builds_trains_and_round_trips(tmp_path):
+    keras.utils.set_random_seed(4)
+    params = {**tiny_params("deeplabv3plus"), "backbone": "resnet50"}
+    model = build_model("deeplabv3plus", SHAPE, 3, **params)
+    assert model.name == "deeplabv3plus_resnet50"
+    assert model.get_layer("preprocess").mode == "caffe"
+    model.compile(keras.optimizers.Adam(1e-3), loss=build_loss("focal"), run_eagerly=True)
+    x, y = batch()
+    assert np.isfinite(float(model.train_on_batch(x, y)))
+    path = tmp_path / "r50.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
