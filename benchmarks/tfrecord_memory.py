@@ -5,7 +5,8 @@
 For each N, a synthetic tree of N ~500x375 JPEGs is generated, then a fresh
 subprocess validates it and writes its shards (so each N gets its own
 `ru_maxrss`). Prints one JSON document: per N, the time and images/s of
-validation and of shard writing, the peak RSS after validation and at the end.
+validation and of shard writing, and the peak RSS after the imports (TensorFlow),
+after validation and at the end.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def child(tree: Path, out: Path, n: int, workers: int, shard_mb: float) -> dict:
     from segpipe.data.tfrecords import write_split_shards
     from segpipe.data.validate import validate_dataset
 
+    rss_imported = peak_rss_mb()
     t0 = time.perf_counter()
     examples = validate_dataset(tree / "images", tree / "annotations", workers=workers).examples[:n]
     t1 = time.perf_counter()
@@ -49,6 +51,7 @@ def child(tree: Path, out: Path, n: int, workers: int, shard_mb: float) -> dict:
         "write_images_per_s": round(len(examples) / (t2 - t1), 1),
         "shards": len(shards),
         "shard_mb": round(sum(s.bytes for s in shards) / 2**20, 1),
+        "peak_rss_after_imports_mb": round(rss_imported, 1),
         "peak_rss_after_validate_mb": round(rss_validated, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }

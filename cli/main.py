@@ -35,6 +35,7 @@ TRAIN_FLAGS = {
 EVAL_FLAGS = {
     "eval_split": "eval.split", "eval_batch_size": "eval.batch_size",
     "gallery_samples": "eval.gallery_samples", "gallery_worst": "eval.gallery_worst",
+    "min_mean_iou": "promotion.min_mean_iou",
 }
 
 
@@ -125,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p = sub.add_parser("run", help="the full pipeline: prepare → train → evaluate → gallery")
     _common(p), _data(p), _train(p), _eval(p)
+    p = sub.add_parser("retrain", help="the full pipeline, then promote the model only if it beats the champion")
+    _common(p), _data(p), _train(p), _eval(p)
+    p.add_argument("--min-mean-iou", type=float, help="promotion floor")
+    p = sub.add_parser("serve", help="serve pets-pipeline and scheduled-retrain from this process (no worker)")
+    _common(p), _data(p), _train(p), _eval(p)
+    p.add_argument("--cron", default="0 3 * * 1", help="retrain schedule (default: Mondays 03:00)")
+    p.add_argument("--timezone", default="Europe/London")
     p = sub.add_parser("config", help="print the resolved configuration as JSON")
     _common(p), _data(p), _train(p), _eval(p)
     p = sub.add_parser("datasets", help="list prepared datasets under WORK")
@@ -282,20 +290,48 @@ def cmd_run(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     from flows.pipeline import pipeline
 
     out = pipeline(config=cfg, work_dir=str(work))
-    print(f"dataset:  {out['dataset']}")
-    print(f"run:      {out['run_dir']}")
-    print(f"model:    {out['model']}")
-    print(f"metrics:  {out['metrics']} (test mean IoU {out['mean_iou']:.4f})")
-    print(f"gallery:  {out['gallery']}")
+    _print_pipeline(out, cfg)
+    return 0
+
+
+def _print_pipeline(out: Any, cfg: PipelineConfig) -> None:
+    print(f"dataset:  {out.dataset.path}")
+    print(f"run:      {out.trained.run_dir}")
+    print(f"model:    {out.trained.model_path}")
+    print(f"metrics:  {out.metrics_path} ({cfg.eval.split} mean IoU {out.metrics['mean_iou']:.4f})")
+    for warning in out.metrics.get("warnings", []):
+        print(f"  WARNING: {warning}")
+    print(f"gallery:  {out.gallery}")
+
+
+def cmd_retrain(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    work = _prepare_runtime(args)
+    from flows.pipeline import retrain
+
+    decision = retrain(config=cfg, work_dir=str(work))
+    print(("PROMOTED: " if decision["promoted"] else "CHAMPION KEPT: ") + decision["reason"])
+    print(f"champion: {decision['champion']}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    work = _prepare_runtime(args)
+    os.environ[ENV_WORK_DIR] = str(work)
+    from deployments.serve import serve_deployments
+
+    print(f"serving pets-pipeline and scheduled-retrain ({args.cron}, {args.timezone}); outputs under {work}")
+    serve_deployments(cfg, cron=args.cron, timezone=args.timezone)
     return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
+    "serve": cmd_serve,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "gallery": cmd_gallery,
     "predict": cmd_predict,
     "run": cmd_run,
+    "retrain": cmd_retrain,
     "config": cmd_config,
     "datasets": cmd_datasets,
     "download": cmd_download,

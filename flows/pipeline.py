@@ -1,7 +1,8 @@
-"""Flow `pipeline`: prepare-data → train → evaluate → gallery."""
+"""Flows `pipeline` (prepare-data → train → evaluate → gallery) and `retrain` (pipeline → promotion gate)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,24 @@ from prefect import flow
 from flows.prepare_data import prepare_data
 from segpipe.config import PipelineConfig
 from segpipe.layout import resolve_work_dir
+from tasks.data import DatasetRef
 from tasks.evaluation import evaluate, gallery
-from tasks.training import train
+from tasks.promotion import champion, promote
+from tasks.training import TrainedModel, train
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    dataset: DatasetRef
+    trained: TrainedModel
+    metrics: dict[str, Any]
+    metrics_path: str
+    gallery: str
 
 
 @flow(name="pipeline")
-def pipeline(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> dict[str, Any]:
-    """The whole pipeline; every output lands in WORK/runs/<run-id>/."""
+def pipeline(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> PipelineResult:
+    """The whole pipeline; a run's outputs land in WORK/runs/<run-id>/."""
     work = str(resolve_work_dir(work_dir))
     dataset = prepare_data(config, work)
     trained = train(dataset, config.model, config.train, work)
@@ -29,7 +41,23 @@ def pipeline(config: PipelineConfig = PipelineConfig(), work_dir: str | None = N
         [trained.model_path], dataset, e.split, scored["per_image"], str(run_dir / "gallery"),
         e.gallery_samples, e.gallery_worst, e.gallery_seed,
     )
-    return {
-        "dataset": dataset.path, "run_dir": str(run_dir), "model": trained.model_path,
-        "metrics": scored["metrics_path"], "gallery": index, "mean_iou": scored["metrics"]["mean_iou"],
-    }
+    return PipelineResult(dataset, trained, scored["metrics"], scored["metrics_path"], index)
+
+
+@flow(name="retrain")
+def retrain(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> dict[str, Any]:
+    """The pipeline, then the promotion gate: the champion changes only for a better model."""
+    work = str(resolve_work_dir(work_dir))
+    result = pipeline(config, work)
+    current = champion(work)
+    champion_metrics = None
+    if current is not None:
+        e = config.eval
+        champion_metrics = evaluate(
+            [current["model_path"]], result.dataset, e.split,
+            str(Path(result.trained.run_dir) / "champion-metrics.json"), e.batch_size, e.collapse_threshold,
+        )["metrics"]
+    return promote(
+        result.metrics, champion_metrics, result.trained.run_dir, result.trained.model_path,
+        config.promotion.min_mean_iou, work,
+    )

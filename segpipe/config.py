@@ -130,6 +130,21 @@ class PipelineConfig(_Section):
     eval: EvalConfig = EvalConfig()
     promotion: PromotionConfig = PromotionConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """`{"preset": "cpu-quick", "train": {"epochs": 3}}` = the preset with that override.
+
+        This is what lets a deployment or a JSON file name a preset and change a
+        few fields; values given explicitly always win over the preset's.
+        """
+        if isinstance(data, dict) and data.get("preset") is not None:
+            preset = data["preset"]
+            if preset not in PRESETS:
+                raise ValueError(f"preset: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+            return _deep_merge(PRESETS[preset], data)
+        return data
+
     @model_validator(mode="after")
     def _img_size_suits_model(self) -> "PipelineConfig":
         size = self.train.img_size

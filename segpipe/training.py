@@ -376,7 +376,13 @@ def _result_from_summary(run_dir: Path, summary: dict[str, Any], *, cached: bool
 
 
 def inference_check(
-    model_path: Path, dataset_dir: Path, *, img_size: int, batch_size: int, collapse_threshold: float, split: str = "val"
+    model_path: Path,
+    dataset_dir: Path,
+    *,
+    img_size: int,
+    batch_size: int,
+    collapse_threshold: float,
+    split: str = "val",
 ) -> dict[str, Any]:
     """Scores of the saved model on `split` in inference mode (BatchNorm uses its moving statistics).
 
@@ -552,7 +558,7 @@ def _summarise(
     share = [check["predicted_class_share"][name] or 0.0 for name in check["predicted_class_share"]]
     if check["collapsed"]:
         log.warning(
-            "WARNING: the best model predicts one class for %.1f%% of val pixels in inference mode "
+            "the best model predicts one class for %.1f%% of val pixels in inference mode "
             "(class shares %s): BatchNorm statistics may not have caught up; try a lower bn_momentum, "
             "more epochs or a larger dataset",
             100 * max(share), [round(s, 4) for s in share],

@@ -85,7 +85,9 @@ def breed_table(breeds: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
     return table
 
 
-def draw_pet(rng: np.random.Generator, size: tuple[int, int], colour: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def draw_pet(
+    rng: np.random.Generator, size: tuple[int, int], colour: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8 HxWx3 image, uint8 HxW trimap) of an ellipse 'pet' on a textured background."""
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -231,12 +233,14 @@ def make_pets_tree(
     info.valid.sort()
     info.ignored.sort()
 
-    header = "#Image CLASS-ID SPECIES BREED ID\n#ID: 1:37 Class ids\n#SPECIES: 1:Cat 2:Dog\n#BREED ID: 1-25:Cat 1:12:Dog\n"
+    header = ("#Image CLASS-ID SPECIES BREED ID\n#ID: 1:37 Class ids\n"
+              "#SPECIES: 1:Cat 2:Dog\n#BREED ID: 1-25:Cat 1:12:Dog\n")
     listed = sorted(info.lists)
     for name, fname in (("list", "list.txt"), ("trainval", "trainval.txt"), ("test", "test.txt")):
         rows = "".join(_list_line(i, table[i.rsplit("_", 1)[0]]) for i in listed if name in info.lists[i])
         (annotations / fname).write_text((header if name == "list" else "") + rows)
-    (annotations / "README").write_text("Synthetic Oxford-IIIT Pet for segpipe tests. Trimaps: 1 pet, 2 background, 3 border.\n")
+    (annotations / "README").write_text(
+        "Synthetic Oxford-IIIT Pet for segpipe tests. Trimaps: 1 pet, 2 background, 3 border.\n")
     return info
 
 

@@ -15,7 +15,7 @@ from segpipe.config import ModelConfig
 from segpipe.losses import build_loss
 from segpipe.models import MODEL_NAMES, build_model
 from segpipe.models.deeplabv3plus import build_backbone
-from segpipe.models.layers import BackbonePreprocess
+from segpipe.models.layers import BackbonePreprocess, MaxPoolingWithArgmax2D, MaxUnpooling2D
 
 SHAPE = (32, 48, 3)  # non-square on purpose
 # Tiny settings per model, on top of ModelConfig's defaults (so unused params must be ignored).
@@ -23,9 +23,10 @@ TINY: dict[str, dict] = {
     "xception_unet": {},
     "unet": {"base_filters": 4, "depth": 2, "dropout": 0.2},
     "deeplabv3plus": {"backbone_alpha": 0.35, "aspp_filters": 16, "aspp_rates": (1, 2), "dropout": 0.1},
+    "segnet": {"base_filters": 4, "depth": 2, "dropout": 0.2},
 }
 # A size that breaks each model's divisor rule at SHAPE's height.
-BAD_WIDTH = {"xception_unet": 40, "unet": 34, "deeplabv3plus": 40}
+BAD_WIDTH = {"xception_unet": 40, "unet": 34, "deeplabv3plus": 40, "segnet": 34}
 
 
 def tiny_params(name: str) -> dict:
@@ -172,6 +173,23 @@ def test_backbone_preprocess_matches_keras_applications(mode):
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+def test_max_pooling_with_argmax_and_unpooling():
+    x = np.random.default_rng(0).random((2, 4, 6, 3), dtype=np.float32)
+    x[0, 0:2, 0:2, 0] = 0.5  # a tie: the first position (row-major) wins
+    pooled, argmax = MaxPoolingWithArgmax2D()(x)
+    np.testing.assert_array_equal(pooled, keras.layers.MaxPooling2D(2)(x))
+    assert argmax.dtype == "int32" and int(argmax[0, 0, 0, 0]) == 0
+    unpooled = keras.ops.convert_to_numpy(MaxUnpooling2D()([pooled, argmax]))
+    assert unpooled.shape == x.shape
+    # Exactly one non-zero per window, at the max's position, holding the max.
+    expected = np.zeros_like(x)
+    for b, i, j, c in np.ndindex(*pooled.shape):
+        window = x[b, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2, c]
+        di, dj = np.unravel_index(np.argmax(window), (2, 2))
+        expected[b, 2 * i + di, 2 * j + dj, c] = window.max()
+    np.testing.assert_array_equal(unpooled, expected)
+
+
 # --- DeepLabV3+ encoder weights from a file -------------------------------------------------------
 
 
@@ -194,20 +212,26 @@ def _assert_backbone_equals(model: keras.Model, src: keras.Model) -> None:
             np.testing.assert_array_equal(got, want)
 
 
-def test_encoder_weights_from_a_file(tmp_path):
-    """Both formats: Keras 3 `.weights.h5` and the legacy `.h5` of keras' own '..._no_top.h5' downloads."""
+def test_encoder_weights_from_a_weights_h5_file(tmp_path):
+    src = _randomised_backbone(0)  # random values: a fresh init cannot match them by chance
+    path = tmp_path / "mnv2.weights.h5"
+    src.save_weights(path)
+    # Built at another (non-square) size: backbone weights do not depend on it.
+    model = build_model("deeplabv3plus", (64, 32, 3), 3, **TINY["deeplabv3plus"], encoder_weights=str(path))
+    _assert_backbone_equals(model, src)
+
+
+@pytest.mark.slow
+def test_encoder_weights_from_a_legacy_h5_file(tmp_path):
+    """The format of keras' own '..._no_top.h5' ImageNet downloads."""
     from keras.src.legacy.saving import legacy_h5_format
 
-    src = _randomised_backbone(0)  # random values: a fresh init cannot match them by chance
-    new_format = tmp_path / "mnv2.weights.h5"
-    src.save_weights(new_format)
-    legacy = tmp_path / "mnv2_no_top.h5"
-    with h5py.File(legacy, "w") as f:
+    src = _randomised_backbone(1)
+    path = tmp_path / "mnv2_no_top.h5"
+    with h5py.File(path, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, src)
-    # Built at another (non-square) size: backbone weights do not depend on it.
-    for path in (new_format, legacy):
-        model = build_model("deeplabv3plus", (64, 32, 3), 3, **TINY["deeplabv3plus"], encoder_weights=str(path))
-        _assert_backbone_equals(model, src)
+    model = build_model("deeplabv3plus", (32, 32, 3), 3, **TINY["deeplabv3plus"], encoder_weights=str(path))
+    _assert_backbone_equals(model, src)
 
 
 def test_encoder_weights_missing_file_is_a_clear_error(tmp_path):
@@ -221,6 +245,10 @@ def test_encoder_weights_wrong_file_is_a_clear_error(tmp_path):
     junk.write_bytes(b"not an hdf5 file")
     with pytest.raises(ValueError, match=r"encoder_weights: could not load .*junk\.h5.*mobilenetv2"):
         build_model("deeplabv3plus", (32, 32, 3), 3, **TINY["deeplabv3plus"], encoder_weights=str(junk))
+
+
+@pytest.mark.slow
+def test_encoder_weights_for_another_alpha_is_a_clear_error(tmp_path):
     other_alpha = tmp_path / "alpha05.weights.h5"
     build_backbone("mobilenetv2", (32, 32, 3), alpha=0.5).save_weights(other_alpha)
     with warnings.catch_warnings():

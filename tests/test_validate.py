@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
 from segpipe.data.validate import (
+    ListEntry,
     breed_of,
     load_image_rgb,
     load_trimap_png,
@@ -17,7 +20,7 @@ from segpipe.data.validate import (
     validate_dataset,
     write_validation,
 )
-from tests.synthetic import make_pets_tree
+from tests.synthetic import make_pets_archives, make_pets_tree
 
 CONVERTED_REASONS = {
     "png_rgba": "PNG RGBA named .jpg converted to RGB",
@@ -191,3 +194,23 @@ def test_bad_inputs(tree, tmp_path):
         validate_dataset(tree.images_dir, tmp_path)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         validate_dataset(tree.images_dir, tree.annotations_dir, workers=0)
+
+
+def test_synthetic_archives_are_official_layout_and_reproducible(tmp_path):
+    a = make_pets_archives(tmp_path / "a", n_per_breed=1)
+    b = make_pets_archives(tmp_path / "b", n_per_breed=1, plain_tar_for_images=True)
+    assert a == make_pets_archives(tmp_path / "c", n_per_breed=1)  # same arguments, same bytes
+    assert a["annotations.tar.gz"] == b["annotations.tar.gz"] and a["images.tar.gz"] != b["images.tar.gz"]
+    sums = (tmp_path / "a" / "SHA256SUMS").read_text().splitlines()
+    assert sums == [f"{a[n]}  {n}" for n in ("images.tar.gz", "annotations.tar.gz")]
+    assert hashlib.sha256((tmp_path / "a" / "images.tar.gz").read_bytes()).hexdigest() == a["images.tar.gz"]
+    assert (tmp_path / "a" / "images.tar.gz").read_bytes()[:2] == b"\x1f\x8b"
+    assert (tmp_path / "b" / "images.tar.gz").read_bytes()[:2] != b"\x1f\x8b"
+    with tarfile.open(tmp_path / "b" / "images.tar.gz") as tar:
+        names = tar.getnames()
+    assert names[0] == "images" and "images/Abyssinian_1.jpg" in names and "images/._Abyssinian_1.jpg" in names
+    with tarfile.open(tmp_path / "a" / "annotations.tar.gz") as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    lists = read_lists(tmp_path / "x" / "annotations")
+    assert lists["beagle_1"] == ListEntry(3, 2, 2, frozenset({"list", "trainval"}))
+    assert (tmp_path / "x" / "annotations" / "trimaps" / "Bengal_1.png").is_file()

@@ -140,7 +140,9 @@ def augment(
             f"got {max_scale}, {max_rotation_degrees}, {brightness}, {contrast}"
         )
     if image.shape.rank != 3 or label.shape.rank != 3 or image.shape[:2] != label.shape[:2]:
-        raise ValueError(f"augment expects image (H, W, 3) and label (H, W, 1) of one size; got {image.shape}, {label.shape}")
+        raise ValueError(
+            f"augment expects image (H, W, 3) and label (H, W, 1) of one size; got {image.shape}, {label.shape}"
+        )
     geo_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if flip or max_scale > 1 or max_rotation_degrees > 0:
         height, width = image.shape[0], image.shape[1]

@@ -217,7 +217,8 @@ def verify_dataset(dataset_dir: str | Path) -> list[str]:
                 problems.append(f"{split}: shard {s['file']} is missing")
                 continue
             if path.stat().st_size != s["bytes"]:
-                problems.append(f"{split}: shard {s['file']} is {path.stat().st_size} bytes, manifest says {s['bytes']}")
+                size = path.stat().st_size
+                problems.append(f"{split}: shard {s['file']} is {size} bytes, manifest says {s['bytes']}")
             if sha256_file(path) != s["sha256"]:
                 problems.append(f"{split}: shard {s['file']} sha256 does not match the manifest")
             try:

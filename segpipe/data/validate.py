@@ -116,7 +116,8 @@ class ValidationReport:
                 lines.append("none")
         lines += ["", "## Class pixel shares (valid trimaps)", "", "| class | share |", "|---|---:|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in self.class_pixel_shares.items()]
-        lines += ["", "## Per breed", "", "| breed | class_id | species | valid | skipped |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "## Per breed", "", "| breed | class_id | species | valid | skipped |",
+                  "|---|---:|---:|---:|---:|"]
         lines += [
             f"| {b} | {c['class_id']} | {c['species']} | {c['valid']} | {c['skipped']} |"
             for b, c in self.per_breed.items()
@@ -268,7 +269,7 @@ def load_image_rgb(example: Example) -> tuple[bytes, str]:
 def load_trimap_png(example: Example) -> bytes:
     """The trimap as a single-channel 8-bit PNG with values 1..3."""
     buf = io.BytesIO()
-    Image.fromarray(_trimap_array(example.trimap_path), mode="L").save(buf, format="PNG")
+    Image.fromarray(_trimap_array(example.trimap_path)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -321,7 +322,9 @@ def _is_ignorable(path: Path) -> bool:
     return path.name.startswith(".") or path.suffix != ".jpg" or not path.is_file()
 
 
-def _class_info(image_id: str, lists: dict[str, ListEntry], by_breed: dict[str, ListEntry | None]) -> tuple[int, int, int, str]:
+def _class_info(
+    image_id: str, lists: dict[str, ListEntry], by_breed: dict[str, ListEntry | None]
+) -> tuple[int, int, int, str]:
     """(class_id, species, breed_id, note); note is empty when the id is listed."""
     if image_id in lists:
         e = lists[image_id]

@@ -5,6 +5,10 @@ Input convention for every segpipe model: float32 RGB images scaled to
 backbones) convert inside the model with `BackbonePreprocess`, so a saved
 `.keras` file is self-contained. Every model ends in a float32 softmax, so
 its output is float32 probabilities even under mixed precision.
+
+The custom layers here (`BackbonePreprocess`, `MaxPoolingWithArgmax2D`,
+`MaxUnpooling2D`) are registered under the "segpipe" package: import this
+module before `keras.saving.load_model` on a DeepLabV3+ or SegNet file.
 """
 
 from __future__ import annotations
@@ -103,3 +107,48 @@ class BackbonePreprocess(layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "mode": self.mode}
+
+
+def _to_windows(x: Any, height: int, width: int) -> Any:
+    """(B, H, W, C) -> (B, H/2, W/2, 4, C): the four pixels of each 2x2 window on axis 3."""
+    channels = x.shape[-1]
+    x = ops.reshape(x, (-1, height // 2, 2, width // 2, 2, channels))
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+    return ops.reshape(x, (-1, height // 2, width // 2, 4, channels))
+
+
+def _from_windows(x: Any, height: int, width: int) -> Any:
+    """Inverse of `_to_windows`."""
+    channels = x.shape[-1]
+    x = ops.reshape(x, (-1, height // 2, width // 2, 2, 2, channels))
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+    return ops.reshape(x, (-1, height, width, channels))
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class MaxPoolingWithArgmax2D(layers.Layer):
+    """2x2 stride-2 max pooling that also returns where each max came from (SegNet).
+
+    Returns (pooled (B, H/2, W/2, C), argmax (B, H/2, W/2, C) int32 in 0..3, the position in
+    the window in row-major order; the first position wins ties). Pure keras.ops, so it
+    runs on any backend and under XLA. H and W must be even.
+    """
+
+    def call(self, inputs: Any) -> tuple[Any, Any]:
+        height, width = inputs.shape[1], inputs.shape[2]
+        windows = _to_windows(inputs, height, width)
+        return ops.max(windows, axis=3), ops.cast(ops.argmax(windows, axis=3), "int32")
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class MaxUnpooling2D(layers.Layer):
+    """Place each value at the position its `MaxPoolingWithArgmax2D` max came from; zeros elsewhere.
+
+    Call with [values (B, h, w, C), argmax (B, h, w, C)]; returns (B, 2h, 2w, C).
+    """
+
+    def call(self, inputs: Any) -> Any:
+        values, argmax = inputs
+        height, width = values.shape[1] * 2, values.shape[2] * 2
+        onehot = ops.one_hot(argmax, 4, axis=3, dtype=values.dtype)  # (B, h, w, 4, C)
+        return _from_windows(onehot * ops.expand_dims(values, 3), height, width)

@@ -13,6 +13,7 @@ BUILDERS: dict[str, tuple[str, str]] = {
     "xception_unet": ("segpipe.models.xception_unet", "build_xception_unet"),
     "unet": ("segpipe.models.unet", "build_unet"),
     "deeplabv3plus": ("segpipe.models.deeplabv3plus", "build_deeplabv3plus"),
+    "segnet": ("segpipe.models.segnet", "build_segnet"),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(BUILDERS)
@@ -26,8 +27,8 @@ MIN_SIZES: dict[str, int] = {
 def required_divisor(name: str, params: dict[str, Any] | None = None) -> int:
     """The input height and width must be multiples of this for model `name`."""
     params = params or {}
-    if name == "unet":
-        return 2 ** int(params.get("depth", 4))
+    if name in ("unet", "segnet"):
+        return 2 ** int(params.get("depth", 4))  # one 2x2 pooling per level, mirrored in the decoder
     if name == "xception_unet":
         return 16  # stride-2 stem + 3 stride-2 blocks, mirrored by 4 upsamplings
     if name == "deeplabv3plus":

@@ -1,0 +1,158 @@
+"""Deployments against a real Prefect server: `prefect deploy --all`, a process worker, real runs.
+
+Slow (a server, a worker and flow-run subprocesses); runs in CI with `make test`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.httpserver import LoopbackServer
+from tests.synthetic import make_pets_archives
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"prefect server at {url} not healthy after {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`prefect server start` on 127.0.0.1 with SQLite in a temporary PREFECT_HOME; stopped afterwards."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_healthy(url, proc)
+        yield {"url": url, "env": {**env, "PREFECT_API_URL": url}, "home": home}
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _prefect(env, *args, timeout=300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"prefect {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _flow_run_state(env, output: str) -> str:
+    from prefect.client.orchestration import get_client
+
+    run_id = next(line.split("UUID:")[1].strip() for line in output.splitlines() if "UUID:" in line)
+    with get_client(sync_client=True, httpx_settings={"base_url": env["PREFECT_API_URL"]}) as client:
+        return client.read_flow_run(run_id).state.name
+
+
+def test_deploy_all_then_worker_runs_pipeline_and_retrain(server, tmp_path):
+    env = dict(server["env"])
+    work = tmp_path / "work"
+    archives = tmp_path / "archives"
+    make_pets_archives(archives)
+    files = {p.name: p.read_bytes() for p in archives.iterdir()}
+    job_env = {
+        "SEGPIPE_WORK_DIR": str(work), "PREFECT_LOCAL_STORAGE_PATH": str(work / "prefect-results"),
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+    _prefect(env, "work-pool", "create", "segpipe-process", "--type", "process")
+    deployed = _prefect(env, "deploy", "--all")
+    assert "pets-pipeline" in deployed.stdout and "scheduled-retrain" in deployed.stdout
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True, httpx_settings={"base_url": env["PREFECT_API_URL"]}) as client:
+        retrain = client.read_deployment_by_name("retrain/scheduled-retrain")
+        schedule = retrain.schedules[0].schedule
+        assert (schedule.cron, schedule.timezone) == ("0 3 * * 1", "Europe/London")
+        assert client.read_deployment_by_name("pipeline/pets-pipeline").schedules == []
+
+    worker_log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "segpipe-process", "--type", "process"],
+        cwd=ROOT, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        with LoopbackServer(files) as srv:
+            params = {"config": {"preset": "tiny", "data": {"source": srv.url, "split": "random"},
+                                 "promotion": {"min_mean_iou": 0.0}}}
+            run_args = ["--params", json.dumps(params), "--job-variable", f"env={json.dumps(job_env)}",
+                        "--watch", "--watch-timeout", "600"]
+            out = _prefect(env, "deployment", "run", "pipeline/pets-pipeline", *run_args, timeout=660)
+            assert _flow_run_state(env, out.stdout) == "Completed", out.stdout[-2000:]
+            runs = list((work / "runs").iterdir())
+            assert len(runs) == 1 and (runs[0] / "metrics.json").is_file() and (runs[0] / "gallery" / "index.html").is_file()
+
+            with get_client(sync_client=True, httpx_settings={"base_url": env["PREFECT_API_URL"]}) as client:
+                keys = {a.key for a in client.read_artifacts()}
+            assert {"validation-report", "evaluation-metrics", "gallery"} <= keys
+
+            out = _prefect(env, "deployment", "run", "retrain/scheduled-retrain", *run_args, timeout=660)
+            assert _flow_run_state(env, out.stdout) == "Completed", out.stdout[-2000:]
+            champion = work / "models" / "champion"
+            decision = json.loads((champion / "decision.json").read_text())
+            assert decision["promote"] is True and (champion / "model.keras").is_file()
+            lineage = json.loads((champion / "lineage.json").read_text())
+            assert lineage["run_id"] == runs[0].name
+
+            # A worse candidate (an impossible floor) keeps the champion and says why.
+            params["config"]["promotion"]["min_mean_iou"] = 0.999
+            run_args[1] = json.dumps(params)
+            out = _prefect(env, "deployment", "run", "retrain/scheduled-retrain", *run_args, timeout=660)
+            assert _flow_run_state(env, out.stdout) == "Completed"
+            assert json.loads((champion / "lineage.json").read_text())["promoted_at"] == lineage["promoted_at"]
+            with get_client(sync_client=True, httpx_settings={"base_url": env["PREFECT_API_URL"]}) as client:
+                decisions = [a for a in client.read_artifacts() if a.key == "promotion-decision"]
+            assert any("below the floor" in (a.data or "") and "KEPT" in (a.data or "") for a in decisions)
+    finally:
+        _stop(worker)
+        worker_log.close()
