@@ -229,46 +229,6 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-class EpochScalarsTensorBoard(keras.callbacks.Callback):
-    """Per-epoch scalars in `keras.callbacks.TensorBoard`'s layout, without the `tensorboard` package.
-
-    Writes `log_dir/train` and `log_dir/validation` event files with tags
-    `epoch_<metric>`, which TensorBoard shows as
-    scalars. `keras.callbacks.TensorBoard` itself needs the `tensorboard`
-    package for `tf.summary.scalar`, which the pinned environment lacks.
-    """
-
-    def __init__(self, log_dir: Path):
-        super().__init__()
-        self.log_dir = Path(log_dir)
-        self._writers: dict[str, Any] = {}
-        from tensorflow.core.framework import summary_pb2
-
-        self._metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-            data_class=summary_pb2.DATA_CLASS_SCALAR,
-        )
-
-    def _writer(self, name: str) -> Any:
-        if name not in self._writers:
-            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
-        return self._writers[name]
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        for key, value in (logs or {}).items():
-            split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-            with self._writer(split).as_default():
-                tf.summary.write(f"epoch_{name}", tf.constant(float(value), tf.float32), step=epoch,
-                                 metadata=self._metadata)
-        for writer in self._writers.values():
-            writer.flush()
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
-
-
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping that replays the monitored values of epochs completed before a resume."""
 
@@ -512,7 +472,7 @@ def _fit(
         LearningRateLogger(),  # first: the callbacks below see logs["learning_rate"]
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(history_path), append=True),
-        EpochScalarsTensorBoard(run_dir / TENSORBOARD_DIR),
+        keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR), write_graph=False, update_freq="epoch"),
         BestModelCheckpoint(run_dir / MODEL_FILE, run_dir / BEST_FILE),
     ]
     if t.early_stopping_patience > 0:

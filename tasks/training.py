@@ -11,12 +11,13 @@ from prefect import get_run_logger, task
 from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
 from segpipe.fsutil import source_digest
 from segpipe.layout import WorkDir
+from segpipe.models.registry import BUILDERS
 from tasks.caching import ContentKey, retry_if_transient
 from tasks.data import DatasetRef
 
 TRAIN_MODULES = (
-    "segpipe.training", "segpipe.losses", "segpipe.data.input", "segpipe.models.registry",
-    "segpipe.models.layers", "segpipe.models.unet", "segpipe.models.xception_unet", "segpipe.models.deeplabv3plus",
+    "segpipe.training", "segpipe.losses", "segpipe.data.input", "segpipe.models.registry", "segpipe.models.layers",
+    *sorted({module for module, _ in BUILDERS.values()}),
 )
 
 
