@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.httpserver import Fault, LoopbackServer
+from tests.prefect_states import task_states_since
 from tests.synthetic import make_pets_archives, make_pets_tree
 
 tf = pytest.importorskip("tensorflow")
@@ -44,34 +45,6 @@ def _run(config_overrides, work, storage):
         return prepare_data(config=build_config("tiny", config_overrides), work_dir=str(work))
 
 
-def _task_states_since(t0, settle_s: float = 20.0) -> dict[str, list[str]]:
-    """Final state names of the task runs started after t0 (Prefect reports states asynchronously)."""
-    import time
-
-    deadline = time.monotonic() + settle_s
-    while True:
-        states = _read_task_states(t0)
-        if time.monotonic() > deadline or not {"Running", "Pending", "Scheduled"} & {
-            s for names in states.values() for s in names
-        }:
-            return states
-        time.sleep(0.5)
-
-
-def _read_task_states(t0) -> dict[str, list[str]]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=t0)))
-    states: dict[str, list[str]] = {}
-    for run in runs:
-        if run.name.startswith("download-data"):  # the subflow's own wrapper run
-            continue
-        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state_name)
-    return states
-
-
 def test_prepare_serves_reruns_from_cache_and_recomputes_only_what_changed(prefect_api, archives, tmp_path):
     files, info = archives
     work, storage = tmp_path / "work", tmp_path / "results"
@@ -101,14 +74,14 @@ def test_prepare_serves_reruns_from_cache_and_recomputes_only_what_changed(prefe
         t0 = datetime.now(timezone.utc)
         again = _run({"data.source": srv.url}, work, storage)
         assert again == ref
-        states = _task_states_since(t0)
+        states = task_states_since(t0)
         assert set(states) >= {"download", "verify", "extract", "validate", "split", "write-shards", "write-manifest"}
         assert all(s == "Cached" for names in states.values() for s in names), states
 
         t1 = datetime.now(timezone.utc)
         changed = _run({"data.source": srv.url, "data.seed": 7}, work, storage)
         assert changed.dataset_key != ref.dataset_key
-        states = _task_states_since(t1)
+        states = task_states_since(t1)
         for name in ("download", "verify", "extract", "validate"):
             assert set(states[name]) == {"Cached"}, (name, states)
         for name in ("split", "write-shards", "write-manifest"):

@@ -1,0 +1,237 @@
+"""Shared helpers for the benchmark scripts: JSON output, timing, machine load, peak RSS, the real data.
+
+Every benchmark prints ONE JSON object to stdout (progress goes to stderr) and
+compares against its reference in the same run, because the machine (2 cores)
+is shared: absolute figures move with the load, ratios much less. `machine()`
+records the load average at the start and end of a run so a reader can judge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_SOURCE = ROOT.parent / "shared" / "pets-sample"
+DEFAULT_WORK_DIR = ROOT / "bench-out" / "data"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# --------------------------------------------------------------------------- output
+
+
+def log(*parts: Any) -> None:
+    """Progress line on stderr (stdout is reserved for the JSON result)."""
+    print(f"[{time.strftime('%H:%M:%S')}]", *parts, file=sys.stderr, flush=True)
+
+
+def emit(result: dict[str, Any], out: str | None = None) -> None:
+    """Print the result as one JSON object on stdout (and write it to `out` if given)."""
+    text = json.dumps(result, indent=2, default=_jsonable)
+    print(text, flush=True)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def r(x: float, digits: int = 1) -> float:
+    return round(float(x), digits)
+
+
+# --------------------------------------------------------------------------- machine and load
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def busy_processes(min_cpu: float = 20.0, limit: int = 5) -> list[str]:
+    """Other processes using >= `min_cpu`% CPU right now (ps snapshot), to note concurrent load."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pid,pcpu,etimes,args", "--sort=-pcpu"], capture_output=True,
+                             text=True, timeout=5).stdout.splitlines()[1:]
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = []
+    for line in out:
+        pid, cpu, _, args = line.split(None, 3)
+        if int(pid) != os.getpid() and float(cpu) >= min_cpu:
+            rows.append(f"{float(cpu):.0f}% {args[:100]}")
+    return rows[:limit]
+
+
+class Machine:
+    """Load average and busy processes at start and end of a benchmark; `report()` for the JSON."""
+
+    def __init__(self) -> None:
+        self.start_load = load_average()
+        self.start_busy = busy_processes()
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+
+    def report(self) -> dict[str, Any]:
+        wall = time.perf_counter() - self.t0
+        return {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_start": self.start_load,
+            "load_average_end": load_average(),
+            "busy_processes_start": self.start_busy,
+            "busy_processes_end": busy_processes(),
+            "benchmark_wall_s": r(wall),
+            "benchmark_cpu_s_this_process": r(time.process_time() - self.cpu0),
+            "note": "2 shared cores: compare ratios within one run; load average > 2 means other work competed",
+        }
+
+
+def library_versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+# --------------------------------------------------------------------------- timing
+
+
+@contextmanager
+def timer() -> Iterator[dict[str, float]]:
+    """`with timer() as t: ...` then `t["s"]` holds the elapsed seconds."""
+    t: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        yield t
+    finally:
+        t["s"] = time.perf_counter() - start
+
+
+def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
+    """(min seconds, all seconds) of `repeats` calls of `fn`."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times), times
+
+
+def median(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+
+def peak_rss_mb_self() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT,
+                 timeout: float | None = None) -> dict[str, Any]:
+    """Run `cmd`; return wall seconds, its own peak RSS (MiB, via wait4), exit code, stdout and stderr.
+
+    Output goes to temporary files (no pipe deadlock); wait4 gives the child's own
+    rusage, so each call measures a fresh process.
+    """
+    import tempfile
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd)
+        deadline = None if timeout is None else start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if deadline is not None and time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.01)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        return {
+            "wall_s": wall,
+            "peak_rss_mb": usage.ru_maxrss / 1024,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "returncode": proc.returncode,
+            "stdout": out.read().decode(errors="replace"),
+            "stderr": err.read().decode(errors="replace"),
+        }
+
+
+def last_json(text: str) -> dict[str, Any]:
+    """The JSON object a child printed last (on the last non-empty line)."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError("child printed nothing on stdout")
+    return json.loads(lines[-1])
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def segpipe_cmd() -> list[str]:
+    """The CLI, run with this interpreter (works without an installed console script)."""
+    return [sys.executable, "-m", "cli.main"]
+
+
+def ensure_dataset(work_dir: str | os.PathLike[str], source: str | os.PathLike[str]) -> Path:
+    """A prepared dataset under `work_dir` (the latest); run `segpipe prepare --split random` if none."""
+    from segpipe.layout import WorkDir
+
+    work = WorkDir.at(work_dir)
+    if not work.complete_datasets():
+        log(f"preparing {source} into {work.root} (once; reused afterwards)")
+        cmd = [*segpipe_cmd(), "prepare", "--source", str(source), "--split", "random", "--work-dir", str(work.root)]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"segpipe prepare failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return work.dataset(work.latest_dataset())
+
+
+def extracted_pairs(work_dir: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """(image paths, trimap paths) of the extracted archives under `work_dir`, sorted, paired by id.
+
+    Like the Keras example: every `images/*.jpg` with its `annotations/trimaps/<id>.png`.
+    """
+    from segpipe.layout import WorkDir
+
+    extracted = WorkDir.at(work_dir).root / "extracted"
+    images = sorted(p for p in extracted.glob("*/images/*.jpg") if not p.name.startswith("."))
+    trimaps = {p.stem: p for p in extracted.glob("*/annotations/trimaps/*.png") if not p.name.startswith(".")}
+    pairs = [(str(p), str(trimaps[p.stem])) for p in images if p.stem in trimaps]
+    if not pairs:
+        raise SystemExit(f"no extracted images/trimaps under {extracted}; run with --source to prepare")
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def add_data_args(p: Any) -> None:
+    p.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR),
+                   help="work dir holding (or to receive) the prepared real sample (default bench-out/data)")
+    p.add_argument("--source", default=str(DEFAULT_SOURCE),
+                   help="images.tar.gz + annotations.tar.gz, prepared into --work-dir if it has no dataset")
+    p.add_argument("--out", help="also write the JSON result to this file")

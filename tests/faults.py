@@ -1,0 +1,349 @@
+"""Shared fault-injection helpers for the reliability suite (`tests/test_reliability_*.py`).
+
+- `ThrottledServer`: the loopback server of `tests.httpserver`, serving bodies slowly and/or
+  stalling once mid-body, and counting the body bytes it actually put on the wire (even when the
+  client dies half way), so tests can measure "bytes lost" = bytes sent twice.
+- `enospc_open`, `ENOSPCRecordWriter`: make writes fail with ENOSPC after a byte budget.
+- `tmpfs_available`, `run_on_full_disk`: a real, small tmpfs (private mount namespace, no root
+  needed where user namespaces are allowed) for a real "No space left on device".
+- `spawn_python`, `wait_for`, `sigkill`: real child processes and real signals.
+- `prepare_library`: the `prepare-data` flow's composition of library calls, without Prefect,
+  for child processes that must start fast.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tests.httpserver import LoopbackServer, _Handler, _Server
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class FaultScript:
+    """Faults applied in order, one per request, then none; stands in for a `Fault` in `srv.faults[path]`.
+
+    `LoopbackServer` consumes a fault by decrementing `times`; here that moves to the next step.
+    """
+
+    def __init__(self, *steps: Any):
+        self.steps, self.current = list(steps), None
+
+    @property
+    def times(self) -> int:
+        return 1 if self.steps else 0
+
+    @times.setter
+    def times(self, _: int) -> None:
+        self.current = self.steps.pop(0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["current"], name)
+
+
+# --------------------------------------------------------------------------- a slow, stalling server
+
+
+class _MeteredWriter:
+    """Wraps a handler's wfile: body bytes go out in `chunk`s at `rate` bytes/s, with an optional stall."""
+
+    def __init__(self, raw: Any, handler: "_ThrottledHandler"):
+        self.raw, self.handler = raw, handler
+
+    def write(self, data: bytes) -> int:
+        h = self.handler
+        if not h.in_body:
+            return self.raw.write(data)
+        srv: ThrottledServer = h.server.owner
+        for i in range(0, len(data), srv.chunk):
+            if srv.stall_after is not None and h.body_sent >= srv.stall_after and srv.take_stall():
+                srv.stop_event.wait(srv.stall_s)
+            piece = data[i:i + srv.chunk]
+            self.raw.write(piece)
+            h.body_sent += len(piece)
+            srv.add_sent(h.path_name, len(piece))
+            if srv.rate:
+                srv.stop_event.wait(len(piece) / srv.rate)
+        return len(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+class _ThrottledHandler(_Handler):
+    def setup(self) -> None:
+        super().setup()
+        self.in_body, self.body_sent, self.path_name = False, 0, ""
+        self.wfile = _MeteredWriter(self.wfile, self)
+
+    def end_headers(self) -> None:
+        super().end_headers()
+        self.in_body = True
+        self.path_name = self.path.split("?", 1)[0].lstrip("/")
+
+    def handle_one_request(self) -> None:
+        self.in_body, self.body_sent = False, 0
+        super().handle_one_request()
+
+
+class ThrottledServer(LoopbackServer):
+    """`LoopbackServer` whose bodies go out at `rate` bytes/s (None: full speed) in `chunk`s.
+
+    `stall_after=N, stall_s=S, stalls=K`: the first K responses that reach N body bytes stop
+    for S seconds there (a connection that hangs mid-body). `sent(path)` counts the body bytes
+    written to the socket, including responses the client abandoned.
+    """
+
+    def __init__(self, files: dict[str, bytes], *, rate: float | None = None, chunk: int = 8192,
+                 stall_after: int | None = None, stall_s: float = 0.0, stalls: int = 1):
+        super().__init__(files)
+        self.rate, self.chunk = rate, chunk
+        self.stall_after, self.stall_s, self.stalls = stall_after, stall_s, stalls
+        self._sent: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "ThrottledServer":
+        self._httpd = _Server(("127.0.0.1", 0), _ThrottledHandler)
+        self._httpd.state = self._state
+        self._httpd.owner = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="throttled-http", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def stop_event(self) -> threading.Event:
+        return self._state.stop
+
+    def take_stall(self) -> bool:
+        with self._lock:
+            if self.stalls <= 0:
+                return False
+            self.stalls -= 1
+            return True
+
+    def add_sent(self, path: str, n: int) -> None:
+        with self._lock:
+            self._sent[path] = self._sent.get(path, 0) + n
+
+    def sent(self, path: str) -> int:
+        with self._lock:
+            return self._sent.get(path, 0)
+
+
+# --------------------------------------------------------------------------- disk full
+
+
+def _enospc() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what the kernel gives: no file name
+
+
+class _FullDiskFile(io.RawIOBase):
+    """A writable file that accepts `budget[0]` more bytes, writes what fits, then raises ENOSPC."""
+
+    def __init__(self, f: Any, budget: list[int]):
+        self._f, self._budget = f, budget
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        room = max(self._budget[0], 0)
+        if len(data) > room:
+            self._f.write(data[:room])
+            self._budget[0] = 0
+            self._f.flush()
+            raise _enospc()
+        self._budget[0] -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> "_FullDiskFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+
+def enospc_open(budget: int, match: Callable[[str], bool]) -> Callable[..., Any]:
+    """An `open` replacement: files opened for writing whose path satisfies `match` share `budget`
+    bytes, then every write raises OSError(ENOSPC). Install with monkeypatch.setattr(module, "open", ...)."""
+    left = [budget]
+
+    def fake_open(file: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        f = open(file, mode, *args, **kw)
+        if any(c in mode for c in "wax+") and match(os.fspath(file)):
+            return _FullDiskFile(f, left)
+        return f
+
+    return fake_open
+
+
+class ENOSPCRecordWriter:
+    """Stands in for `tf.io.TFRecordWriter`: the real writer, failing once `budget` record bytes are
+    written, with the error TensorFlow raises for a full disk (ResourceExhaustedError naming the file)."""
+
+    budget = 0
+
+    def __init__(self, path: str, *args: Any, **kw: Any):
+        import tensorflow as tf
+
+        self._path, self._w = path, tf.io.TFRecordWriter(path, *args, **kw)
+
+    def write(self, record: bytes) -> None:
+        import tensorflow as tf
+
+        if len(record) > ENOSPCRecordWriter.budget:
+            raise tf.errors.ResourceExhaustedError(None, None, f"{self._path}; No space left on device")
+        ENOSPCRecordWriter.budget -= len(record)
+        self._w.write(record)
+
+    def close(self) -> None:
+        self._w.close()
+
+    def __enter__(self) -> "ENOSPCRecordWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def tmpfs_available() -> bool:
+    """True when `unshare -rm` can mount a private tmpfs (user + mount namespaces allowed)."""
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def run_on_full_disk(code: str, mountpoint: Path, size_kib: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run python `code` with a private `size_kib` KiB tmpfs mounted on `mountpoint` (it vanishes after)."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    script = f'mount -t tmpfs -o size={size_kib}k tmpfs "$0" && exec "$1" -c "$2" "${{@:3}}"'
+    return subprocess.run(
+        ["unshare", "-rm", "bash", "-c", script, str(mountpoint), sys.executable, textwrap.dedent(code), *args],
+        capture_output=True, text=True, cwd=REPO, env=child_env(), timeout=timeout,
+    )
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    env.update(extra)
+    return env
+
+
+def spawn_python(code: str, *args: str, umask: int | None = None, new_session: bool = False,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `python -c code args...` from the repo root; stdout+stderr merged into a pipe."""
+    preexec = (lambda: os.umask(umask)) if umask is not None else None
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args], cwd=REPO, env=env or child_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec,
+        start_new_session=new_session,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float) -> list[str]:
+    """Read `proc`'s output until a line contains `needle`; the lines read. Fails on exit or timeout."""
+    lines: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if needle in line:
+                done.set()
+                return
+        done.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    if not done.wait(timeout) or not any(needle in line for line in lines):
+        proc.kill()
+        raise AssertionError(f"child never printed {needle!r} (rc={proc.poll()}):\n{''.join(lines)[-3000:]}")
+    return lines
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, proc: subprocess.Popen | None = None,
+             what: str = "condition", poll: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"child exited (rc={proc.returncode}) before {what}:\n{out[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)
+
+
+def sigkill(proc: subprocess.Popen, *, group: bool = False) -> None:
+    """kill -9 the child (or its whole process group) and reap it."""
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def leftover_temps(root: Path) -> list[Path]:
+    """Files and directories left under temporary names (`.<name>.tmp-*`) anywhere under `root`."""
+    return sorted(p for p in root.rglob(".*.tmp-*"))
+
+
+# --------------------------------------------------------------------------- prepare without Prefect
+
+
+PARAMS = {"split": "official", "val_fraction": 0.25, "test_fraction": 0.1, "seed": 3, "shard_size_mb": 0.004}
+
+
+def prepare_library(source: str, work: Path, params: dict[str, Any] = PARAMS, workers: int = 2) -> Path:
+    """download → extract → validate → split → shards → manifest, as `flows.prepare_data` composes them."""
+    from segpipe.data import ARCHIVES, dataset, download, extract, split, tfrecords, validate
+    from segpipe.layout import WorkDir
+
+    wd = WorkDir.at(work)
+    src = download.resolve_source(source)
+    expected = download.expected_digests(src, 10)
+    roots, digests = {}, {}
+    for name in ARCHIVES:
+        got = download.download_archive(src, name, wd.downloads, expected_sha256=expected[name], timeout=10,
+                                        progress=False)
+        digests[name] = got.sha256
+        roots[name] = extract.extract_archive(got.path, wd.extracted(got.sha256), expected_sha256=got.sha256).dest
+    report = validate.validate_dataset(roots["images.tar.gz"] / "images", roots["annotations.tar.gz"] / "annotations",
+                                       workers=workers)
+    examples = {e.id: e for e in report.examples}
+    splits = split.make_split(list(examples), {i: e.lists for i, e in examples.items()}, mode=params["split"],
+                              val_fraction=params["val_fraction"], test_fraction=params["test_fraction"],
+                              seed=params["seed"])
+    out = wd.dataset(dataset.dataset_key(digests, params))
+    shards = {
+        name: tfrecords.write_split_shards([examples[i] for i in splits[name]], name, out, workers=workers,
+                                           target_shard_bytes=int(params["shard_size_mb"] * 2**20))
+        for name in splits
+    }
+    validate.write_validation(report, out)
+    split.write_split(splits, out, params)
+    tfrecords.write_manifest(out, dataset_key=out.name, archives=digests, parameters=params, shards=shards,
+                             validation_summary=report.counts)
+    return out

@@ -1,0 +1,34 @@
+"""Read back task-run states from the Prefect API (states are reported asynchronously)."""
+
+from __future__ import annotations
+
+
+SUBFLOWS = ("download-data", "prepare-data", "pipeline")
+
+
+def task_states_since(t0, settle_s: float = 20.0) -> dict[str, list[str]]:
+    """Final state names of the task runs started after t0 (Prefect reports states asynchronously)."""
+    import time
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        states = read_task_states(t0)
+        if time.monotonic() > deadline or not {"Running", "Pending", "Scheduled"} & {
+            s for names in states.values() for s in names
+        }:
+            return states
+        time.sleep(0.5)
+
+
+def read_task_states(t0) -> dict[str, list[str]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=t0)))
+    states: dict[str, list[str]] = {}
+    for run in runs:
+        if run.name.startswith(SUBFLOWS):  # a subflow's own wrapper run, not a task
+            continue
+        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state_name)
+    return states
