@@ -53,10 +53,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--result-storage", help="where Prefect persists results (default WORK/prefect-results)")
 
 
-def _data(p: argparse.ArgumentParser) -> None:
+def _data(p: argparse.ArgumentParser, split_flag: str = "--split") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--source", help="'official', an http(s) base URL, a file:// URL or a directory with the two archives")
-    g.add_argument("--split", choices=["official", "random"])
+    g.add_argument(split_flag, dest="split", choices=["official", "random"], help="how the dataset is split")
     g.add_argument("--val-fraction", type=float)
     g.add_argument("--test-fraction", type=float, help="for --split random")
     g.add_argument("--seed", type=int, help="split seed")
@@ -86,9 +86,9 @@ def _train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
 
 
-def _eval(p: argparse.ArgumentParser) -> None:
+def _eval(p: argparse.ArgumentParser, split_flag: str = "--eval-split") -> None:
     g = p.add_argument_group("evaluation")
-    g.add_argument("--eval-split", choices=["train", "val", "test"])
+    g.add_argument(split_flag, dest="eval_split", choices=["train", "val", "test"], help="the split to score")
     g.add_argument("--eval-batch-size", type=int)
     g.add_argument("--gallery-samples", type=int)
     g.add_argument("--gallery-worst", type=int)
@@ -112,11 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a prepared dataset (the latest, or --dataset KEY)")
     _common(p), _train(p)
     p = sub.add_parser("evaluate", help="score saved model(s) on a prepared split or on any --source")
-    _common(p), _data(p), _eval(p), _models(p)
+    _common(p), _data(p, "--split-mode"), _eval(p, "--split"), _models(p)
     p.add_argument("--dataset", help="dataset key under WORK/datasets (default: the latest)")
     p.add_argument("--out", help="where to write the metrics JSON")
     p = sub.add_parser("gallery", help="render a prediction gallery (seeded sample + worst-K)")
-    _common(p), _data(p), _eval(p), _models(p)
+    _common(p), _data(p, "--split-mode"), _eval(p, "--split"), _models(p)
     p.add_argument("--dataset", help="dataset key under WORK/datasets (default: the latest)")
     p.add_argument("--out", help="gallery directory (default: beside the first model)")
     p = sub.add_parser("predict", help="write trimap masks (1 pet, 2 background, 3 border) and overlays")

@@ -71,10 +71,16 @@ class _MeteredWriter:
         if not h.in_body:
             return self.raw.write(data)
         srv: ThrottledServer = h.server.owner
-        for i in range(0, len(data), srv.chunk):
-            if srv.stall_after is not None and h.body_sent >= srv.stall_after and srv.take_stall():
-                srv.stop_event.wait(srv.stall_s)
-            piece = data[i:i + srv.chunk]
+        pos = 0
+        while pos < len(data):
+            n = srv.chunk
+            if srv.stall_after is not None:
+                if h.body_sent == srv.stall_after and srv.take_stall():
+                    srv.stop_event.wait(srv.stall_s)
+                if h.body_sent < srv.stall_after:
+                    n = min(n, srv.stall_after - h.body_sent)
+            piece = data[pos:pos + n]
+            pos += n
             self.raw.write(piece)
             h.body_sent += len(piece)
             srv.add_sent(h.path_name, len(piece))
@@ -82,8 +88,8 @@ class _MeteredWriter:
                 srv.stop_event.wait(len(piece) / srv.rate)
         return len(data)
 
-    def flush(self) -> None:
-        self.raw.flush()
+    def __getattr__(self, name: str) -> Any:  # flush, close, closed, ...
+        return getattr(self.raw, name)
 
 
 class _ThrottledHandler(_Handler):

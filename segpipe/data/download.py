@@ -17,6 +17,7 @@ moved to `quarantine/` and never left under the trusted name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -299,6 +300,7 @@ def download_archive(
                 return DownloadResult(final, actual, final.stat().st_size, 0, None, cached=True)
             moved = _quarantine(final, actual)
             log.warning("%s has sha256 %s, expected %s: moved to %s, downloading again", final, actual, expected, moved)
+        _unlink_if_symlink(_part(final))
         bar = _Progress(name, progress, on_progress)
         errors: list[tuple[str, Exception]] = []
         for location in source.locations:
@@ -371,6 +373,22 @@ def _combined_error(name: str, errors: list[tuple[str, Exception]]) -> Exception
 
 def _part(final: Path) -> Path:
     return final.with_name(final.name + ".part")
+
+
+def _unlink_if_symlink(path: Path) -> None:
+    """Never write through a link planted at a name we write to: it could point outside WORK."""
+    if path.is_symlink():
+        log.warning("%s is a symbolic link; removing it instead of writing through it", path)
+        path.unlink()
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(exc: OSError, path: Path, kept: int) -> OSError:
+    """A disk-full `exc` restated with the file it hit (the kernel's message names none)."""
+    return OSError(exc.errno, f"{exc.strerror}: could not write {path} ({kept} bytes kept); "
+                              f"free some space and run again: the download resumes from there")
 
 
 def _meta(final: Path) -> Path:
@@ -457,14 +475,19 @@ def _stream(
         with open(part, "r+b" if start else "wb") as f:
             f.seek(start)
             f.truncate()
+            # read1: write whatever has arrived, so a stall or a kill never throws away bytes received;
             # raw bytes: never let the HTTP layer gunzip a .tar.gz served with Content-Encoding: gzip
-            for chunk in resp.raw.stream(chunk_size, decode_content=False):
+            while chunk := resp.raw.read1(chunk_size, decode_content=False):
                 f.write(chunk)
                 h.update(chunk)
                 done += len(chunk)
                 bar.update(done)
             f.flush()
             os.fsync(f.fileno())
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise _disk_full(exc, part, part.stat().st_size if part.is_file() else 0) from exc
+        raise
     finally:
         bar.update(done, force=True)
     if total is not None and done != total:

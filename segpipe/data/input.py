@@ -6,10 +6,12 @@
 Elements are `(images, labels)`: images float32 in [0, 1] of shape (B, S, S, 3),
 labels int32 in {0, 1, 2} (= trimap - 1) of shape (B, S, S, 1).
 
-Augmentation uses stateless random ops only. Each example gets its own seed
-from `tf.data.Dataset.random(seed)`, so the same `seed` gives the same batches,
-and image and mask always go through the very same geometric transform
-(bilinear for the image, nearest for the mask, so no new label values appear).
+Augmentation uses stateless random ops only. Each batch gets its own seed
+from `tf.data.Dataset.random(seed)` and each example in it its own random
+transform, so the same `seed` gives the same batches, and image and mask
+always go through the very same geometric transform (bilinear for the image,
+nearest for the mask, so no new label values appear). Batches are augmented
+whole, in one XLA-compiled warp (see benchmarks/input_pipeline.py).
 """
 
 from __future__ import annotations
@@ -70,6 +72,25 @@ def preprocess(example: dict[str, Any], img_size: int) -> tuple[tf.Tensor, tf.Te
 # --------------------------------------------------------------------------- augmentation
 
 
+def _affine_transforms(
+    u: tf.Tensor, height: int, width: int, *, flip: bool, max_scale: float, max_rotation_degrees: float
+) -> tf.Tensor:
+    """(B, 8) projective transforms from (B, >=4) uniforms in [0, 1): columns flip, scale, offset x, offset y, angle."""
+    limit = max_rotation_degrees * math.pi / 180.0
+    angle = (2.0 * u[:, 4] - 1.0) * limit
+    scale = 1.0 + u[:, 1] * (max_scale - 1.0)
+    # Crop offset in the enlarged image, so the crop stays inside it.
+    ox, oy = u[:, 2] * (width - 1.0) * (scale - 1.0), u[:, 3] * (height - 1.0) * (scale - 1.0)
+    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    a = tf.stack([cos, -sin, cx - (cos * cx - sin * cy) + ox], axis=1) / scale[:, None]
+    b = tf.stack([sin, cos, cy - (sin * cx + cos * cy) + oy], axis=1) / scale[:, None]
+    if flip:
+        mirror = (u[:, 0] < 0.5)[:, None]
+        a = tf.where(mirror, tf.stack([-a[:, 0], -a[:, 1], (width - 1.0) - a[:, 2]], axis=1), a)
+    return tf.concat([a, b, tf.zeros_like(a[:, :2])], axis=1)
+
+
 def geometric_transform(
     seed: tf.Tensor, height: int, width: int, *, flip: bool, max_scale: float, max_rotation_degrees: float
 ) -> tf.Tensor:
@@ -81,37 +102,95 @@ def geometric_transform(
     rotate by an angle in +-max_rotation_degrees about the centre, and flip
     left-right with probability 1/2; composed so each pixel is interpolated once.
     """
-    flip_seed, scale_seed, offset_seed, angle_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    limit = max_rotation_degrees * math.pi / 180.0
-    angle = tf.random.stateless_uniform([], angle_seed, -limit, limit) if limit > 0 else tf.constant(0.0)
-    scale = tf.random.stateless_uniform([], scale_seed, 1.0, max_scale) if max_scale > 1 else tf.constant(1.0)
-    # Crop offset in the enlarged image, so the crop stays inside it.
-    span = tf.constant([width - 1.0, height - 1.0])
-    ox, oy = tf.unstack(tf.random.stateless_uniform([2], offset_seed) * span * (scale - 1.0))
-    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    a = tf.stack([cos, -sin, cx - (cos * cx - sin * cy) + ox]) / scale
-    b = tf.stack([sin, cos, cy - (sin * cx + cos * cy) + oy]) / scale
-    if flip:
-        mirror = tf.random.stateless_uniform([], flip_seed) < 0.5
-        a = tf.where(mirror, tf.stack([-a[0], -a[1], (width - 1.0) - a[2]]), a)
-    return tf.reshape(tf.concat([a, b, [0.0, 0.0]], 0), [1, 8])
+    u = tf.random.stateless_uniform([1, 5], seed)
+    return _affine_transforms(u, height, width, flip=flip, max_scale=max_scale,
+                              max_rotation_degrees=max_rotation_degrees)
 
 
-def _warp(x: tf.Tensor, transform: tf.Tensor, interpolation: str) -> tf.Tensor:
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=x[tf.newaxis], transforms=transform, output_shape=tf.shape(x)[:2],
-        fill_value=0.0, interpolation=interpolation, fill_mode="REFLECT",
-    )[0]
+def _reflect(coord: tf.Tensor, size: int) -> tf.Tensor:
+    """Fold a coordinate into [0, size - 1] by mirroring at the borders (dcba|abcd|dcba), as the TF kernel does."""
+    coord = tf.math.floormod(coord, 2.0 * size)
+    coord = tf.where(coord > size - 1.0, 2.0 * size - 1.0 - coord, coord)
+    return tf.clip_by_value(coord, 0.0, size - 1.0)
 
 
-def _color_jitter(image: tf.Tensor, seed: tf.Tensor, brightness: float, contrast: float) -> tf.Tensor:
-    brightness_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    if brightness > 0:
-        image = tf.image.stateless_random_brightness(image, brightness, brightness_seed)
-    if contrast > 0:
-        image = tf.image.stateless_random_contrast(image, 1.0 - contrast, 1.0 + contrast, contrast_seed)
-    return tf.clip_by_value(image, 0.0, 1.0)
+@tf.function(jit_compile=True)
+def _warp_batch(images: tf.Tensor, labels: tf.Tensor, transforms: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Warp (B, H, W, C) float images bilinear and (B, H, W, 1) labels nearest by (B, 8) affine transforms.
+
+    The same result as `tf.raw_ops.ImageProjectiveTransformV3` with fill_mode REFLECT,
+    written as gathers and compiled with XLA: one fused pass over the batch, with
+    the source coordinates computed once for image and label (about 3x faster on CPU).
+    """
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    ys, xs = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
+    t = transforms[:, :, None, None]
+    sx = _reflect(t[:, 0] * xs + t[:, 1] * ys + t[:, 2], width)
+    sy = _reflect(t[:, 3] * xs + t[:, 4] * ys + t[:, 5], height)
+    first = tf.reshape(tf.range(tf.shape(images)[0]) * (height * width), [-1, 1, 1])  # flat index of (b, 0, 0)
+
+    def at(y: tf.Tensor, x: tf.Tensor, flat: tf.Tensor) -> tf.Tensor:
+        return tf.gather(flat, first + y * width + x)
+
+    nearest = lambda c: tf.cast(tf.floor(c + 0.5), tf.int32)  # noqa: E731  (round half up, as the kernel)
+    out_labels = at(nearest(sy), nearest(sx), tf.reshape(labels, [-1]))[..., None]
+    x0, y0 = tf.floor(sx), tf.floor(sy)
+    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
+    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    x1, y1 = tf.minimum(x0 + 1, width - 1), tf.minimum(y0 + 1, height - 1)
+    pixels = tf.reshape(images, [-1, channels])
+    top = at(y0, x0, pixels) * (1.0 - fx) + at(y0, x1, pixels) * fx
+    bottom = at(y1, x0, pixels) * (1.0 - fx) + at(y1, x1, pixels) * fx
+    return top * (1.0 - fy) + bottom * fy, out_labels
+
+
+@tf.function(jit_compile=True)
+def _color_jitter_batch(images: tf.Tensor, delta: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """Per image: add `delta` (brightness), scale about the per-channel mean by `factor` (contrast), clip to [0, 1]."""
+    images = images + delta[:, None, None, None]
+    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+    return tf.clip_by_value((images - mean) * factor[:, None, None, None] + mean, 0.0, 1.0)
+
+
+def augment_batch(
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    flip: bool = True,
+    max_scale: float = 1.25,
+    max_rotation_degrees: float = 10.0,
+    brightness: float = 0.1,
+    contrast: float = 0.2,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """`augment` for a batch: images float32 (B, H, W, 3) in [0, 1], labels int (B, H, W, 1), one shape-[2] seed.
+
+    Every image gets its own random transform and colour jitter (drawn from `seed`);
+    the whole batch is then warped in one XLA-compiled call.
+    """
+    if max_scale < 1.0 or max_rotation_degrees < 0 or brightness < 0 or not 0 <= contrast < 1:
+        raise ValueError(
+            "augment expects max_scale >= 1, max_rotation_degrees >= 0, brightness >= 0 and 0 <= contrast < 1; "
+            f"got {max_scale}, {max_rotation_degrees}, {brightness}, {contrast}"
+        )
+    if images.shape.rank != 4 or labels.shape.rank != 4 or images.shape[1:3] != labels.shape[1:3]:
+        raise ValueError(
+            f"augment expects image (H, W, 3) and label (H, W, 1) of one size; got {images.shape}, {labels.shape}"
+        )
+    height, width = images.shape[1], images.shape[2]
+    if height is None or width is None:
+        raise ValueError(f"augment needs a static image size, got {images.shape}")
+    # Columns: flip, scale, offset x, offset y, angle, brightness, contrast.
+    u = tf.random.stateless_uniform([tf.shape(images)[0], 7], seed)
+    if flip or max_scale > 1 or max_rotation_degrees > 0:
+        transforms = _affine_transforms(u, height, width, flip=flip, max_scale=max_scale,
+                                        max_rotation_degrees=max_rotation_degrees)
+        images, labels = _warp_batch(images, labels, transforms)
+    if brightness > 0 or contrast > 0:
+        delta = (2.0 * u[:, 5] - 1.0) * brightness
+        factor = 1.0 + (2.0 * u[:, 6] - 1.0) * contrast
+        images = _color_jitter_batch(images, delta, factor)
+    return images, labels
 
 
 def augment(
@@ -132,30 +211,17 @@ def augment(
     geometric part is one warp applied to both: bilinear for the image, nearest
     for the label (no new label values), reflect fill at the borders.
     `flip=False`, `max_scale=1`, `max_rotation_degrees=0`, `brightness=0`,
-    `contrast=0` turn the respective step off.
+    `contrast=0` turn the respective step off. (A batch of one for `augment_batch`.)
     """
-    if max_scale < 1.0 or max_rotation_degrees < 0 or brightness < 0 or not 0 <= contrast < 1:
-        raise ValueError(
-            "augment expects max_scale >= 1, max_rotation_degrees >= 0, brightness >= 0 and 0 <= contrast < 1; "
-            f"got {max_scale}, {max_rotation_degrees}, {brightness}, {contrast}"
-        )
-    if image.shape.rank != 3 or label.shape.rank != 3 or image.shape[:2] != label.shape[:2]:
+    if image.shape.rank != 3 or label.shape.rank != 3:
         raise ValueError(
             f"augment expects image (H, W, 3) and label (H, W, 1) of one size; got {image.shape}, {label.shape}"
         )
-    geo_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    if flip or max_scale > 1 or max_rotation_degrees > 0:
-        height, width = image.shape[0], image.shape[1]
-        if height is None or width is None:
-            raise ValueError(f"augment needs a static image size, got {image.shape}")
-        transform = geometric_transform(
-            geo_seed, height, width, flip=flip, max_scale=max_scale, max_rotation_degrees=max_rotation_degrees
-        )
-        image, label = _warp(image, transform, "BILINEAR"), _warp(label, transform, "NEAREST")
-    return _color_jitter(image, color_seed, brightness, contrast), label
-
-
-_augment = augment  # `training_dataset` has a flag of the same name
+    images, labels = augment_batch(
+        image[tf.newaxis], label[tf.newaxis], seed, flip=flip, max_scale=max_scale,
+        max_rotation_degrees=max_rotation_degrees, brightness=brightness, contrast=contrast,
+    )
+    return images[0], labels[0]
 
 
 # --------------------------------------------------------------------------- datasets
@@ -192,13 +258,14 @@ def training_dataset(
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.map(_to_model_inputs, num_parallel_calls=AUTOTUNE)
+    # Batch first, then convert and augment whole batches (vectorised: far fewer, larger ops).
+    ds = ds.batch(batch_size, drop_remainder=False).map(_to_model_inputs, num_parallel_calls=AUTOTUNE)
     if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda pair, s: _augment(pair[0], pair[1], s), num_parallel_calls=AUTOTUNE
+            lambda batch, s: augment_batch(batch[0], batch[1], s), num_parallel_calls=AUTOTUNE
         )
-    return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
 
 
 def eval_dataset(

@@ -1,0 +1,166 @@
+"""Network faults against a real loopback server: cuts, 5xx, stalls, Range ignored, retries bounded.
+
+"Bytes lost" = body bytes the server had to send twice = `bytes sent in total - file size`.
+The Prefect tests run the real `download` task (its retry policy: 4 retries, transient errors
+only), with the backoff delays set to 0 so they take seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from segpipe.data.download import SourceError, TransientDownloadError, download_archive, resolve_source
+from tests.faults import FaultScript, ThrottledServer, sha
+from tests.httpserver import Fault, LoopbackServer
+
+NAME = "images.tar.gz"
+SIZE = 400_000
+CUT = 60_000
+
+
+@pytest.fixture()
+def payload() -> bytes:
+    return os.urandom(SIZE)
+
+
+def files_with_sums(payload: bytes) -> dict[str, bytes]:
+    other = b"annotations" * 100
+    return {NAME: payload, "annotations.tar.gz": other,
+            "SHA256SUMS": f"{sha(payload)}  {NAME}\n{sha(other)}  annotations.tar.gz\n".encode()}
+
+
+# --------------------------------------------------------------------------- library level, one attempt per call
+
+
+@pytest.mark.parametrize("cut", [0, 1, SIZE // 2, SIZE - 1])
+def test_cut_at_any_point_resumes_with_zero_bytes_lost(payload, tmp_path, cut):
+    with LoopbackServer({NAME: payload}) as srv:
+        srv.faults[NAME] = Fault(cut_after=cut, times=1)
+        source = resolve_source(srv.url)
+        with pytest.raises(TransientDownloadError, match="--source"):
+            download_archive(source, NAME, tmp_path, expected_sha256=sha(payload), timeout=5, progress=False)
+        assert (tmp_path / f"{NAME}.part").read_bytes() == payload[:cut]
+        assert not (tmp_path / NAME).exists()
+        result = download_archive(source, NAME, tmp_path, expected_sha256=sha(payload), timeout=5, progress=False)
+        assert result.sha256 == sha(payload) and result.resumed_from == cut
+        assert srv.bytes_sent(NAME) - cut == SIZE - cut  # the resumed request sent only the tail
+        assert srv.gets(NAME)[1].headers.get("Range") == (f"bytes={cut}-" if cut else None)
+
+
+def test_stall_mid_body_times_out_and_keeps_every_byte_received(payload, tmp_path):
+    """A connection that hangs mid-body: nothing received before the hang may be thrown away
+    (the download reads what arrives rather than waiting for whole 1 MiB chunks)."""
+    with ThrottledServer({NAME: payload}, stall_after=100_000, stall_s=30) as srv:
+        source = resolve_source(srv.url)
+        with pytest.raises(TransientDownloadError, match="timed out") as info:
+            download_archive(source, NAME, tmp_path, expected_sha256=sha(payload), timeout=0.5, progress=False)
+        assert "--source" in str(info.value)
+        assert (tmp_path / f"{NAME}.part").read_bytes() == payload[:100_000]
+        result = download_archive(source, NAME, tmp_path, expected_sha256=sha(payload), timeout=5, progress=False)
+        assert result.resumed_from == 100_000 and result.sha256 == sha(payload)
+        assert srv.sent(NAME) == SIZE  # zero bytes lost
+
+
+# --------------------------------------------------------------------------- the Prefect `download` task
+
+
+def run_download(srv_url: str, work: Path, storage: Path, timeout: float = 5.0, return_state: bool = False):
+    """The real `download` task inside a flow, with zero backoff (same retries and retry condition)."""
+    from prefect import flow
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    from tasks.data import download
+
+    @flow(name="reliability-download")
+    def fetch():
+        return download.with_options(retry_delay_seconds=0)(srv_url, NAME, str(work), timeout)
+
+    with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(storage)}):
+        return fetch(return_state=return_state)
+
+
+def download_run_count(flow_state) -> int:
+    """How many times Prefect ran the `download` task in that flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+    (run,) = [r for r in runs if r.name.startswith("download")]
+    return run.run_count
+
+
+def test_task_retries_mixed_faults_and_resumes_each_time(prefect_api, payload, tmp_path):
+    """cut, 500, cut, 503 in a row: attempt 5 of 5 completes, every resume picks up at the cut."""
+    with LoopbackServer(files_with_sums(payload)) as srv:
+        srv.faults[NAME] = FaultScript(Fault(cut_after=CUT), Fault(status=500), Fault(cut_after=CUT),
+                                       Fault(status=503))
+        state = run_download(srv.url, tmp_path / "work", tmp_path / "results", return_state=True)
+        archive = state.result()
+        gets = srv.gets(NAME)
+    assert archive.sha256 == sha(payload) == archive.expected_sha256
+    assert Path(archive.path).read_bytes() == payload
+    assert [g.status for g in gets] == [200, 500, 206, 503, 206]
+    assert [g.headers.get("Range") for g in gets] == [None, f"bytes={CUT}-", f"bytes={CUT}-",
+                                                      f"bytes={2 * CUT}-", f"bytes={2 * CUT}-"]
+    assert srv.bytes_sent(NAME) - len(b"500 Internal Server Error\n503 Service Unavailable\n") == SIZE
+    assert download_run_count(state) == 5  # 1 run + 4 retries, all by Prefect
+
+
+def test_task_gives_up_after_five_attempts_with_a_clear_error_then_a_rerun_resumes(prefect_api, payload, tmp_path):
+    work, storage = tmp_path / "work", tmp_path / "results"
+    with LoopbackServer(files_with_sums(payload)) as srv:
+        srv.faults[NAME] = FaultScript(Fault(cut_after=CUT), *[Fault(status=503)] * 10)
+        with pytest.raises(TransientDownloadError) as info:
+            run_download(srv.url, work, storage)
+        assert len(srv.gets(NAME)) == 5  # bounded: 1 + 4 retries
+        msg = str(info.value)
+        assert "503" in msg and NAME in msg and "--source" in msg
+        assert (work / "downloads" / f"{NAME}.part").stat().st_size == CUT  # kept for the next run
+
+        srv.faults.clear()  # the server recovers; the next run resumes the .part
+        archive = run_download(srv.url, work, storage)
+        last = srv.gets(NAME)[-1]
+    assert last.headers.get("Range") == f"bytes={CUT}-" and last.status == 206
+    assert archive.sha256 == sha(payload) and not (work / "downloads" / f"{NAME}.part").exists()
+
+
+def test_task_does_not_retry_a_404(prefect_api, payload, tmp_path):
+    with LoopbackServer(files_with_sums(payload)) as srv:
+        srv.faults[NAME] = Fault(status=404)
+        with pytest.raises(SourceError, match="404"):
+            run_download(srv.url, tmp_path / "work", tmp_path / "results")
+        assert len(srv.gets(NAME)) == 1
+
+
+def test_task_stall_then_resume(prefect_api, payload, tmp_path):
+    with ThrottledServer(files_with_sums(payload), stall_after=150_000, stall_s=30) as srv:
+        archive = run_download(srv.url, tmp_path / "work", tmp_path / "results", timeout=1.0)
+        gets = srv.gets(NAME)
+        sent = srv.sent(NAME)
+    assert archive.sha256 == sha(payload)
+    assert [g.headers.get("Range") for g in gets] == [None, "bytes=150000-"]
+    assert sent == SIZE  # zero bytes lost
+
+
+def test_task_with_a_server_that_ignores_range_restarts_cleanly(prefect_api, payload, tmp_path):
+    with LoopbackServer(files_with_sums(payload)) as srv:
+        srv.faults[NAME] = FaultScript(Fault(cut_after=CUT), Fault(ignore_range=True))
+        archive = run_download(srv.url, tmp_path / "work", tmp_path / "results")
+        gets = srv.gets(NAME)
+        sent = srv.bytes_sent(NAME)
+    assert archive.sha256 == sha(payload) and Path(archive.path).read_bytes() == payload
+    assert [(g.headers.get("Range"), g.status) for g in gets] == [(None, 200), (f"bytes={CUT}-", 200)]
+    assert sent == SIZE + CUT  # the server made us fetch the first CUT bytes again: nothing spliced
+
+
+def test_task_when_sha256sums_answers_503(prefect_api, payload, tmp_path):
+    with LoopbackServer(files_with_sums(payload)) as srv:
+        srv.faults["SHA256SUMS"] = Fault(status=503, times=2)
+        archive = run_download(srv.url, tmp_path / "work", tmp_path / "results")
+        sums_gets = srv.gets("SHA256SUMS")
+    assert archive.sha256 == sha(payload) == archive.expected_sha256
+    assert [g.status for g in sums_gets][:2] == [503, 503]
