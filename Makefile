@@ -20,7 +20,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 install: $(BIN)/.installed
 
 run: $(BIN)/.installed
-	$(BIN)/segpipe prepare --source $(SOURCE) --preset $(PRESET) --work-dir $(WORK)
+	$(BIN)/segpipe run --source $(SOURCE) --preset $(PRESET) --work-dir $(WORK)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "slow or not slow" -q

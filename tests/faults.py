@@ -322,9 +322,31 @@ def leftover_temps(root: Path) -> list[Path]:
 PARAMS = {"split": "official", "val_fraction": 0.25, "test_fraction": 0.1, "seed": 3, "shard_size_mb": 0.004}
 
 
+def write_dataset(images: Path, annotations: Path, out: Path, archives: dict[str, str],
+                  params: dict[str, Any] = PARAMS, workers: int = 2) -> Path:
+    """validate → split → shards → validation/split files → manifest (last), as the flow's tasks do."""
+    from segpipe.data import split, tfrecords, validate
+
+    report = validate.validate_dataset(images, annotations, workers=workers)
+    examples = {e.id: e for e in report.examples}
+    splits = split.make_split(list(examples), {i: e.lists for i, e in examples.items()}, mode=params["split"],
+                              val_fraction=params["val_fraction"], test_fraction=params["test_fraction"],
+                              seed=params["seed"])
+    shards = {
+        name: tfrecords.write_split_shards([examples[i] for i in splits[name]], name, out, workers=workers,
+                                           target_shard_bytes=int(params["shard_size_mb"] * 2**20))
+        for name in splits
+    }
+    validate.write_validation(report, out)
+    split.write_split(splits, out, params)
+    tfrecords.write_manifest(out, dataset_key=out.name, archives=archives, parameters=params, shards=shards,
+                             validation_summary=report.counts)
+    return out
+
+
 def prepare_library(source: str, work: Path, params: dict[str, Any] = PARAMS, workers: int = 2) -> Path:
-    """download → extract → validate → split → shards → manifest, as `flows.prepare_data` composes them."""
-    from segpipe.data import ARCHIVES, dataset, download, extract, split, tfrecords, validate
+    """download → extract → `write_dataset`, the `prepare-data` flow's composition without Prefect."""
+    from segpipe.data import ARCHIVES, dataset, download, extract
     from segpipe.layout import WorkDir
 
     wd = WorkDir.at(work)
@@ -336,20 +358,6 @@ def prepare_library(source: str, work: Path, params: dict[str, Any] = PARAMS, wo
                                         progress=False)
         digests[name] = got.sha256
         roots[name] = extract.extract_archive(got.path, wd.extracted(got.sha256), expected_sha256=got.sha256).dest
-    report = validate.validate_dataset(roots["images.tar.gz"] / "images", roots["annotations.tar.gz"] / "annotations",
-                                       workers=workers)
-    examples = {e.id: e for e in report.examples}
-    splits = split.make_split(list(examples), {i: e.lists for i, e in examples.items()}, mode=params["split"],
-                              val_fraction=params["val_fraction"], test_fraction=params["test_fraction"],
-                              seed=params["seed"])
     out = wd.dataset(dataset.dataset_key(digests, params))
-    shards = {
-        name: tfrecords.write_split_shards([examples[i] for i in splits[name]], name, out, workers=workers,
-                                           target_shard_bytes=int(params["shard_size_mb"] * 2**20))
-        for name in splits
-    }
-    validate.write_validation(report, out)
-    split.write_split(splits, out, params)
-    tfrecords.write_manifest(out, dataset_key=out.name, archives=digests, parameters=params, shards=shards,
-                             validation_summary=report.counts)
-    return out
+    return write_dataset(roots["images.tar.gz"] / "images", roots["annotations.tar.gz"] / "annotations", out,
+                         digests, params, workers)
