@@ -9,8 +9,11 @@ renamed into place only when complete.
 from __future__ import annotations
 
 import bisect
+import glob
 import itertools
+import logging
 import math
+import os
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -23,8 +26,10 @@ from typing import Any
 from segpipe import __version__
 from segpipe.data import spec
 from segpipe.data.validate import Example, load_image_rgb, load_trimap_png
-from segpipe.fsutil import atomic_path, atomic_write_json, code_version, read_json, sha256_file
+from segpipe.fsutil import atomic_path, atomic_write_json, code_version, file_lock, read_json, sha256_file
 from segpipe.layout import MANIFEST
+
+log = logging.getLogger(__name__)
 
 RECORD_OVERHEAD_BYTES = 512
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -108,15 +113,30 @@ def write_shard(examples: Sequence[Example], path: str | Path, *, split: str | N
 def write_split_shards(
     examples: Sequence[Example], split: str, out_dir: str | Path, *, target_shard_bytes: int, workers: int = 2
 ) -> list[ShardInfo]:
-    """Write one split's shards into `out_dir`, `workers` shards at a time; shard order is kept."""
+    """Write one split's shards into `out_dir`, `workers` shards at a time; shard order is kept.
+
+    One writer per split and directory at a time (a second process waits); temporary shards
+    left by a killed writer are removed first.
+    """
     if not _SPLIT_NAME.fullmatch(split):
         raise ValueError(f"split name must be letters, digits or '_', got {split!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    out_dir = Path(out_dir)
     plan = plan_shards(examples, target_shard_bytes)
-    paths = [Path(out_dir) / shard_name(split, i, len(plan)) for i in range(len(plan))]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda sp: write_shard(sp[0], sp[1], split=split), zip(plan, paths)))
+    paths = [out_dir / shard_name(split, i, len(plan)) for i in range(len(plan))]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(out_dir.parent / f".{out_dir.name}.{split}.lock"):
+        _remove_stale_temps(out_dir, split)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(lambda sp: write_shard(sp[0], sp[1], split=split), zip(plan, paths)))
+
+
+def _remove_stale_temps(out_dir: Path, split: str) -> None:
+    """Delete `split`'s temporary shards left by a killed writer (only call while holding the split's lock)."""
+    for tmp in glob.glob(os.path.join(glob.escape(str(out_dir)), f".{split}-*.tfrecord.tmp-*")):
+        log.warning("removing %s left by an interrupted shard writer", tmp)
+        Path(tmp).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- manifest

@@ -36,6 +36,20 @@ def check_common(
     return shape  # type: ignore[return-value]
 
 
+def check_encoder_decoder(name: str, input_shape: tuple[int, int, int], *, base_filters: Any, depth: Any,
+                          dropout: float) -> None:
+    """Argument checks shared by the pooling encoder-decoders (unet, segnet)."""
+    from segpipe.models.registry import check_input_size
+
+    if not isinstance(base_filters, int) or base_filters < 1:
+        raise ValueError(f"base_filters must be an int >= 1, got {base_filters!r}")
+    if not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_input_size(name, input_shape[:2], {"depth": depth})
+
+
 def conv_bn_relu(
     x: Any,
     filters: int,

@@ -20,10 +20,10 @@ from segpipe.models.layers import (
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
     check_common,
+    check_encoder_decoder,
     conv_bn_relu,
     softmax_head,
 )
-from segpipe.models.registry import check_input_size
 
 
 def _stage_filters(base_filters: int, i: int) -> int:
@@ -46,13 +46,7 @@ def build_segnet(
 ) -> keras.Model:
     """SegNet with `depth` pooling stages; height and width must be multiples of 2**depth."""
     input_shape = check_common(input_shape, num_classes, bn_momentum)
-    if not isinstance(base_filters, int) or base_filters < 1:
-        raise ValueError(f"base_filters must be an int >= 1, got {base_filters!r}")
-    if not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    check_input_size("segnet", input_shape[:2], {"depth": depth})
+    check_encoder_decoder("segnet", input_shape, base_filters=base_filters, depth=depth, dropout=dropout)
 
     inputs = keras.Input(shape=input_shape, name="image")
     x, indices = inputs, []

@@ -14,8 +14,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from segpipe.models.layers import check_common, conv_bn_relu, softmax_head
-from segpipe.models.registry import check_input_size
+from segpipe.models.layers import check_common, check_encoder_decoder, conv_bn_relu, softmax_head
 
 
 def _double_conv(x: Any, filters: int, bn_momentum: float, name: str) -> Any:
@@ -35,13 +34,7 @@ def build_unet(
 ) -> keras.Model:
     """U-Net with `depth` poolings; height and width must be multiples of 2**depth."""
     input_shape = check_common(input_shape, num_classes, bn_momentum)
-    if not isinstance(base_filters, int) or base_filters < 1:
-        raise ValueError(f"base_filters must be an int >= 1, got {base_filters!r}")
-    if not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    check_input_size("unet", input_shape[:2], {"depth": depth})
+    check_encoder_decoder("unet", input_shape, base_filters=base_filters, depth=depth, dropout=dropout)
 
     inputs = keras.Input(shape=input_shape, name="image")
     x, skips = inputs, []
