@@ -22,7 +22,7 @@ from segpipe.layout import ENV_WORK_DIR, WorkDir
 DATA_FLAGS = {
     "source": "data.source", "split": "data.split", "val_fraction": "data.val_fraction",
     "test_fraction": "data.test_fraction", "seed": "data.seed", "shard_size_mb": "data.shard_size_mb",
-    "workers": "data.workers", "download_timeout": "data.download_timeout_s",
+    "workers": "data.workers", "download_timeout": "data.download_timeout_s", "holdout_breeds": "data.holdout_breeds",
 }
 TRAIN_FLAGS = {
     "model": "model.name", "base_filters": "model.base_filters", "depth": "model.depth",
@@ -56,7 +56,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _data(p: argparse.ArgumentParser, split_flag: str = "--split") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--source", help="'official', an http(s) base URL, a file:// URL or a directory with the two archives")
-    g.add_argument(split_flag, dest="split", choices=["official", "random"], help="how the dataset is split")
+    g.add_argument(split_flag, dest="split", choices=["official", "random", "breed"], help="how the dataset is split")
+    g.add_argument("--holdout-breed", dest="holdout_breeds", action="append", metavar="BREED",
+                   help="with split 'breed': a breed to hold out as the test split (repeatable)")
     g.add_argument("--val-fraction", type=float)
     g.add_argument("--test-fraction", type=float, help="for --split random")
     g.add_argument("--seed", type=int, help="split seed")

@@ -28,9 +28,10 @@ class DataConfig(_Section):
         description="'official' (the Oxford archives and their mirror), an http(s) base URL, "
         "a file:// URL or a local directory holding images.tar.gz and annotations.tar.gz",
     )
-    split: Literal["official", "random"] = "official"
+    split: Literal["official", "random", "breed"] = "official"
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="only for split='random'")
+    holdout_breeds: tuple[str, ...] = Field((), description="only for split='breed': the breeds of the test split")
     seed: int = Field(42, ge=0, lt=2**32)
     shard_size_mb: float = Field(150.0, gt=0.0, le=4096.0, description="target shard size")
     workers: int = Field(2, ge=1, le=64, description="parallel shard writers")
@@ -45,12 +46,14 @@ class DataConfig(_Section):
 
     def content_params(self) -> dict[str, Any]:
         """The parameters that change the dataset's content (not where it comes from or how fast)."""
-        return self.model_dump(mode="json", include={"split", "val_fraction", "test_fraction", "seed", "shard_size_mb"})
+        return self.model_dump(mode="json", include={"split", "val_fraction", "test_fraction", "seed", "shard_size_mb", "holdout_breeds"})
 
     @model_validator(mode="after")
     def _fractions(self) -> "DataConfig":
         if self.split == "random" and self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must be < 1 for split='random'")
+        if self.split == "breed" and not self.holdout_breeds:
+            raise ValueError("holdout_breeds: split='breed' needs at least one breed to hold out")
         return self
 
 
@@ -221,8 +224,10 @@ def format_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
-        if not err["loc"] and ": " in msg:  # a cross-field check that names its own field
-            field, msg = msg.split(": ", 1)
+        head, sep, rest = msg.partition(": ")
+        if sep and head.replace(".", "").replace("_", "").isalnum():  # a cross-field check naming its field
+            field = head if "." in head or not err["loc"] else f"{field}.{head}"
+            msg = rest
         got = err.get("input")
         lines.append(f"{field}: {msg}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -165,7 +165,7 @@ def split(report: Any, digests: dict[str, str], params: dict[str, Any]) -> Datas
     lists = {ex.id: ex.lists for ex in report.examples}
     splits = split_mod.make_split(
         [ex.id for ex in report.examples], lists, mode=params["split"], val_fraction=params["val_fraction"],
-        test_fraction=params["test_fraction"], seed=params["seed"],
+        test_fraction=params["test_fraction"], seed=params["seed"], holdout_breeds=params.get("holdout_breeds", ()),
     )
     key = dataset_mod.dataset_key(digests, params)
     get_run_logger().info(

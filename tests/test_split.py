@@ -108,3 +108,17 @@ def test_on_synthetic_tree(tmp_path):
     assert sorted(s["test"]) == expected_test
     assert s["unassigned"] == sorted(tree.unlisted)
     assert len(s["val"]) == 3 and len(s["train"]) == 12  # 15 valid trainval ids
+
+
+def test_breed_split_holds_whole_breeds_out():
+    ids = [f"{b}_{n}" for b in ("Abyssinian", "Bengal", "american_bulldog") for n in range(1, 11)]
+    split = make_split(ids, {}, mode="breed", val_fraction=0.2, test_fraction=0.1, seed=3, holdout_breeds=["Bengal"])
+    assert sorted(split["test"]) == sorted(i for i in ids if i.startswith("Bengal_"))
+    assert not any(i.startswith("Bengal_") for i in split["train"] + split["val"])
+    assert len(split["val"]) == 4 and len(split["train"]) == 16
+    assert split == make_split(list(reversed(ids)), {}, mode="breed", val_fraction=0.2, test_fraction=0.1, seed=3,
+                               holdout_breeds=["Bengal"])
+    with pytest.raises(ValueError, match="no valid image of beagle"):
+        make_split(ids, {}, mode="breed", val_fraction=0.2, test_fraction=0.1, seed=3, holdout_breeds=["beagle"])
+    with pytest.raises(ValueError, match="holdout_breeds is empty"):
+        make_split(ids, {}, mode="breed", val_fraction=0.2, test_fraction=0.1, seed=3)

@@ -4,6 +4,8 @@
   ids of trainval.txt; train is the rest of trainval. Ids in neither list go to
   `unassigned` (kept out of every split, reported).
 - `random`: every valid id is shuffled into train/val/test.
+- `breed`: test = every valid id of the `holdout_breeds` (breeds training never
+  sees); val is carved out of the other breeds, train is the rest.
 
 Ids are sorted before a `random.Random(seed)` shuffle, so the same seed gives
 the same split whatever order the ids come in. Each split keeps the shuffled
@@ -21,7 +23,7 @@ from typing import Any
 from segpipe.fsutil import atomic_write_json, read_json
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-MODES: tuple[str, ...] = ("official", "random")
+MODES: tuple[str, ...] = ("official", "random", "breed")
 SPLIT_FILE = "split.json"
 
 
@@ -51,12 +53,13 @@ def make_split(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    holdout_breeds: Iterable[str] = (),
 ) -> dict[str, list[str]]:
     """Split valid ids into {"train", "val", "test", "unassigned"}.
 
     `lists` maps an id to the list files naming it ("trainval", "test", "list");
     ids missing from it count as listed nowhere. `test_fraction` is used only
-    in random mode.
+    in random mode, `holdout_breeds` only in breed mode.
     """
     if mode not in MODES:
         raise ValueError(f"split mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -78,6 +81,9 @@ def make_split(
         n_val = _take(len(trainval), val_fraction, keep=1)
         return {"train": trainval[n_val:], "val": trainval[:n_val], "test": test, "unassigned": unassigned}
 
+    if mode == "breed":
+        return _breed_split(examples_ids, holdout_breeds, val_fraction, seed)
+
     if val_fraction + test_fraction >= 1.0:
         raise ValueError(
             f"val_fraction + test_fraction must be < 1 for a random split, got {val_fraction} + {test_fraction}"
@@ -93,6 +99,24 @@ def make_split(
         "test": ids[:n_test],
         "unassigned": [],
     }
+
+
+def _breed_split(ids: list[str], holdout_breeds: Iterable[str], val_fraction: float, seed: int) -> dict[str, list[str]]:
+    from segpipe.data.validate import breed_of
+
+    holdout = set(holdout_breeds)
+    if not holdout:
+        raise ValueError("breed split: holdout_breeds is empty; name at least one breed to hold out")
+    present = {breed_of(i) for i in ids}
+    unknown = sorted(holdout - present)
+    if unknown:
+        raise ValueError(f"breed split: no valid image of {', '.join(unknown)}; breeds present: {', '.join(sorted(present))}")
+    test = _shuffled((i for i in ids if breed_of(i) in holdout), seed)
+    rest = _shuffled((i for i in ids if breed_of(i) not in holdout), seed)
+    if len(rest) < 2:
+        raise ValueError("breed split: holding out these breeds leaves too few images to train on")
+    n_val = _take(len(rest), val_fraction, keep=1)
+    return {"train": rest[n_val:], "val": rest[:n_val], "test": test, "unassigned": []}
 
 
 def write_split(split: Mapping[str, list[str]], dataset_dir: str | Path, params: Mapping[str, Any]) -> Path:
