@@ -58,5 +58,5 @@ def render_gallery(
     e = config.eval
     return gallery(
         model_paths, dataset, e.split, scored["per_image"], out_dir or str(base / "gallery"),
-        e.gallery_samples, e.gallery_worst, e.gallery_seed,
+        e.gallery_samples, e.gallery_worst, e.gallery_seed, scored["metrics"],
     )

@@ -39,7 +39,7 @@ def pipeline(config: PipelineConfig = PipelineConfig(), work_dir: str | None = N
     )
     index = gallery(
         [trained.model_path], dataset, e.split, scored["per_image"], str(run_dir / "gallery"),
-        e.gallery_samples, e.gallery_worst, e.gallery_seed,
+        e.gallery_samples, e.gallery_worst, e.gallery_seed, scored["metrics"],
     )
     return PipelineResult(dataset, trained, scored["metrics"], scored["metrics_path"], index)
 

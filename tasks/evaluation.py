@@ -69,14 +69,14 @@ def evaluate(
 )
 def gallery(
     model_paths: list[str], dataset: DatasetRef, split: str, per_image: list[dict], out_dir: str,
-    n_sample: int = 8, n_worst: int = 8, seed: int = 0,
+    n_sample: int = 8, n_worst: int = 8, seed: int = 0, metrics: dict[str, Any] | None = None,
 ) -> str:
     """Seeded sample + worst-K images by IoU: contact sheets and a self-contained index.html."""
     from segpipe import evaluation
 
     index = evaluation.render_evaluation_gallery(
         [Path(p) for p in model_paths], Path(dataset.path), split, Path(out_dir),
-        n_sample=n_sample, n_worst=n_worst, seed=seed, per_image=per_image,
+        n_sample=n_sample, n_worst=n_worst, seed=seed, per_image=per_image, metrics=metrics,
     )
     get_run_logger().info("gallery: %s", index)
     create_link_artifact(link=Path(index).resolve().as_uri(), link_text="prediction gallery", key="gallery")
