@@ -3,7 +3,7 @@
 - `ThrottledServer`: the loopback server of `tests.httpserver`, serving bodies slowly and/or
   stalling once mid-body, and counting the body bytes it actually put on the wire (even when the
   client dies half way), so tests can measure "bytes lost" = bytes sent twice.
-- `enospc_open`, `ENOSPCRecordWriter`: make writes fail with ENOSPC after a byte budget.
+- `enospc_open`, `enospc_record_writer`: make writes fail with ENOSPC after a byte budget.
 - `tmpfs_available`, `run_on_full_disk`: a real, small tmpfs (private mount namespace, no root
   needed where user namespaces are allowed) for a real "No space left on device".
 - `spawn_python`, `wait_for`, `sigkill`: real child processes and real signals.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
 import shutil
 import signal
@@ -160,7 +159,7 @@ def _enospc() -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what the kernel gives: no file name
 
 
-class _FullDiskFile(io.RawIOBase):
+class _FullDiskFile:
     """A writable file that accepts `budget[0]` more bytes, writes what fits, then raises ENOSPC."""
 
     def __init__(self, f: Any, budget: list[int]):
@@ -201,33 +200,35 @@ def enospc_open(budget: int, match: Callable[[str], bool]) -> Callable[..., Any]
     return fake_open
 
 
-class ENOSPCRecordWriter:
-    """Stands in for `tf.io.TFRecordWriter`: the real writer, failing once `budget` record bytes are
-    written, with the error TensorFlow raises for a full disk (ResourceExhaustedError naming the file)."""
+def enospc_record_writer(budget: int) -> type:
+    """A stand-in for `tf.io.TFRecordWriter`: the real writer, failing once `budget` record bytes are
+    written (all writers together) with what TensorFlow raises on a full disk: ResourceExhaustedError
+    naming the file. Install with monkeypatch.setattr(tf.io, "TFRecordWriter", ...)."""
+    import tensorflow as tf
 
-    budget = 0
+    real, left = tf.io.TFRecordWriter, [budget]
 
-    def __init__(self, path: str, *args: Any, **kw: Any):
-        import tensorflow as tf
+    class Writer:
+        def __init__(self, path: str, *args: Any, **kw: Any):
+            self._path, self._w = path, real(path, *args, **kw)
 
-        self._path, self._w = path, tf.io.TFRecordWriter(path, *args, **kw)
+        def write(self, record: bytes) -> None:
+            if len(record) > left[0]:
+                left[0] = 0
+                raise tf.errors.ResourceExhaustedError(None, None, f"{self._path}; No space left on device")
+            left[0] -= len(record)
+            self._w.write(record)
 
-    def write(self, record: bytes) -> None:
-        import tensorflow as tf
+        def close(self) -> None:
+            self._w.close()
 
-        if len(record) > ENOSPCRecordWriter.budget:
-            raise tf.errors.ResourceExhaustedError(None, None, f"{self._path}; No space left on device")
-        ENOSPCRecordWriter.budget -= len(record)
-        self._w.write(record)
+        def __enter__(self) -> "Writer":
+            return self
 
-    def close(self) -> None:
-        self._w.close()
+        def __exit__(self, *exc: object) -> None:
+            self.close()
 
-    def __enter__(self) -> "ENOSPCRecordWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    return Writer
 
 
 def tmpfs_available() -> bool:
@@ -240,11 +241,13 @@ def tmpfs_available() -> bool:
 
 
 def run_on_full_disk(code: str, mountpoint: Path, size_kib: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run python `code` with a private `size_kib` KiB tmpfs mounted on `mountpoint` (it vanishes after)."""
+    """Run python `code` (sys.argv[1] = `mountpoint`, then `args`) with a private `size_kib` KiB tmpfs
+    mounted on `mountpoint`; the mount vanishes with the process."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     script = f'mount -t tmpfs -o size={size_kib}k tmpfs "$0" && exec "$1" -c "$2" "${{@:3}}"'
     return subprocess.run(
-        ["unshare", "-rm", "bash", "-c", script, str(mountpoint), sys.executable, textwrap.dedent(code), *args],
+        ["unshare", "-rm", "bash", "-c", script, str(mountpoint), sys.executable, textwrap.dedent(code),
+         str(mountpoint), *args],
         capture_output=True, text=True, cwd=REPO, env=child_env(), timeout=timeout,
     )
 
@@ -314,6 +317,38 @@ def sigkill(proc: subprocess.Popen, *, group: bool = False) -> None:
 def leftover_temps(root: Path) -> list[Path]:
     """Files and directories left under temporary names (`.<name>.tmp-*`) anywhere under `root`."""
     return sorted(p for p in root.rglob(".*.tmp-*"))
+
+
+def decoded_contents(path: Path) -> bytes:
+    """A file's bytes plus the decoding of its base64 content (Prefect stores results as base64
+    pickles, alone or in JSON records), so a scan sees the strings inside."""
+    import base64
+    import json
+    import re
+
+    data = path.read_bytes()
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = data.decode("latin-1")
+    strings, stack = [], [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            strings.append(node)
+        elif isinstance(node, dict):
+            stack += [*node.keys(), *node.values()]
+        elif isinstance(node, list):
+            stack += node
+    parts = [data]
+    for text in strings:
+        compact = re.sub(r"\s", "", text)
+        if len(compact) >= 64 and re.fullmatch(r"[A-Za-z0-9+/]+=*", compact):
+            try:
+                parts.append(base64.b64decode(compact))
+            except ValueError:
+                pass
+    return b"\n".join(parts)
 
 
 # --------------------------------------------------------------------------- prepare without Prefect
