@@ -240,7 +240,8 @@ def tmpfs_available() -> bool:
     return probe.returncode == 0
 
 
-def run_on_full_disk(code: str, mountpoint: Path, size_kib: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_on_full_disk(code: str, mountpoint: Path, size_kib: int, *args: str,
+                     timeout: float = 300) -> subprocess.CompletedProcess:
     """Run python `code` (sys.argv[1] = `mountpoint`, then `args`) with a private `size_kib` KiB tmpfs
     mounted on `mountpoint`; the mount vanishes with the process."""
     mountpoint.mkdir(parents=True, exist_ok=True)
@@ -261,14 +262,12 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def spawn_python(code: str, *args: str, umask: int | None = None, new_session: bool = False,
-                 env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn_python(code: str, *args: str, umask: int | None = None) -> subprocess.Popen:
     """Start `python -c code args...` from the repo root; stdout+stderr merged into a pipe."""
     preexec = (lambda: os.umask(umask)) if umask is not None else None
     return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *args], cwd=REPO, env=env or child_env(),
+        [sys.executable, "-c", textwrap.dedent(code), *args], cwd=REPO, env=child_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec,
-        start_new_session=new_session,
     )
 
 
@@ -305,12 +304,9 @@ def wait_for(condition: Callable[[], bool], timeout: float, proc: subprocess.Pop
         time.sleep(poll)
 
 
-def sigkill(proc: subprocess.Popen, *, group: bool = False) -> None:
-    """kill -9 the child (or its whole process group) and reap it."""
-    if group:
-        os.killpg(proc.pid, signal.SIGKILL)
-    else:
-        proc.send_signal(signal.SIGKILL)
+def sigkill(proc: subprocess.Popen) -> None:
+    """kill -9 the child and reap it."""
+    proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
 
 

@@ -6,12 +6,13 @@ Training killed with SIGKILL after an epoch and resumed: tests/test_training.py:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -146,7 +147,8 @@ SHARDS_CHILD = """
         return real(example)
 
     tfrecords.serialize = serialize_then_hang
-    write_dataset(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), {"images.tar.gz": "a" * 64, "annotations.tar.gz": "b" * 64})
+    archives = {"images.tar.gz": "a" * 64, "annotations.tar.gz": "b" * 64}
+    write_dataset(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), archives)
     print("DONE", flush=True)
 """
 
@@ -220,16 +222,21 @@ def test_cli_prepare_killed_mid_download_then_rerun_completes(tmp_path):
     argv = [sys.executable, "-m", "cli.main", "prepare", "--preset", "tiny", "--work-dir", str(work)]
     with ThrottledServer(files, rate=1_000_000, chunk=16384) as srv:
         argv += ["--source", srv.url]
-        child = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True, start_new_session=True)
+        log = open(tmp_path / "killed-run.log", "w")
+        child = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)  # its own process group, to find what it started
         try:
-            wait_for(lambda: srv.sent(NAME) >= 1_800_000, timeout=240, proc=child, what="1.8 MB on the wire")
+            wait_for(lambda: srv.sent(NAME) >= 1_800_000 or child.poll() is not None, timeout=240,
+                     what="1.8 MB on the wire")
+            assert child.poll() is None, (tmp_path / "killed-run.log").read_text()[-3000:]
             sigkill(child)  # the CLI process only, as `kill -9 <pid>` would
             orphans = [p for p in pids_in_group(child.pid) if p != child.pid]
         finally:
             child.kill()
+            log.close()
             for pid in pids_in_group(child.pid):  # the ephemeral Prefect server it had started
-                os.kill(pid, 9)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         part = work / "downloads" / f"{NAME}.part"
         kept = part.stat().st_size
         assert part.read_bytes() == files[NAME][:kept] and kept >= 1_000_000
