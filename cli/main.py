@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -156,7 +158,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             overrides.update(json.loads(args.config.read_text()))
         except (OSError, json.JSONDecodeError) as exc:
             raise CliError(f"--config {args.config}: expected a readable JSON file ({exc})") from None
-        overrides.pop("preset", None)
+
     for item in getattr(args, "set", []) or []:
         field, sep, value = item.partition("=")
         if not sep or not field:
@@ -169,7 +171,25 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                 overrides[field] = value
     if isinstance(overrides.get("model.encoder_weights"), str) and overrides["model.encoder_weights"].lower() == "none":
         overrides["model.encoder_weights"] = None
-    return build_config(getattr(args, "preset", None), overrides)
+    preset = getattr(args, "preset", None) or overrides.pop("preset", None)  # --preset wins over --config/--set
+    overrides.pop("preset", None)
+    cfg = build_config(preset, overrides)
+    if args.command in SOURCE_COMMANDS or (args.command in ("evaluate", "gallery") and _source_given(args)):
+        _check_source(cfg.data.source)
+    return cfg
+
+
+SOURCE_COMMANDS = {"download", "prepare", "run", "retrain", "serve"}
+
+
+def _check_source(source: str) -> None:
+    """A missing directory or a malformed URL fails here, before Prefect starts or WORK is touched."""
+    from segpipe.data.download import SourceError, resolve_source
+
+    try:
+        resolve_source(source)
+    except SourceError as exc:
+        raise CliError(f"data.source (--source): {exc}") from None
 
 
 def _prepare_runtime(args: argparse.Namespace) -> Path:
@@ -341,8 +361,23 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
 }
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM stops like Ctrl-C, so Prefect shuts its ephemeral server down instead of orphaning it."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         cfg = None if args.command == "datasets" else config_from_args(args)

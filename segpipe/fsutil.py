@@ -78,9 +78,15 @@ def _fsync_file(path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(exc.errno, f"No space left on device: could not write {path}; free some space "
+                                     "and run again (the previous version, if any, is intact)") from exc
+        raise
     return Path(path)
 
 
@@ -106,7 +112,12 @@ def file_lock(path: str | os.PathLike[str], timeout: float | None = None) -> Ite
     """
     lock_path = Path(path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # O_NOFOLLOW: a link planted at the lock name is refused, never followed out of WORK
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"refusing to follow the symbolic link at lock file {lock_path}") from None
+        raise
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -173,3 +184,16 @@ def tempdir_beside(path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

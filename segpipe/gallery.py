@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from segpipe.data import CLASS_NAMES
-from segpipe.fsutil import atomic_path, atomic_write_text, tempdir_beside
+from segpipe.fsutil import atomic_path, atomic_write_text, current_umask, tempdir_beside
 
 PALETTE = np.array(
     [
@@ -312,7 +312,7 @@ def render_gallery(
         manifest = [{**r, "id": str(r["id"])} for r in records]
         atomic_write_text(work / "items.json", json.dumps({"title": title, "items": manifest, "sheets": sheets}, indent=2))
         atomic_write_text(work / "index.html", _index_html(title, metrics, records, sheets))
-        work.chmod(0o755)  # mkdtemp makes it 0700
+        work.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; honour the user's umask
         _replace_dir(work, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_logger
 from prefect.artifacts import create_markdown_artifact
 
 from segpipe.data import dataset as dataset_mod
@@ -49,7 +50,13 @@ class _DownloadKey(ContentKey):
     """The download is keyed by what the source holds, not by where it is."""
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs):  # type: ignore[override]
-        return super().compute_key(task_ctx, {**inputs, "fingerprint": _source_fingerprint(inputs)}, flow_parameters)
+        try:
+            fingerprint = _source_fingerprint(inputs)
+        except download_mod.TransientDownloadError as exc:
+            # The source cannot say what it holds right now: run uncached; the task itself retries.
+            get_logger("segpipe.tasks").warning("cannot fingerprint the source (%s); running without the cache", exc)
+            return None
+        return super().compute_key(task_ctx, {**inputs, "fingerprint": fingerprint}, flow_parameters)
 
 
 @task(
@@ -179,7 +186,12 @@ def _split_shards_exist(inputs: dict[str, Any]) -> bool:
     if not plan.splits.get(inputs["split_name"]):
         return True  # an empty split has no shards
     d = WorkDir.at(inputs["work_dir"]).dataset(plan.dataset_key)
-    return any(d.glob(f"{inputs['split_name']}-*-of-*.tfrecord"))
+    found = sorted(p.name for p in d.glob(f"{inputs['split_name']}-*-of-*.tfrecord"))
+    if not found:
+        return False
+    total = int(found[0].rsplit("-of-", 1)[1].split(".")[0])
+    expected = {tfrecords_mod.shard_name(inputs["split_name"], i, total) for i in range(total)}
+    return expected <= set(found)  # every shard of the split, not just one
 
 
 @task(

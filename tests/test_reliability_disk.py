@@ -147,9 +147,6 @@ def test_real_full_disk_on_a_tiny_tmpfs(tree, tmp_path):
     assert out["shards_freed"] == "ok" and out["verify"] == []
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="tasks/data.py _split_shards_exist trusts a split's cached shards when any one "
-                          "of them exists (see RELIABILITY.md)")
 def test_shard_lost_before_the_manifest_is_written_is_rebuilt_on_rerun(prefect_api, tmp_path):
     """A dataset left without its manifest (a crash before the last stage) that also lost one shard:
     the rerun must rewrite the shard, not fail on it forever."""

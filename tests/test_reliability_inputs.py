@@ -191,8 +191,6 @@ def test_bad_config_file_values_name_the_field(tmp_path, capsys):
     assert "data.seed" in err and "train.epochs" in err and not (tmp_path / "work").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="cli/main.py drops 'preset' from --config and --set without a word (see RELIABILITY.md)")
 @pytest.mark.parametrize("how", ["config-file", "set"])
 def test_a_preset_named_in_a_config_file_or_set_is_not_silently_ignored(how, tmp_path, capsys):
     cfg = tmp_path / "c.json"
@@ -223,8 +221,6 @@ def test_missing_source_directory_fails_with_a_clear_message(prefect_api, tmp_pa
     assert f"{tmp_path / 'nope'} does not exist" in err and "images.tar.gz and annotations.tar.gz" in err
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="cli/main.py does not check data.source before starting Prefect (see RELIABILITY.md)")
 def test_missing_source_directory_is_rejected_before_any_work(prefect_api, tmp_path, capsys):
     restore = _restoring_env()
     try:

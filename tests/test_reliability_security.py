@@ -105,9 +105,6 @@ def test_atomic_write_replaces_a_dangling_link_without_creating_its_target(tmp_p
     assert untouched(outside) and not link.is_symlink() and link.read_text().strip().startswith("{")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="segpipe/fsutil.py file_lock opens the lock path with O_CREAT and no O_NOFOLLOW "
-                          "(see RELIABILITY.md)")
 def test_link_planted_at_a_lock_file_creates_nothing_outside(tmp_path, outside):
     lock = tmp_path / "work" / "downloads" / f".{NAME}.lock"
     lock.parent.mkdir(parents=True)

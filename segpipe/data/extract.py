@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from segpipe.data.download import verify_archive
-from segpipe.fsutil import atomic_write_json, file_lock, read_json, sha256_file, tempdir_beside
+from segpipe.fsutil import atomic_write_json, current_umask, file_lock, read_json, sha256_file, tempdir_beside
 from segpipe.layout import COMPLETE_MARKER
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def extract_archive(
         tmp = tempdir_beside(dest)
         try:
             tally = _extract_into(archive, tmp, max_members, max_total_bytes)
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it 0700
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it 0700
             marker = {
                 "archive": archive.name,
                 "archive_sha256": sha,
@@ -218,16 +218,3 @@ def skip_reason(member: tarfile.TarInfo) -> str | None:
 def _filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
     """tarfile's `data` filter, then no mode at all: files get the umask's default permissions."""
     return tarfile.data_filter(member, path).replace(mode=None, deep=False)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where /proc allows."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
