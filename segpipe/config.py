@@ -169,9 +169,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-quick": {
         "model": {"name": "unet", "base_filters": 16, "depth": 4, "bn_momentum": 0.9},
         "train": {
-            "img_size": 128, "batch_size": 8, "epochs": 30, "optimizer": "adam", "learning_rate": 1e-3,
+            "img_size": 128, "batch_size": 8, "epochs": 80, "optimizer": "adam", "learning_rate": 1e-3,
             "warmup_epochs": 1.0, "schedule": "cosine", "loss": "sce+dice", "augment": True,
-            "early_stopping_patience": 10,
+            "early_stopping_patience": 20,
         },
     },
     # The Keras example's own recipe.
