@@ -78,6 +78,7 @@ def test_disk_full_while_writing_the_manifest_then_rerun_verifies(tree, tmp_path
     with pytest.raises(OSError) as info:
         write_dataset(tree.images_dir, tree.annotations_dir, out, ARCHIVES)
     assert info.value.errno == errno.ENOSPC
+    assert f"could not write {out / 'manifest.json'}" in str(info.value) and "free some space" in str(info.value)
     assert not (out / "manifest.json").exists() and leftover_temps(out) == []
     assert (out / "validation.json").is_file() and "not a complete dataset" in verify_dataset(out)[0]
 

@@ -193,10 +193,20 @@ def test_bad_config_file_values_name_the_field(tmp_path, capsys):
 
 @pytest.mark.parametrize("how", ["config-file", "set"])
 def test_a_preset_named_in_a_config_file_or_set_is_not_silently_ignored(how, tmp_path, capsys):
-    cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"preset": "nope"}))
-    argv = ["config", "--config", str(cfg)] if how == "config-file" else ["config", "--set", "preset=nope"]
-    assert main(argv) == 2 and "preset" in capsys.readouterr().err
+    """A preset in --config or --set is honoured, an unknown one rejected; --preset wins over both."""
+
+    def argv(preset: str) -> list[str]:
+        cfg = tmp_path / f"{preset}.json"
+        cfg.write_text(json.dumps({"preset": preset}))
+        return ["config", "--config", str(cfg)] if how == "config-file" else ["config", "--set", f"preset={preset}"]
+
+    assert main(argv("nope")) == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'nope'" in err and "cpu-quick" in err
+    assert main(argv("tiny")) == 0
+    assert json.loads(capsys.readouterr().out)["preset"] == "tiny"
+    assert main([*argv("tiny"), "--preset", "cpu-quick"]) == 0
+    assert json.loads(capsys.readouterr().out)["preset"] == "cpu-quick"
 
 
 def _restoring_env():
@@ -209,7 +219,9 @@ def _restoring_env():
     return restore
 
 
-def test_missing_source_directory_fails_with_a_clear_message(prefect_api, tmp_path, capsys):
+def test_missing_source_directory_is_rejected_before_any_work(prefect_api, tmp_path, capsys):
+    """`--source` a directory that does not exist: exit 2 with a clear message before Prefect starts
+    and before WORK is created."""
     restore = _restoring_env()
     try:
         rc = main(["prepare", "--preset", "tiny", "--source", str(tmp_path / "nope"),
@@ -217,16 +229,7 @@ def test_missing_source_directory_fails_with_a_clear_message(prefect_api, tmp_pa
     finally:
         restore()
     err = capsys.readouterr().err
-    assert rc != 0
+    assert rc == 2
+    assert err.startswith("segpipe prepare: data.source (--source): ")
     assert f"{tmp_path / 'nope'} does not exist" in err and "images.tar.gz and annotations.tar.gz" in err
-
-
-def test_missing_source_directory_is_rejected_before_any_work(prefect_api, tmp_path, capsys):
-    restore = _restoring_env()
-    try:
-        rc = main(["prepare", "--preset", "tiny", "--source", str(tmp_path / "nope"),
-                   "--work-dir", str(tmp_path / "w")])
-    finally:
-        restore()
-    assert rc == 2 and "data.source" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()

@@ -1,5 +1,7 @@
 """kill -9 (SIGKILL) of real child processes mid-download, mid-extraction, mid-TFRecord-write and
 mid-`segpipe prepare`; the rerun must complete, trust nothing half-written and redo little.
+`kill -TERM` of `segpipe prepare`: it stops like Ctrl-C and takes its ephemeral Prefect server down
+with it (a SIGKILL cannot be handled in-process: its server is left, so kill the process group).
 
 Training killed with SIGKILL after an epoch and resumed: tests/test_training.py::test_sigkilled_run_resumes.
 """
@@ -13,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -252,3 +255,60 @@ def test_cli_prepare_killed_mid_download_then_rerun_completes(tmp_path):
     assert verify_dataset(dataset) == []
     assert leftover_temps(work) == [] and not part.exists()
     print(f"CLI kill: {kept} of {size} bytes kept, {lost} re-sent; orphaned processes after kill -9: {len(orphans)}")
+
+
+def _alive(pid: int) -> bool:
+    """A process that still runs (a zombie waiting to be reaped does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_cli_prepare_stopped_with_sigterm_exits_and_stops_its_prefect_server(tmp_path):
+    """`kill -TERM <pid>` of `segpipe prepare` mid-download: the CLI exits like Ctrl-C (130) within
+    60 s and its ephemeral Prefect server (a uvicorn child) stops too; nothing half-written is trusted.
+
+    The exit comes only once the tasks in flight have finished (Prefect's thread pool waits for
+    them): here the download runs to its end first (RELIABILITY.md, F8)."""
+    files = padded_archives(tmp_path / "src")
+    work = tmp_path / "work"
+    env = child_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    argv = [sys.executable, "-m", "cli.main", "prepare", "--preset", "tiny", "--work-dir", str(work)]
+    with ThrottledServer(files, rate=500_000, chunk=16384) as srv:
+        log_path = tmp_path / "terminated-run.log"
+        with open(log_path, "w") as log:
+            child = subprocess.Popen([*argv, "--source", srv.url], cwd=REPO, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        started = []
+        try:
+            wait_for(lambda: srv.sent(NAME) >= 500_000 or child.poll() is not None, timeout=240,
+                     what="0.5 MB on the wire")
+            assert child.poll() is None, log_path.read_text()[-3000:]
+            started = [p for p in pids_in_group(child.pid) if p != child.pid]  # the Prefect server among them
+            assert started, "the CLI should have started its ephemeral Prefect server"
+            sent_at_term, t0 = srv.sent(NAME), time.monotonic()
+            child.send_signal(signal.SIGTERM)  # the CLI process only, as `kill <pid>` would
+            rc = child.wait(timeout=60)
+            exit_s = time.monotonic() - t0
+            wait_for(lambda: not any(_alive(p) for p in started), timeout=30, poll=0.2,
+                     what="the Prefect server to stop after SIGTERM")
+        finally:
+            for pid in pids_in_group(child.pid):  # never leave anything behind, even when an assert failed
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            child.kill()
+            child.wait(timeout=30)
+    out = log_path.read_text()
+    assert rc == 130 and "interrupted" in out, out[-3000:]
+    assert not any(_alive(p) for p in pids_in_group(child.pid))
+    archive, part = work / "downloads" / NAME, work / "downloads" / f"{NAME}.part"
+    if archive.exists():  # the download in flight was let finish: whole and right
+        assert archive.read_bytes() == files[NAME] and not part.exists()
+    else:  # or stopped: a true prefix, kept for the next run to resume
+        assert part.read_bytes() == files[NAME][:part.stat().st_size]
+    assert not list(work.glob("datasets/*/manifest.json"))  # an interrupted run leaves no complete dataset
+    print(f"CLI SIGTERM: exit {rc} {exit_s:.1f} s after the signal ({sent_at_term} of {len(files[NAME])} B sent "
+          f"by then, archive {'complete' if archive.exists() else 'partial'}); {len(started)} child process(es) "
+          "started, all stopped")

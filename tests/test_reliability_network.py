@@ -7,6 +7,7 @@ only), with the backoff delays set to 0 so they take seconds.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -158,10 +159,34 @@ def test_task_with_a_server_that_ignores_range_restarts_cleanly(prefect_api, pay
     assert sent == SIZE + CUT  # the server made us fetch the first CUT bytes again: nothing spliced
 
 
+class _Records(logging.Handler):
+    """Keeps every record logged under the `prefect` logger (task runs and segpipe.tasks included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_task_when_sha256sums_answers_503(prefect_api, payload, tmp_path):
-    with LoopbackServer(files_with_sums(payload)) as srv:
-        srv.faults["SHA256SUMS"] = Fault(status=503, times=2)
-        archive = run_download(srv.url, tmp_path / "work", tmp_path / "results")
-        sums_gets = srv.gets("SHA256SUMS")
+    """The cache key cannot be computed while SHA256SUMS answers 503: a warning, the run goes
+    uncached (no ERROR with a traceback), and the task's own retries complete the download."""
+    import prefect.main  # noqa: F401 - Prefect configures its loggers on import: attach the handler after
+
+    records, prefect_logger = _Records(), logging.getLogger("prefect")
+    prefect_logger.addHandler(records)
+    try:
+        with LoopbackServer(files_with_sums(payload)) as srv:
+            srv.faults["SHA256SUMS"] = Fault(status=503, times=2)
+            archive = run_download(srv.url, tmp_path / "work", tmp_path / "results")
+            sums_gets = srv.gets("SHA256SUMS")
+    finally:
+        prefect_logger.removeHandler(records)
     assert archive.sha256 == sha(payload) == archive.expected_sha256
     assert [g.status for g in sums_gets][:2] == [503, 503]
+    messages = [(r.levelno, r.getMessage()) for r in records.records]
+    assert any(level == logging.WARNING and "cannot fingerprint the source" in m and "503" in m
+               for level, m in messages), messages
+    assert not [m for level, m in messages if "computing cache key" in m or level >= logging.ERROR]

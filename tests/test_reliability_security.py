@@ -4,13 +4,15 @@ Every artifact is written to a temporary name and renamed over the target: a ren
 symbolic link, it does not follow it. The one name written in place (the download's `.part`,
 appended to on resume) is checked: a link there is removed, not written through.
 
-Also here: umask (tests/test_reliability_concurrency.py::test_files_follow_the_users_umask),
+Also here: the gallery honours the umask. Elsewhere: umask for the data pipeline
+(tests/test_reliability_concurrency.py::test_files_follow_the_users_umask),
 credentials (tests/test_reliability_inputs.py::test_credentials_and_home_path_are_written_nowhere),
 HTML escaping (tests/test_gallery.py::test_html_escapes_malicious_id).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -109,9 +111,27 @@ def test_link_planted_at_a_lock_file_creates_nothing_outside(tmp_path, outside):
     lock = tmp_path / "work" / "downloads" / f".{NAME}.lock"
     lock.parent.mkdir(parents=True)
     lock.symlink_to(outside / "created-by-lock")
-    try:
+    with pytest.raises(OSError, match="refusing to follow the symbolic link at lock file") as info:
         with file_lock(lock, timeout=5):
-            pass
-    except OSError:
-        pass  # refusing the link is fine too
-    assert untouched(outside)
+            pass  # pragma: no cover - the link is refused before the lock is taken
+    assert info.value.errno == errno.ELOOP and str(lock) in str(info.value)
+    assert untouched(outside) and lock.is_symlink()  # refused, not followed, nothing created outside
+
+
+def test_gallery_honours_the_umask(tmp_path):
+    """Under umask 027 the gallery is not world-readable: its directories are rwxr-x---
+    (it was always 0755 before) and its files at most rw-r-----."""
+    from segpipe.gallery import render_gallery
+    from tests.test_gallery import make_item
+
+    previous = os.umask(0o027)
+    try:
+        index = render_gallery([make_item("a", 1, "worst"), make_item("b", 2)], tmp_path / "gallery", title="umask")
+    finally:
+        os.umask(previous)
+    gallery = index.parent
+    dirs = [gallery, *(p for p in gallery.rglob("*") if p.is_dir())]
+    files = [p for p in gallery.rglob("*") if p.is_file()]
+    assert len(files) >= 4  # index.html, items.json, a contact sheet, the tiles
+    assert {oct(p.stat().st_mode & 0o777) for p in dirs} == {oct(0o750)}
+    assert [p.name for p in files if p.stat().st_mode & 0o027] == []  # nothing for others, no group write
