@@ -149,17 +149,18 @@ def peak_rss_mb_self() -> float:
 
 
 def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT,
-                 timeout: float | None = None) -> dict[str, Any]:
+                 timeout: float | None = None, pass_stderr: bool = False) -> dict[str, Any]:
     """Run `cmd`; return wall seconds, its own peak RSS (MiB, via wait4), exit code, stdout and stderr.
 
-    Output goes to temporary files (no pipe deadlock); wait4 gives the child's own
+    Output goes to temporary files (no pipe deadlock); `pass_stderr` lets the child's
+    stderr (its progress) through to ours instead. wait4 gives the child's own
     rusage, so each call measures a fresh process.
     """
     import tempfile
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd)
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=None if pass_stderr else err, env=env, cwd=cwd)
         deadline = None if timeout is None else start + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

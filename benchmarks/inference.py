@@ -66,6 +66,10 @@ def main() -> None:
     p.add_argument("--split", default="train", help="split to evaluate (train: the most images)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--no-overlay", action="store_true", help="predict: masks only")
+    p.add_argument("--no-evaluate", action="store_true", help="time predict only")
+    p.add_argument("--baseline-predict", metavar="FILE",
+                   help="another version of segpipe/predict.py to time beside the current one (same rounds), "
+                        "e.g. `git show HEAD:segpipe/predict.py > /tmp/predict_old.py`")
     args = p.parse_args()
     machine = Machine()
 
@@ -75,8 +79,12 @@ def main() -> None:
     dataset_dir = ensure_dataset(args.work_dir, args.source)
     images, _ = extracted_pairs(args.work_dir)
     images_dir = Path(images[0]).parent
-    results: dict[str, dict[int, list[tuple[float, float, int]]]] = {"predict": defaultdict(list),
-                                                                     "evaluate": defaultdict(list)}
+    predictors = {"predict": predict_paths}
+    if args.baseline_predict:
+        from input_pipeline import load_module
+
+        predictors["baseline_predict"] = load_module(args.baseline_predict).predict_paths
+    results: dict[str, dict[int, list[tuple[float, float, int]]]] = defaultdict(lambda: defaultdict(list))
     with tempfile.TemporaryDirectory(prefix="segpipe-infer-") as tmp_name:
         tmp = Path(tmp_name)
         model_path = save_model(tmp / "unet.keras", args.img_size)
@@ -86,12 +94,15 @@ def main() -> None:
         predict_paths([model_path], images[:2], tmp / "warm", batch_size=2)
         for rnd in range(args.rounds):
             for bs in args.batch_sizes:
-                out = tmp / f"pred-{rnd}-{bs}"
-                wall, cpu, rep = timed(lambda: predict_paths([model_path], [images_dir], out, batch_size=bs,
-                                                             overlay=not args.no_overlay))
-                n = len(rep.written)
-                results["predict"][bs].append((wall, cpu, n))
-                log(f"round {rnd + 1}: predict batch {bs}: {n} images, {n / wall:.1f} images/s")
+                for name, predict in predictors.items():
+                    out = tmp / f"{name}-{rnd}-{bs}"
+                    wall, cpu, rep = timed(lambda: predict([model_path], [images_dir], out, batch_size=bs,
+                                                           overlay=not args.no_overlay))
+                    n = len(rep.written)
+                    results[name][bs].append((wall, cpu, n))
+                    log(f"round {rnd + 1}: {name} batch {bs}: {n} images, {n / wall:.1f} images/s")
+                if args.no_evaluate:
+                    continue
                 wall, cpu, res = timed(lambda: evaluate([model_path], dataset_dir, args.split, batch_size=bs))
                 n = res.metrics["n_images"]
                 results["evaluate"][bs].append((wall, cpu, n))
@@ -109,6 +120,9 @@ def main() -> None:
         for row in rows.values():
             row["vs_batch_1"] = r(row["images_per_s"] / ref["images_per_s"], 2)
         report[name] = {str(bs): row for bs, row in rows.items()}
+    if "baseline_predict" in report:
+        for bs, row in report["predict"].items():
+            row["vs_baseline_predict"] = r(row["images_per_s"] / report["baseline_predict"][bs]["images_per_s"], 2)
     emit({
         "benchmark": "inference",
         "model": "unet, base_filters 16, depth 4 (cpu-quick), untrained",

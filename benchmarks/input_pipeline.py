@@ -96,11 +96,14 @@ def stats(passes: list[tuple[float, float, int]]) -> dict[str, Any]:
 def load_module(path: str) -> Any:
     """Import a file as a module (a baseline version of segpipe/data/input.py)."""
     import importlib.util
+    import sys
 
-    spec = importlib.util.spec_from_file_location("baseline_input", path)
+    name = f"baseline_{Path(path).stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise SystemExit(f"--baseline-input {path}: not a Python file")
+        raise SystemExit(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

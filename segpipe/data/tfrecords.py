@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 RECORD_OVERHEAD_BYTES = 512
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,27 @@ def plan_shards(examples: Sequence[Example], target_shard_bytes: int) -> list[li
     return [list(examples[a:b]) for a, b in zip(cuts, cuts[1:])]
 
 
+def trimap_png(example: Example) -> bytes:
+    """The trimap PNG to store: the original file when it already is an 8-bit grayscale PNG.
+
+    Every Oxford-IIIT Pet trimap is one, and validation has decoded it and checked
+    its values and size, so its bytes are kept as they are (like clean JPEGs): no
+    decode and re-encode (about 2 ms per image, most of the shard-writing time; see
+    benchmarks/tfrecord_conversion.py). Any other trimap (palette, RGB, 16-bit,
+    1/2/4-bit) is converted by `load_trimap_png`. The PNG header decides: IHDR bit
+    depth 8 and colour type 0 (grayscale).
+    """
+    data = example.trimap_path.read_bytes()
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and data[24] == 8 and data[25] == 0:
+        return data
+    return load_trimap_png(example)
+
+
 def serialize(example: Example) -> bytes:
     """One `tf.train.Example` for `example`, per `segpipe.data.spec`."""
     image_bytes, image_format = load_image_rgb(example)
     return spec.serialize_example(
-        image_bytes=image_bytes, image_format=image_format, mask_png=load_trimap_png(example),
+        image_bytes=image_bytes, image_format=image_format, mask_png=trimap_png(example),
         height=example.height, width=example.width, example_id=example.id, class_id=example.class_id,
         species=example.species, breed_id=example.breed_id, breed=example.breed,
     )
