@@ -50,6 +50,8 @@ from segpipe.fsutil import (
     sha256_file,
 )
 from segpipe.layout import MANIFEST
+from segpipe.runs import run_id_for  # noqa: F401  (re-exported)
+from segpipe.runs import run_identity as _identity
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +87,6 @@ class TrainResult:
 # --------------------------------------------------------------------------- identity
 
 
-def _identity(cfg: PipelineConfig) -> dict[str, Any]:
-    """The parts of the config that change what training produces."""
-    return {"model": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json")}
-
-
-def run_id_for(cfg: PipelineConfig, dataset_key: str, code: str) -> str:
-    """`<model>-<12 hex>` from dataset key, model and train config, and code version."""
-    if not dataset_key:
-        raise ValueError("dataset_key must be a non-empty string")
-    digest = digest_json({"dataset_key": dataset_key, **_identity(cfg), "code": code})
-    return f"{cfg.model.name}-{digest[:12]}"
 
 
 # --------------------------------------------------------------------------- learning rate

@@ -12,11 +12,12 @@ from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
 from segpipe.fsutil import source_digest
 from segpipe.layout import WorkDir
 from segpipe.models.registry import BUILDERS
+from segpipe.runs import run_id_for
 from tasks.caching import ContentKey, retry_if_transient
 from tasks.data import DatasetRef
 
 TRAIN_MODULES = (
-    "segpipe.training", "segpipe.losses", "segpipe.data.input", "segpipe.models.registry", "segpipe.models.layers",
+    "segpipe.training", "segpipe.runs", "segpipe.losses", "segpipe.data.input", "segpipe.models.registry", "segpipe.models.layers",
     *sorted({module for module, _ in BUILDERS.values()}),
 )
 
@@ -33,10 +34,8 @@ class TrainedModel:
 
 
 def _run_dir(work_dir: str, dataset: DatasetRef, model: ModelConfig, train: TrainConfig) -> Path:
-    from segpipe import training
-
     cfg = PipelineConfig(model=model, train=train)
-    return WorkDir.at(work_dir).run(training.run_id_for(cfg, dataset.dataset_key, source_digest(*TRAIN_MODULES)))
+    return WorkDir.at(work_dir).run(run_id_for(cfg, dataset.dataset_key, source_digest(*TRAIN_MODULES)))
 
 
 def _trained(inputs: dict[str, Any]) -> bool:
