@@ -261,16 +261,20 @@ def cmd_train(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+def _scoring_args(args: argparse.Namespace, cfg: PipelineConfig) -> tuple[list[str], dict[str, Any], str | None]:
+    """What `evaluate` and `gallery` share: model paths, the flow keywords, and `--out` made absolute."""
     models = _model_paths(args)
     work = _prepare_runtime(args)
+    kwargs = {"config": cfg, "work_dir": str(work), "dataset_key": args.dataset,
+              "prepare_source": _source_given(args)}
+    return models, kwargs, str(Path(args.out).resolve()) if args.out else None
+
+
+def cmd_evaluate(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    models, kwargs, out = _scoring_args(args, cfg)
     from flows.evaluate import evaluate_models
 
-    out = str(Path(args.out).resolve()) if args.out else None
-    result = evaluate_models(
-        models, config=cfg, work_dir=str(work), dataset_key=args.dataset, prepare_source=_source_given(args),
-        out_path=out,
-    )
+    result = evaluate_models(models, out_path=out, **kwargs)
     m = result["metrics"]
     print(f"{m['n_images']} images, split {cfg.eval.split}, at original resolution:")
     print(f"  mean IoU {m['mean_iou']:.4f}  pixel accuracy {m['pixel_accuracy']:.4f}  "
@@ -282,22 +286,17 @@ def cmd_evaluate(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace, cfg: PipelineConfig) -> int:
-    models = _model_paths(args)
-    work = _prepare_runtime(args)
+    models, kwargs, out = _scoring_args(args, cfg)
     from flows.evaluate import render_gallery
 
-    out = str(Path(args.out).resolve()) if args.out else None
-    index = render_gallery(
-        models, config=cfg, work_dir=str(work), dataset_key=args.dataset, prepare_source=_source_given(args),
-        out_dir=out,
-    )
+    index = render_gallery(models, out_dir=out, **kwargs)
     print(f"gallery written to {index}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     models = _model_paths(args)
-    work = _prepare_runtime(args)
+    _prepare_runtime(args)
     from flows.predict import predict
 
     report = predict(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size)

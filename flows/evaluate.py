@@ -18,6 +18,13 @@ def _dataset(config: PipelineConfig, work: str, dataset_key: str | None, prepare
     return prepare_data(config, work) if prepare_source else locate_dataset(work, dataset_key)
 
 
+def _score(model_paths: list[str], config: PipelineConfig, dataset: DatasetRef, out_path: str | None) -> dict[str, Any]:
+    """The evaluate task; metrics land beside the first model unless `out_path` says otherwise."""
+    e = config.eval
+    default = Path(model_paths[0]).resolve().parent / f"metrics-{dataset.dataset_key}-{e.split}.json"
+    return evaluate(model_paths, dataset, e.split, out_path or str(default), e.batch_size, e.collapse_threshold)
+
+
 @flow(name="evaluate")
 def evaluate_models(
     model_paths: list[str],
@@ -33,9 +40,7 @@ def evaluate_models(
     model can be scored on any mirror of the archives it has never seen.
     """
     work = str(resolve_work_dir(work_dir))
-    dataset = _dataset(config, work, dataset_key, prepare_source)
-    out = out_path or str(Path(model_paths[0]).resolve().parent / f"metrics-{dataset.dataset_key}-{config.eval.split}.json")
-    return evaluate(model_paths, dataset, config.eval.split, out, config.eval.batch_size, config.eval.collapse_threshold)
+    return _score(model_paths, config, _dataset(config, work, dataset_key, prepare_source), out_path)
 
 
 @flow(name="gallery")
@@ -50,13 +55,10 @@ def render_gallery(
     """Evaluate per image, then render a seeded sample plus the worst-K images."""
     work = str(resolve_work_dir(work_dir))
     dataset = _dataset(config, work, dataset_key, prepare_source)
-    base = Path(model_paths[0]).resolve().parent
-    scored = evaluate(
-        model_paths, dataset, config.eval.split, str(base / f"metrics-{dataset.dataset_key}-{config.eval.split}.json"),
-        config.eval.batch_size, config.eval.collapse_threshold,
-    )
+    scored = _score(model_paths, config, dataset, None)
     e = config.eval
     return gallery(
-        model_paths, dataset, e.split, scored["per_image"], out_dir or str(base / "gallery"),
+        model_paths, dataset, e.split, scored["per_image"],
+        out_dir or str(Path(model_paths[0]).resolve().parent / "gallery"),
         e.gallery_samples, e.gallery_worst, e.gallery_seed, scored["metrics"],
     )

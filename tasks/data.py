@@ -43,7 +43,7 @@ class Archive:
 
 def _source_fingerprint(inputs: dict[str, Any]) -> Any:
     source = download_mod.resolve_source(inputs["source"])
-    return download_mod.source_fingerprint(source, inputs.get("timeout", 60.0)).get(inputs["name"])
+    return download_mod.source_fingerprint(source, inputs.get("timeout", 60.0), names=[inputs["name"]])[inputs["name"]]
 
 
 class _DownloadKey(ContentKey):
@@ -76,11 +76,10 @@ def download(source: str, name: str, work_dir: str, timeout: float = 60.0) -> Ar
     logger = get_run_logger()
     src = download_mod.resolve_source(source)
     expected = download_mod.expected_digests(src, timeout).get(name)
-    # A local copy must be byte-identical to its source; the recorded digest is checked by `verify`.
-    if src.kind == "local":
-        must_equal = download_mod.source_fingerprint(src, timeout)[name].removeprefix("sha256:")
-    else:
-        must_equal = expected
+    # With no recorded digest, a local copy must at least be byte-identical to its source.
+    must_equal = expected
+    if must_equal is None and src.kind == "local":
+        must_equal = download_mod.source_fingerprint(src, timeout, names=[name])[name].removeprefix("sha256:")
     logger.info("downloading %s from %s", name, src.describe())
     result = download_mod.download_archive(
         src, name, WorkDir.at(work_dir).downloads, expected_sha256=must_equal, timeout=timeout

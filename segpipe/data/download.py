@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import requests
 import urllib3
@@ -213,8 +213,10 @@ def _fetch_sums(source: Source, timeout: float) -> tuple[str | None, str]:
     return None, ""
 
 
-def source_fingerprint(source: Source, timeout: float = 60.0) -> dict[str, str]:
+def source_fingerprint(source: Source, timeout: float = 60.0, names: Iterable[str] = ARCHIVES) -> dict[str, str]:
     """A content key for caching the download stage: changes when the archives would change.
+
+    Only the archives in `names` are fingerprinted (a local archive is hashed whole).
 
     - local: `{name: "sha256:<hex>"}` of each file (hashed; a missing archive is a `SourceError`);
     - http with known digests (official, or a SHA256SUMS): `{name: "sha256:<hex>"}`, no download;
@@ -223,7 +225,7 @@ def source_fingerprint(source: Source, timeout: float = 60.0) -> dict[str, str]:
     """
     if source.kind == "local":
         out = {}
-        for name in ARCHIVES:
+        for name in names:
             path = Path(source.locations[0]) / name
             if not path.is_file():
                 raise SourceError(f"{name} not found in source directory {source.locations[0]}")
@@ -231,8 +233,8 @@ def source_fingerprint(source: Source, timeout: float = 60.0) -> dict[str, str]:
         return out
     digests = expected_digests(source, timeout)
     return {
-        name: f"sha256:{digest}" if digest else _head_fingerprint(source, name, timeout)
-        for name, digest in digests.items()
+        name: f"sha256:{digests[name]}" if digests.get(name) else _head_fingerprint(source, name, timeout)
+        for name in names
     }
 
 
@@ -477,13 +479,7 @@ def _stream(
             f.truncate()
             # read1: write whatever has arrived, so a stall or a kill never throws away bytes received;
             # raw bytes: never let the HTTP layer gunzip a .tar.gz served with Content-Encoding: gzip
-            while chunk := resp.raw.read1(chunk_size, decode_content=False):
-                f.write(chunk)
-                h.update(chunk)
-                done += len(chunk)
-                bar.update(done)
-            f.flush()
-            os.fsync(f.fileno())
+            done = _write_chunks(iter(lambda: resp.raw.read1(chunk_size, decode_content=False), b""), f, h, bar, done)
     except OSError as exc:
         if exc.errno in DISK_FULL:
             raise _disk_full(exc, part, part.stat().st_size if part.is_file() else 0) from exc
@@ -525,15 +521,21 @@ def _copy_local(src: Path, final: Path, chunk_size: int, bar: "_Progress") -> tu
     done = 0
     bar.start(0, total)
     with open(src, "rb") as fin, open(_part(final), "wb") as fout:
-        while block := fin.read(chunk_size):
-            fout.write(block)
-            h.update(block)
-            done += len(block)
-            bar.update(done)
-        fout.flush()
-        os.fsync(fout.fileno())
+        done = _write_chunks(iter(lambda: fin.read(chunk_size), b""), fout, h, bar, done)
     bar.update(done, force=True)
     return h.hexdigest(), done
+
+
+def _write_chunks(chunks: Iterable[bytes], f: Any, h: Any, bar: "_Progress", done: int) -> int:
+    """Write, hash and count each chunk as it arrives, then fsync; returns the bytes done."""
+    for chunk in chunks:
+        f.write(chunk)
+        h.update(chunk)
+        done += len(chunk)
+        bar.update(done)
+    f.flush()
+    os.fsync(f.fileno())
+    return done
 
 
 def _fsync_dir(path: Path) -> None:
