@@ -97,10 +97,26 @@ class TrainConfig(_Section):
     )
     augment: bool = True
     early_stopping_patience: int = Field(10, ge=0, description="0 disables early stopping")
-    mixed_precision: bool = False
+    mixed_precision: Literal["off", "float16", "bfloat16"] = Field(
+        "off",
+        description="compute dtype: float16 for GPUs; bfloat16 for GPUs and CPUs with AVX512_BF16 "
+        "(true = float16, false = off)",
+    )
+    ema_momentum: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="keep an exponential moving average of the weights (this momentum per step); validation, "
+        "the best checkpoint and the saved model use the averaged weights. None: off",
+    )
     jit_compile: bool = False
     seed: int = Field(42, ge=0, lt=2**32)
     steps_per_epoch: int | None = Field(None, ge=1, description="None: one pass over the train split")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _bool_precision(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return "float16" if v else "off"
+        return v
 
     @field_validator("class_weights")
     @classmethod
@@ -190,7 +206,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {
             "img_size": 320, "batch_size": 32, "epochs": 60, "optimizer": "adamw", "learning_rate": 5e-4,
             "weight_decay": 1e-4, "warmup_epochs": 2.0, "schedule": "cosine", "loss": "sce+dice",
-            "augment": True, "early_stopping_patience": 15, "mixed_precision": True,
+            "augment": True, "early_stopping_patience": 15, "mixed_precision": "float16",
         },
         "eval": {"batch_size": 32},
     },

@@ -21,6 +21,7 @@ a complete run is returned without training again.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -28,7 +29,7 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -139,9 +140,15 @@ def build_optimizer(train_cfg: TrainConfig, steps_per_epoch: int) -> keras.optim
         total_steps=train_cfg.epochs * steps_per_epoch,
         decay=train_cfg.schedule,
     )
+    ema: dict[str, Any] = (
+        {"use_ema": True, "ema_momentum": train_cfg.ema_momentum} if train_cfg.ema_momentum is not None else {}
+    )
     if train_cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=train_cfg.weight_decay)
-    return keras.optimizers.Adam(learning_rate=schedule)
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=train_cfg.weight_decay, **ema)
+    return keras.optimizers.Adam(learning_rate=schedule, **ema)
+
+
+PRECISION_POLICIES = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -186,16 +193,46 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         atomic_write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
 
 
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """With an EMA optimizer: validation runs on the averaged weights, and `averaged()` swaps them in.
+
+    Training and the BackupAndRestore state keep the raw weights in the model
+    (the averages stay in the optimizer's variables, which the backup saves
+    too), so a resumed run continues exactly; only validation and the best
+    checkpoint see the averages.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(swap_on_epoch=False)
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        if self._ema_weights_in_model:
+            yield
+            return
+        self._swap_variables()
+        self._ema_weights_in_model = True
+        try:
+            yield
+        finally:
+            self._swap_variables()
+            self._ema_weights_in_model = False
+
+
 class BestModelCheckpoint(keras.callbacks.Callback):
     """Save the whole model atomically whenever `monitor` reaches a new maximum.
 
     The best score is kept in `state_path`, so a resumed run only replaces the
-    model with a better one.
+    model with a better one. With `weights` (an `AveragedWeights`), the model is
+    saved with the averaged weights.
     """
 
-    def __init__(self, path: Path, state_path: Path, monitor: str = MONITOR):
+    def __init__(
+        self, path: Path, state_path: Path, monitor: str = MONITOR, weights: AveragedWeights | None = None
+    ):
         super().__init__()
         self.path, self.state_path, self.monitor = Path(path), Path(state_path), monitor
+        self.weights = weights
         state = read_json(self.state_path) if self.state_path.is_file() and self.path.is_file() else {}
         self.best = float(state.get("value", -math.inf))
         self.best_epoch: int | None = state.get("epoch")
@@ -207,7 +244,8 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         value = float(logs[self.monitor])
         if not (_finite_loss(logs) and math.isfinite(value) and value > self.best):
             return
-        _save_atomically(self.path, self.model.save)
+        with self.weights.averaged() if self.weights is not None else contextlib.nullcontext():
+            _save_atomically(self.path, self.model.save)
         self.best, self.best_epoch = value, epoch
         atomic_write_json(self.state_path, {"epoch": epoch, "monitor": self.monitor, "value": value})
 
@@ -411,8 +449,7 @@ def train(
 
         previous_policy = keras.mixed_precision.global_policy()
         try:
-            if cfg.train.mixed_precision:
-                keras.mixed_precision.set_global_policy("mixed_float16")
+            keras.mixed_precision.set_global_policy(PRECISION_POLICIES[cfg.train.mixed_precision])
             stop_reason = _fit(cfg, dataset_dir, run_dir, n_train, on_epoch_end, verbose)
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
@@ -459,12 +496,14 @@ def _fit(
 
     history_path = run_dir / HISTORY_FILE
     early = None
+    averaged = AveragedWeights() if t.ema_momentum is not None else None
     callbacks: list[keras.callbacks.Callback] = [
         LearningRateLogger(),  # first: the callbacks below see logs["learning_rate"]
+        *([averaged] if averaged is not None else []),  # validation on the averaged weights
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR), write_graph=False, update_freq="epoch"),
-        BestModelCheckpoint(run_dir / MODEL_FILE, run_dir / BEST_FILE),
+        BestModelCheckpoint(run_dir / MODEL_FILE, run_dir / BEST_FILE, weights=averaged),
     ]
     if t.early_stopping_patience > 0:
         prior = [row[MONITOR] for row in read_history(history_path) if MONITOR in row]

@@ -19,6 +19,8 @@ keras = pytest.importorskip("keras")
 from segpipe.config import build_config  # noqa: E402
 from segpipe.fsutil import read_json, sha256_file  # noqa: E402
 from segpipe.training import (  # noqa: E402
+    PRECISION_POLICIES,
+    AveragedWeights,
     BestModelCheckpoint,
     ResumableEarlyStopping,
     WarmupCosineDecay,
@@ -266,6 +268,58 @@ def test_best_checkpoint_is_atomic_and_remembers_the_best(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "model.keras"]
     with pytest.raises(KeyError, match="val_mean_iou"):
         resumed.on_epoch_end(4, {"loss": 0.5})
+
+
+def test_ema_validates_and_checkpoints_the_averaged_weights_and_trains_on_the_raw_ones(tmp_path: Path) -> None:
+    cfg = build_config("tiny", {"train": {"ema_momentum": 0.5, "learning_rate": 0.1, "warmup_epochs": 0.0}})
+    model = _tiny_model()
+    opt = build_optimizer(cfg.train, steps_per_epoch=4)
+    assert opt.use_ema and opt.ema_momentum == pytest.approx(0.5)
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 32, 32, 3), dtype=np.float32), rng.integers(0, 3, (16, 32, 32, 1))
+
+    seen: dict[str, list] = {"raw": [], "after": [], "val_kernel": []}
+    kernel = lambda: model.layers[-1].kernel.numpy().copy()  # noqa: E731
+
+    class Probe(keras.callbacks.Callback):
+        def __init__(self, key: str) -> None:
+            super().__init__()
+            self.key = key
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            seen[self.key].append(kernel())
+
+        def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+            if self.key == "raw":
+                seen["val_kernel"].append(kernel())
+
+    averaged = AveragedWeights()
+    ckpt = BestModelCheckpoint(tmp_path / "model.keras", tmp_path / "best.json", monitor="val_score", weights=averaged)
+    score = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: logs.update(val_score=float(e)))
+    model.fit(x, y, batch_size=4, epochs=2, validation_data=(x[:4], y[:4]), verbose=0,
+              callbacks=[Probe("raw"), averaged, score, ckpt, Probe("after")])
+    saved = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    # the checkpoint (epoch 1) holds the averaged weights, which differ from the raw ones trained on
+    np.testing.assert_allclose(saved.layers[-1].kernel.numpy(), model.layers[-1].kernel.numpy(), atol=1e-6)
+    assert not np.allclose(seen["raw"][-1], model.layers[-1].kernel.numpy())
+    # the model holds the raw weights again after the checkpoint (what training and the backup see)
+    for raw, after in zip(seen["raw"], seen["after"]):
+        np.testing.assert_array_equal(raw, after)
+    # validation ran on the averaged weights, not the raw ones
+    assert not np.allclose(seen["val_kernel"][-1], seen["raw"][-1])
+
+
+def test_precision_option_sets_the_compute_dtype(dataset_dir: Path, tmp_path: Path) -> None:
+    assert PRECISION_POLICIES == {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+    assert build_config("tiny", {"train": {"mixed_precision": True}}).train.mixed_precision == "float16"
+    assert build_config("tiny", {"train": {"mixed_precision": False}}).train.mixed_precision == "off"
+    cfg = tiny_cfg(epochs=1, mixed_precision="bfloat16", ema_momentum=0.9)
+    result = train(cfg, dataset_dir, tmp_path / "run", verbose=0)
+    saved = keras.saving.load_model(result.model_path, compile=False)
+    assert saved.layers[1].dtype_policy.name == "mixed_bfloat16"
+    assert saved.layers[-1].dtype_policy.compute_dtype == "float32"  # the softmax
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
 
 
 def test_early_stopping_replays_epochs_before_a_resume() -> None:
