@@ -37,7 +37,7 @@ TRAIN_FLAGS = {
 EVAL_FLAGS = {
     "eval_split": "eval.split", "eval_batch_size": "eval.batch_size",
     "gallery_samples": "eval.gallery_samples", "gallery_worst": "eval.gallery_worst",
-    "min_mean_iou": "promotion.min_mean_iou",
+    "min_mean_iou": "promotion.min_mean_iou", "tta_flip": "eval.tta_flip",
 }
 
 
@@ -98,6 +98,12 @@ def _eval(p: argparse.ArgumentParser, split_flag: str = "--eval-split") -> None:
     g.add_argument("--eval-batch-size", type=int)
     g.add_argument("--gallery-samples", type=int)
     g.add_argument("--gallery-worst", type=int)
+    _tta(g)
+
+
+def _tta(p: Any) -> None:
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="also predict the mirrored image and average (test-time augmentation)")
 
 
 def _models(p: argparse.ArgumentParser) -> None:
@@ -130,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, help="image files or directories")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output directory (default ./predictions)")
     p.add_argument("--batch-size", type=int, default=8)
+    _tta(p)
     p = sub.add_parser("run", help="the full pipeline: prepare → train → evaluate → gallery")
     _common(p), _data(p), _train(p), _eval(p)
     p = sub.add_parser("retrain", help="the full pipeline, then promote the model only if it beats the champion")
@@ -301,7 +308,7 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     _prepare_runtime(args)
     from flows.predict import predict
 
-    report = predict(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size)
+    report = predict(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size, cfg.eval.tta_flip)
     print(f"{len(report['written'])} masks written to {args.out} (values: 1 pet, 2 background, 3 border)")
     for failure in report["failed"]:
         print(f"  could not read {failure['input']}: {failure['error']}", file=sys.stderr)

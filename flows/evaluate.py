@@ -22,7 +22,9 @@ def _score(model_paths: list[str], config: PipelineConfig, dataset: DatasetRef, 
     """The evaluate task; metrics land beside the first model unless `out_path` says otherwise."""
     e = config.eval
     default = Path(model_paths[0]).resolve().parent / f"metrics-{dataset.dataset_key}-{e.split}.json"
-    return evaluate(model_paths, dataset, e.split, out_path or str(default), e.batch_size, e.collapse_threshold)
+    return evaluate(
+        model_paths, dataset, e.split, out_path or str(default), e.batch_size, e.collapse_threshold, e.tta_flip
+    )
 
 
 @flow(name="evaluate")
@@ -60,5 +62,5 @@ def render_gallery(
     return gallery(
         model_paths, dataset, e.split, scored["per_image"],
         out_dir or str(Path(model_paths[0]).resolve().parent / "gallery"),
-        e.gallery_samples, e.gallery_worst, e.gallery_seed, scored["metrics"],
+        e.gallery_samples, e.gallery_worst, e.gallery_seed, scored["metrics"], e.tta_flip,
     )

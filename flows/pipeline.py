@@ -35,11 +35,12 @@ def pipeline(config: PipelineConfig = PipelineConfig(), work_dir: str | None = N
     run_dir = Path(trained.run_dir)
     e = config.eval
     scored = evaluate(
-        [trained.model_path], dataset, e.split, str(run_dir / "metrics.json"), e.batch_size, e.collapse_threshold
+        [trained.model_path], dataset, e.split, str(run_dir / "metrics.json"), e.batch_size, e.collapse_threshold,
+        e.tta_flip,
     )
     index = gallery(
         [trained.model_path], dataset, e.split, scored["per_image"], str(run_dir / "gallery"),
-        e.gallery_samples, e.gallery_worst, e.gallery_seed, scored["metrics"],
+        e.gallery_samples, e.gallery_worst, e.gallery_seed, scored["metrics"], e.tta_flip,
     )
     return PipelineResult(dataset, trained, scored["metrics"], scored["metrics_path"], index)
 
@@ -56,6 +57,7 @@ def retrain(config: PipelineConfig = PipelineConfig(), work_dir: str | None = No
         champion_metrics = evaluate(
             [current["model_path"]], result.dataset, e.split,
             str(Path(result.trained.run_dir) / "champion-metrics.json"), e.batch_size, e.collapse_threshold,
+            e.tta_flip,
         )["metrics"]
     return promote(
         result.metrics, champion_metrics, result.trained.run_dir, result.trained.model_path,

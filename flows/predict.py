@@ -10,5 +10,7 @@ from tasks.predict import predict as predict_task
 
 
 @flow(name="predict")
-def predict(model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8) -> dict[str, Any]:
-    return predict_task(model_paths, inputs, out_dir, batch_size)
+def predict(
+    model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8, tta_flip: bool = False
+) -> dict[str, Any]:
+    return predict_task(model_paths, inputs, out_dir, batch_size, tta_flip)

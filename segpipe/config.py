@@ -109,7 +109,7 @@ class TrainConfig(_Section):
     )
     jit_compile: bool = False
     seed: int = Field(42, ge=0, lt=2**32)
-    steps_per_epoch: int | None = Field(None, ge=1, description="None: one pass over the train split")
+    steps_per_epoch: int | None = Field(None, ge=1, description="None: ceil(train examples / batch_size), about one pass")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -134,6 +134,9 @@ class EvalConfig(_Section):
     gallery_seed: int = Field(0, ge=0, lt=2**32)
     collapse_threshold: float = Field(
         0.98, gt=0.0, le=1.0, description="flag a model when one class takes this share of predicted pixels"
+    )
+    tta_flip: bool = Field(
+        False, description="test-time augmentation: average each prediction with that of the mirrored image"
     )
 
 

@@ -12,6 +12,8 @@ How images are predicted:
 * an ensemble averages its members' softmax outputs; every member sees the
   image at its own input size and its output is resized (bilinear) to the
   size of the first member, the "model resolution";
+* with `flip=True` (test-time augmentation) every member also predicts the
+  left-right mirrored image, and its output, mirrored back, joins the average;
 * for scores at the ORIGINAL resolution (the headline figures) the averaged
   probability map is resized (bilinear) back to the image's original height
   and width, then the argmax is compared with the original trimap;
@@ -126,13 +128,22 @@ def labels_at(probs: Any, size: tuple[int, int]) -> np.ndarray:
     return resize_probs(probs, size).argmax(axis=-1).astype(np.int64)
 
 
+def _member_probs(model: Any, batch: np.ndarray, flip: bool) -> np.ndarray:
+    """One member's softmax output for `batch`; with `flip`, averaged with its output on the mirrored batch."""
+    probs = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+    if flip:
+        mirrored = np.asarray(model.predict_on_batch(batch[:, :, ::-1]), dtype=np.float32)
+        probs = 0.5 * (probs + mirrored[:, :, ::-1])
+    return probs
+
+
 def _ensemble(
-    models: Sequence[Any], inputs: dict[tuple[int, int], np.ndarray], out_size: tuple[int, int]
+    models: Sequence[Any], inputs: dict[tuple[int, int], np.ndarray], out_size: tuple[int, int], flip: bool = False
 ) -> np.ndarray:
     """Mean of the members' softmax outputs at `out_size`; `inputs` holds the batch at each member's size."""
     total = None
     for model in models:
-        probs = resize_probs(model.predict_on_batch(inputs[input_size(model)]), out_size)
+        probs = resize_probs(_member_probs(model, inputs[input_size(model)], flip), out_size)
         sums = probs.sum(axis=-1)
         if not np.allclose(sums, 1.0, atol=1e-3):
             raise ValueError(
@@ -144,7 +155,7 @@ def _ensemble(
     return total / len(models)
 
 
-def predict_probs(models: Sequence[Any], images: Any) -> np.ndarray:
+def predict_probs(models: Sequence[Any], images: Any, flip: bool = False) -> np.ndarray:
     """Ensemble probabilities (B, H, W, C) for a batch of float32 [0, 1] images (B, H, W, 3).
 
     Each member gets the batch resized (bilinear) to its own input size; its
@@ -160,14 +171,14 @@ def predict_probs(models: Sequence[Any], images: Any) -> np.ndarray:
         s: images if s == size else tf.image.resize(images, s, method="bilinear", antialias=True).numpy()
         for s in model_sizes(models)
     }
-    return _ensemble(models, inputs, size)  # type: ignore[arg-type]
+    return _ensemble(models, inputs, size, flip)  # type: ignore[arg-type]
 
 
-def predict_labels(models: Sequence[Any], images: Sequence[np.ndarray]) -> list[np.ndarray]:
+def predict_labels(models: Sequence[Any], images: Sequence[np.ndarray], flip: bool = False) -> list[np.ndarray]:
     """HxW labels (0..2) for uint8 RGB images of any sizes, each at its own original size; one batch."""
     sizes = model_sizes(models)
     inputs = {s: np.stack([np.asarray(resize_image(img, s)) for img in images]) for s in sizes}
-    probs = _ensemble(models, inputs, sizes[0])
+    probs = _ensemble(models, inputs, sizes[0], flip)
     return [labels_at(p, img.shape[:2]) for p, img in zip(probs, images)]
 
 
@@ -186,7 +197,8 @@ def _batches(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
 
 
 def _predict_split(
-    models: Sequence[Any], dataset_dir: PathLike, split: str, *, batch_size: int, ids: Sequence[str] | None = None
+    models: Sequence[Any], dataset_dir: PathLike, split: str, *, batch_size: int, ids: Sequence[str] | None = None,
+    flip: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Per image: id, image (original uint8), truth/pred (original HxW), truth_model/pred_model (model size).
 
@@ -212,7 +224,7 @@ def _predict_split(
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     for batch in _batches(ds.as_numpy_iterator(), batch_size):
         inputs = {s: np.stack([b[f"x{i}"] for b in batch]) for i, s in enumerate(sizes)}
-        probs = _ensemble(models, inputs, primary)
+        probs = _ensemble(models, inputs, primary, flip)
         for b, p in zip(batch, probs):
             truth = b["mask"][..., 0].astype(np.int64) - 1
             yield {
@@ -278,6 +290,7 @@ def evaluate(
     batch_size: int = 8,
     collapse_threshold: float = 0.98,
     keep_for_gallery: Callable[[str], bool] | None = None,
+    flip: bool = False,
 ) -> EvaluationResult:
     """Score a model (or the ensemble of several) on `split` of the dataset in `dataset_dir`.
 
@@ -286,6 +299,8 @@ def evaluate(
     `at_model_resolution` (the same keys, resolution="model", img_size [h, w]),
     split, models [{path, sha256}], dataset_key and warnings.
     `keep_for_gallery(id)` selects the images whose pixels are kept in `items`.
+    `flip` adds the mirrored image to every prediction (test-time augmentation;
+    recorded as metrics["tta"]).
     """
     check_batch_size(batch_size)
     manifest, expected = _split_size(dataset_dir, split)
@@ -294,7 +309,7 @@ def evaluate(
     original, at_model = ConfusionAccumulator(NUM_CLASSES), ConfusionAccumulator(NUM_CLASSES)
     per_image: list[dict[str, Any]] = []
     items: list[dict[str, Any]] = []
-    for r in _predict_split(models, dataset_dir, split, batch_size=batch_size):
+    for r in _predict_split(models, dataset_dir, split, batch_size=batch_size, flip=flip):
         original.update(r["truth"], r["pred"])
         at_model.update(r["truth_model"], r["pred_model"])
         per_image.append({"id": r["id"], "iou": per_image_iou(r["truth"], r["pred"])})
@@ -319,6 +334,7 @@ def evaluate(
         **top,
         "at_model_resolution": model_res,
         "split": split,
+        "tta": "flip" if flip else None,
         "models": model_records(model_paths),
         "dataset_key": manifest.get("dataset_key", Path(dataset_dir).name),
         "warnings": warnings,
@@ -370,7 +386,8 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
 
 
 def collect_items(
-    model_paths: Sequence[PathLike], dataset_dir: PathLike, split: str, ids: Sequence[str], *, batch_size: int = 8
+    model_paths: Sequence[PathLike], dataset_dir: PathLike, split: str, ids: Sequence[str], *, batch_size: int = 8,
+    flip: bool = False,
 ) -> list[dict[str, Any]]:
     """{id, image, truth, pred, iou} at original resolution for `ids` (in that order), predicted afresh.
 
@@ -383,7 +400,7 @@ def collect_items(
     _split_size(dataset_dir, split)
     models = load_models(model_paths)
     found: dict[str, dict[str, Any]] = {}
-    for r in _predict_split(models, dataset_dir, split, batch_size=batch_size, ids=wanted):
+    for r in _predict_split(models, dataset_dir, split, batch_size=batch_size, ids=wanted, flip=flip):
         if r["id"] not in found:
             found[r["id"]] = {k: r[k] for k in ("id", "image", "truth", "pred")} | {
                 "iou": per_image_iou(r["truth"], r["pred"])
@@ -407,13 +424,16 @@ def render_evaluation_gallery(
     metrics: dict[str, Any] | None = None,
     title: str | None = None,
     batch_size: int = 8,
+    flip: bool = False,
 ) -> Path:
     """Pick the `n_worst` lowest-IoU and `n_sample` random images from `per_image`, predict just
     those and write a gallery to `out_dir` (see `segpipe.gallery.render_gallery`); return index.html."""
     from segpipe.gallery import render_gallery, select_items
 
     selected = select_items(per_image, n_sample, n_worst, seed)
-    collected = collect_items(model_paths, dataset_dir, split, [s["id"] for s in selected], batch_size=batch_size)
+    collected = collect_items(
+        model_paths, dataset_dir, split, [s["id"] for s in selected], batch_size=batch_size, flip=flip
+    )
     items = [{**item, "tag": sel["tag"]} for sel, item in zip(selected, collected)]
     n_worst_shown = sum(it["tag"] == "worst" for it in items)
     title = title or f"{split} split: {n_worst_shown} worst and {len(items) - n_worst_shown} sampled predictions"

@@ -24,7 +24,8 @@ with the image as viewers display it. Unreadable files are listed under
 
 Each image is resized to the model's input size as in training, the
 (ensemble-averaged) probabilities are resized back to the original size
-(bilinear) and the argmax taken. Images are predicted `batch_size` at a time,
+(bilinear) and the argmax taken (with `flip`, the mirrored image's
+probabilities, mirrored back, are averaged in first). Images are predicted `batch_size` at a time,
 and written by two writer threads while the next batch is predicted: at most
 two batches are held in memory. Every file is written atomically.
 """
@@ -208,6 +209,7 @@ def predict_paths(
     *,
     batch_size: int = 8,
     overlay: bool = True,
+    flip: bool = False,
 ) -> PredictReport:
     """Predict a mask (and an overlay) for every image in `inputs`; see the module doc for the outputs."""
     from segpipe.evaluation import check_batch_size, load_models, model_records, model_sizes, predict_labels
@@ -231,7 +233,7 @@ def predict_paths(
     with ThreadPoolExecutor(max_workers=WRITER_THREADS) as writers:
 
         def flush() -> None:
-            for (src, rel, image), labels in zip(pending, predict_labels(models, [p[2] for p in pending])):
+            for (src, rel, image), labels in zip(pending, predict_labels(models, [p[2] for p in pending], flip)):
                 writing.append((src, writers.submit(_write_outputs, out, rel, image, labels, overlay)))
             pending.clear()
             collect(keep=batch_size)

@@ -27,14 +27,14 @@ class _ModelContentKey(ContentKey):
 @task(
     name="evaluate",
     cache_policy=_ModelContentKey(
-        inputs=("models", "dataset", "split", "collapse_threshold"),
+        inputs=("models", "dataset", "split", "collapse_threshold", "tta_flip"),
         modules=EVAL_MODULES,
         outputs_ok=lambda i: Path(i["out_path"]).is_file(),
     ),
 )
 def evaluate(
     model_paths: list[str], dataset: DatasetRef, split: str, out_path: str, batch_size: int = 8,
-    collapse_threshold: float = 0.98,
+    collapse_threshold: float = 0.98, tta_flip: bool = False,
 ) -> dict[str, Any]:
     """Score the model (or the ensemble) on one split; writes metrics.json and a Markdown artifact."""
     from segpipe import evaluation
@@ -42,7 +42,7 @@ def evaluate(
     logger = get_run_logger()
     result = evaluation.evaluate(
         [Path(p) for p in model_paths], Path(dataset.path), split, batch_size=batch_size,
-        collapse_threshold=collapse_threshold,
+        collapse_threshold=collapse_threshold, flip=tta_flip,
     )
     metrics = result.metrics
     evaluation.write_metrics(metrics, Path(out_path))
@@ -62,7 +62,7 @@ def evaluate(
 @task(
     name="gallery",
     cache_policy=_ModelContentKey(
-        inputs=("models", "dataset", "split", "n_sample", "n_worst", "seed", "per_image"),
+        inputs=("models", "dataset", "split", "n_sample", "n_worst", "seed", "per_image", "tta_flip"),
         modules=GALLERY_MODULES,
         outputs_ok=lambda i: (Path(i["out_dir"]) / "index.html").is_file(),
     ),
@@ -70,13 +70,14 @@ def evaluate(
 def gallery(
     model_paths: list[str], dataset: DatasetRef, split: str, per_image: list[dict], out_dir: str,
     n_sample: int = 8, n_worst: int = 8, seed: int = 0, metrics: dict[str, Any] | None = None,
+    tta_flip: bool = False,
 ) -> str:
     """Seeded sample + worst-K images by IoU: contact sheets and a self-contained index.html."""
     from segpipe import evaluation
 
     index = evaluation.render_evaluation_gallery(
         [Path(p) for p in model_paths], Path(dataset.path), split, Path(out_dir),
-        n_sample=n_sample, n_worst=n_worst, seed=seed, per_image=per_image, metrics=metrics,
+        n_sample=n_sample, n_worst=n_worst, seed=seed, per_image=per_image, metrics=metrics, flip=tta_flip,
     )
     get_run_logger().info("gallery: %s", index)
     create_link_artifact(link=Path(index).resolve().as_uri(), link_text="prediction gallery", key="gallery")

@@ -10,12 +10,14 @@ from prefect.cache_policies import NO_CACHE
 
 
 @task(name="predict", cache_policy=NO_CACHE)
-def predict(model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8) -> dict[str, Any]:
+def predict(
+    model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8, tta_flip: bool = False
+) -> dict[str, Any]:
     from segpipe import predict as predict_mod
 
     logger = get_run_logger()
     report = predict_mod.predict_paths(
-        [Path(p) for p in model_paths], [Path(p) for p in inputs], Path(out_dir), batch_size=batch_size
+        [Path(p) for p in model_paths], [Path(p) for p in inputs], Path(out_dir), batch_size=batch_size, flip=tta_flip
     )
     for failure in report.failed:
         logger.warning("could not read %s: %s", failure["input"], failure["error"])

@@ -27,12 +27,24 @@ def test_config_prints_resolved_json(capsys):
         (["config", "--epochs", "-2"], "train.epochs"),
         (["config", "--model", "nope"], "model.name"),
         (["config", "--set", "train.img_size=30"], "train.img_size"),
+        (["config", "--ema-momentum", "1.5"], "train.ema_momentum"),
+        (["config", "--set", "train.mixed_precision=float8"], "train.mixed_precision"),
     ],
 )
 def test_bad_parameters_exit_2_naming_the_field(argv, field, capsys, tmp_path):
     assert main([*argv, "--work-dir", str(tmp_path)]) == 2
     assert field in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "nothing may be written before validation passes"
+
+
+def test_precision_ema_and_tta_flags(capsys):
+    argv = ["config", "--preset", "cpu-quick", "--mixed-precision", "off", "--ema-momentum", "0.9", "--no-tta-flip"]
+    assert main(argv) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (cfg["train"]["mixed_precision"], cfg["train"]["ema_momentum"], cfg["eval"]["tta_flip"]) == ("off", 0.9, False)
+    assert main(["config", "--mixed-precision", "bfloat16", "--tta-flip"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (cfg["train"]["mixed_precision"], cfg["eval"]["tta_flip"]) == ("bfloat16", True)
 
 
 def test_set_needs_field_equals_value(capsys):

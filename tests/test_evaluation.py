@@ -179,6 +179,23 @@ def test_ensemble_averages_softmax_across_input_sizes(dataset, models):
     assert any("different input sizes" in w for w in m["warnings"])
 
 
+def test_flip_tta_averages_the_mirrored_prediction(dataset, models):
+    unet = evaluation.load_models([models["unet"]])
+    x = np.random.default_rng(1).random((2, 32, 32, 3)).astype(np.float32)
+    plain = evaluation.predict_probs(unet, x)
+    mirrored = evaluation.predict_probs(unet, x[:, :, ::-1])
+    tta = evaluation.predict_probs(unet, x, flip=True)
+    np.testing.assert_allclose(tta, 0.5 * (plain + mirrored[:, :, ::-1]), atol=1e-6)
+    assert np.abs(tta - plain).max() > 1e-4  # a random U-Net is not mirror-symmetric, so TTA changes it
+    # the averaged prediction is mirror-equivariant: mirroring the input mirrors the output
+    np.testing.assert_allclose(evaluation.predict_probs(unet, x[:, :, ::-1], flip=True), tta[:, :, ::-1], atol=1e-6)
+
+    m = evaluation.evaluate([models["unet"]], dataset, "test", flip=True).metrics
+    assert m["tta"] == "flip" and evaluation.evaluate([models["unet"]], dataset, "test").metrics["tta"] is None
+    # a model that is already symmetric scores the same with and without TTA
+    assert evaluation.evaluate([models["perfect"]], dataset, "test", flip=True).metrics["mean_iou"] == 1.0
+
+
 def test_gallery_items_kept_only_for_selected_ids(dataset, models):
     result = evaluation.evaluate([models["perfect"]], dataset, "test", keep_for_gallery=lambda i: i == "test_2")
     assert [it["id"] for it in result.items] == ["test_2"]
