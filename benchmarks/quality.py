@@ -58,7 +58,10 @@ def train_and_score(cfg, dataset, run_dir: Path) -> dict:
 
     result = training.train(cfg, Path(dataset.path), run_dir, on_epoch_end=on_epoch_end, verbose=2)
     train_seconds = time.monotonic() - started - state["eval_s"]
-    m = evaluation.evaluate([Path(result.model_path)], Path(dataset.path), "test", batch_size=8).metrics
+    m = evaluation.evaluate([Path(result.model_path)], Path(dataset.path), "test", batch_size=8,
+                            flip=cfg.eval.tta_flip).metrics
+    plain = (evaluation.evaluate([Path(result.model_path)], Path(dataset.path), "test", batch_size=8).metrics
+             if cfg.eval.tta_flip else m)
     return {
         "preset": cfg.preset,
         "model": cfg.model.name,
@@ -67,6 +70,8 @@ def train_and_score(cfg, dataset, run_dir: Path) -> dict:
         "best_epoch": result.best_epoch + 1,
         "held_out": {k: m[k] for k in ("n_images", "mean_iou", "foreground_iou", "pixel_accuracy", "dice",
                                        "mean_iou_no_border", "iou", "collapsed", "predicted_class_share")},
+        "tta": m["tta"],
+        "held_out_without_tta": {k: plain[k] for k in ("mean_iou", "foreground_iou", "iou")},
         "held_out_at_model_resolution": {k: m["at_model_resolution"][k] for k in ("mean_iou", "foreground_iou")},
         "meets_target": bool(m["mean_iou"] >= TARGET["mean_iou"] and m["foreground_iou"] >= TARGET["foreground_iou"]
                              and train_seconds <= TARGET["train_seconds"]),

@@ -96,6 +96,10 @@ class TrainConfig(_Section):
         None, description="weights for (pet, background, border)"
     )
     augment: bool = True
+    aug_max_scale: float = Field(1.25, ge=1.0, le=4.0, description="random zoom-in up to this factor (1: off)")
+    aug_max_rotation: float = Field(10.0, ge=0.0, le=180.0, description="random rotation up to +- this, degrees")
+    aug_brightness: float = Field(0.1, ge=0.0, le=1.0, description="random brightness shift up to +- this")
+    aug_contrast: float = Field(0.2, ge=0.0, lt=1.0, description="random contrast factor within 1 +- this")
     early_stopping_patience: int = Field(10, ge=0, description="0 disables early stopping")
     mixed_precision: Literal["off", "float16", "bfloat16"] = Field(
         "off",
@@ -110,6 +114,11 @@ class TrainConfig(_Section):
     jit_compile: bool = False
     seed: int = Field(42, ge=0, lt=2**32)
     steps_per_epoch: int | None = Field(None, ge=1, description="None: ceil(train examples / batch_size), about one pass")
+
+    def augment_options(self) -> dict[str, float]:
+        """Keyword arguments for `segpipe.data.input.augment_batch`."""
+        return {"max_scale": self.aug_max_scale, "max_rotation_degrees": self.aug_max_rotation,
+                "brightness": self.aug_brightness, "contrast": self.aug_contrast}
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -477,6 +477,7 @@ def _fit(
     # and the prefetch buffers start empty; see BENCHMARKS.md, input pipeline).
     train_ds = training_dataset(
         dataset_dir, img_size=t.img_size, batch_size=t.batch_size, augment=t.augment, seed=t.seed, repeat=True,
+        augment_options=t.augment_options(),
     )
     val_ds = eval_dataset(dataset_dir, "val", img_size=t.img_size, batch_size=t.batch_size)
 

@@ -63,3 +63,13 @@ def test_content_params_exclude_location_and_speed():
     b = build_config(None, {"data.source": "http://b/", "data.workers": 4}).data.content_params()
     assert a == b and "source" not in a
     assert build_config(None, {"data.seed": 1}).data.content_params() != a
+
+
+def test_augmentation_strength_is_configurable_and_checked() -> None:
+    cfg = build_config("cpu-quick", {"train.aug_max_scale": 1.5, "train.aug_max_rotation": 20})
+    assert cfg.train.augment_options() == {"max_scale": 1.5, "max_rotation_degrees": 20.0,
+                                           "brightness": cfg.train.aug_brightness, "contrast": cfg.train.aug_contrast}
+    with pytest.raises(ConfigError, match="train.aug_max_scale"):
+        build_config("cpu-quick", {"train.aug_max_scale": 0.9})
+    with pytest.raises(ConfigError, match="train.aug_contrast"):
+        build_config("cpu-quick", {"train.aug_contrast": 1.0})

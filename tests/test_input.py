@@ -248,6 +248,24 @@ def test_training_dataset_without_augment_is_a_permutation_of_eval(dataset_dir: 
     np.testing.assert_array_equal(evals[0][0], again[0][0])
 
 
+def test_training_dataset_augment_options_turn_steps_off(dataset_dir: Path) -> None:
+    # Only the flip left on: every training image is an eval image or its mirror, exactly.
+    off = {"max_scale": 1.0, "max_rotation_degrees": 0.0, "brightness": 0.0, "contrast": 0.0}
+    train = _batches(training_dataset(dataset_dir, img_size=32, batch_size=4, augment=True, seed=3,
+                                      augment_options=off))
+    evals = np.concatenate([x for x, _ in _batches(eval_dataset(dataset_dir, "train", img_size=32, batch_size=4))])
+    flipped = 0
+    for x in np.concatenate([x for x, _ in train]):
+        if any(np.array_equal(x, e) for e in evals):
+            continue
+        assert any(np.array_equal(x, e[:, ::-1]) for e in evals), "neither an eval image nor its mirror"
+        flipped += 1
+    assert 0 < flipped < len(evals)
+    with pytest.raises(ValueError, match="max_scale"):
+        training_dataset(dataset_dir, img_size=32, batch_size=4, augment=True, seed=0,
+                         augment_options={"max_scale": 0.5})
+
+
 def test_training_dataset_repeat_is_endless(dataset_dir: Path) -> None:
     ds = training_dataset(dataset_dir, img_size=32, batch_size=5, augment=False, seed=0, repeat=True)
     assert sum(1 for _ in ds.take(7)) == 7

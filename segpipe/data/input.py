@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,7 @@ def training_dataset(
     split: str = "train",
     cache: bool = True,
     repeat: bool = False,
+    augment_options: Mapping[str, float] | None = None,
 ) -> tf.data.Dataset:
     """Shuffled (and optionally augmented) batches of `split` for `Model.fit`.
 
@@ -255,6 +257,8 @@ def training_dataset(
     then fully determined by `seed`. Without `cache` every epoch re-reads the
     shards in a shuffled order, and records interleave as they arrive (faster,
     not bit-reproducible). `repeat=True` makes it endless (for `steps_per_epoch`).
+    `augment_options` (max_scale, max_rotation_degrees, brightness, contrast) override
+    `augment_batch`'s defaults.
     """
     from segpipe.data.tfrecords import read_examples
 
@@ -272,15 +276,20 @@ def training_dataset(
     ds = ds.batch(batch_size, drop_remainder=False)
     if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(_augmented_batch, num_parallel_calls=AUTOTUNE)
+        options = dict(augment_options or {})
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda batch, s: _augmented_batch(batch, s, options), num_parallel_calls=AUTOTUNE
+        )
     else:
         ds = ds.map(_to_model_inputs, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
-def _augmented_batch(batch: tuple[tf.Tensor, tf.Tensor], seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _augmented_batch(
+    batch: tuple[tf.Tensor, tf.Tensor], seed: tf.Tensor, options: Mapping[str, float]
+) -> tuple[tf.Tensor, tf.Tensor]:
     """uint8 images and trimaps -> augmented float32 images in [0, 1] and int32 labels 0..2."""
-    images, masks = augment_batch(batch[0], batch[1], seed)
+    images, masks = augment_batch(batch[0], batch[1], seed, **options)
     return images, tf.cast(masks, tf.int32) - 1
 
 
