@@ -133,12 +133,12 @@ def training_consumption(dataset_dir: Path, epochs: int = 2) -> dict[str, Any]:
     from segpipe.data.input import num_examples, training_dataset
     from segpipe.losses import build_loss
     from segpipe.models import build_model
-    from segpipe.training import PRECISION_POLICIES, build_optimizer
+    from segpipe.training import build_optimizer, precision_policy
 
     cfg = build_config("cpu-quick")
     t = cfg.train
     keras.utils.set_random_seed(0)
-    keras.mixed_precision.set_global_policy(PRECISION_POLICIES[t.mixed_precision])
+    keras.mixed_precision.set_global_policy(precision_policy(t.mixed_precision))
     ds = training_dataset(dataset_dir, img_size=t.img_size, batch_size=t.batch_size, augment=t.augment, seed=0,
                           repeat=True)
     n = num_examples(dataset_dir, "train")

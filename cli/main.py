@@ -85,8 +85,8 @@ def _train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss")
     g.add_argument("--train-seed", type=int)
     g.add_argument("--steps-per-epoch", type=int)
-    g.add_argument("--mixed-precision", choices=["off", "float16", "bfloat16"],
-                   help="compute dtype (bfloat16 is faster on CPUs with AVX512_BF16)")
+    g.add_argument("--mixed-precision", choices=["off", "float16", "bfloat16", "auto"],
+                   help="compute dtype (auto: float16 on a GPU, bfloat16 on a CPU with AVX512_BF16/AMX, else off)")
     g.add_argument("--ema-momentum", type=float, help="average the weights with this momentum per step")
     g.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)

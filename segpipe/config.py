@@ -101,10 +101,10 @@ class TrainConfig(_Section):
     aug_brightness: float = Field(0.1, ge=0.0, le=1.0, description="random brightness shift up to +- this")
     aug_contrast: float = Field(0.2, ge=0.0, lt=1.0, description="random contrast factor within 1 +- this")
     early_stopping_patience: int = Field(10, ge=0, description="0 disables early stopping")
-    mixed_precision: Literal["off", "float16", "bfloat16"] = Field(
+    mixed_precision: Literal["off", "float16", "bfloat16", "auto"] = Field(
         "off",
-        description="compute dtype: float16 for GPUs; bfloat16 for GPUs and CPUs with AVX512_BF16 "
-        "(true = float16, false = off)",
+        description="compute dtype: float16 for GPUs; bfloat16 for GPUs and CPUs with AVX512_BF16 or AMX; "
+        "auto = float16 on a GPU, bfloat16 on a CPU with native bfloat16, else off (true = float16, false = off)",
     )
     ema_momentum: float | None = Field(
         None, gt=0.0, lt=1.0,

@@ -21,6 +21,8 @@ from segpipe.fsutil import read_json, sha256_file  # noqa: E402
 from segpipe.training import (  # noqa: E402
     PRECISION_POLICIES,
     AveragedWeights,
+    cpu_has_native_bfloat16,
+    precision_policy,
     BestModelCheckpoint,
     ResumableEarlyStopping,
     WarmupCosineDecay,
@@ -312,6 +314,12 @@ def test_ema_validates_and_checkpoints_the_averaged_weights_and_trains_on_the_ra
 
 def test_precision_option_sets_the_compute_dtype(dataset_dir: Path, tmp_path: Path) -> None:
     assert PRECISION_POLICIES == {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+    assert precision_policy("off") == "float32" and precision_policy("bfloat16") == "mixed_bfloat16"
+    native = cpu_has_native_bfloat16()
+    assert precision_policy("auto") == ("mixed_bfloat16" if native else "float32")  # no GPU in tests
+    assert cpu_has_native_bfloat16("processor : 0\nflags\t\t: fpu sse avx512f avx512_bf16 fma\n")
+    assert cpu_has_native_bfloat16("flags : fpu amx_bf16 amx_tile\n")
+    assert not cpu_has_native_bfloat16("flags : fpu sse avx2 avx512f fma\nbugs : avx512_bf16_not_a_flag\n")
     assert build_config("tiny", {"train": {"mixed_precision": True}}).train.mixed_precision == "float16"
     assert build_config("tiny", {"train": {"mixed_precision": False}}).train.mixed_precision == "off"
     cfg = tiny_cfg(epochs=1, mixed_precision="bfloat16", ema_momentum=0.9)
