@@ -114,6 +114,29 @@ def plot(results: list[dict], path: Path) -> None:
     img.save(path)
 
 
+def merge(paths: list[str], plot_path: str | None, out: str | None) -> int:
+    """One report (and plot) from several earlier outputs, e.g. presets measured in separate runs."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    report = {
+        "benchmark": "quality",
+        "merged_from": [{"path": p, "dataset": r["dataset"], "overrides": r["overrides"], "machine": r["machine"]}
+                        for p, r in zip(paths, reports)],
+        "results": [res for r in reports for res in r["results"]],
+        "target": TARGET,
+        "references": REFERENCES,
+    }
+    if len({r["dataset"]["key"] for r in reports}) > 1:
+        print("warning: the outputs were measured on different datasets", file=sys.stderr)
+    if plot_path:
+        plot(report["results"], Path(plot_path))
+        report["plot"] = plot_path
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default=str(Path(__file__).resolve().parents[2] / "shared" / "pets-sample"))
@@ -127,7 +150,11 @@ def main() -> int:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--plot", help="write the quality-per-CPU-minute plot (PNG) here")
     p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="train nothing: merge the results of earlier outputs (in this order) into one report and plot")
     args = p.parse_args()
+    if args.merge:
+        return merge(args.merge, args.plot, args.out)
 
     from cli.env import configure_prefect
     from cli.main import _parse_value

@@ -370,19 +370,29 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM stops like Ctrl-C, so Prefect shuts its ephemeral server down instead of orphaning it."""
+    """SIGTERM and Ctrl-C: ask the work in flight to stop (downloads, shard writers, validation check
+    `segpipe.cancel` between chunks), then stop like Ctrl-C, so Prefect shuts its ephemeral server down
+    instead of orphaning it."""
+    from segpipe import cancel
+
+    cancel.request()
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    from segpipe import cancel
+
+    cancel.clear()
+    previous = (
+        {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
+    )
     try:
         return _run(args)
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run(args: argparse.Namespace) -> int:

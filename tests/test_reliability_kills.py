@@ -270,13 +270,14 @@ def test_cli_prepare_stopped_with_sigterm_exits_and_stops_its_prefect_server(tmp
     """`kill -TERM <pid>` of `segpipe prepare` mid-download: the CLI exits like Ctrl-C (130) within
     60 s and its ephemeral Prefect server (a uvicorn child) stops too; nothing half-written is trusted.
 
-    The exit comes only once the tasks in flight have finished (Prefect's thread pool waits for
-    them): here the download runs to its end first (RELIABILITY.md, F8)."""
+    The download in flight runs in a Prefect worker thread, which a signal cannot interrupt; it stops
+    at its next chunk because the CLI sets `segpipe.cancel` (RELIABILITY.md, F8): the archive is left
+    as a `.part` prefix to resume, well before the rest could have arrived."""
     files = padded_archives(tmp_path / "src")
     work = tmp_path / "work"
     env = child_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     argv = [sys.executable, "-m", "cli.main", "prepare", "--preset", "tiny", "--work-dir", str(work)]
-    with ThrottledServer(files, rate=500_000, chunk=16384) as srv:
+    with ThrottledServer(files, rate=200_000, chunk=16384) as srv:
         log_path = tmp_path / "terminated-run.log"
         with open(log_path, "w") as log:
             child = subprocess.Popen([*argv, "--source", srv.url], cwd=REPO, env=env, stdout=log,
@@ -304,11 +305,63 @@ def test_cli_prepare_stopped_with_sigterm_exits_and_stops_its_prefect_server(tmp
     assert rc == 130 and "interrupted" in out, out[-3000:]
     assert not any(_alive(p) for p in pids_in_group(child.pid))
     archive, part = work / "downloads" / NAME, work / "downloads" / f"{NAME}.part"
-    if archive.exists():  # the download in flight was let finish: whole and right
-        assert archive.read_bytes() == files[NAME] and not part.exists()
-    else:  # or stopped: a true prefix, kept for the next run to resume
-        assert part.read_bytes() == files[NAME][:part.stat().st_size]
+    # stopped mid-download (F8 fixed): a true prefix, kept for the next run to resume
+    assert not archive.exists() and 0 < part.stat().st_size < len(files[NAME])
+    assert part.read_bytes() == files[NAME][:part.stat().st_size]
+    remaining_s = (len(files[NAME]) - sent_at_term) / 200_000
+    assert exit_s < remaining_s, f"exit took {exit_s:.1f} s: the download ({remaining_s:.1f} s left) was not stopped"
     assert not list(work.glob("datasets/*/manifest.json"))  # an interrupted run leaves no complete dataset
     print(f"CLI SIGTERM: exit {rc} {exit_s:.1f} s after the signal ({sent_at_term} of {len(files[NAME])} B sent "
           f"by then, archive {'complete' if archive.exists() else 'partial'}); {len(started)} child process(es) "
           "started, all stopped")
+
+
+# --------------------------------------------------------------------------- cooperative stop (F8)
+
+
+@pytest.fixture
+def stop_request():
+    from segpipe import cancel
+
+    cancel.clear()
+    yield cancel
+    cancel.clear()
+
+
+def test_a_stop_request_ends_a_download_between_chunks_keeping_the_bytes(stop_request, tmp_path):
+    import hashlib
+
+    from segpipe.data.download import _write_chunks
+
+    class Bar:
+        def update(self, done, force=False):
+            pass
+
+    def chunks():
+        yield b"a" * 10
+        yield b"b" * 10
+        stop_request.request()  # e.g. SIGTERM arrives while the third chunk is on the wire
+        yield b"c" * 10
+        raise AssertionError("the download went on after the stop request")
+
+    part = tmp_path / "images.tar.gz.part"
+    with open(part, "wb") as f, pytest.raises(stop_request.Cancelled, match="images.tar.gz.part"):
+        _write_chunks(chunks(), f, hashlib.sha256(), Bar(), 0)
+    assert part.read_bytes() == b"a" * 10 + b"b" * 10  # kept, for the next run to resume from
+    assert issubclass(stop_request.Cancelled, KeyboardInterrupt)  # never retried as a task failure
+
+
+def test_a_stop_request_ends_shard_writing_and_validation_leaving_nothing(stop_request, tmp_path):
+    from segpipe.data.tfrecords import write_shard
+    from segpipe.data.validate import validate_dataset
+    from tests.synthetic import make_pets_tree
+
+    make_pets_tree(tmp_path / "tree", n_per_breed=2, include_odd=False)
+    report = validate_dataset(tmp_path / "tree" / "images", tmp_path / "tree" / "annotations")
+    assert len(report.examples) >= 4
+    stop_request.request()
+    with pytest.raises(stop_request.Cancelled, match="writing shard train-00000"):
+        write_shard(report.examples, tmp_path / "out" / "train-00000-of-00001.tfrecord")
+    assert list((tmp_path / "out").iterdir()) == []  # no shard, no temporary file
+    with pytest.raises(stop_request.Cancelled, match="validating"):
+        validate_dataset(tmp_path / "tree" / "images", tmp_path / "tree" / "annotations")

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Literal
 import requests
 import urllib3
 
+from segpipe import cancel
 from segpipe.data import ARCHIVES
 from segpipe.fsutil import CHUNK, atomic_write_json, file_lock, sha256_file
 
@@ -529,6 +530,7 @@ def _copy_local(src: Path, final: Path, chunk_size: int, bar: "_Progress") -> tu
 def _write_chunks(chunks: Iterable[bytes], f: Any, h: Any, bar: "_Progress", done: int) -> int:
     """Write, hash and count each chunk as it arrives, then fsync; returns the bytes done."""
     for chunk in chunks:
+        cancel.check(f"writing {f.name}")  # the bytes so far stay in the file, to resume from
         f.write(chunk)
         h.update(chunk)
         done += len(chunk)

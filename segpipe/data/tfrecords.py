@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from segpipe import __version__
+from segpipe import __version__, cancel
 from segpipe.data import spec
 from segpipe.data.validate import Example, load_image_rgb, load_trimap_png
 from segpipe.fsutil import atomic_path, atomic_write_json, code_version, file_lock, read_json, sha256_file
@@ -122,6 +122,7 @@ def write_shard(examples: Sequence[Example], path: str | Path, *, split: str | N
     with atomic_path(path) as tmp:
         with tf.io.TFRecordWriter(str(tmp)) as writer:
             for example in examples:
+                cancel.check(f"writing shard {path.name}")  # the temporary shard is removed
                 writer.write(serialize(example))
         digest, size = sha256_file(tmp), tmp.stat().st_size
     return ShardInfo(path.name, split or path.name.split("-")[0], len(examples), digest, size)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from segpipe import cancel
 from segpipe.data import CLASS_NAMES
 from segpipe.fsutil import atomic_write_json, atomic_write_text
 
@@ -312,6 +313,7 @@ class _Checked:
 
 
 def _check_pair(image_id: str, image_path: Path, trimap_path: Path) -> _Checked:
+    cancel.check(f"validating {image_id}")
     out = _Checked(image_id)
     try:
         with _open_image(image_path, reduced_jpeg=True) as img:
