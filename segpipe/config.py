@@ -198,7 +198,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-quick": {
         "model": {"name": "unet", "base_filters": 16, "depth": 4, "bn_momentum": 0.9},
         "train": {
-            "img_size": 128, "batch_size": 8, "epochs": 160, "optimizer": "adam", "learning_rate": 1e-3,
+            "img_size": 128, "batch_size": 8, "epochs": 200, "optimizer": "adam", "learning_rate": 1e-3,
             "warmup_epochs": 1.0, "schedule": "cosine", "loss": "sce+dice", "augment": True,
             "aug_max_scale": 1.5, "aug_max_rotation": 20.0, "aug_brightness": 0.15, "aug_contrast": 0.3,
             "early_stopping_patience": 0, "mixed_precision": "auto", "ema_momentum": 0.99,
