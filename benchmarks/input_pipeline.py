@@ -23,7 +23,9 @@ Each pipeline is timed three ways:
   map);
 * fit epochs (segpipe only): consecutive epochs of ceil(n / batch) batches
   from ONE iterator of the endless dataset, which is how `segpipe.training`
-  feeds `fit` (`repeat=True` plus `steps_per_epoch`);
+  feeds `fit` (`repeat=True` plus `steps_per_epoch`); in each round the first
+  two epochs are not reported (they drain what the prefetch buffer gathered
+  while the other pipelines were timed);
 * stream: `--stream-batches` batches from `repeat()`, what an epoch of
   thousands of images sees. For each, images/s (wall clock) and CPU ms per image of this
 process (tf.data runs in its threads; CPU time is what the pipeline costs and
@@ -236,7 +238,9 @@ def main() -> None:
             if stream_ds is not None:
                 streams[name].append(one_pass(stream_ds))
             if name in fit_iterators:
-                fits[name] += fit_epochs(fit_iterators[name], steps, args.epochs_per_round)
+                # The iterator's background threads fill its prefetch buffer while the other pipelines are
+                # timed; two unreported epochs drain that, so the reported ones measure steady production.
+                fits[name] += fit_epochs(fit_iterators[name], steps, args.epochs_per_round + 2)[2:]
             log(f"round {rnd + 1}: {name}: epoch {epochs[name][-1][0]:.0f} images/s"
                 + (f", fit epoch {fits[name][-1][0]:.0f} images/s" if name in fit_iterators else "")
                 + (f", stream {streams[name][-1][0]:.0f} images/s" if stream_ds is not None else ""))

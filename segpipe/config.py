@@ -193,7 +193,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"img_size": 32, "batch_size": 4, "epochs": 1, "warmup_epochs": 0.0, "augment": False},
         "eval": {"batch_size": 4, "gallery_samples": 2, "gallery_worst": 2},
     },
-    # What fits a laptop CPU in minutes (about 14 on 2 cores for 300 images). bfloat16 where the CPU has it,
+    # What fits a laptop CPU in minutes (about 16 on 2 cores for 300 images). bfloat16 where the CPU has it,
     # averaged weights, stronger augmentation and mirrored test-time predictions: see README, quality.
     "cpu-quick": {
         "model": {"name": "unet", "base_filters": 16, "depth": 4, "bn_momentum": 0.9},
