@@ -109,7 +109,8 @@ def plot(results: list[dict], path: Path) -> None:
         pts = [(x(p["train_seconds"]), y(p["held_out_mean_iou"])) for p in r["curve"]]
         if len(pts) > 1:
             d.line(pts, fill=colours[i % 4], width=3)
-        d.text((w - right + 6, top + 30 + 18 * i), f"{r['preset']} ({r['model']})", fill=colours[i % 4])
+        d.text((w - right + 6, top + 30 + 18 * i), f"{r['preset']} ({r['model']}, {r['epochs_completed']} ep)",
+               fill=colours[i % 4])
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 
