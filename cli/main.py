@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
     )
     try:
-        return _run(args)
+        with cancel.on_signals():  # even while Prefect's SIGTERM handler is the one installed
+            return _run(args)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -365,3 +365,21 @@ def test_a_stop_request_ends_shard_writing_and_validation_leaving_nothing(stop_r
     assert list((tmp_path / "out").iterdir()) == []  # no shard, no temporary file
     with pytest.raises(stop_request.Cancelled, match="validating"):
         validate_dataset(tmp_path / "tree" / "images", tmp_path / "tree" / "annotations")
+
+
+def test_a_signal_requests_the_stop_even_when_another_handler_owns_it(stop_request):
+    """While a flow runs, Prefect's SIGTERM handler is installed, not the CLI's, and it only re-raises
+    to ours after the task threads in flight have finished; `on_signals` sees the signal as it arrives."""
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))  # as Prefect's bridge
+    try:
+        with stop_request.on_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            wait_for(stop_request.requested, timeout=5, poll=0.01, what="the stop request")
+        assert seen == [signal.SIGTERM]  # the installed handler still ran
+        stop_request.clear()
+        os.kill(os.getpid(), signal.SIGTERM)  # outside the context nothing is requested any more
+        time.sleep(0.2)
+        assert not stop_request.requested() and seen == [signal.SIGTERM] * 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
