@@ -67,9 +67,10 @@ def child_modules(argv: list[str]) -> None:
 
 
 def child_noop(work: str) -> None:
-    """A no-op Prefect flow: Prefect import + ephemeral API start + one flow run."""
+    """A no-op Prefect flow: Prefect import + ephemeral API start + one flow run, set up as the CLI sets
+    its own runs up (`cli.env`: no heartbeats, the task-run records waited for)."""
     started = time.perf_counter()
-    from cli.env import configure_prefect
+    from cli.env import configure_prefect, local_run_settings
 
     configure_prefect(Path(work))
     from prefect import flow
@@ -80,7 +81,8 @@ def child_noop(work: str) -> None:
     def noop() -> int:
         return 1
 
-    noop()
+    with local_run_settings():
+        noop()
     done = time.perf_counter()
     print(json.dumps({"import_s": imported - started, "flow_s": done - imported}))
 

@@ -8,6 +8,7 @@ message naming the field.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -201,11 +202,15 @@ def _check_source(source: str) -> None:
         raise CliError(f"data.source (--source): {exc}") from None
 
 
-def _prepare_runtime(args: argparse.Namespace) -> Path:
-    from cli.env import configure_prefect
+def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Path:
+    """Set Prefect up for WORK; with `in_process` (flows run here, not by a runner), for the rest of the
+    command: no flow-run heartbeats on the ephemeral API (`cli.env.local_run_settings`)."""
+    from cli.env import configure_prefect, local_run_settings
 
     work = WorkDir.at(args.work_dir).root
     configure_prefect(work, refresh=getattr(args, "refresh", False), result_storage=getattr(args, "result_storage", None))
+    if in_process:
+        args.cleanup.enter_context(local_run_settings())
     return work
 
 
@@ -345,7 +350,7 @@ def cmd_retrain(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, cfg: PipelineConfig) -> int:
-    work = _prepare_runtime(args)
+    work = _prepare_runtime(args, in_process=False)  # a runner runs the flows, heartbeats on
     os.environ[ENV_WORK_DIR] = str(work)
     from deployments.serve import serve_deployments
 
@@ -400,7 +405,8 @@ def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         cfg = None if args.command == "datasets" else config_from_args(args)
-        status = COMMANDS[args.command](args, cfg)
+        with contextlib.ExitStack() as args.cleanup:
+            status = COMMANDS[args.command](args, cfg)
     except (ConfigError, CliError) as exc:
         print(f"segpipe {args.command}: {exc}", file=sys.stderr)
         return 2

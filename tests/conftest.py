@@ -30,3 +30,14 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop an ephemeral Prefect server that a test started in this process (the CLI run in-process)
+    now, while pytest's streams are open: at interpreter exit Prefect's "Stopping temporary server"
+    log line would go to a closed capture file and print a "Logging error" traceback."""
+    import sys
+
+    server = sys.modules.get("prefect.server.api.server")
+    for instance in list(getattr(getattr(server, "SubprocessASGIServer", None), "_instances", {}).values()):
+        instance.stop()

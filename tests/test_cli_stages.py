@@ -23,7 +23,23 @@ def segpipe(tmp_path, *args):
     proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"segpipe {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    # the ephemeral server recorded every task run before the CLI stopped it (cli.env.local_run_settings)
+    assert "Error flushing" not in proc.stderr, proc.stderr[-4000:]
     return proc.stdout
+
+
+def recorded_runs(tmp_path) -> dict:
+    """Flow and task runs in the Prefect database the CLI runs used, by state name."""
+    code = (
+        "import collections, json; from prefect.client.orchestration import get_client\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    print(json.dumps({'flows': collections.Counter(r.state.name for r in c.read_flow_runs(limit=200)),"
+        " 'tasks': collections.Counter(r.state.name for r in c.read_task_runs(limit=200))}))"
+    )
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_stages_from_the_cli(tmp_path):
@@ -70,3 +86,7 @@ def test_stages_from_the_cli(tmp_path):
     assert "2 masks written" in out
     mask = np.asarray(Image.open(tmp_path / "pred" / "a_mask.png"))
     assert mask.shape == (50, 70) and set(np.unique(mask)) <= {1, 2, 3}
+
+    runs = recorded_runs(tmp_path)  # what a Prefect UI on this database would show: every run finished
+    assert set(runs["flows"]) == {"Completed"} and sum(runs["flows"].values()) >= 5, runs
+    assert set(runs["tasks"]) <= {"Completed", "Cached"} and sum(runs["tasks"].values()) >= 15, runs
