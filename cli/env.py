@@ -19,6 +19,24 @@ from pathlib import Path
 from segpipe.layout import WorkDir
 
 
+def ensure_prefect_home() -> Path | None:
+    """Create `PREFECT_HOME` (parents included) if the user set it to a folder that does not exist yet.
+
+    Prefect creates the folder but not its parents; without them its ephemeral server
+    cannot open its SQLite database and the command fails only after the 90 s start-up
+    timeout, with "Application startup failed". Raises OSError naming the folder.
+    """
+    home = os.environ.get("PREFECT_HOME")
+    if not home:
+        return None
+    path = Path(home).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"PREFECT_HOME={home}: cannot create it ({exc.strerror or exc})") from None
+    return path
+
+
 def configure_prefect(work: Path, *, refresh: bool = False, result_storage: str | None = None) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")

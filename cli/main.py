@@ -205,8 +205,12 @@ def _check_source(source: str) -> None:
 def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Path:
     """Set Prefect up for WORK; with `in_process` (flows run here, not by a runner), for the rest of the
     command: no flow-run heartbeats on the ephemeral API (`cli.env.local_run_settings`)."""
-    from cli.env import configure_prefect, local_run_settings
+    from cli.env import configure_prefect, ensure_prefect_home, local_run_settings
 
+    try:
+        ensure_prefect_home()
+    except OSError as exc:
+        raise CliError(str(exc)) from None
     work = WorkDir.at(args.work_dir).root
     configure_prefect(work, refresh=getattr(args, "refresh", False), result_storage=getattr(args, "result_storage", None))
     if in_process:

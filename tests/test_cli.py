@@ -74,3 +74,17 @@ def test_bad_flag_fails_without_heavy_imports():
 def test_datasets_lists_nothing_in_empty_work(tmp_path, capsys):
     assert main(["datasets", "--work-dir", str(tmp_path)]) == 0
     assert "no prepared dataset" in capsys.readouterr().out
+
+
+def test_prefect_home_is_created_with_its_parents_or_named_in_the_error(tmp_path, monkeypatch, capsys):
+    """Prefect creates PREFECT_HOME but not its parents; without them its server fails after a 90 s time-out."""
+    from cli.env import ensure_prefect_home
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "a" / "b" / "home"))
+    assert ensure_prefect_home() == tmp_path / "a" / "b" / "home" and (tmp_path / "a" / "b" / "home").is_dir()
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "file" / "home"))
+    rc = main(["download", "--source", str(tmp_path), "--work-dir", str(tmp_path / "work")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"PREFECT_HOME={tmp_path / 'file' / 'home'}: cannot create it" in err, err
