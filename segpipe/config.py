@@ -100,6 +100,10 @@ class TrainConfig(_Section):
     aug_max_rotation: float = Field(10.0, ge=0.0, le=180.0, description="random rotation up to +- this, degrees")
     aug_brightness: float = Field(0.1, ge=0.0, le=1.0, description="random brightness shift up to +- this")
     aug_contrast: float = Field(0.2, ge=0.0, lt=1.0, description="random contrast factor within 1 +- this")
+    aug_hue: float = Field(0.0, ge=0.0, le=180.0, description="random hue rotation up to +- this, degrees (0: off)")
+    aug_saturation: float = Field(
+        0.0, ge=0.0, le=1.0, description="random saturation factor within 1 +- this (1: down to grey; 0: off)"
+    )
     early_stopping_patience: int = Field(10, ge=0, description="0 disables early stopping")
     mixed_precision: Literal["off", "float16", "bfloat16", "auto"] = Field(
         "off",
@@ -118,7 +122,8 @@ class TrainConfig(_Section):
     def augment_options(self) -> dict[str, float]:
         """Keyword arguments for `segpipe.data.input.augment_batch`."""
         return {"max_scale": self.aug_max_scale, "max_rotation_degrees": self.aug_max_rotation,
-                "brightness": self.aug_brightness, "contrast": self.aug_contrast}
+                "brightness": self.aug_brightness, "contrast": self.aug_contrast, "hue": self.aug_hue,
+                "saturation": self.aug_saturation}
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

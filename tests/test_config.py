@@ -68,7 +68,13 @@ def test_content_params_exclude_location_and_speed():
 def test_augmentation_strength_is_configurable_and_checked() -> None:
     cfg = build_config("cpu-quick", {"train.aug_max_scale": 1.5, "train.aug_max_rotation": 20})
     assert cfg.train.augment_options() == {"max_scale": 1.5, "max_rotation_degrees": 20.0,
-                                           "brightness": cfg.train.aug_brightness, "contrast": cfg.train.aug_contrast}
+                                           "brightness": cfg.train.aug_brightness, "contrast": cfg.train.aug_contrast,
+                                           "hue": cfg.train.aug_hue, "saturation": cfg.train.aug_saturation}
+    assert build_config(None, {}).train.aug_hue == 0.0 == build_config(None, {}).train.aug_saturation  # off
+    with pytest.raises(ConfigError, match="train.aug_hue"):
+        build_config("cpu-quick", {"train.aug_hue": 200})
+    with pytest.raises(ConfigError, match="train.aug_saturation"):
+        build_config("cpu-quick", {"train.aug_saturation": 1.5})
     with pytest.raises(ConfigError, match="train.aug_max_scale"):
         build_config("cpu-quick", {"train.aug_max_scale": 0.9})
     with pytest.raises(ConfigError, match="train.aug_contrast"):

@@ -11,6 +11,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from segpipe.data.input import (  # noqa: E402
+    _hue_saturation_batch,
     augment,
     eval_dataset,
     geometric_transform,
@@ -176,6 +177,31 @@ def test_colour_jitter_changes_image_only_and_stays_in_range() -> None:
     np.testing.assert_array_equal(y.numpy(), label)
     assert not np.allclose(x.numpy(), image * 0.5 + 0.25)
     assert 0.0 <= x.numpy().min() and x.numpy().max() <= 1.0
+
+
+def test_hue_and_saturation_jitter_keep_luma_and_mask_and_leave_the_other_draws_alone() -> None:
+    image, label = _label_coloured()
+    photo = image * 0.5 + 0.25
+    off = {"flip": False, "max_scale": 1.0, "max_rotation_degrees": 0.0, "brightness": 0.0, "contrast": 0.0}
+    x, y = augment(tf.constant(photo), tf.constant(label), tf.constant([1, 2]), hue=40.0, saturation=0.8, **off)
+    np.testing.assert_array_equal(y.numpy(), label)
+    assert not np.allclose(x.numpy(), photo, atol=1e-3) and 0.0 <= x.numpy().min() and x.numpy().max() <= 1.0
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    inside = (photo.min(-1) > 0.3) & (photo.max(-1) < 0.7)  # far from clipping: luma is kept exactly
+    np.testing.assert_allclose((x.numpy() @ luma)[inside], (photo @ luma)[inside], atol=1e-4)
+    grey = _hue_saturation_batch(tf.constant(photo[None]), tf.constant([0.7]), tf.constant([0.0]))[0].numpy()
+    np.testing.assert_allclose(grey[..., 0], grey[..., 2], atol=1e-5)  # factor 0: grey
+    np.testing.assert_allclose(grey @ luma, photo @ luma, atol=1e-4)
+    same = _hue_saturation_batch(tf.constant(photo[None]), tf.constant([0.0]), tf.constant([1.0]))[0].numpy()
+    np.testing.assert_allclose(same, photo, atol=1e-4)  # identity (YIQ round trip)
+    # Enabled or not, the geometric and brightness/contrast draws for a seed are the same.
+    a, la = augment(tf.constant(photo), tf.constant(label), tf.constant([3, 4]))
+    b, lb = augment(tf.constant(photo), tf.constant(label), tf.constant([3, 4]), hue=0.0, saturation=0.0)
+    c, lc = augment(tf.constant(photo), tf.constant(label), tf.constant([3, 4]), hue=30.0, saturation=0.5)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(la.numpy(), lc.numpy())
+    with pytest.raises(ValueError, match="saturation"):
+        augment(tf.constant(photo), tf.constant(label), tf.constant([0, 0]), saturation=2.0)
 
 
 def test_augment_is_deterministic_by_seed() -> None:

@@ -156,6 +156,21 @@ def _color_jitter_batch(images: tf.Tensor, delta: tf.Tensor, factor: tf.Tensor) 
     return tf.clip_by_value((images - mean) * factor[:, None, None, None] + mean, 0.0, 1.0)
 
 
+@tf.function(jit_compile=True)
+def _hue_saturation_batch(images: tf.Tensor, angle: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """Per image: rotate the hue by `angle` (radians) and scale the saturation by `factor`, clip to [0, 1].
+
+    Both act on the chroma plane (I, Q) of YIQ, which leaves the luma alone;
+    a factor of 0 gives the grey image.
+    """
+    yiq = tf.image.rgb_to_yiq(images)
+    y, i, q = yiq[..., 0], yiq[..., 1], yiq[..., 2]
+    cos = (tf.cos(angle) * factor)[:, None, None]
+    sin = (tf.sin(angle) * factor)[:, None, None]
+    rotated = tf.stack([y, i * cos - q * sin, i * sin + q * cos], axis=-1)
+    return tf.clip_by_value(tf.image.yiq_to_rgb(rotated), 0.0, 1.0)
+
+
 def augment_batch(
     images: tf.Tensor,
     labels: tf.Tensor,
@@ -166,6 +181,8 @@ def augment_batch(
     max_rotation_degrees: float = 10.0,
     brightness: float = 0.1,
     contrast: float = 0.2,
+    hue: float = 0.0,
+    saturation: float = 0.0,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """`augment` for a batch, with one shape-[2] `seed`; returns float32 images in [0, 1] and labels as given.
 
@@ -174,10 +191,12 @@ def augment_batch(
     transform and colour jitter (drawn from `seed`); the whole batch is warped in
     one XLA-compiled call.
     """
-    if max_scale < 1.0 or max_rotation_degrees < 0 or brightness < 0 or not 0 <= contrast < 1:
+    if (max_scale < 1.0 or max_rotation_degrees < 0 or brightness < 0 or not 0 <= contrast < 1
+            or not 0 <= hue <= 180 or not 0 <= saturation <= 1):
         raise ValueError(
-            "augment expects max_scale >= 1, max_rotation_degrees >= 0, brightness >= 0 and 0 <= contrast < 1; "
-            f"got {max_scale}, {max_rotation_degrees}, {brightness}, {contrast}"
+            "augment expects max_scale >= 1, max_rotation_degrees >= 0, brightness >= 0, 0 <= contrast < 1, "
+            f"0 <= hue <= 180 and 0 <= saturation <= 1; got {max_scale}, {max_rotation_degrees}, {brightness}, "
+            f"{contrast}, {hue}, {saturation}"
         )
     if images.shape.rank != 4 or labels.shape.rank != 4 or images.shape[1:3] != labels.shape[1:3]:
         raise ValueError(
@@ -200,6 +219,11 @@ def augment_batch(
         delta = (2.0 * u[:, 5] - 1.0) * brightness
         factor = 1.0 + (2.0 * u[:, 6] - 1.0) * contrast
         images = _color_jitter_batch(images, delta, factor)
+    if hue > 0 or saturation > 0:
+        # A stream of its own (seed + 1), so enabling this leaves the draws above as they were.
+        v = tf.random.stateless_uniform([tf.shape(images)[0], 2], seed + tf.constant([0, 1], seed.dtype))
+        angle = (2.0 * v[:, 0] - 1.0) * (hue * math.pi / 180.0)
+        images = _hue_saturation_batch(images, angle, 1.0 + (2.0 * v[:, 1] - 1.0) * saturation)
     return images, labels
 
 
@@ -213,15 +237,20 @@ def augment(
     max_rotation_degrees: float = 10.0,
     brightness: float = 0.1,
     contrast: float = 0.2,
+    hue: float = 0.0,
+    saturation: float = 0.0,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random flip, scale-and-crop, rotation (image and label alike) and brightness/contrast (image only).
+    """Random flip, scale-and-crop, rotation (image and label alike), brightness/contrast and hue/saturation
+    (image only).
 
     `image` is float32 (H, W, 3) in [0, 1], `label` int32 (H, W, 1); `seed` is a
     shape-[2] int32/int64 tensor, and the same seed gives the same output. The
     geometric part is one warp applied to both: bilinear for the image, nearest
     for the label (no new label values), reflect fill at the borders.
-    `flip=False`, `max_scale=1`, `max_rotation_degrees=0`, `brightness=0`,
-    `contrast=0` turn the respective step off. (A batch of one for `augment_batch`.)
+    `hue` rotates the hue by up to +- that many degrees, `saturation` scales it
+    within 1 +- that (1: down to grey). `flip=False`, `max_scale=1`,
+    `max_rotation_degrees=0`, `brightness=0`, `contrast=0`, `hue=0`,
+    `saturation=0` turn the respective step off. (A batch of one for `augment_batch`.)
     """
     if image.shape.rank != 3 or label.shape.rank != 3:
         raise ValueError(
@@ -229,7 +258,8 @@ def augment(
         )
     images, labels = augment_batch(
         image[tf.newaxis], label[tf.newaxis], seed, flip=flip, max_scale=max_scale,
-        max_rotation_degrees=max_rotation_degrees, brightness=brightness, contrast=contrast,
+        max_rotation_degrees=max_rotation_degrees, brightness=brightness, contrast=contrast, hue=hue,
+        saturation=saturation,
     )
     return images[0], labels[0]
 
@@ -257,7 +287,7 @@ def training_dataset(
     then fully determined by `seed`. Without `cache` every epoch re-reads the
     shards in a shuffled order, and records interleave as they arrive (faster,
     not bit-reproducible). `repeat=True` makes it endless (for `steps_per_epoch`).
-    `augment_options` (max_scale, max_rotation_degrees, brightness, contrast) override
+    `augment_options` (max_scale, max_rotation_degrees, brightness, contrast, hue, saturation) override
     `augment_batch`'s defaults.
     """
     from segpipe.data.tfrecords import read_examples
