@@ -70,7 +70,7 @@ def local_run_settings() -> Iterator[None]:
     _wait_for_task_run_records(started)
 
 
-def _wait_for_task_run_records(since: datetime, timeout: float = 5.0, settle: float = 0.15) -> bool:
+def _wait_for_task_run_records(since: datetime, timeout: float = 5.0, settle: float = 0.15) -> None:
     """Let the ephemeral server record this command's task runs before the process stops it.
 
     Task-run states reach the server as events, which it writes to its database one
@@ -79,7 +79,8 @@ def _wait_for_task_run_records(since: datetime, timeout: float = 5.0, settle: fl
     then logs "Error flushing ... events" tracebacks and the run history misses
     the last states. So: send the events still buffered here, then poll until every
     task run of the flow runs started since `since` is in a final state and their
-    number has stopped changing. Returns False if that took longer than `timeout`.
+    number has stopped changing, for at most `timeout` seconds (then the server is
+    stopped anyway: a late state is lost, the run itself is not).
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -96,13 +97,12 @@ def _wait_for_task_run_records(since: datetime, timeout: float = 5.0, settle: fl
     with get_client(sync_client=True) as client:
         flow_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)))
         if not flow_runs:
-            return True
+            return
         task_filter = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run.id for run in flow_runs]))
         while time.monotonic() < deadline:
             runs = client.read_task_runs(task_run_filter=task_filter)
             now = (len(runs), sum(1 for run in runs if run.state is not None and run.state.is_final()))
             if now == last and now[0] == now[1]:
-                return True
+                return
             last = now
             time.sleep(settle)
-    return False

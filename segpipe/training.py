@@ -353,7 +353,9 @@ def _check_same_run(run_dir: Path, identity: dict[str, Any], dataset_key: str) -
         raise ValueError(f"run_dir {run_dir} holds a run on another dataset than {dataset_key!r}")
 
 
-def _write_lineage(run_dir: Path, cfg: PipelineConfig, dataset_dir: Path, dataset_key: str, resumed: int) -> None:
+def _write_lineage(
+    run_dir: Path, cfg: PipelineConfig, dataset_dir: Path, dataset_key: str, resumed: int, dtype_policy: str
+) -> None:
     path = run_dir / LINEAGE_FILE
     old = read_json(path) if path.is_file() else {}
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -368,7 +370,7 @@ def _write_lineage(run_dir: Path, cfg: PipelineConfig, dataset_dir: Path, datase
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "devices": [d.name for d in tf.config.list_logical_devices()],
-        "dtype_policy": precision_policy(cfg.train.mixed_precision),
+        "dtype_policy": dtype_policy,
         "started_at": old.get("started_at", now),
         "resumed_at": old.get("resumed_at", []) + ([{"at": now, "from_epoch": resumed}] if resumed else []),
     })
@@ -472,13 +474,14 @@ def train(
         resumed = _backup_epoch(run_dir / BACKUP_DIR)
         _truncate_history(run_dir / HISTORY_FILE, resumed)
         atomic_write_json(run_dir / CONFIG_FILE, cfg.model_dump(mode="json"))
-        _write_lineage(run_dir, cfg, dataset_dir, dataset_key, resumed)
+        policy = precision_policy(cfg.train.mixed_precision)
+        _write_lineage(run_dir, cfg, dataset_dir, dataset_key, resumed, policy)
         if resumed:
             log.info("resuming %s after epoch %d", run_dir, resumed)
 
         previous_policy = keras.mixed_precision.global_policy()
         try:
-            keras.mixed_precision.set_global_policy(precision_policy(cfg.train.mixed_precision))
+            keras.mixed_precision.set_global_policy(policy)
             stop_reason = _fit(cfg, dataset_dir, run_dir, n_train, on_epoch_end, verbose)
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)

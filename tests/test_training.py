@@ -316,7 +316,11 @@ def test_precision_option_sets_the_compute_dtype(dataset_dir: Path, tmp_path: Pa
     assert PRECISION_POLICIES == {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
     assert precision_policy("off") == "float32" and precision_policy("bfloat16") == "mixed_bfloat16"
     native = cpu_has_native_bfloat16()
-    assert precision_policy("auto") == ("mixed_bfloat16" if native else "float32")  # no GPU in tests
+    import tensorflow as tf
+
+    expected = ("mixed_float16" if tf.config.list_logical_devices("GPU")
+                else "mixed_bfloat16" if native else "float32")
+    assert precision_policy("auto") == expected
     assert cpu_has_native_bfloat16("processor : 0\nflags\t\t: fpu sse avx512f avx512_bf16 fma\n")
     assert cpu_has_native_bfloat16("flags : fpu amx_bf16 amx_tile\n")
     assert not cpu_has_native_bfloat16("flags : fpu sse avx2 avx512f fma\nbugs : avx512_bf16_not_a_flag\n")
@@ -328,6 +332,7 @@ def test_precision_option_sets_the_compute_dtype(dataset_dir: Path, tmp_path: Pa
     assert saved.layers[1].dtype_policy.name == "mixed_bfloat16"
     assert saved.layers[-1].dtype_policy.compute_dtype == "float32"  # the softmax
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
+    assert read_json(tmp_path / "run" / "lineage.json")["dtype_policy"] == "mixed_bfloat16"
 
 
 def test_early_stopping_replays_epochs_before_a_resume() -> None:
