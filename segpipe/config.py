@@ -7,11 +7,14 @@ any work starts, with a message that names the field.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from segpipe.models.registry import MODEL_NAMES, check_input_size
+from segpipe.models.encoders import ENCODER_NAMES, ENCODERS
+from segpipe.models.registry import MODEL_NAMES, NEEDS_ENCODER, TAKES_ENCODER, check_input_size
+from segpipe.models.weights import IMAGENET
 
 OFFICIAL_SOURCE = "official"
 
@@ -58,16 +61,36 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Which architecture, and its knobs (ignored by models that lack them)."""
+    """Which architecture, and its knobs.
+
+    `encoder` puts the model on a pretrained keras.applications encoder (see
+    `segpipe/models/encoders.py`): optional for unet (None = the classic U-Net
+    trained from scratch), required for deeplabv3plus (default mobilenetv2).
+    """
 
     name: str = "unet"
+    encoder: str | None = Field(None, description=f"None or one of {', '.join(ENCODER_NAMES)}")
+    encoder_weights: str | None = Field(
+        None, description="None (random init), 'imagenet' (Keras' download and $KERAS_HOME cache) or the path "
+        "of a weights file; a file enters the run id by its sha256, never its path"
+    )
+    encoder_alpha: float = Field(1.0, description="MobileNetV2 width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)")
     base_filters: int = Field(16, ge=1, le=512)
     depth: int = Field(4, ge=1, le=7)
-    backbone: Literal["mobilenetv2", "resnet50"] = "mobilenetv2"
-    encoder_weights: str | None = Field(None, description="None, 'imagenet' or a path to a weights file")
     aspp_rates: tuple[int, ...] = (6, 12, 18)
     bn_momentum: float = Field(0.9, gt=0.0, lt=1.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_for_the_model(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            if "backbone" in data:  # the field's name before encoders had a registry
+                data.setdefault("encoder", data.pop("backbone"))
+            if data.get("name") in NEEDS_ENCODER and data.get("encoder") is None:
+                data["encoder"] = "mobilenetv2"
+        return data
 
     @field_validator("name")
     @classmethod
@@ -76,18 +99,80 @@ class ModelConfig(_Section):
             raise ValueError(f"unknown model {v!r}; expected one of {', '.join(MODEL_NAMES)}")
         return v
 
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, v: str | None) -> str | None:
+        if v is not None and v not in ENCODERS:
+            raise ValueError(f"unknown encoder {v!r}; expected None or one of {', '.join(ENCODER_NAMES)}")
+        return v
+
+    @field_validator("encoder_weights")
+    @classmethod
+    def _weights_exist(cls, v: str | None) -> str | None:
+        """A path must name an existing file (made absolute); checked before any work starts."""
+        if v is None or v == IMAGENET:
+            return v
+        if v.strip().lower() in ("", "none", "null"):
+            return None
+        path = Path(v).expanduser()
+        if not path.is_file():
+            raise ValueError(
+                f"no such file {v!r}; expected None, 'imagenet' or the path of a .weights.h5/.h5 file holding "
+                "the encoder's keras.applications weights (include_top=False)"
+            )
+        return str(path.resolve())
+
+    @model_validator(mode="after")
+    def _encoder_suits_model(self) -> "ModelConfig":
+        if self.encoder is not None and self.name not in TAKES_ENCODER:
+            raise ValueError(
+                f"encoder: model {self.name!r} takes no encoder; pretrained encoders go with "
+                f"{' or '.join(TAKES_ENCODER)}"
+            )
+        if self.encoder_weights is not None and self.encoder is None:
+            raise ValueError("encoder_weights: set model.encoder too; the classic U-Net has no pretrained part")
+        if self.encoder_alpha != 1.0 and not (self.encoder and ENCODERS[self.encoder].takes_alpha):
+            raise ValueError(f"encoder_alpha: only mobilenetv2 has a width multiplier (encoder {self.encoder!r})")
+        if self.encoder_alpha not in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
+            raise ValueError("encoder_alpha: must be one of 0.35, 0.5, 0.75, 1.0, 1.3, 1.4")
+        return self
+
     def params(self) -> dict[str, Any]:
         return self.model_dump(exclude={"name"})
 
+    def cache_content(self) -> dict[str, Any]:
+        """The model's identity for cache keys: the weights file by its sha256, never its path."""
+        from segpipe.models.weights import weights_identity
+
+        return {**self.model_dump(mode="json"), "encoder_weights": weights_identity(self.encoder_weights)}
+
 
 class TrainConfig(_Section):
+    """How to train. The run's length is a budget of training images seen (`budget_images`), so a
+    recipe costs about the same on 300 or 7,390 images; epochs are derived from the dataset size
+    (`segpipe/budget.py`). `epochs` overrides the budget when given."""
+
     img_size: int = Field(128, ge=16, le=2048)
     batch_size: int = Field(8, ge=1, le=4096)
-    epochs: int = Field(20, ge=1, le=10_000)
+    budget_images: int = Field(
+        5_000, ge=1, le=10**9, description="length of the run in training images seen (epochs derived from it)"
+    )
+    epochs: int | None = Field(None, ge=1, le=10_000, description="explicit number of epochs; overrides budget_images")
     optimizer: Literal["adam", "adamw"] = "adam"
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
-    warmup_epochs: float = Field(1.0, ge=0.0)
+    warmup_images: int = Field(0, ge=0, le=10**9, description="linear learning-rate warm-up, in images seen")
+    freeze_encoder_images: int = Field(
+        0, ge=0, le=10**9,
+        description="keep the pretrained encoder frozen (BatchNormalization in inference mode) for this many "
+        "images seen, rounded up to whole epochs; then unfreeze it",
+    )
+    encoder_lr_multiplier: float = Field(
+        1.0, gt=0.0, le=10.0, description="the encoder's learning rate relative to the decoder's once unfrozen"
+    )
+    freeze_encoder_bn: bool = Field(
+        False, description="keep the encoder's BatchNormalization in inference mode after unfreezing too"
+    )
     schedule: Literal["cosine", "constant"] = "cosine"
     loss: Literal["sce", "dice", "sce+dice", "focal"] = "sce+dice"
     dice_weight: float = Field(1.0, ge=0.0)
@@ -178,8 +263,22 @@ class PipelineConfig(_Section):
             preset = data["preset"]
             if preset not in PRESETS:
                 raise ValueError(f"preset: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-            return _deep_merge(PRESETS[preset], data)
+            return _deep_merge(_preset_for(preset, data), data)
         return data
+
+    @model_validator(mode="after")
+    def _fine_tuning_needs_an_encoder(self) -> "PipelineConfig":
+        t = self.train
+        if self.model.encoder is None:
+            for field, value, neutral in (("freeze_encoder_images", t.freeze_encoder_images, 0),
+                                          ("encoder_lr_multiplier", t.encoder_lr_multiplier, 1.0),
+                                          ("freeze_encoder_bn", t.freeze_encoder_bn, False)):
+                if value != neutral:
+                    raise ValueError(
+                        f"train.{field}: model {self.model.name!r} has no pretrained encoder to fine-tune "
+                        "(set model.encoder)"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _img_size_suits_model(self) -> "PipelineConfig":
@@ -191,46 +290,84 @@ class PipelineConfig(_Section):
         return self
 
 
+# Every preset states its length in training images seen (train.budget_images): the same preset
+# costs about the same on the 303-image sample or the 7,390-image dataset. `--epochs` overrides it.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Tiny model, tiny images: for tests and smoke runs (seconds).
+    # Tiny model, tiny images: for tests and smoke runs (seconds). One batch's worth of images:
+    # rounds up to one epoch on any dataset.
     "tiny": {
         "model": {"name": "unet", "base_filters": 4, "depth": 2},
-        "train": {"img_size": 32, "batch_size": 4, "epochs": 1, "warmup_epochs": 0.0, "augment": False},
+        "train": {"img_size": 32, "batch_size": 4, "budget_images": 4, "warmup_images": 0, "augment": False},
         "eval": {"batch_size": 4, "gallery_samples": 2, "gallery_worst": 2},
     },
-    # What fits a laptop CPU in minutes (about 16 on 2 cores for 300 images). bfloat16 where the CPU has it,
-    # averaged weights, stronger augmentation and mirrored test-time predictions: see README, quality.
+    # The pretrained recipe for a CPU: a U-Net decoder on an ImageNet MobileNetV2 encoder, frozen for
+    # the first images, then fine-tuned at a tenth of the decoder's learning rate. Chosen on the
+    # validation split (BENCHMARKS.md, quality). Without internet: --set model.encoder_weights=FILE
+    # or a primed $KERAS_HOME (README).
     "cpu-quick": {
-        "model": {"name": "unet", "base_filters": 16, "depth": 4, "bn_momentum": 0.9},
+        "model": {"name": "unet", "encoder": "mobilenetv2", "encoder_weights": "imagenet", "base_filters": 8,
+                  "bn_momentum": 0.9},
         "train": {
-            "img_size": 128, "batch_size": 8, "epochs": 200, "optimizer": "adam", "learning_rate": 1e-3,
-            "warmup_epochs": 1.0, "schedule": "cosine", "loss": "sce+dice", "augment": True,
+            "img_size": 160, "batch_size": 8, "budget_images": 4_000, "optimizer": "adam", "learning_rate": 1e-3,
+            "warmup_images": 272, "schedule": "cosine", "loss": "sce+dice", "augment": True,
+            "freeze_encoder_images": 800, "encoder_lr_multiplier": 0.1,
             "aug_max_scale": 1.5, "aug_max_rotation": 20.0, "aug_brightness": 0.15, "aug_contrast": 0.3,
             "early_stopping_patience": 0, "mixed_precision": "auto", "ema_momentum": 0.99,
         },
         "eval": {"tta_flip": True},
     },
-    # The Keras example's own recipe.
+    # The from-scratch U-Net (cpu-quick before pretrained encoders), for machines without the weights:
+    # 54,400 images = 200 epochs of the sample's 272-image epochs. bfloat16 where the CPU has it,
+    # averaged weights, strong augmentation and mirrored test-time predictions.
+    "cpu-scratch": {
+        "model": {"name": "unet", "base_filters": 16, "depth": 4, "bn_momentum": 0.9},
+        "train": {
+            "img_size": 128, "batch_size": 8, "budget_images": 54_400, "optimizer": "adam", "learning_rate": 1e-3,
+            "warmup_images": 272, "schedule": "cosine", "loss": "sce+dice", "augment": True,
+            "aug_max_scale": 1.5, "aug_max_rotation": 20.0, "aug_brightness": 0.15, "aug_contrast": 0.3,
+            "early_stopping_patience": 0, "mixed_precision": "auto", "ema_momentum": 0.99,
+        },
+        "eval": {"tta_flip": True},
+    },
+    # The Keras example's own recipe: 25 epochs of the sample's 288-image epochs (9 batches of 32).
     "keras-example": {
         "model": {"name": "xception_unet", "bn_momentum": 0.99},
         "train": {
-            "img_size": 160, "batch_size": 32, "epochs": 25, "optimizer": "adam", "learning_rate": 1e-4,
-            "warmup_epochs": 0.0, "schedule": "constant", "loss": "sce", "augment": False,
+            "img_size": 160, "batch_size": 32, "budget_images": 7_200, "optimizer": "adam", "learning_rate": 1e-4,
+            "warmup_images": 0, "schedule": "constant", "loss": "sce", "augment": False,
             "early_stopping_patience": 0,
         },
     },
-    # Best recipe for a GPU: DeepLabV3+ on an ImageNet MobileNetV2, AdamW, longer schedule.
+    # For a GPU: DeepLabV3+ on an ImageNet MobileNetV2 (the same encoder code as cpu-quick), AdamW,
+    # about 60 passes over the official trainval split's ~3,300 training images.
     "full": {
-        "model": {"name": "deeplabv3plus", "backbone": "mobilenetv2", "encoder_weights": "imagenet",
+        "model": {"name": "deeplabv3plus", "encoder": "mobilenetv2", "encoder_weights": "imagenet",
                   "aspp_rates": (6, 12, 18), "bn_momentum": 0.99},
         "train": {
-            "img_size": 320, "batch_size": 32, "epochs": 60, "optimizer": "adamw", "learning_rate": 5e-4,
-            "weight_decay": 1e-4, "warmup_epochs": 2.0, "schedule": "cosine", "loss": "sce+dice",
-            "augment": True, "early_stopping_patience": 15, "mixed_precision": "float16",
+            "img_size": 320, "batch_size": 32, "budget_images": 200_000, "optimizer": "adamw",
+            "learning_rate": 5e-4, "weight_decay": 1e-4, "warmup_images": 6_400, "schedule": "cosine",
+            "loss": "sce+dice", "augment": True, "freeze_encoder_images": 10_000, "encoder_lr_multiplier": 0.1,
+            "early_stopping_patience": 15, "mixed_precision": "float16",
         },
         "eval": {"batch_size": 32},
     },
 }
+
+
+_ENCODER_FIELDS = {"model": ("encoder", "encoder_weights", "encoder_alpha"),
+                   "train": ("freeze_encoder_images", "encoder_lr_multiplier", "freeze_encoder_bn")}
+
+
+def _preset_for(preset: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Preset `preset`, less its encoder settings when `given` switches to a model that takes no encoder
+    (`--preset cpu-quick --model segnet` means segnet with cpu-quick's recipe)."""
+    base = PRESETS[preset]
+    name = (given.get("model") or {}).get("name")
+    if name is None or name in TAKES_ENCODER:
+        return base
+    return {section: ({k: v for k, v in values.items() if k not in _ENCODER_FIELDS.get(section, ())}
+                      if isinstance(values, dict) else values)
+            for section, values in base.items()}
 
 
 class ConfigError(ValueError):
@@ -277,11 +414,11 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
     """
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"preset: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    base = PRESETS.get(preset or "", {})
     over = {k: v for k, v in (overrides or {}).items() if v is not None}
     dotted = {k: v for k, v in over.items() if "." in k}
     nested = {k: v for k, v in over.items() if "." not in k}
-    merged = _deep_merge(_deep_merge(base, nested), _nest(dotted))
+    given = _deep_merge(nested, _nest(dotted))
+    merged = _deep_merge(_preset_for(preset, given) if preset else {}, given)
     merged["preset"] = preset
     try:
         return PipelineConfig.model_validate(merged)

@@ -9,8 +9,8 @@ from segpipe.fsutil import digest_json
 
 
 def run_identity(cfg: PipelineConfig) -> dict[str, Any]:
-    """The parts of the config that change what training produces."""
-    return {"model": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json")}
+    """The parts of the config that change what training produces; a weights file by its sha256, not its path."""
+    return {"model": cfg.model.cache_content(), "train": cfg.train.model_dump(mode="json")}
 
 
 def run_id_for(cfg: PipelineConfig, dataset_key: str, code: str) -> str:

@@ -6,7 +6,8 @@
 A run directory holds
 
     config.json          the full PipelineConfig
-    lineage.json         dataset key and manifest digest, code version, seed, library versions
+    lineage.json         dataset key and manifest digest, code version, seed, library versions,
+                         the run identity (encoder weights by sha256, never by path) and the plan
     model.keras          the best model so far by val_mean_iou (replaced atomically)
     best.json            epoch and score of model.keras
     history.csv          one row per completed epoch (epoch indices are 0-based, as in Keras)
@@ -17,6 +18,14 @@ A run directory holds
 Because the run id is derived from data + config + code, a killed or retried
 run lands in the same directory and resumes from its last completed epoch;
 a complete run is returned without training again.
+
+The run's length comes from its budget of images seen (`segpipe.budget`). A
+model on a pretrained encoder can keep the encoder frozen for the first
+`train.freeze_encoder_images` (whole epochs; its BatchNormalization then runs
+in inference mode) and fine-tune it afterwards at `train.encoder_lr_multiplier`
+times the learning rate. The optimizer is built once over every variable that
+will ever train, so unfreezing keeps the decoder's optimizer state and a resume
+in either phase restores the same variables.
 """
 
 from __future__ import annotations
@@ -39,6 +48,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+import time
+
+from segpipe.budget import TrainingPlan, progress_line, training_plan
 from segpipe.config import PipelineConfig, TrainConfig
 from segpipe.data.input import eval_dataset, num_examples, training_dataset
 from segpipe.fsutil import (
@@ -50,7 +62,10 @@ from segpipe.fsutil import (
     read_json,
     sha256_file,
 )
+from segpipe.kerascompat import variable_key
 from segpipe.layout import MANIFEST
+from segpipe.models.encoders import encoder_of
+from segpipe.models.weights import weights_identity
 from segpipe.runs import run_id_for  # noqa: F401  (re-exported)
 from segpipe.runs import run_identity as _identity
 
@@ -132,20 +147,47 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def build_optimizer(train_cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam or AdamW with the warm-up + cosine/constant schedule of `train_cfg`."""
+class _ScaledLearningRate:
+    """Optimizer mixin: the variables given to `scale_learning_rate` step at `multiplier` x the rate."""
+
+    _scaled_keys: frozenset[Any] = frozenset()
+    _multiplier: float = 1.0
+
+    def scale_learning_rate(self, variables: list[Any], multiplier: float) -> None:
+        """Call after `build`; `variables` must be among those the optimizer was built with."""
+        self._scaled_keys = frozenset(variable_key(self, v) for v in variables)
+        self._multiplier = float(multiplier)
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> Any:
+        if self._multiplier != 1.0 and variable_key(self, variable) in self._scaled_keys:
+            learning_rate = learning_rate * self._multiplier
+        return super().update_step(gradient, variable, learning_rate)  # type: ignore[misc]
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class FineTuneAdam(_ScaledLearningRate, keras.optimizers.Adam):
+    """Adam whose encoder variables step at a multiple of the learning rate."""
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class FineTuneAdamW(_ScaledLearningRate, keras.optimizers.AdamW):
+    """AdamW whose encoder variables step at a multiple of the learning rate (weight decay is not scaled)."""
+
+
+def build_optimizer(train_cfg: TrainConfig, plan: TrainingPlan) -> keras.optimizers.Optimizer:
+    """Adam or AdamW with the warm-up + cosine/constant schedule of `train_cfg` over `plan`'s steps."""
     schedule = WarmupCosineDecay(
         train_cfg.learning_rate,
-        warmup_steps=round(train_cfg.warmup_epochs * steps_per_epoch),
-        total_steps=train_cfg.epochs * steps_per_epoch,
+        warmup_steps=plan.warmup_steps,
+        total_steps=plan.total_steps,
         decay=train_cfg.schedule,
     )
     ema: dict[str, Any] = (
         {"use_ema": True, "ema_momentum": train_cfg.ema_momentum} if train_cfg.ema_momentum is not None else {}
     )
     if train_cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=train_cfg.weight_decay, **ema)
-    return keras.optimizers.Adam(learning_rate=schedule, **ema)
+        return FineTuneAdamW(learning_rate=schedule, weight_decay=train_cfg.weight_decay, **ema)
+    return FineTuneAdam(learning_rate=schedule, **ema)
 
 
 PRECISION_POLICIES = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
@@ -287,16 +329,42 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping that replays the monitored values of epochs completed before a resume."""
+    """EarlyStopping that replays the monitored values of epochs completed before this `fit`.
 
-    def __init__(self, prior_values: list[float], **kwargs: Any):
+    `prior_values` is a list, or a callable read at the start of each fit (a run
+    in two phases calls fit twice; the second replays the first's epochs).
+    """
+
+    def __init__(self, prior_values: list[float] | Callable[[], list[float]], **kwargs: Any):
         super().__init__(**kwargs)
-        self.prior_values = list(prior_values)
+        self.prior_values = prior_values
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_begin(logs)
-        for epoch, value in enumerate(self.prior_values):
+        prior = self.prior_values() if callable(self.prior_values) else self.prior_values
+        for epoch, value in enumerate(prior):
             self.on_epoch_end(epoch, {self.monitor: value})
+
+
+class BudgetProgress(keras.callbacks.Callback):
+    """Time each epoch; `line(epoch)` reports progress against the budget and an ETA."""
+
+    def __init__(self, plan: TrainingPlan) -> None:
+        super().__init__()
+        self.plan = plan
+        self._durations: list[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._durations.append(time.monotonic() - self._started)
+
+    def line(self, epoch: int) -> str:
+        recent = self._durations[-5:]  # the first epoch includes tracing; later ones say more
+        per_epoch = sum(recent) / len(recent) if recent else None
+        return progress_line(self.plan, epoch, per_epoch)
 
 
 # --------------------------------------------------------------------------- run-directory helpers
@@ -339,33 +407,41 @@ def _backup_epoch(backup_dir: Path) -> int:
 
 
 def _check_same_run(run_dir: Path, identity: dict[str, Any], dataset_key: str) -> None:
-    """Refuse a run directory that holds a run of another config or dataset."""
-    config_path, lineage_path = run_dir / CONFIG_FILE, run_dir / LINEAGE_FILE
-    if config_path.is_file():
-        old = read_json(config_path)
-        old_identity = {"model": old.get("model"), "train": old.get("train")}
-        if old_identity != identity:
-            raise ValueError(
-                f"run_dir {run_dir} holds a run with a different model/train config; "
-                "use run_id_for(cfg, dataset_key, code) to name run directories"
-            )
-    if lineage_path.is_file() and read_json(lineage_path).get("dataset_key") != dataset_key:
+    """Refuse a run directory that holds a run of another config or dataset.
+
+    Compared by identity (encoder weights by sha256), so a weights file that moved still resumes its run.
+    """
+    lineage_path = run_dir / LINEAGE_FILE
+    if not lineage_path.is_file():
+        return
+    lineage = read_json(lineage_path)
+    if "identity" in lineage and lineage["identity"] != identity:
+        raise ValueError(
+            f"run_dir {run_dir} holds a run with a different model/train config; "
+            "use run_id_for(cfg, dataset_key, code) to name run directories"
+        )
+    if lineage.get("dataset_key") != dataset_key:
         raise ValueError(f"run_dir {run_dir} holds a run on another dataset than {dataset_key!r}")
 
 
 def _write_lineage(
-    run_dir: Path, cfg: PipelineConfig, dataset_dir: Path, dataset_key: str, resumed: int, dtype_policy: str
+    run_dir: Path, cfg: PipelineConfig, dataset_dir: Path, dataset_key: str, resumed: int, dtype_policy: str,
+    identity: dict[str, Any], plan: TrainingPlan,
 ) -> None:
     path = run_dir / LINEAGE_FILE
     old = read_json(path) if path.is_file() else {}
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(path, {
         "run_id": run_dir.name,
+        "identity": identity,
         "dataset_key": dataset_key,
         "dataset_dir": str(dataset_dir),
         "dataset_manifest_sha256": sha256_file(dataset_dir / MANIFEST),
         "code_version": code_version(),
         "seed": cfg.train.seed,
+        "encoder": cfg.model.encoder,
+        "encoder_weights": weights_identity(cfg.model.encoder_weights),
+        "plan": plan.to_json(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
@@ -444,7 +520,8 @@ def train(
     """Train `cfg.model` on `dataset_dir` into `run_dir`; resume a killed run; return a complete one as is.
 
     `on_epoch_end(epoch, logs)` is called after each epoch is fully saved
-    (0-based epoch, logs with loss, mean_iou, pixel_accuracy and their val_ versions).
+    (0-based epoch, logs with loss, mean_iou, pixel_accuracy and their val_ versions,
+    and `progress`: the epoch against the budget with an ETA, as text).
     """
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
     manifest_path = dataset_dir / MANIFEST
@@ -453,7 +530,10 @@ def train(
     dataset_key = read_json(manifest_path).get("dataset_key") or dataset_dir.name
     n_train, n_val = num_examples(dataset_dir, "train"), num_examples(dataset_dir, "val")
     if n_train == 0:
-        raise ValueError(f"dataset {dataset_dir}: the train split has 0 examples")
+        raise ValueError(
+            f"dataset {dataset_dir}: the train split has 0 examples; training needs a train split "
+            "(prepare the data with --split random or official archives whose trainval.txt lists images)"
+        )
     if n_val == 0:
         raise ValueError(
             f"dataset {dataset_dir}: the val split has 0 examples; training needs validation examples "
@@ -461,6 +541,7 @@ def train(
         )
 
     identity = _identity(cfg)
+    plan = training_plan(cfg.train, n_train)
     run_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(run_dir / ".lock"):
         _check_same_run(run_dir, identity, dataset_key)
@@ -475,35 +556,84 @@ def train(
         _truncate_history(run_dir / HISTORY_FILE, resumed)
         atomic_write_json(run_dir / CONFIG_FILE, cfg.model_dump(mode="json"))
         policy = precision_policy(cfg.train.mixed_precision)
-        _write_lineage(run_dir, cfg, dataset_dir, dataset_key, resumed, policy)
+        _write_lineage(run_dir, cfg, dataset_dir, dataset_key, resumed, policy, identity, plan)
         if resumed:
             log.info("resuming %s after epoch %d", run_dir, resumed)
 
         previous_policy = keras.mixed_precision.global_policy()
         try:
             keras.mixed_precision.set_global_policy(policy)
-            stop_reason = _fit(cfg, dataset_dir, run_dir, n_train, on_epoch_end, verbose)
+            stop_reason = _fit(cfg, dataset_dir, run_dir, plan, resumed, on_epoch_end, verbose)
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
 
-        summary = _summarise(cfg, dataset_dir, run_dir, dataset_key, identity, resumed, stop_reason)
+        summary = _summarise(cfg, dataset_dir, run_dir, dataset_key, identity, resumed, stop_reason, plan)
         atomic_write_json(summary_path, summary)
         shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
         return _result_from_summary(run_dir, summary, cached=False)
+
+
+def _build_and_compile(cfg: PipelineConfig, plan: TrainingPlan) -> tuple[keras.Model, Callable[[bool], None]]:
+    """The model and a `compile_phase(encoder_frozen)` that sets the encoder's state and (re)compiles.
+
+    The optimizer is built here over every variable that will ever train, so a
+    phase change keeps its state and a backup holds the same variables in both phases.
+    """
+    from segpipe.losses import build_loss
+    from segpipe.models import build_model
+
+    t = cfg.train
+    model = build_model(cfg.model.name, (t.img_size, t.img_size, 3), NUM_CLASSES, **cfg.model.params())
+    encoder = encoder_of(model)
+    optimizer = build_optimizer(t, plan)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)  # everything trainable: the encoder is not frozen yet
+    if encoder is not None and t.encoder_lr_multiplier != 1.0:
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        inner.scale_learning_rate(encoder.trainable_variables, t.encoder_lr_multiplier)
+    loss = build_loss(t.loss, num_classes=NUM_CLASSES, dice_weight=t.dice_weight,
+                      focal_gamma=t.focal_gamma, class_weights=t.class_weights)
+
+    def compile_phase(encoder_frozen: bool) -> None:
+        if encoder is not None:
+            set_encoder_trainable(encoder, not encoder_frozen, batch_norm=not (encoder_frozen or t.freeze_encoder_bn))
+        model.compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=[
+                keras.metrics.MeanIoU(num_classes=NUM_CLASSES, sparse_y_pred=False, name="mean_iou"),
+                keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
+            ],
+            jit_compile=t.jit_compile,
+        )
+
+    return model, compile_phase
+
+
+def set_encoder_trainable(encoder: keras.Model, trainable: bool, *, batch_norm: bool) -> None:
+    """Freeze or unfreeze `encoder`; a BatchNormalization layer that is not trainable runs in inference mode
+    (Keras 3), so a frozen encoder keeps its statistics too. `batch_norm=False` keeps BN frozen when unfrozen."""
+    encoder.trainable = trainable
+    if trainable and not batch_norm:
+        for layer in encoder.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
 
 
 def _fit(
     cfg: PipelineConfig,
     dataset_dir: Path,
     run_dir: Path,
-    n_train: int,
+    plan: TrainingPlan,
+    resumed: int,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None,
     verbose: int | None,
 ) -> str:
-    """Build, compile and fit; return why training stopped: completed, early_stopping or nan."""
+    """Build, compile and fit, in a frozen-encoder phase first when the plan has one; return why
+    training stopped: completed, early_stopping or nan."""
     t = cfg.train
     keras.utils.set_random_seed(t.seed)
-    steps = t.steps_per_epoch or math.ceil(n_train / t.batch_size)
     # Endless, with steps_per_epoch given to fit: fit then keeps ONE iterator for the whole run instead of
     # starting a new one every epoch (each start re-optimises the augmenting map: ~45 ms of CPU per epoch,
     # and the prefetch buffers start empty; see BENCHMARKS.md, input pipeline).
@@ -513,27 +643,16 @@ def _fit(
     )
     val_ds = eval_dataset(dataset_dir, "val", img_size=t.img_size, batch_size=t.batch_size)
 
-    from segpipe.losses import build_loss
-    from segpipe.models import build_model
-
     with _strategy().scope():
-        model = build_model(cfg.model.name, (t.img_size, t.img_size, 3), NUM_CLASSES, **cfg.model.params())
-        model.compile(
-            optimizer=build_optimizer(t, steps),
-            loss=build_loss(t.loss, num_classes=NUM_CLASSES, dice_weight=t.dice_weight,
-                            focal_gamma=t.focal_gamma, class_weights=t.class_weights),
-            metrics=[
-                keras.metrics.MeanIoU(num_classes=NUM_CLASSES, sparse_y_pred=False, name="mean_iou"),
-                keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
-            ],
-            jit_compile=t.jit_compile,
-        )
+        model, compile_phase = _build_and_compile(cfg, plan)
 
     history_path = run_dir / HISTORY_FILE
     early = None
     averaged = AveragedWeights() if t.ema_momentum is not None else None
+    progress = BudgetProgress(plan)
     callbacks: list[keras.callbacks.Callback] = [
         LearningRateLogger(),  # first: the callbacks below see logs["learning_rate"]
+        progress,
         *([averaged] if averaged is not None else []),  # validation on the averaged weights
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(history_path), append=True),
@@ -541,21 +660,36 @@ def _fit(
         BestModelCheckpoint(run_dir / MODEL_FILE, run_dir / BEST_FILE, weights=averaged),
     ]
     if t.early_stopping_patience > 0:
-        prior = [row[MONITOR] for row in read_history(history_path) if MONITOR in row]
-        early = ResumableEarlyStopping(prior, monitor=MONITOR, mode="max", patience=t.early_stopping_patience)
+        early = ResumableEarlyStopping(
+            lambda: [row[MONITOR] for row in read_history(history_path) if MONITOR in row],
+            monitor=MONITOR, mode="max", patience=t.early_stopping_patience,
+        )
         callbacks.append(early)
     # Last but one: an epoch counts as done for a resume only once everything above is written.
     callbacks.append(AtomicBackupAndRestore(str(run_dir / BACKUP_DIR), save_freq="epoch", delete_checkpoint=False))
     if on_epoch_end is not None:
         callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: on_epoch_end(epoch, {k: float(v) for k, v in (logs or {}).items()})
+            on_epoch_end=lambda epoch, logs: on_epoch_end(
+                epoch, {**{k: float(v) for k, v in (logs or {}).items()}, "progress": progress.line(epoch)}
+            )
         ))
 
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=t.epochs, steps_per_epoch=steps, shuffle=False,
-        callbacks=callbacks, verbose=_default_verbose() if verbose is None else verbose,
-    )
-    losses = history.history.get("loss", [])
+    # Phases: (encoder frozen?, last epoch). A resume past the frozen phase goes straight to the second.
+    phases = [(True, plan.frozen_epochs)] if resumed < plan.frozen_epochs else []
+    if plan.frozen_epochs < plan.epochs:
+        phases.append((False, plan.epochs))
+    losses: list[float] = []
+    for frozen, end_epoch in phases:
+        compile_phase(frozen)
+        if frozen or plan.frozen_epochs:
+            log.info("epochs up to %d: encoder %s", end_epoch, "frozen" if frozen else "fine-tuned")
+        history = model.fit(
+            train_ds, validation_data=val_ds, epochs=end_epoch, steps_per_epoch=plan.steps_per_epoch,
+            shuffle=False, callbacks=callbacks, verbose=_default_verbose() if verbose is None else verbose,
+        )
+        losses += history.history.get("loss", [])
+        if (losses and not math.isfinite(losses[-1])) or (early is not None and early.stopped_epoch > 0):
+            break
     if losses and not math.isfinite(losses[-1]):
         return "nan"
     if early is not None and early.stopped_epoch > 0:
@@ -565,7 +699,7 @@ def _fit(
 
 def _summarise(
     cfg: PipelineConfig, dataset_dir: Path, run_dir: Path, dataset_key: str, identity: dict[str, Any],
-    resumed: int, stop_reason: str,
+    resumed: int, stop_reason: str, plan: TrainingPlan,
 ) -> dict[str, Any]:
     """train_summary.json: best epoch and score, epochs completed, and the inference-mode check."""
     model_path, best_path = run_dir / MODEL_FILE, run_dir / BEST_FILE
@@ -593,7 +727,9 @@ def _summarise(
         "dataset_key": dataset_key,
         "run_id": run_dir.name,
         "epochs_completed": len(history),
-        "epochs_planned": cfg.train.epochs,
+        "epochs_planned": plan.epochs,
+        "images_seen": len(history) * plan.images_per_epoch,
+        "budget_images": plan.budget_images,
         "best_epoch": int(best["epoch"]),
         "best_val_mean_iou": float(best["value"]),
         "resumed_from_epoch": resumed,

@@ -17,8 +17,9 @@ from tasks.caching import ContentKey, retry_if_transient
 from tasks.data import DatasetRef
 
 TRAIN_MODULES = (
-    "segpipe.training", "segpipe.runs", "segpipe.losses", "segpipe.data.input", "segpipe.models.registry", "segpipe.models.layers",
-    *sorted({module for module, _ in BUILDERS.values()}),
+    "segpipe.training", "segpipe.budget", "segpipe.runs", "segpipe.losses", "segpipe.data.input",
+    "segpipe.kerascompat", "segpipe.models.registry", "segpipe.models.layers", "segpipe.models.encoders",
+    "segpipe.models.weights", *sorted({module for module, _ in BUILDERS.values()}),
 )
 
 
@@ -65,7 +66,8 @@ def train(dataset: DatasetRef, model: ModelConfig, train: TrainConfig, work_dir:
     logger.info("training %s on dataset %s into %s", model.name, dataset.dataset_key, run_dir)
 
     def log_epoch(epoch: int, logs: dict) -> None:
-        logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())))
+        progress = logs.pop("progress", f"epoch {epoch + 1}")
+        logger.info("%s: %s", progress, ", ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())))
 
     result = training.train(cfg, Path(dataset.path), run_dir, on_epoch_end=log_epoch)
     if result.resumed_from_epoch:

@@ -25,7 +25,8 @@ def test_overrides_dotted_and_nested():
 
 
 def test_none_overrides_are_ignored():
-    assert build_config("tiny", {"train.epochs": None}).train.epochs == PRESETS["tiny"]["train"]["epochs"]
+    cfg = build_config("tiny", {"train.epochs": None})
+    assert cfg.train.epochs is None and cfg.train.budget_images == PRESETS["tiny"]["train"]["budget_images"]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import tensorflow as tf
 from segpipe.config import ModelConfig
 from segpipe.losses import build_loss
 from segpipe.models import MODEL_NAMES, build_model
-from segpipe.models.deeplabv3plus import build_backbone
+from segpipe.models.encoders import build_application
 from segpipe.models.layers import BackbonePreprocess, MaxPoolingWithArgmax2D, MaxUnpooling2D
 
 SHAPE = (32, 48, 3)  # non-square on purpose
@@ -22,7 +22,7 @@ SHAPE = (32, 48, 3)  # non-square on purpose
 TINY: dict[str, dict] = {
     "xception_unet": {},
     "unet": {"base_filters": 4, "depth": 2, "dropout": 0.2},
-    "deeplabv3plus": {"backbone_alpha": 0.35, "aspp_filters": 16, "aspp_rates": (1, 2), "dropout": 0.1},
+    "deeplabv3plus": {"encoder_alpha": 0.35, "aspp_filters": 16, "aspp_rates": (1, 2), "dropout": 0.1},
     "segnet": {"base_filters": 4, "depth": 2, "dropout": 0.2},
 }
 # A size that breaks each model's divisor rule at SHAPE's height.
@@ -98,7 +98,7 @@ def test_deeplab_needs_at_least_32_pixels():
         ("unet", {"base_filters": 0, "depth": 1}, "base_filters"),
         ("unet", {"depth": 1, "dropout": 1.5}, "dropout"),
         ("xception_unet", {"bn_momentum": 1.0}, "bn_momentum"),
-        ("deeplabv3plus", {"backbone": "vgg16"}, "backbone"),
+        ("deeplabv3plus", {"encoder": "vgg16"}, "encoder"),
         ("deeplabv3plus", {"aspp_rates": ()}, "aspp_rates"),
         ("deeplabv3plus", {"aspp_rates": (6, 0)}, "aspp_rates"),
     ],
@@ -195,14 +195,14 @@ def test_max_pooling_with_argmax_and_unpooling():
 
 def _randomised_backbone(seed: int) -> keras.Model:
     """A tiny MobileNetV2 backbone with every weight (BN statistics too) set to random values."""
-    src = build_backbone("mobilenetv2", (32, 32, 3), alpha=0.35)
+    src = build_application("mobilenetv2", (32, 32, 3), alpha=0.35)
     rng = np.random.default_rng(seed)
     src.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in src.get_weights()])
     return src
 
 
 def _assert_backbone_equals(model: keras.Model, src: keras.Model) -> None:
-    backbone = model.get_layer("mobilenetv2_backbone")
+    backbone = model.get_layer("encoder")
     weighted = [layer for layer in backbone.layers if layer.weights]
     assert len(weighted) > 50
     for layer in weighted:
@@ -250,7 +250,7 @@ def test_encoder_weights_wrong_file_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_encoder_weights_for_another_alpha_is_a_clear_error(tmp_path):
     other_alpha = tmp_path / "alpha05.weights.h5"
-    build_backbone("mobilenetv2", (32, 32, 3), alpha=0.5).save_weights(other_alpha)
+    build_application("mobilenetv2", (32, 32, 3), alpha=0.5).save_weights(other_alpha)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match=r"could not load .*alpha=0\.35"):
@@ -260,7 +260,7 @@ def test_encoder_weights_for_another_alpha_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_deeplab_resnet50_builds_trains_and_round_trips(tmp_path):
     keras.utils.set_random_seed(4)
-    params = {**tiny_params("deeplabv3plus"), "backbone": "resnet50"}
+    params = {**tiny_params("deeplabv3plus"), "encoder": "resnet50", "encoder_alpha": 1.0}
     model = build_model("deeplabv3plus", SHAPE, 3, **params)
     assert model.name == "deeplabv3plus_resnet50"
     assert model.get_layer("preprocess").mode == "caffe"

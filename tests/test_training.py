@@ -16,6 +16,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from segpipe.budget import training_plan  # noqa: E402
 from segpipe.config import build_config  # noqa: E402
 from segpipe.fsutil import read_json, sha256_file  # noqa: E402
 from segpipe.training import (  # noqa: E402
@@ -60,7 +61,7 @@ class Interrupt(Exception):
 
 @pytest.fixture(scope="module")
 def run(dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    cfg = tiny_cfg(epochs=3, augment=True, warmup_epochs=1.0, early_stopping_patience=5)
+    cfg = tiny_cfg(epochs=3, augment=True, warmup_images=12, early_stopping_patience=5)
     run_dir = tmp_path_factory.mktemp("runs") / run_id_for(cfg, "tiny-train-ds", "test")
     first: list[tuple[int, dict]] = []
 
@@ -171,7 +172,7 @@ def test_complete_run_is_returned_without_training(run: dict, dataset_dir: Path)
 
 
 def test_another_config_in_the_same_run_dir_is_refused(run: dict, dataset_dir: Path) -> None:
-    other = tiny_cfg(epochs=3, augment=True, warmup_epochs=1.0, early_stopping_patience=5, learning_rate=0.5)
+    other = tiny_cfg(epochs=3, augment=True, warmup_images=12, early_stopping_patience=5, learning_rate=0.5)
     with pytest.raises(ValueError, match="different model/train config"):
         train(other, dataset_dir, run["run_dir"], verbose=0)
 
@@ -233,15 +234,15 @@ def test_lr_schedule_serialises_and_optimizer_uses_config() -> None:
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(s))
     assert isinstance(restored, WarmupCosineDecay) and restored.get_config() == s.get_config()
 
-    cfg = build_config("tiny", {"train": {"epochs": 4, "warmup_epochs": 1.5, "optimizer": "adamw",
+    cfg = build_config("tiny", {"train": {"epochs": 4, "batch_size": 4, "warmup_images": 60, "optimizer": "adamw",
                                           "learning_rate": 0.01, "weight_decay": 0.05}})
-    opt = build_optimizer(cfg.train, steps_per_epoch=10)
+    opt = build_optimizer(cfg.train, training_plan(cfg.train, n_train=40))  # 10 steps of 4 per epoch
     assert isinstance(opt, keras.optimizers.AdamW) and opt.weight_decay == pytest.approx(0.05)
     sched = opt.learning_rate if isinstance(opt.learning_rate, WarmupCosineDecay) else opt._learning_rate
     assert sched.get_config() == {"peak_learning_rate": 0.01, "warmup_steps": 15, "total_steps": 40, "decay": "cosine"}
     restored_opt = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
     assert float(restored_opt._learning_rate(15)) == pytest.approx(0.01)
-    assert isinstance(build_optimizer(tiny_cfg().train, 3), keras.optimizers.Adam)
+    assert isinstance(build_optimizer(tiny_cfg().train, training_plan(tiny_cfg().train, 12)), keras.optimizers.Adam)
 
 
 def _tiny_model(bias: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> keras.Model:
@@ -273,9 +274,9 @@ def test_best_checkpoint_is_atomic_and_remembers_the_best(tmp_path: Path) -> Non
 
 
 def test_ema_validates_and_checkpoints_the_averaged_weights_and_trains_on_the_raw_ones(tmp_path: Path) -> None:
-    cfg = build_config("tiny", {"train": {"ema_momentum": 0.5, "learning_rate": 0.1, "warmup_epochs": 0.0}})
+    cfg = build_config("tiny", {"train": {"ema_momentum": 0.5, "learning_rate": 0.1, "warmup_images": 0}})
     model = _tiny_model()
-    opt = build_optimizer(cfg.train, steps_per_epoch=4)
+    opt = build_optimizer(cfg.train, training_plan(cfg.train, n_train=16))
     assert opt.use_ema and opt.ema_momentum == pytest.approx(0.5)
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)

@@ -1,30 +1,23 @@
-"""DeepLabV3+ (Chen et al., 2018) on a keras.applications backbone.
+"""DeepLabV3+ (Chen et al., 2018): ASPP + decoder on a pretrained encoder from `encoders.py`.
 
-    image [0, 1] -> BackbonePreprocess -> backbone -> low-level (/4), high-level (/16) features
+    image [0, 1] -> BackbonePreprocess -> encoder -> low-level (/4), high-level (/16) features
     high -> ASPP [1x1 | atrous separable 3x3 at each rate | image pooling] -> concat -> 1x1 -> dropout
          -> bilinear x4 -> concat with 1x1 (48) projection of low -> 2 x separable 3x3 -> bilinear x4
          -> 1x1 + float32 softmax
 
-Backbones: "mobilenetv2" (low 'block_3_expand_relu', high 'block_13_expand_relu', inputs
-mapped to [-1, 1]) and "resnet50" (low 'conv2_block3_2_relu', high 'conv4_block6_2_relu',
-Caffe-style BGR mean subtraction). The backbone sits in the model as one nested
-sub-model named "<backbone>_backbone".
-
-`encoder_weights`: None (random init), "imagenet" (keras.applications downloads the
-weights; needs internet or a primed ~/.keras cache) or the path of a weights file of the
-full keras.applications backbone built with include_top=False, e.g. what
-`build_backbone("mobilenetv2", shape, weights="imagenet").save_weights("mnv2.weights.h5")`
-writes, or keras' own "..._no_top.h5" download.
+The encoder ("mobilenetv2", "resnet50", "efficientnetb0"; see `encoders.ENCODERS`) sits in the
+model as one nested sub-model named "encoder", with its input preprocessing matched to it.
+`encoder_weights`: None, "imagenet" or the path of a weights file, as `build_encoder` takes them.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import keras
 from keras import layers
 
+from segpipe.models.encoders import ENCODER_NAMES, ENCODERS, build_encoder
 from segpipe.models.layers import (
     BackbonePreprocess,
     check_common,
@@ -34,51 +27,7 @@ from segpipe.models.layers import (
 )
 from segpipe.models.registry import check_input_size
 
-# backbone -> (low-level /4 layer, high-level /16 layer, BackbonePreprocess mode)
-BACKBONES: dict[str, tuple[str, str, str]] = {
-    "mobilenetv2": ("block_3_expand_relu", "block_13_expand_relu", "tf"),
-    "resnet50": ("conv2_block3_2_relu", "conv4_block6_2_relu", "caffe"),
-}
 LOW_LEVEL_FILTERS = 48
-
-
-def build_backbone(
-    backbone: str, input_shape: tuple[int, int, int], weights: str | None = None, alpha: float = 1.0
-) -> keras.Model:
-    """The whole keras.applications backbone (include_top=False); `weights` as keras.applications."""
-    if backbone == "mobilenetv2":
-        return keras.applications.MobileNetV2(
-            input_shape=input_shape, alpha=alpha, include_top=False, weights=weights
-        )
-    if backbone == "resnet50":
-        return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
-    raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
-
-
-def _load_backbone(
-    backbone: str, input_shape: tuple[int, int, int], encoder_weights: str | None, alpha: float
-) -> keras.Model:
-    """The backbone with its weights, cut to a model returning (low-level, high-level) features."""
-    if encoder_weights is None or encoder_weights == "imagenet":
-        model = build_backbone(backbone, input_shape, weights=encoder_weights, alpha=alpha)
-    else:
-        path = Path(encoder_weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"encoder_weights: no such file {str(path)!r}; expected None, 'imagenet' or the path of a "
-                f".h5/.weights.h5 file holding {backbone} backbone weights (include_top=False)"
-            )
-        model = build_backbone(backbone, input_shape, weights=None, alpha=alpha)
-        try:
-            model.load_weights(str(path))
-        except Exception as exc:  # keras raises ValueError/KeyError/OSError for foreign files
-            raise ValueError(
-                f"encoder_weights: could not load {str(path)!r} into the {backbone} backbone"
-                f"{f' (alpha={alpha})' if backbone == 'mobilenetv2' else ''}: {exc}"
-            ) from exc
-    low_name, high_name, _ = BACKBONES[backbone]
-    outputs = [model.get_layer(low_name).output, model.get_layer(high_name).output]
-    return keras.Model(model.input, outputs, name=f"{backbone}_backbone")
 
 
 def aspp(x: Any, rates: tuple[int, ...], filters: int, bn_momentum: float, dropout: float) -> Any:
@@ -104,21 +53,21 @@ def build_deeplabv3plus(
     input_shape: tuple[int, int, int] = (320, 320, 3),
     num_classes: int = 3,
     *,
-    backbone: str = "mobilenetv2",
+    encoder: str = "mobilenetv2",
     encoder_weights: str | None = None,
+    encoder_alpha: float = 1.0,
     aspp_rates: tuple[int, ...] = (6, 12, 18),
     bn_momentum: float = 0.99,
     dropout: float = 0.0,
-    backbone_alpha: float = 1.0,
     aspp_filters: int = 256,
     **_ignored: Any,
 ) -> keras.Model:
     """DeepLabV3+; height and width must be multiples of 16 and at least 32."""
     input_shape = check_common(input_shape, num_classes, bn_momentum)
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+    if encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {', '.join(ENCODER_NAMES)}, got {encoder!r}")
     if input_shape[2] != 3:
-        raise ValueError(f"input_shape must have 3 (RGB) channels for a {backbone} backbone, got {input_shape!r}")
+        raise ValueError(f"input_shape must have 3 (RGB) channels for a {encoder} encoder, got {input_shape!r}")
     rates = tuple(aspp_rates)
     if not rates or any(not isinstance(r, int) or r < 1 for r in rates) or len(set(rates)) != len(rates):
         raise ValueError(f"aspp_rates must be distinct positive ints, got {aspp_rates!r}")
@@ -128,9 +77,9 @@ def build_deeplabv3plus(
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     check_input_size("deeplabv3plus", input_shape[:2])
 
-    features = _load_backbone(backbone, input_shape, encoder_weights, backbone_alpha)
+    features = build_encoder(encoder, input_shape, encoder_weights, alpha=encoder_alpha, strides=(4, 16))
     inputs = keras.Input(shape=input_shape, name="image")
-    x = BackbonePreprocess(BACKBONES[backbone][2], name="preprocess")(inputs)
+    x = BackbonePreprocess(ENCODERS[encoder].preprocess, name="preprocess")(inputs)
     low, high = features(x)
 
     x = aspp(high, rates, aspp_filters, bn_momentum, dropout)
@@ -142,4 +91,4 @@ def build_deeplabv3plus(
     x = layers.UpSampling2D(4, interpolation="bilinear", name="output_upsample4")(x)
 
     outputs = softmax_head(x, num_classes, kernel_size=1)
-    return keras.Model(inputs, outputs, name=f"deeplabv3plus_{backbone}")
+    return keras.Model(inputs, outputs, name=f"deeplabv3plus_{encoder}")

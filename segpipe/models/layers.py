@@ -1,8 +1,8 @@
 """Building blocks shared by the segpipe models.
 
 Input convention for every segpipe model: float32 RGB images scaled to
-[0, 1], shape (B, H, W, 3). Models that need another range (the DeepLabV3+
-backbones) convert inside the model with `BackbonePreprocess`, so a saved
+[0, 1], shape (B, H, W, 3). Models that need another range (those on a
+pretrained encoder) convert inside the model with `BackbonePreprocess`, so a saved
 `.keras` file is self-contained. Every model ends in a float32 softmax, so
 its output is float32 probabilities even under mixed precision.
 
@@ -99,9 +99,10 @@ class BackbonePreprocess(layers.Layer):
 
     mode="tf":    x * 2 - 1                      (MobileNetV2: [-1, 1])
     mode="caffe": RGB -> BGR, x * 255 - ImageNet mean  (ResNet50)
+    mode="scale255": x * 255                     (EfficientNet: it rescales and normalises inside itself)
     """
 
-    MODES = ("tf", "caffe")
+    MODES = ("tf", "caffe", "scale255")
 
     def __init__(self, mode: str = "tf", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -113,6 +114,8 @@ class BackbonePreprocess(layers.Layer):
         x = ops.cast(inputs, self.compute_dtype)
         if self.mode == "tf":
             return x * 2.0 - 1.0
+        if self.mode == "scale255":
+            return x * 255.0
         mean = ops.cast(ops.convert_to_tensor(CAFFE_BGR_MEAN), self.compute_dtype)
         return ops.flip(x, axis=-1) * 255.0 - mean
 

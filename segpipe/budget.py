@@ -1,0 +1,82 @@
+"""A training run's length from its budget of images seen: importable without TensorFlow.
+
+    plan = training_plan(cfg.train, n_train=270)
+    plan.epochs, plan.steps_per_epoch, plan.warmup_steps, plan.frozen_epochs
+
+Presets state their length in training images seen (`train.budget_images`), and
+warm-up and encoder freezing in the same unit, so one preset costs about the
+same on 300 or 7,390 images. An epoch is `steps_per_epoch` batches (about one
+pass over the train split); the run is the whole number of epochs that covers
+the budget. `train.epochs` overrides the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from segpipe.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    steps_per_epoch: int
+    epochs: int
+    batch_size: int
+    budget_images: int  # what the config asked for (epochs * images_per_epoch when `epochs` overrides it)
+    warmup_steps: int
+    frozen_epochs: int  # leading epochs with the encoder frozen (0: never frozen)
+
+    @property
+    def images_per_epoch(self) -> int:
+        return self.steps_per_epoch * self.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def total_images(self) -> int:
+        return self.epochs * self.images_per_epoch
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "images_per_epoch": self.images_per_epoch, "total_steps": self.total_steps,
+                "total_images": self.total_images}
+
+
+def training_plan(train: TrainConfig, n_train: int) -> TrainingPlan:
+    """Epochs, steps and phase boundaries of `train` on a train split of `n_train` examples."""
+    if n_train < 1:
+        raise ValueError(f"n_train must be >= 1 to plan training, got {n_train}")
+    steps = train.steps_per_epoch or math.ceil(n_train / train.batch_size)
+    per_epoch = steps * train.batch_size
+    epochs = train.epochs if train.epochs is not None else max(1, math.ceil(train.budget_images / per_epoch))
+    frozen = min(epochs, math.ceil(train.freeze_encoder_images / per_epoch))
+    return TrainingPlan(
+        steps_per_epoch=steps,
+        epochs=epochs,
+        batch_size=train.batch_size,
+        budget_images=train.budget_images if train.epochs is None else epochs * per_epoch,
+        warmup_steps=math.ceil(train.warmup_images / train.batch_size),
+        frozen_epochs=frozen,
+    )
+
+
+def format_duration(seconds: float) -> str:
+    """`42 s`, `4 min 10 s`, `2 h 05 min`."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def progress_line(plan: TrainingPlan, epoch: int, seconds_per_epoch: float | None) -> str:
+    """`epoch 3/15, 816/4,080 images (20%), ETA 4 min 10 s` after 0-based `epoch` completed."""
+    done = (epoch + 1) * plan.images_per_epoch
+    line = f"epoch {epoch + 1}/{plan.epochs}, {done:,}/{plan.total_images:,} images ({100 * done / plan.total_images:.0f}%)"
+    if seconds_per_epoch is not None:
+        line += f", ETA {format_duration(seconds_per_epoch * (plan.epochs - epoch - 1))}"
+    return line

@@ -1,0 +1,161 @@
+"""Pretrained image encoders from `keras.applications`, a registry by name.
+
+    encoder = build_encoder("mobilenetv2", (160, 160, 3), weights="imagenet")
+    f2, f4, f8, f16, f32 = encoder(preprocessed_images)     # strides 2, 4, 8, 16, 32
+
+An encoder is the keras.applications model (include_top=False) cut to return its
+feature maps at the requested output strides; it sits in a segmentation model as
+one nested sub-model named "encoder", so training can freeze it as a unit
+(`encoder_of(model)`). The decoders (`unet`, `deeplabv3plus`) take the features,
+and `BackbonePreprocess(ENCODERS[name].preprocess)` maps segpipe's [0, 1] RGB
+input to the range the encoder was trained on, inside the model.
+
+`weights`: None (random init), "imagenet" (Keras' own download and cache,
+`$KERAS_HOME/models`, so a primed cache works offline) or the path of a weights
+file of the whole keras.applications model built with include_top=False (a
+Keras 3 `.weights.h5` from `save_weights`, or the legacy `.h5` Keras caches).
+
+This module's names are importable without TensorFlow (config validation uses
+them); `build_encoder` imports Keras when called.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STRIDES: tuple[int, ...] = (2, 4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How to build one encoder: the keras.applications constructor, its feature layers, its input range."""
+
+    application: str  # attribute of keras.applications
+    features: tuple[str, str, str, str, str]  # layer names at output strides 2, 4, 8, 16, 32
+    preprocess: str  # `BackbonePreprocess` mode
+    takes_alpha: bool = False  # width multiplier (MobileNetV2)
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "mobilenetv2": EncoderSpec(
+        "MobileNetV2",
+        ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu", "out_relu"),
+        preprocess="tf",
+        takes_alpha=True,
+    ),
+    "resnet50": EncoderSpec(
+        "ResNet50",
+        ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+        preprocess="caffe",
+    ),
+    "efficientnetb0": EncoderSpec(
+        "EfficientNetB0",
+        ("block2a_expand_activation", "block3a_expand_activation", "block4a_expand_activation",
+         "block6a_expand_activation", "top_activation"),
+        preprocess="scale255",  # the application rescales and normalises inside itself
+    ),
+}
+ENCODER_NAMES: tuple[str, ...] = tuple(ENCODERS)
+ENCODER_LAYER = "encoder"  # the nested sub-model's name in every segmentation model
+MIN_INPUT = 32  # keras.applications refuse inputs below 32x32
+
+
+class EncoderWeightsUnavailable(RuntimeError):
+    """encoder_weights='imagenet' could not be fetched (no internet and no primed cache)."""
+
+
+def _spec(name: str) -> EncoderSpec:
+    if name not in ENCODERS:
+        raise ValueError(f"encoder must be one of {', '.join(ENCODER_NAMES)}, got {name!r}")
+    return ENCODERS[name]
+
+
+def build_application(
+    name: str, input_shape: tuple[int, int, int], weights: str | None = None, alpha: float = 1.0
+) -> Any:
+    """The whole keras.applications model `name` (include_top=False); `weights` as keras.applications takes it."""
+    import keras
+
+    spec = _spec(name)
+    kwargs: dict[str, Any] = {"input_shape": input_shape, "include_top": False, "weights": weights}
+    if spec.takes_alpha:
+        kwargs["alpha"] = alpha
+    elif alpha != 1.0:
+        raise ValueError(f"encoder_alpha applies to mobilenetv2 only; {name} takes none (got {alpha})")
+    with warnings.catch_warnings():
+        # "weights for input shape (224, 224) will be loaded as the default": expected, the
+        # encoders are fully convolutional and segpipe trains at its own size.
+        warnings.filterwarnings("ignore", message=r".*will be loaded as the default.*")
+        return getattr(keras.applications, spec.application)(**kwargs)
+
+
+def _imagenet_application(name: str, input_shape: tuple[int, int, int], alpha: float) -> Any:
+    try:
+        return build_application(name, input_shape, weights="imagenet", alpha=alpha)
+    except Exception as exc:  # noqa: BLE001 - urllib/OSError/HTTP errors, whatever Keras' download raised
+        raise EncoderWeightsUnavailable(
+            f"encoder_weights='imagenet': Keras could not download or find the ImageNet weights of {name} "
+            f"({type(exc).__name__}: {exc}). On a machine without internet, either pass a weights file, "
+            f"e.g. --set model.encoder_weights=/path/to/{name}_imagenet_no_top.weights.h5 (written by "
+            f"keras.applications.{ENCODERS[name].application}(include_top=False, weights='imagenet')"
+            f".save_weights(...) on a machine with internet), or copy the file Keras downloads into "
+            f"$KERAS_HOME/models/ (default ~/.keras/models/) under the name in the URL above"
+        ) from exc
+
+
+def _application_from_file(name: str, input_shape: tuple[int, int, int], path: Path, alpha: float) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"encoder_weights: no such file {str(path)!r}; expected None, 'imagenet' or the path of a "
+            f".h5/.weights.h5 file holding {name} weights (include_top=False)"
+        )
+    model = build_application(name, input_shape, weights=None, alpha=alpha)
+    try:
+        model.load_weights(str(path))
+    except Exception as exc:  # Keras raises ValueError/KeyError/OSError for foreign files
+        width = f" (alpha={alpha})" if ENCODERS[name].takes_alpha else ""
+        raise ValueError(
+            f"encoder_weights: could not load {str(path)!r} into the {name}{width} encoder: {exc}. "
+            f"Expected the weights of keras.applications.{ENCODERS[name].application}(include_top=False"
+            f"{', alpha=' + str(alpha) if width else ''})"
+        ) from exc
+    return model
+
+
+def build_encoder(
+    name: str,
+    input_shape: tuple[int, int, int],
+    weights: str | None = None,
+    *,
+    alpha: float = 1.0,
+    strides: tuple[int, ...] = STRIDES,
+) -> Any:
+    """Encoder `name` as a Keras model returning its features at `strides` (a subset of 2, 4, 8, 16, 32).
+
+    Takes inputs already preprocessed for the encoder (see `ENCODERS[name].preprocess`).
+    """
+    import keras
+
+    spec = _spec(name)
+    bad = [s for s in strides if s not in STRIDES]
+    if not strides or bad:
+        raise ValueError(f"strides must be a non-empty subset of {STRIDES}, got {strides!r}")
+    if weights is None:
+        app = build_application(name, input_shape, weights=None, alpha=alpha)
+    elif weights == "imagenet":
+        app = _imagenet_application(name, input_shape, alpha)
+    else:
+        app = _application_from_file(name, input_shape, Path(weights).expanduser(), alpha)
+    outputs = [app.get_layer(spec.features[STRIDES.index(s)]).output for s in strides]
+    return keras.Model(app.input, outputs, name=ENCODER_LAYER)
+
+
+def encoder_of(model: Any) -> Any | None:
+    """The nested encoder sub-model of a segmentation model, or None for a model trained from scratch."""
+    try:
+        return model.get_layer(ENCODER_LAYER)
+    except ValueError:
+        return None
