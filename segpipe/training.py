@@ -158,6 +158,14 @@ class _ScaledLearningRate:
         self._scaled_keys = frozenset(variable_key(self, v) for v in variables)
         self._multiplier = float(multiplier)
 
+    def finalize_variable_values(self, var_list: Any) -> None:
+        """Leave the model's raw weights in place at the end of each `fit`.
+
+        Keras would copy the EMA averages into `model.trainable_weights` here; with a frozen
+        encoder that list is shorter than the optimizer's, and a run in two phases must go on
+        from the raw weights. The averages reach model.keras through `BestModelCheckpoint`.
+        """
+
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> Any:
         if self._multiplier != 1.0 and variable_key(self, variable) in self._scaled_keys:
             learning_rate = learning_rate * self._multiplier
