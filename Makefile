@@ -1,11 +1,13 @@
 # Two entry points for a fresh machine (both create .venv and install the pinned set):
-#   make run    - the full pipeline (SOURCE=official by default; SOURCE=../shared/pets-sample for the local sample)
+#   make run    - the full pipeline (SOURCE=official by default; SOURCE=../shared/pets-sample for the local sample;
+#                 ARGS="--set model.encoder_weights=FILE" for the pretrained encoder's weights without internet)
 #   make test   - the whole test suite, slow tests included (what CI runs)
 PYTHON ?= python3.11
 VENV ?= .venv
 SOURCE ?= official
 PRESET ?= cpu-quick
 WORK ?= segpipe-work
+ARGS ?=
 BIN := $(VENV)/bin
 
 .PHONY: run test test-fast install clean
@@ -20,7 +22,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 install: $(BIN)/.installed
 
 run: $(BIN)/.installed
-	$(BIN)/segpipe run --source $(SOURCE) --preset $(PRESET) --work-dir $(WORK)
+	$(BIN)/segpipe run --source $(SOURCE) --preset $(PRESET) --work-dir $(WORK) $(ARGS)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "slow or not slow" -q

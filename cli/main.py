@@ -29,8 +29,9 @@ DATA_FLAGS = {
 }
 TRAIN_FLAGS = {
     "model": "model.name", "base_filters": "model.base_filters", "depth": "model.depth",
-    "backbone": "model.backbone", "encoder_weights": "model.encoder_weights",
-    "epochs": "train.epochs", "img_size": "train.img_size", "batch_size": "train.batch_size",
+    "encoder": "model.encoder", "backbone": "model.encoder", "encoder_weights": "model.encoder_weights",
+    "budget_images": "train.budget_images", "freeze_encoder_images": "train.freeze_encoder_images",
+    "encoder_lr_multiplier": "train.encoder_lr_multiplier", "epochs": "train.epochs", "img_size": "train.img_size", "batch_size": "train.batch_size",
     "learning_rate": "train.learning_rate", "optimizer": "train.optimizer", "loss": "train.loss",
     "train_seed": "train.seed", "mixed_precision": "train.mixed_precision", "jit_compile": "train.jit_compile",
     "augment": "train.augment", "steps_per_epoch": "train.steps_per_epoch", "ema_momentum": "train.ema_momentum",
@@ -46,7 +47,24 @@ class CliError(Exception):
     """A user error: printed without a traceback, exit status 2."""
 
 
+DEBUG_ENV = "SEGPIPE_DEBUG"
+DEBUG_HELP = (f"show tracebacks and TensorFlow's native start-up lines (also ${DEBUG_ENV}=1); by default a failure "
+              "or an interrupt prints one line")
+
+
+def _debug_flag(p: argparse.ArgumentParser, *, sub: bool = True) -> None:
+    # on a subcommand, SUPPRESS keeps `segpipe --debug run` from being reset by the subparser's default
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if sub else False, help=DEBUG_HELP)
+
+
+def debug_enabled(args: argparse.Namespace | None = None) -> bool:
+    """`--debug`, or SEGPIPE_DEBUG set to anything but '', 0, false or no."""
+    env = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return env or bool(getattr(args, "debug", False))
+
+
 def _common(p: argparse.ArgumentParser) -> None:
+    _debug_flag(p)
     p.add_argument("--work-dir", help=f"work directory (default: ${ENV_WORK_DIR} or ./segpipe-work)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="named configuration preset")
     p.add_argument("--config", type=Path, help="JSON file with a (partial) PipelineConfig")
@@ -76,9 +94,13 @@ def _train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model")
     g.add_argument("--base-filters", type=int)
     g.add_argument("--depth", type=int)
-    g.add_argument("--backbone")
+    g.add_argument("--encoder", help="pretrained encoder: none, mobilenetv2, resnet50 or efficientnetb0")
+    g.add_argument("--backbone", help=argparse.SUPPRESS)  # the old name of --encoder
     g.add_argument("--encoder-weights", help="none, imagenet or a path to a weights file")
-    g.add_argument("--epochs", type=int)
+    g.add_argument("--budget-images", type=int, help="length of training in images seen (epochs derived from it)")
+    g.add_argument("--freeze-encoder-images", type=int, help="keep the encoder frozen for this many images seen")
+    g.add_argument("--encoder-lr-multiplier", type=float, help="the encoder's learning rate relative to the decoder's")
+    g.add_argument("--epochs", type=int, help="explicit number of epochs (overrides the preset's budget)")
     g.add_argument("--img-size", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--learning-rate", type=float)
@@ -116,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segpipe", description="Oxford-IIIT Pet segmentation pipeline (Keras 3 + Prefect 3)."
     )
+    _debug_flag(parser, sub=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("download", help="download and verify the two archives")
@@ -150,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved configuration as JSON")
     _common(p), _data(p), _train(p), _eval(p)
     p = sub.add_parser("datasets", help="list prepared datasets under WORK")
+    _debug_flag(p)
     p.add_argument("--work-dir")
     return parser
 
@@ -179,8 +203,6 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             value = getattr(args, attr, None)
             if value is not None:
                 overrides[field] = value
-    if isinstance(overrides.get("model.encoder_weights"), str) and overrides["model.encoder_weights"].lower() == "none":
-        overrides["model.encoder_weights"] = None
     preset = getattr(args, "preset", None) or overrides.pop("preset", None)  # --preset wins over --config/--set
     overrides.pop("preset", None)
     cfg = build_config(preset, overrides)
@@ -202,10 +224,16 @@ def _check_source(source: str) -> None:
         raise CliError(f"data.source (--source): {exc}") from None
 
 
+# Commands whose flows run TensorFlow in this process (shards, training, inference).
+TENSORFLOW_COMMANDS = {"prepare", "train", "evaluate", "gallery", "predict", "run", "retrain"}
+
+
 def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Path:
-    """Set Prefect up for WORK; with `in_process` (flows run here, not by a runner), for the rest of the
-    command: no flow-run heartbeats on the ephemeral API (`cli.env.local_run_settings`)."""
-    from cli.env import configure_prefect, ensure_prefect_home, local_run_settings
+    """Set Prefect up for WORK and start its ephemeral server out of the terminal's reach (`cli.env`);
+    with `in_process` (flows run here, not by a runner), for the rest of the command: no flow-run
+    heartbeats on the ephemeral API (`cli.env.local_run_settings`). TensorFlow starts first, its
+    native start-up noise filtered (`cli.quiet`)."""
+    from cli.env import configure_prefect, ensure_prefect_home, local_run_settings, start_local_server
 
     try:
         ensure_prefect_home()
@@ -213,8 +241,13 @@ def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Pa
         raise CliError(str(exc)) from None
     work = WorkDir.at(args.work_dir).root
     configure_prefect(work, refresh=getattr(args, "refresh", False), result_storage=getattr(args, "result_storage", None))
+    if in_process and args.command in TENSORFLOW_COMMANDS:
+        from cli.quiet import tensorflow_started_quietly
+
+        tensorflow_started_quietly(debug=debug_enabled(args))
+    start_local_server()
     if in_process:
-        args.cleanup.enter_context(local_run_settings())
+        args.run_started = args.cleanup.enter_context(local_run_settings())
     return work
 
 
@@ -378,14 +411,39 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
 }
 
 
+class _Interrupts:
+    """How many stop signals the main thread has turned into KeyboardInterrupt (0 or 1)."""
+
+    raised = 0
+
+
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM and Ctrl-C: ask the work in flight to stop (downloads, shard writers, validation check
-    `segpipe.cancel` between chunks), then stop like Ctrl-C, so Prefect shuts its ephemeral server down
-    instead of orphaning it."""
+    `segpipe.cancel` between chunks), then stop like Ctrl-C. Only the first signal raises: the CLI then
+    records the interrupted run and stops its Prefect server, and a later signal must not break that
+    (a second Ctrl-C exits at once from the watcher thread, `_exit_now`)."""
     from segpipe import cancel
 
     cancel.request()
+    if _Interrupts.raised:
+        return
+    _Interrupts.raised += 1
     raise KeyboardInterrupt
+
+
+def _exit_now(signum: int) -> None:
+    """A second Ctrl-C: stop at once, without recording the run (called from `cancel`'s watcher thread,
+    so it works even while the main thread is busy or blocked)."""
+    from cli.env import server_pid
+
+    with contextlib.suppress(Exception):
+        os.write(2, b"\nsegpipe: interrupted again: stopping now, without recording the run's state "
+                    b"(completed work is kept; run the same command again to resume)\n")
+    pid = server_pid()
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    os._exit(130)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,19 +452,32 @@ def main(argv: list[str] | None = None) -> int:
     from segpipe import cancel
 
     cancel.clear()
+    _Interrupts.raised = 0
     previous = (
         {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
     )
     try:
-        with cancel.on_signals():  # even while Prefect's SIGTERM handler is the one installed
+        # even while Prefect's SIGTERM handler is the one installed; a second Ctrl-C exits at once
+        with cancel.on_signals(on_repeat=_exit_now):
             return _run(args)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
+def _is_interrupt(exc: BaseException) -> bool:
+    """A Ctrl-C or SIGTERM, however it surfaced: KeyboardInterrupt (segpipe.cancel.Cancelled is one),
+    Prefect's TerminationSignal, or anything raised after a stop was requested."""
+    from segpipe import cancel
+
+    return (isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal"
+            or cancel.requested() or _Interrupts.raised > 0)
+
+
 def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    args.run_started = None
+    debug = debug_enabled(args)
     try:
         cfg = None if args.command == "datasets" else config_from_args(args)
         with contextlib.ExitStack() as args.cleanup:
@@ -414,17 +485,61 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, CliError) as exc:
         print(f"segpipe {args.command}: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - one clear line for the user, the traceback in the Prefect log
-        if os.environ.get("SEGPIPE_DEBUG"):
+    except BaseException as exc:  # noqa: BLE001 - one clear line for the user, the traceback in the Prefect log
+        if _is_interrupt(exc):
+            return _interrupted(args, exc, debug)
+        if debug or not isinstance(exc, Exception):
             raise
         print(f"segpipe {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     if args.command not in ("config", "datasets"):
         print(f"done in {time.monotonic() - started:.1f}s", file=sys.stderr)
     return status
+
+
+# What survives an interrupt of each stage, and how the next run picks it up.
+RESUME_HINTS = {
+    "download": "the download resumes from its .part file",
+    "train": "training resumes from its last completed epoch",
+}
+
+
+def _interrupted(args: argparse.Namespace, exc: BaseException, debug: bool) -> int:
+    """Record the interrupted runs as Crashed on the Prefect server, stop the server, print one line, 130."""
+    import traceback
+
+    from segpipe import cancel
+
+    cancel.request()  # anything still running in a worker thread stops at its next check
+    _Interrupts.raised = max(_Interrupts.raised, 1)  # a later signal must not interrupt this clean-up
+    if debug:
+        traceback.print_exception(exc)
+    stages: list[str] = []
+    recorded = ""
+    if args.run_started is not None:
+        from cli.env import record_interruption, server_pid, stop_local_server
+
+        local = server_pid() is not None
+        try:
+            info = record_interruption(args.run_started)
+        except Exception as err:  # noqa: BLE001 - the server is unreachable: say so, do not fail again
+            if debug:
+                traceback.print_exception(err)
+            recorded = f"; its run state could not be recorded ({type(err).__name__})"
+        else:
+            stages = info.stages
+            if info.flow_runs:
+                recorded = "; " + ", ".join(f"flow run '{name}' recorded as {state}"
+                                            for name, state in sorted(info.flow_runs.items()))
+        if local:
+            with contextlib.suppress(Exception):
+                stop_local_server()
+    what = f" during {', '.join(stages)}" if stages else ""
+    resume = "; ".join(["completed stages are reused from the cache", *(RESUME_HINTS[s] for s in stages if s in RESUME_HINTS)])
+    sys.stdout.flush()
+    print(f"segpipe {args.command}: interrupted{what}{recorded}. Run the same command again to resume "
+          f"({resume}).", file=sys.stderr, flush=True)
+    return 130
 
 
 if __name__ == "__main__":

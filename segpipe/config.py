@@ -102,6 +102,8 @@ class ModelConfig(_Section):
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, v: str | None) -> str | None:
+        if isinstance(v, str) and v.strip().lower() in ("", "none", "null"):
+            return None
         if v is not None and v not in ENCODERS:
             raise ValueError(f"unknown encoder {v!r}; expected None or one of {', '.join(ENCODER_NAMES)}")
         return v

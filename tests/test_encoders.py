@@ -122,8 +122,9 @@ def test_unet_loads_encoder_weights_from_a_file(weights_file):
     assert_encoder_holds(model, src)
 
 
-def _cfg(path: Path | str | None, **train):
-    return build_config("tiny", {"model": {"encoder": "mobilenetv2", "encoder_alpha": 0.35, "encoder_weights": str(path)},
+def _cfg(path: Path | str | None, **train):  # None: no weights (random init)
+    weights = "none" if path is None else str(path)
+    return build_config("tiny", {"model": {"encoder": "mobilenetv2", "encoder_alpha": 0.35, "encoder_weights": weights},
                                  "train": train})
 
 
@@ -226,3 +227,14 @@ def test_imagenet_without_internet_or_cache_says_how_to_supply_a_file(tmp_path):
     got = _probe(tmp_path / "empty-keras-home")
     assert "encoder_weights='imagenet'" in got["error"]
     assert "--set model.encoder_weights=" in got["error"] and "$KERAS_HOME/models/" in got["error"]
+
+
+def test_training_task_cache_key_sees_the_weights_digest_not_the_path(weights_file, tmp_path):
+    from tasks.caching import _plain
+
+    path, _ = weights_file
+    moved = tmp_path / "moved.weights.h5"
+    shutil.copy(path, moved)
+    assert _plain(_cfg(path).model) == _plain(_cfg(moved).model)
+    assert str(tmp_path) not in json.dumps(_plain(_cfg(moved).model))
+    assert _plain(_cfg(path).model) != _plain(_cfg(None).model)
