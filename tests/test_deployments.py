@@ -156,3 +156,101 @@ def test_deploy_all_then_worker_runs_pipeline_and_retrain(server, tmp_path):
     finally:
         _stop(worker)
         worker_log.close()
+
+
+# --------------------------------------------------------------------------- container work pools
+
+
+def _resolve_job(env, deployment_name: str, configuration_cls, pool_name: str):
+    """A flow run of the deployment, and the job configuration the pool's worker would build for it: the
+    real worker code (`resolve_for_flow_run`) on the server's pool template and the deployment's job
+    variables. No worker, cluster or Docker daemon."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def resolve():
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(deployment_name)
+            flow_run = await client.create_flow_run_from_deployment(deployment.id)
+            pool = await client.read_work_pool(pool_name)
+            config = await configuration_cls.resolve_for_flow_run(
+                flow_run, client=client, work_pool=pool, worker_name="test-worker", deployment=deployment)
+            return deployment, flow_run, config
+
+    with _api(env):
+        return asyncio.run(resolve())
+
+
+def _api(env):
+    """This process's Prefect client on the test server (rather than an ephemeral API of its own)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]})
+
+
+def test_kubernetes_pool_from_the_template_file_and_gpu_deployments(server):
+    """`prefect work-pool create --type kubernetes --base-job-template FILE` stores the shipped template;
+    `prefect deploy --all --prefect-file deployments/prefect-k8s.yaml` puts both deployments on it (the
+    server validates their job variables against the template); a flow run renders to a GPU Job."""
+    from prefect.client.orchestration import get_client
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    image = "registry.example.com/segpipe:0.1.0-gpu"
+    env = {**server["env"], "SEGPIPE_IMAGE": image}
+    template_file = ROOT / "deployments" / "k8s-base-job-template.json"
+    _prefect(env, "work-pool", "create", "segpipe-k8s", "--type", "kubernetes", "--base-job-template", str(template_file))
+    with _api(env), get_client(sync_client=True) as client:
+        pool = client.read_work_pool("segpipe-k8s")
+    assert pool.type == "kubernetes"
+    assert pool.base_job_template == json.loads(template_file.read_text())
+
+    deployed = _prefect(env, "deploy", "--all", "--prefect-file", "deployments/prefect-k8s.yaml")
+    assert "pets-pipeline" in deployed.stdout and "scheduled-retrain" in deployed.stdout
+
+    deployment, flow_run, config = _resolve_job(env, "pipeline/pets-pipeline", KubernetesWorkerJobConfiguration,
+                                                "segpipe-k8s")
+    assert deployment.work_pool_name == "segpipe-k8s"
+    assert deployment.entrypoint == "flows/pipeline.py:pipeline"
+    assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/segpipe"}}]
+    assert deployment.parameters["config"]["preset"] == "full"
+    assert deployment.job_variables["image"] == image
+
+    container = config.job_manifest["spec"]["template"]["spec"]["containers"][0]
+    env_vars = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["image"] == image
+    assert container["args"] == ["prefect", "flow-run", "execute"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"] == {"cpu": "8", "memory": "16Gi"}
+    assert container["volumeMounts"] == [{"name": "work", "mountPath": "/work"}]
+    assert env_vars["SEGPIPE_WORK_DIR"] == "/work" and env_vars["PREFECT_LOCAL_STORAGE_PATH"] == "/work/prefect-results"
+    assert env_vars["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] == "true" and env_vars["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    assert env_vars["PREFECT__FLOW_RUN_ID"] == str(flow_run.id) and env_vars["PREFECT_API_URL"] == env["PREFECT_API_URL"]
+
+    with _api(env), get_client(sync_client=True) as client:
+        retrain = client.read_deployment_by_name("retrain/scheduled-retrain")
+    assert retrain.work_pool_name == "segpipe-k8s"
+    assert (retrain.schedules[0].schedule.cron, retrain.schedules[0].schedule.timezone) == ("0 3 * * 1", "Europe/London")
+
+
+def test_docker_pool_deployments(server):
+    """`prefect deploy --all --prefect-file deployments/prefect-docker.yaml` on a Docker pool; a flow run
+    renders (prefect-docker's worker code) to the CPU image with WORK on a named volume."""
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    image = "segpipe:0.1.0-cpu"
+    env = {**server["env"], "SEGPIPE_IMAGE": image}
+    _prefect(env, "work-pool", "create", "segpipe-docker", "--type", "docker")
+    deployed = _prefect(env, "deploy", "--all", "--prefect-file", "deployments/prefect-docker.yaml")
+    assert "pets-pipeline" in deployed.stdout and "scheduled-retrain" in deployed.stdout
+
+    deployment, flow_run, config = _resolve_job(env, "retrain/scheduled-retrain", DockerWorkerJobConfiguration,
+                                                "segpipe-docker")
+    assert deployment.work_pool_name == "segpipe-docker"
+    assert deployment.parameters["config"]["preset"] == "cpu-quick"
+    assert config.image == image
+    assert config.volumes == ["segpipe-work:/work"]
+    assert config.env["SEGPIPE_WORK_DIR"] == "/work"
+    assert config.env["PREFECT_LOCAL_STORAGE_PATH"] == "/work/prefect-results"
+    assert config.env["PREFECT__FLOW_RUN_ID"] == str(flow_run.id)
+    assert config.command == "prefect flow-run execute"
