@@ -39,8 +39,7 @@ GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSc
 _VARIABLES: dict[str, dict[str, Any]] = {
     "gpu_count": {
         "title": "GPUs",
-        "description": "nvidia.com/gpu limit of the flow-run container (0: no GPU). Several GPUs in one pod "
-        "train with MirroredStrategy.",
+        "description": "nvidia.com/gpu limit of the flow-run container (0: no GPU).",
         "type": "integer",
         "minimum": 0,
         "default": 1,
