@@ -161,7 +161,7 @@ def test_deploy_all_then_worker_runs_pipeline_and_retrain(server, tmp_path):
 # --------------------------------------------------------------------------- container work pools
 
 
-def _resolve_job(env, deployment_name: str, configuration_cls, pool_name: str):
+def _resolve_job(env, deployment_name: str, configuration_cls, pool_name: str, job_variables=None):
     """A flow run of the deployment, and the job configuration the pool's worker would build for it: the
     real worker code (`resolve_for_flow_run`) on the server's pool template and the deployment's job
     variables. No worker, cluster or Docker daemon."""
@@ -172,7 +172,7 @@ def _resolve_job(env, deployment_name: str, configuration_cls, pool_name: str):
     async def resolve():
         async with get_client() as client:
             deployment = await client.read_deployment_by_name(deployment_name)
-            flow_run = await client.create_flow_run_from_deployment(deployment.id)
+            flow_run = await client.create_flow_run_from_deployment(deployment.id, job_variables=job_variables)
             pool = await client.read_work_pool(pool_name)
             config = await configuration_cls.resolve_for_flow_run(
                 flow_run, client=client, work_pool=pool, worker_name="test-worker", deployment=deployment)
@@ -226,6 +226,15 @@ def test_kubernetes_pool_from_the_template_file_and_gpu_deployments(server):
     assert env_vars["SEGPIPE_WORK_DIR"] == "/work" and env_vars["PREFECT_LOCAL_STORAGE_PATH"] == "/work/prefect-results"
     assert env_vars["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] == "true" and env_vars["TF_CPP_MIN_LOG_LEVEL"] == "2"
     assert env_vars["PREFECT__FLOW_RUN_ID"] == str(flow_run.id) and env_vars["PREFECT_API_URL"] == env["PREFECT_API_URL"]
+
+    # A run's own job variables (`prefect deployment run --job-variable gpu_count=2`) win; its env adds.
+    _, _, config = _resolve_job(env, "pipeline/pets-pipeline", KubernetesWorkerJobConfiguration, "segpipe-k8s",
+                                job_variables={"gpu_count": 2, "env": {"SEGPIPE_WORK_DIR": "/work/team-b"}})
+    container = config.job_manifest["spec"]["template"]["spec"]["containers"][0]
+    env_vars = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert env_vars["SEGPIPE_WORK_DIR"] == "/work/team-b" and env_vars["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    assert env_vars["PREFECT_LOCAL_STORAGE_PATH"] == "/work/prefect-results"
 
     with _api(env), get_client(sync_client=True) as client:
         retrain = client.read_deployment_by_name("retrain/scheduled-retrain")
