@@ -83,7 +83,18 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def train_and_score(cfg, dataset, run_dir: Path) -> dict:
+def _first(curve: list[dict], key: str, level: float = 0.70) -> float | None:
+    """`key` at the first epoch whose best model scored at least `level` held-out mean IoU (model resolution)."""
+    return next((p[key] for p in curve if p["held_out_mean_iou"] >= level), None)
+
+
+class ReachedTarget(Exception):
+    """Raised from the epoch hook of a `--stop-at-held-out` run once the held-out mean IoU reaches it."""
+
+
+def train_and_score(cfg, dataset, run_dir: Path, stop_at: float | None = None) -> dict:
+    """Train `cfg` into `run_dir`; score on the held-out split. With `stop_at`, training stops at the first
+    epoch whose best model reaches that held-out mean IoU (a time-to-target measurement of a long recipe)."""
     from segpipe import evaluation, training
 
     best_file, curve, state = run_dir / "best.json", [], {"eval_s": 0.0, "eval_cpu_s": 0.0, "best": None, "score": None}
@@ -105,8 +116,17 @@ def train_and_score(cfg, dataset, run_dir: Path) -> dict:
         state["eval_s"] += time.monotonic() - t0
         state["eval_cpu_s"] += cpu_seconds() - c0
         print(f"[quality] epoch {epoch + 1}: {curve[-1]}", file=sys.stderr, flush=True)
+        if stop_at is not None and state["score"]["mean_iou"] >= stop_at:
+            raise ReachedTarget(epoch)
 
-    result = training.train(cfg, Path(dataset.path), run_dir, on_epoch_end=on_epoch_end, verbose=2)
+    try:
+        result = training.train(cfg, Path(dataset.path), run_dir, on_epoch_end=on_epoch_end, verbose=2)
+    except ReachedTarget:
+        return {"preset": cfg.preset, "model": cfg.model.name, "train_seed": cfg.train.seed,
+                "stopped_at_held_out_mean_iou": stop_at, "epochs_completed": len(curve),
+                "train_seconds": curve[-1]["train_seconds"], "train_cpu_seconds": curve[-1]["train_cpu_seconds"],
+                "seconds_to_held_out_070": _first(curve, "train_seconds"),
+                "cpu_seconds_to_held_out_070": _first(curve, "train_cpu_seconds"), "curve": curve}
     train_seconds = time.monotonic() - started - state["eval_s"]
     train_cpu_seconds = cpu_seconds() - cpu_started - state["eval_cpu_s"]
     m = evaluation.evaluate([Path(result.model_path)], Path(dataset.path), "test", batch_size=8,
@@ -120,9 +140,8 @@ def train_and_score(cfg, dataset, run_dir: Path) -> dict:
         "train_cpu_seconds": round(train_cpu_seconds, 1),
         "train_seed": cfg.train.seed,
         "best_val_mean_iou": result.best_val_mean_iou,
-        "seconds_to_held_out_070": next((p["train_seconds"] for p in curve if p["held_out_mean_iou"] >= 0.70), None),
-        "cpu_seconds_to_held_out_070": next((p["train_cpu_seconds"] for p in curve if p["held_out_mean_iou"] >= 0.70),
-                                            None),
+        "seconds_to_held_out_070": _first(curve, "train_seconds"),
+        "cpu_seconds_to_held_out_070": _first(curve, "train_cpu_seconds"),
         "epochs_completed": result.epochs_completed,
         "best_epoch": result.best_epoch + 1,
         "held_out": {k: m[k] for k in ("n_images", "mean_iou", "foreground_iou", "pixel_accuracy", "dice",
@@ -161,6 +180,8 @@ def plot(results: list[dict], path: Path) -> None:
     d.text((w - right + 6, y(TARGET["mean_iou"]) - 6), f"target {TARGET['mean_iou']:.2f}", fill=(180, 0, 0))
     colours = [(0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167)]
     for i, r in enumerate(results):
+        if not r.get("curve"):
+            continue
         pts = [(x(p["train_seconds"]), y(p["held_out_mean_iou"])) for p in r["curve"]]
         if len(pts) > 1:
             d.line(pts, fill=colours[i % 4], width=3)
@@ -215,6 +236,8 @@ def main() -> int:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--train-seed", type=int, action="append", help="repeatable: one run per preset and seed")
+    p.add_argument("--stop-at-held-out", type=float, metavar="MEAN_IOU",
+                   help="stop each run once its best model reaches this held-out mean IoU (time to target only)")
     p.add_argument("--plot", help="write the quality-per-CPU-minute plot (PNG) here")
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--merge", nargs="+", metavar="JSON",
@@ -248,7 +271,7 @@ def main() -> int:
     for cfg in configs:
         run_dir = work.run(f"quality-{cfg.preset}-{digest_json([dataset.dataset_key, cfg.model_dump(mode='json')])[:10]}")
         shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark measures training: never a cached run
-        results.append(train_and_score(cfg, dataset, run_dir))
+        results.append(train_and_score(cfg, dataset, run_dir, stop_at=args.stop_at_held_out))
     report = {
         "benchmark": "quality",
         "command": " ".join(["benchmarks/quality.py", *sys.argv[1:]]),
