@@ -44,7 +44,7 @@ def save_model(path: Path, img_size: int) -> Path:
     from segpipe.config import build_config
     from segpipe.models import build_model
 
-    cfg = build_config("cpu-quick")
+    cfg = build_config("cpu-scratch")  # the scratch U-Net the figures below were taken with
     keras.utils.set_random_seed(0)
     model = build_model(cfg.model.name, (img_size, img_size, 3), 3, **cfg.model.params())
     model.save(path)
@@ -125,7 +125,7 @@ def main() -> None:
             row["vs_baseline_predict"] = r(row["images_per_s"] / report["baseline_predict"][bs]["images_per_s"], 2)
     emit({
         "benchmark": "inference",
-        "model": "unet, base_filters 16, depth 4 (cpu-quick), untrained",
+        "model": "unet, base_filters 16, depth 4 (cpu-scratch), untrained",
         "img_size": args.img_size,
         "predict_inputs": f"{len(images)} extracted real images (mask + {'no ' if args.no_overlay else ''}overlay "
                           "PNG per image)",

@@ -135,9 +135,10 @@ def training_consumption(dataset_dir: Path, epochs: int = 2) -> dict[str, Any]:
     from segpipe.data.input import num_examples, training_dataset
     from segpipe.losses import build_loss
     from segpipe.models import build_model
+    from segpipe.budget import training_plan
     from segpipe.training import build_optimizer, precision_policy
 
-    cfg = build_config("cpu-quick")
+    cfg = build_config("cpu-quick", {"model.encoder_weights": "none"})  # speed does not depend on the weights
     t = cfg.train
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(precision_policy(t.mixed_precision))
@@ -147,7 +148,7 @@ def training_consumption(dataset_dir: Path, epochs: int = 2) -> dict[str, Any]:
     steps = -(-n // t.batch_size)
     n = steps * t.batch_size  # images per fit epoch (full batches of the endless dataset)
     model = build_model(cfg.model.name, (t.img_size, t.img_size, 3), 3, **cfg.model.params())
-    model.compile(optimizer=build_optimizer(t, steps), loss=build_loss(t.loss, num_classes=3),
+    model.compile(optimizer=build_optimizer(t, training_plan(t, n)), loss=build_loss(t.loss, num_classes=3),
                   metrics=[keras.metrics.MeanIoU(num_classes=3, sparse_y_pred=False, name="mean_iou"),
                            keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy")],
                   jit_compile=t.jit_compile)

@@ -5,9 +5,12 @@
 
 Presets state their length in training images seen (`train.budget_images`), and
 warm-up and encoder freezing in the same unit, so one preset costs about the
-same on 300 or 7,390 images. An epoch is `steps_per_epoch` batches (about one
-pass over the train split); the run is the whole number of epochs that covers
-the budget. `train.epochs` overrides the budget.
+same on 300 or 7,390 images. An epoch is one pass over the train split, but at
+most a tenth of the budget (and never less than 1,000 images when capped), so a
+budget always gives about ten or more checkpoints, validations and ETA updates,
+and the frozen phase ends close to where it was asked to; the run is the whole
+number of epochs that covers the budget. `train.epochs` overrides the budget
+(an epoch is then one pass), `train.steps_per_epoch` the epoch's length.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from segpipe.config import TrainConfig
+
+MIN_EPOCHS_PER_BUDGET = 10  # an epoch is at most budget / 10 images ...
+MIN_CAPPED_EPOCH_IMAGES = 1_000  # ... but a capped epoch holds at least this many
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,9 @@ def training_plan(train: TrainConfig, n_train: int) -> TrainingPlan:
     if n_train < 1:
         raise ValueError(f"n_train must be >= 1 to plan training, got {n_train}")
     steps = train.steps_per_epoch or math.ceil(n_train / train.batch_size)
+    if train.steps_per_epoch is None and train.epochs is None:
+        cap_images = max(train.budget_images / MIN_EPOCHS_PER_BUDGET, MIN_CAPPED_EPOCH_IMAGES)
+        steps = min(steps, math.ceil(cap_images / train.batch_size))
     per_epoch = steps * train.batch_size
     epochs = train.epochs if train.epochs is not None else max(1, math.ceil(train.budget_images / per_epoch))
     frozen = min(epochs, math.ceil(train.freeze_encoder_images / per_epoch))

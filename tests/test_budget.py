@@ -30,6 +30,16 @@ def test_epochs_derived_from_the_budget_and_the_split():
     assert (plan.total_steps, plan.total_images, plan.warmup_steps, plan.frozen_epochs) == (32, 128, 3, 0)
 
 
+def test_an_epoch_is_at_most_a_tenth_of_the_budget_on_a_large_split():
+    train = build_config("cpu-quick").train  # 8,000 images, the first 800 frozen, batch 8
+    sample, official = training_plan(train, 270), training_plan(train, 3_312)
+    assert (sample.steps_per_epoch, sample.epochs, sample.frozen_epochs) == (34, 30, 3)  # one pass: 272 images
+    assert (official.steps_per_epoch, official.epochs, official.frozen_epochs) == (125, 8, 1)  # 1,000-image epochs
+    assert official.total_images == 8_000
+    tiny = training_plan(build_config("tiny").train, 12)  # capped epochs never go below 1,000 images
+    assert (tiny.steps_per_epoch, tiny.epochs) == (3, 1)
+
+
 def test_epochs_override_the_budget():
     train = build_config("tiny", {"train": {"budget_images": 100_000, "epochs": 2, "batch_size": 4}}).train
     plan = training_plan(train, n_train=30)
