@@ -1,7 +1,8 @@
 """Prefect environment for local runs, set before Prefect is imported.
 
 - No API URL configured → Prefect's embedded ephemeral API on SQLite (no server to start).
-- Analytics off.
+- Analytics off: the server's, and the client's (`DO_NOT_TRACK=1`; Prefect prints a notice about it
+  on a terminal otherwise).
 - `PREFECT_HOME` is left alone (Prefect's default, ~/.prefect) unless the user set it.
 - Task results and cache records persist under WORK/prefect-results, so caches live and die with WORK.
 - On the ephemeral API, no flow-run heartbeats (`local_run_settings`).
@@ -13,8 +14,10 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from segpipe.layout import WorkDir
 
@@ -39,6 +42,7 @@ def ensure_prefect_home() -> Path | None:
 
 def configure_prefect(work: Path, *, refresh: bool = False, result_storage: str | None = None) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client-side telemetry (and its notice on a terminal)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
@@ -50,23 +54,24 @@ def configure_prefect(work: Path, *, refresh: bool = False, result_storage: str 
 
 
 @contextlib.contextmanager
-def local_run_settings() -> Iterator[None]:
+def local_run_settings() -> Iterator[datetime]:
     """Flows run in this process on the ephemeral API: turn flow-run heartbeats off.
 
     Heartbeats let a server notice a crashed run; the ephemeral server stops with
     this process, so nobody would read them, and each flow run's end waits up to
     a second for the heartbeat thread (about 2.5 s of a cached `segpipe run`;
     BENCHMARKS.md, section 5). With a real server (`PREFECT_API_URL` set) they
-    stay on. Enter after `configure_prefect`: this imports Prefect.
+    stay on. Enter after `configure_prefect`: this imports Prefect. Yields when
+    the command's runs started (for `record_interruption`).
     """
     from prefect.settings import get_current_settings, temporary_settings
 
-    if get_current_settings().api.url:  # PREFECT_API_URL, a profile, or a test harness
-        yield
-        return
     started = datetime.now(timezone.utc)
+    if get_current_settings().api.url:  # PREFECT_API_URL, a profile, or a test harness
+        yield started
+        return
     with temporary_settings(updates={"flows.heartbeat_frequency": None}):
-        yield
+        yield started
     _wait_for_task_run_records(started)
 
 
@@ -106,3 +111,198 @@ def _wait_for_task_run_records(since: datetime, timeout: float = 5.0, settle: fl
                 return
             last = now
             time.sleep(settle)
+
+
+# --------------------------------------------------------------------------- the ephemeral server, out of the terminal's reach
+
+# Runs before uvicorn in the server's process: ask the kernel to send SIGTERM to it when the CLI dies
+# (Linux; a `kill -9` of the CLI can no longer orphan the server), then become uvicorn.
+_LAUNCHER = """
+import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+if sys.platform.startswith("linux"):
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+if os.getppid() != parent:  # the CLI died before the kernel was asked
+    sys.exit(0)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+_server_class: Any = None
+
+
+def _detached_server_class() -> Any:
+    """`SubprocessASGIServer` whose uvicorn child runs in its own session and dies with the CLI.
+
+    Prefect starts its ephemeral server as a plain child: the same process group as the
+    CLI, so a Ctrl-C in a terminal (or `timeout`, `docker stop`, a supervisor signalling the
+    group) reached the server at the same moment as the CLI. The server was gone before the
+    CLI could record the interrupted run: the run stayed "Running" for ever, and the CLI
+    spent over two minutes retrying a refused connection. In its own session the server
+    hears no terminal signal; the CLI records the run, then stops it.
+    """
+    global _server_class
+    if _server_class is not None:
+        return _server_class
+    import subprocess
+    import sys
+
+    from prefect.server.api import server as server_mod
+
+    class _Subprocess:
+        """Stands in for the `subprocess` module inside Prefect's server module while it starts uvicorn."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(subprocess, name)
+
+        @staticmethod
+        def Popen(args: list[str], **kwargs: Any) -> subprocess.Popen:  # noqa: N802 - the module's name
+            kwargs.setdefault("stdin", subprocess.DEVNULL)
+            return subprocess.Popen(
+                [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *map(str, args)],
+                start_new_session=True, **kwargs,
+            )
+
+    class DetachedServer(server_mod.SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            real = server_mod.subprocess
+            server_mod.subprocess = _Subprocess()  # only this module's `subprocess.Popen` call sees it
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                server_mod.subprocess = real
+
+    _server_class = DetachedServer
+    return _server_class
+
+
+def start_local_server() -> Any | None:
+    """Start the ephemeral Prefect server now, detached from the terminal (see `_detached_server_class`).
+
+    Prefect keeps one server instance per process (`SubprocessASGIServer()` returns it), so every
+    client of this command uses this one. Returns the server, or None when an API URL is
+    configured, the ephemeral server is off, or this is not the main thread (the kernel's
+    parent-death signal follows the thread that started the child).
+    """
+    import threading
+
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    cls = _detached_server_class()
+    current = cls._instances.get(None)
+    if current is not None and current.running:
+        return current
+    server = cls()
+    server.start()
+    return server
+
+
+def server_pid() -> int | None:
+    """The process id of this process's ephemeral Prefect server, if one runs."""
+    import sys
+
+    mod = sys.modules.get("prefect.server.api.server")
+    server = getattr(getattr(mod, "SubprocessASGIServer", None), "_instances", {}).get(None)
+    process = getattr(server, "server_process", None)
+    return None if process is None or process.poll() is not None else process.pid
+
+
+def stop_local_server() -> None:
+    """Send what is still queued for the server (events, logs), then stop it."""
+    import sys
+
+    mod = sys.modules.get("prefect.server.api.server")
+    server = getattr(getattr(mod, "SubprocessASGIServer", None), "_instances", {}).get(None)
+    if server is None:
+        return
+    _drain(2.0)
+    server.stop()
+
+
+def _drain(timeout: float) -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (EventsWorker, APILogWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=timeout, at_exit=False)
+
+
+# --------------------------------------------------------------------------- recording an interrupted command
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """What an interrupted command was doing, as its Prefect server recorded it."""
+
+    stages: list[str]  # the tasks that were running (e.g. ["train"]), else the innermost unfinished flow
+    flow_runs: list[tuple[str, str, str]]  # (flow, run name, state) of each run that did not complete, outermost first
+    marked: int  # runs this process had to move to Crashed itself (Prefect had not recorded the interrupt)
+
+
+def record_interruption(since: datetime, timeout: float = 3.0) -> Interruption:
+    """After a Ctrl-C or SIGTERM: make sure no run of this command stays "Running" on the server.
+
+    Prefect's engine records the interrupted flow and task runs as Crashed itself when it
+    can; this sends what is still queued, then moves every flow or task run started since
+    `since` that is still not final to Crashed (forced). Returns what was interrupted; raises
+    what the client raises when the server cannot be reached. Takes about `timeout` seconds
+    at most.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
+    from prefect.states import Crashed
+
+    _drain(timeout / 2)
+    deadline = time.monotonic() + timeout
+    marked = 0
+    httpx_settings = {"timeout": max(0.5, timeout / 2)}
+    with get_client(sync_client=True, httpx_settings=httpx_settings) as client:
+        flow_filter = FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since))
+        flows = client.read_flow_runs(flow_run_filter=flow_filter)
+        if not flows:
+            return Interruption([], [], 0)
+        task_filter = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run.id for run in flows]))
+        tasks = client.read_task_runs(task_run_filter=task_filter)
+        while any(_unfinished(t) for t in tasks) and time.monotonic() < deadline - 1.0:
+            time.sleep(0.1)  # the server writes task-run states from events, one by one
+            tasks = client.read_task_runs(task_run_filter=task_filter)
+        subflow_wrappers = {f.parent_task_run_id for f in flows if f.parent_task_run_id}
+        tasks = [t for t in tasks if t.id not in subflow_wrappers]  # a subflow's own task run is not a stage
+        interrupted = [t for t in tasks if _unfinished(t) or (t.state is not None and t.state.is_crashed())]
+        message = "Execution was interrupted (Ctrl-C or SIGTERM)"
+        for run in filter(_unfinished, tasks):
+            client.set_task_run_state(run.id, Crashed(message=message), force=True)
+            marked += 1
+        for run in filter(_unfinished, flows):
+            client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            marked += 1
+        flows = client.read_flow_runs(flow_run_filter=flow_filter)
+        flow_names = {fid: client.read_flow(fid).name for fid in {f.flow_id for f in flows}}
+        stages = sorted({t.name.rsplit("-", 1)[0] for t in interrupted})
+        if not stages:  # interrupted between tasks: name the innermost flow that did not complete
+            open_flows = [f for f in flows if f.state is None or not f.state.is_completed()]
+            if open_flows:
+                stages = [flow_names[max(open_flows, key=lambda f: f.expected_start_time or since).flow_id]]
+    unfinished = [
+        (flow_names[f.flow_id], f.name, f.state.name if f.state else "unknown")
+        for f in sorted(flows, key=lambda f: f.expected_start_time or since)
+        if not (f.state and f.state.is_completed())
+    ]
+    return Interruption(stages, unfinished, marked)
+
+
+def _unfinished(run: Any) -> bool:
+    return run.state is None or not run.state.is_final()

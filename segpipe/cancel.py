@@ -16,9 +16,12 @@ import contextlib
 import signal
 import socket
 import threading
-from typing import Iterator
+import time
+from typing import Callable, Iterator
 
 _requested = threading.Event()
+_closers: dict[int, Callable[[], None]] = {}
+_closers_lock = threading.Lock()
 
 
 class Cancelled(KeyboardInterrupt):
@@ -26,8 +29,31 @@ class Cancelled(KeyboardInterrupt):
 
 
 def request() -> None:
-    """Ask every loop in this process to stop at its next check."""
+    """Ask every loop in this process to stop at its next check, and unblock the waits registered with
+    `closing_on_request` (a read from a stalled connection would otherwise wait for its timeout)."""
     _requested.set()
+    with _closers_lock:
+        closers = list(_closers.values())
+    for close in closers:
+        with contextlib.suppress(Exception):
+            close()
+
+
+@contextlib.contextmanager
+def closing_on_request(close: Callable[[], None]) -> Iterator[None]:
+    """While inside, a stop request also calls `close()` (from whichever thread requests the stop), e.g.
+    to shut down a socket that a read is blocked on; a request made before entering calls it at once."""
+    key = id(close)
+    with _closers_lock:
+        _closers[key] = close
+    try:
+        if _requested.is_set():
+            with contextlib.suppress(Exception):
+                close()
+        yield
+    finally:
+        with _closers_lock:
+            _closers.pop(key, None)
 
 
 def clear() -> None:
@@ -46,7 +72,13 @@ def check(what: str) -> None:
 
 
 @contextlib.contextmanager
-def on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+def on_signals(
+    signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+    *,
+    on_repeat: Callable[[int], None] | None = None,
+    repeat_signums: tuple[int, ...] = (signal.SIGINT,),
+    debounce_s: float = 0.3,
+) -> Iterator[None]:
     """Call `request()` the moment one of `signums` arrives, whoever owns its Python handler.
 
     A Prefect flow run swaps in its own SIGTERM handler, and its task runner
@@ -56,6 +88,14 @@ def on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> It
     wakeup fd as it arrives; a watcher thread reads it and requests the stop at
     once. The handlers still run as before. Only the main thread can set the
     wakeup fd; elsewhere this does nothing.
+
+    `on_repeat(signum)` is called (from the watcher thread, so even while the
+    main thread is busy or blocked) when one of `repeat_signums` arrives more
+    than `debounce_s` seconds after the first stop signal: a second Ctrl-C. The
+    debounce keeps one signal sent twice at once (`timeout` signals the command
+    and then its whole process group) from counting as two. SIGTERM is not a
+    repeat signal by default: Prefect re-sends SIGTERM to its own process after
+    recording a flow run's crash.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -63,11 +103,20 @@ def on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> It
     reader, writer = socket.socketpair()
     writer.setblocking(False)
     wanted = {int(s) for s in signums}
+    repeats = {int(s) for s in repeat_signums}
     previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    first: list[float] = []
 
     def watch() -> None:
         while data := reader.recv(64):
-            if wanted.intersection(data):
+            for signum in data:
+                if signum not in wanted:
+                    continue
+                now = time.monotonic()
+                if not first:
+                    first.append(now)
+                elif on_repeat is not None and signum in repeats and now - first[0] > debounce_s:
+                    on_repeat(signum)
                 request()
 
     watcher = threading.Thread(target=watch, name="segpipe-signal-watch", daemon=True)

@@ -347,6 +347,24 @@ def decoded_contents(path: Path) -> bytes:
     return b"\n".join(parts)
 
 
+# --------------------------------------------------------------------------- archives for the CLI kill tests
+
+
+def padded_archives(root: Path) -> dict[str, bytes]:
+    """Synthetic archives whose images.tar.gz carries 3 MB of padding (a non-image file validation
+    ignores), so a kill can land mid-transfer even though the download reads 1 MiB at a time."""
+    from tests.synthetic import _tar_dir, make_pets_tree
+
+    make_pets_tree(root / "tree", n_per_breed=2, include_odd=False)
+    (root / "tree" / "images" / "padding.bin").write_bytes(os.urandom(3_000_000))
+    out = {}
+    for name in ("images", "annotations"):
+        _tar_dir(root / "tree" / name, root / f"{name}.tar.gz", compress=True)
+        out[f"{name}.tar.gz"] = (root / f"{name}.tar.gz").read_bytes()
+    out["SHA256SUMS"] = "".join(f"{sha(d)}  {n}\n" for n, d in out.items()).encode()
+    return out
+
+
 # --------------------------------------------------------------------------- prepare without Prefect
 
 

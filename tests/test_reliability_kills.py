@@ -1,7 +1,9 @@
 """kill -9 (SIGKILL) of real child processes mid-download, mid-extraction, mid-TFRecord-write and
 mid-`segpipe prepare`; the rerun must complete, trust nothing half-written and redo little.
-`kill -TERM` of `segpipe prepare`: it stops like Ctrl-C and takes its ephemeral Prefect server down
-with it (a SIGKILL cannot be handled in-process: its server is left, so kill the process group).
+A SIGTERM to the process group of `segpipe prepare`: it stops like Ctrl-C, records the interrupted runs
+and stops its ephemeral Prefect server (which runs in its own session, so the group signal misses it);
+after a `kill -9` of the CLI, the kernel stops that server (it asked for a parent-death signal).
+Ctrl-C typed into a real terminal: tests/test_cli_interrupt.py.
 
 Training killed with SIGKILL after an epoch and resumed: tests/test_training.py::test_sigkilled_run_resumes.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,12 +31,14 @@ from tests.faults import (
     ThrottledServer,
     child_env,
     leftover_temps,
+    padded_archives,
     sha,
     sigkill,
     spawn_python,
     wait_for,
     wait_for_line,
 )
+from tests.terminal import alive, prefect_server_of, recorded_runs
 
 NAME = "images.tar.gz"
 
@@ -187,35 +192,11 @@ def test_sigkill_mid_shard_writing_then_rerun_verifies(tmp_path):
 # --------------------------------------------------------------------------- the whole CLI, end to end
 
 
-def padded_archives(root: Path) -> dict[str, bytes]:
-    """Synthetic archives whose images.tar.gz carries 3 MB of padding (a non-image file validation
-    ignores), so a kill can land mid-transfer even though the download reads 1 MiB at a time."""
-    from tests.synthetic import _tar_dir, make_pets_tree
-
-    make_pets_tree(root / "tree", n_per_breed=2, include_odd=False)
-    (root / "tree" / "images" / "padding.bin").write_bytes(os.urandom(3_000_000))
-    out = {}
-    for name in ("images", "annotations"):
-        _tar_dir(root / "tree" / name, root / f"{name}.tar.gz", compress=True)
-        out[f"{name}.tar.gz"] = (root / f"{name}.tar.gz").read_bytes()
-    out["SHA256SUMS"] = "".join(f"{sha(d)}  {n}\n" for n, d in out.items()).encode()
-    return out
-
-
-def pids_in_group(pgid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getpgid(int(entry)) == pgid:
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
 @pytest.mark.slow
 def test_cli_prepare_killed_mid_download_then_rerun_completes(tmp_path):
+    """`kill -9 <pid>` of `segpipe prepare` mid-download: the rerun resumes the `.part`, and the killed
+    command's ephemeral Prefect server does not outlive it (the kernel sends it SIGTERM when the CLI
+    dies: `cli.env`; before, a `uvicorn` of about 200 MB was left running for ever)."""
     from segpipe.data.tfrecords import verify_dataset
 
     files = padded_archives(tmp_path / "src")
@@ -223,23 +204,27 @@ def test_cli_prepare_killed_mid_download_then_rerun_completes(tmp_path):
     work = tmp_path / "work"
     env = child_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     argv = [sys.executable, "-m", "cli.main", "prepare", "--preset", "tiny", "--work-dir", str(work)]
+    server = None
     with ThrottledServer(files, rate=1_000_000, chunk=16384) as srv:
         argv += ["--source", srv.url]
         log = open(tmp_path / "killed-run.log", "w")
-        child = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)  # its own process group, to find what it started
+        child = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: srv.sent(NAME) >= 1_800_000 or child.poll() is not None, timeout=240,
                      what="1.8 MB on the wire")
             assert child.poll() is None, (tmp_path / "killed-run.log").read_text()[-3000:]
+            server = prefect_server_of(child.pid)
+            assert server is not None, "the CLI should have started its ephemeral Prefect server"
             sigkill(child)  # the CLI process only, as `kill -9 <pid>` would
-            orphans = [p for p in pids_in_group(child.pid) if p != child.pid]
+            t0 = time.monotonic()
+            wait_for(lambda: not alive(server), timeout=30, poll=0.1, what="the orphaned Prefect server to stop")
+            orphan_s = time.monotonic() - t0
         finally:
             child.kill()
             log.close()
-            for pid in pids_in_group(child.pid):  # the ephemeral Prefect server it had started
+            if server is not None and alive(server):  # never leave it behind, even when an assert failed
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(server, signal.SIGKILL)
         part = work / "downloads" / f"{NAME}.part"
         kept = part.stat().st_size
         assert part.read_bytes() == files[NAME][:kept] and kept >= 1_000_000
@@ -254,66 +239,67 @@ def test_cli_prepare_killed_mid_download_then_rerun_completes(tmp_path):
     dataset = Path(rerun.stdout.split("dataset written to ")[1].splitlines()[0])
     assert verify_dataset(dataset) == []
     assert leftover_temps(work) == [] and not part.exists()
-    print(f"CLI kill: {kept} of {size} bytes kept, {lost} re-sent; orphaned processes after kill -9: {len(orphans)}")
-
-
-def _alive(pid: int) -> bool:
-    """A process that still runs (a zombie waiting to be reaped does not count)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    print(f"CLI kill -9: {kept} of {size} bytes kept, {lost} re-sent; its Prefect server stopped "
+          f"{orphan_s:.2f} s later (0 orphaned processes)")
 
 
 @pytest.mark.slow
-def test_cli_prepare_stopped_with_sigterm_exits_and_stops_its_prefect_server(tmp_path):
-    """`kill -TERM <pid>` of `segpipe prepare` mid-download: the CLI exits like Ctrl-C (130) within
-    60 s and its ephemeral Prefect server (a uvicorn child) stops too; nothing half-written is trusted.
+def test_cli_prepare_stopped_by_a_group_sigterm_during_a_stalled_download(tmp_path):
+    """SIGTERM to the whole process group (what `timeout -s TERM`, `docker stop` or a supervisor sends) of
+    `segpipe prepare` while its download hangs on a server that stopped sending: the CLI exits 130 in
+    seconds with one line naming the stage, the interrupted runs are Crashed in the Prefect database,
+    its Prefect server stops, and every byte received is kept in the `.part` to resume.
 
-    The download in flight runs in a Prefect worker thread, which a signal cannot interrupt; it stops
-    at its next chunk because the CLI sets `segpipe.cancel` (RELIABILITY.md, F8): the archive is left
-    as a `.part` prefix to resume, well before the rest could have arrived."""
+    Before: the group signal killed the Prefect server at once, so the CLI could record nothing (the run
+    stayed "Running"), and the download's blocked read held the exit until its 60 s timeout even after
+    F8 (a stop request is seen between chunks; this read never returned one)."""
     files = padded_archives(tmp_path / "src")
     work = tmp_path / "work"
-    env = child_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    home = tmp_path / "prefect-home"
+    env = child_env(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     argv = [sys.executable, "-m", "cli.main", "prepare", "--preset", "tiny", "--work-dir", str(work)]
-    with ThrottledServer(files, rate=200_000, chunk=16384) as srv:
+    stall_at = 600_000
+    with ThrottledServer(files, rate=400_000, chunk=16384, stall_after=stall_at, stall_s=120) as srv:
         log_path = tmp_path / "terminated-run.log"
         with open(log_path, "w") as log:
             child = subprocess.Popen([*argv, "--source", srv.url], cwd=REPO, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        started = []
+                                     stderr=subprocess.STDOUT, start_new_session=True)  # a group, as `timeout` makes
+        server = None
         try:
-            wait_for(lambda: srv.sent(NAME) >= 500_000 or child.poll() is not None, timeout=240,
-                     what="0.5 MB on the wire")
-            assert child.poll() is None, log_path.read_text()[-3000:]
-            started = [p for p in pids_in_group(child.pid) if p != child.pid]  # the Prefect server among them
-            assert started, "the CLI should have started its ephemeral Prefect server"
-            sent_at_term, t0 = srv.sent(NAME), time.monotonic()
-            child.send_signal(signal.SIGTERM)  # the CLI process only, as `kill <pid>` would
-            rc = child.wait(timeout=60)
+            wait_for(lambda: srv.sent(NAME) >= stall_at or child.poll() is not None, timeout=240,
+                     what="the download to stall")
+            time.sleep(1.0)  # the read is now blocked on a silent connection
+            assert child.poll() is None and srv.sent(NAME) == stall_at, log_path.read_text()[-3000:]
+            server = prefect_server_of(child.pid)
+            assert server is not None, "the CLI should have started its ephemeral Prefect server"
+            t0 = time.monotonic()
+            os.killpg(child.pid, signal.SIGTERM)  # the whole group
+            rc = child.wait(timeout=90)
             exit_s = time.monotonic() - t0
-            wait_for(lambda: not any(_alive(p) for p in started), timeout=30, poll=0.2,
-                     what="the Prefect server to stop after SIGTERM")
+            wait_for(lambda: not alive(server), timeout=30, poll=0.1, what="the Prefect server to stop")
         finally:
-            for pid in pids_in_group(child.pid):  # never leave anything behind, even when an assert failed
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            if server is not None and alive(server):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(server, signal.SIGKILL)
             child.kill()
             child.wait(timeout=30)
     out = log_path.read_text()
-    assert rc == 130 and "interrupted" in out, out[-3000:]
-    assert not any(_alive(p) for p in pids_in_group(child.pid))
+    assert rc == 130, out[-3000:]
+    assert exit_s < 10, f"exit took {exit_s:.1f} s after SIGTERM (the read timeout is 60 s)"
+    (line,) = [line for line in out.splitlines() if line.startswith("segpipe prepare: interrupted")]
+    assert re.match(r"segpipe prepare: interrupted during download; Prefect recorded prepare-data run '[\w-]+' "
+                    r"and download-data run '[\w-]+' as Crashed\. Run the same command again to resume", line), line
+    assert "the download resumes from its .part file" in line and "Traceback" not in out, out[-3000:]
+    runs = recorded_runs(home)
+    assert ("prepare-data", "Crashed") in runs["flows"] and ("download", "Crashed") in runs["tasks"], runs
+    assert not [r for r in runs["flows"] + runs["tasks"] if r[1] in ("Running", "Pending")], runs
     archive, part = work / "downloads" / NAME, work / "downloads" / f"{NAME}.part"
-    # stopped mid-download (F8 fixed): a true prefix, kept for the next run to resume
-    assert not archive.exists() and 0 < part.stat().st_size < len(files[NAME])
-    assert part.read_bytes() == files[NAME][:part.stat().st_size]
-    remaining_s = (len(files[NAME]) - sent_at_term) / 200_000
-    assert exit_s < remaining_s, f"exit took {exit_s:.1f} s: the download ({remaining_s:.1f} s left) was not stopped"
+    assert not archive.exists() and part.read_bytes() == files[NAME][:stall_at]  # every byte received, kept
     assert not list(work.glob("datasets/*/manifest.json"))  # an interrupted run leaves no complete dataset
-    print(f"CLI SIGTERM: exit {rc} {exit_s:.1f} s after the signal ({sent_at_term} of {len(files[NAME])} B sent "
-          f"by then, archive {'complete' if archive.exists() else 'partial'}); {len(started)} child process(es) "
-          "started, all stopped")
+    print(f"CLI group SIGTERM on a stalled download: exit {rc} {exit_s:.2f} s after the signal, runs Crashed, "
+          f"{stall_at} of {len(files[NAME])} B kept (0 lost), Prefect server stopped")
 
 
 # --------------------------------------------------------------------------- cooperative stop (F8)
@@ -351,20 +337,77 @@ def test_a_stop_request_ends_a_download_between_chunks_keeping_the_bytes(stop_re
     assert issubclass(stop_request.Cancelled, KeyboardInterrupt)  # never retried as a task failure
 
 
-def test_a_stop_request_ends_shard_writing_and_validation_leaving_nothing(stop_request, tmp_path):
-    from segpipe.data.tfrecords import write_shard
-    from segpipe.data.validate import validate_dataset
+def test_a_stop_request_ends_a_download_stalled_mid_body_at_once(stop_request, tmp_path):
+    """A server that stops sending mid-body leaves the download blocked in a read that returns no chunk,
+    so a check between chunks never runs: the stop request shuts the socket down instead. Before, the
+    stop waited for the read timeout (30 s here, 60 s by default) and then surfaced as a network error
+    (which the download task would have retried)."""
+    import threading
+
+    payload = os.urandom(400_000)
+    outcome: dict = {}
+
+    def fetch(url: str) -> None:
+        try:
+            download_archive(resolve_source(url), NAME, tmp_path, expected_sha256=sha(payload), timeout=30,
+                             progress=False)
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            outcome["error"], outcome["at"] = exc, time.monotonic()
+
+    with ThrottledServer({NAME: payload}, stall_after=150_000, stall_s=60) as srv:
+        worker = threading.Thread(target=fetch, args=(srv.url,))
+        worker.start()
+        wait_for(lambda: srv.sent(NAME) >= 150_000, timeout=30, what="the download to stall")
+        time.sleep(0.5)  # blocked in the read now
+        requested = time.monotonic()
+        stop_request.request()
+        worker.join(timeout=20)
+    assert not worker.is_alive(), "the stalled read was not interrupted"
+    assert isinstance(outcome["error"], stop_request.Cancelled), repr(outcome["error"])
+    assert outcome["at"] - requested < 2.0
+    assert (tmp_path / f"{NAME}.part").read_bytes() == payload[:150_000]  # every byte received is kept
+
+
+def test_a_stop_request_ends_shard_writing_and_validation_leaving_nothing(stop_request, tmp_path, monkeypatch):
+    """The stop is requested while the work runs (as a SIGTERM arrives mid-shard or mid-validation), not
+    before it starts: the writer stops at its next example, validation at its next image."""
+    from segpipe.data import tfrecords, validate
     from tests.synthetic import make_pets_tree
 
-    make_pets_tree(tmp_path / "tree", n_per_breed=2, include_odd=False)
-    report = validate_dataset(tmp_path / "tree" / "images", tmp_path / "tree" / "annotations")
-    assert len(report.examples) >= 4
-    stop_request.request()
+    make_pets_tree(tmp_path / "tree", n_per_breed=4, include_odd=False)
+    images, annotations = tmp_path / "tree" / "images", tmp_path / "tree" / "annotations"
+    report = validate.validate_dataset(images, annotations)
+    assert len(report.examples) == 16
+
+    serialized, real_serialize = [], tfrecords.serialize
+
+    def serialize_then_stop(example):
+        serialized.append(example.id)
+        if len(serialized) == 2:
+            stop_request.request()  # mid-shard: two examples in, fourteen to go
+        return real_serialize(example)
+
+    monkeypatch.setattr(tfrecords, "serialize", serialize_then_stop)
     with pytest.raises(stop_request.Cancelled, match="writing shard train-00000"):
-        write_shard(report.examples, tmp_path / "out" / "train-00000-of-00001.tfrecord")
+        tfrecords.write_shard(report.examples, tmp_path / "out" / "train-00000-of-00001.tfrecord")
+    assert serialized == [e.id for e in report.examples[:2]]  # stopped at the next example, not at the end
     assert list((tmp_path / "out").iterdir()) == []  # no shard, no temporary file
+
+    stop_request.clear()
+    opened, real_open = [], validate._open_image
+
+    def open_then_stop(path, *args, **kwargs):
+        if path.suffix == ".jpg":  # the image of a pair (its trimap is opened too)
+            opened.append(path.name)
+            if len(opened) == 3:
+                stop_request.request()  # mid-validation
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(validate, "_open_image", open_then_stop)
     with pytest.raises(stop_request.Cancelled, match="validating"):
-        validate_dataset(tmp_path / "tree" / "images", tmp_path / "tree" / "annotations")
+        validate.validate_dataset(images, annotations, workers=2)
+    # at most the images already handed to the two workers are opened after the request, not all 16
+    assert 3 <= len(opened) <= 5, opened
 
 
 def test_a_signal_requests_the_stop_even_when_another_handler_owns_it(stop_request):

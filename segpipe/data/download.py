@@ -17,6 +17,7 @@ moved to `quarantine/` and never left under the trusted name.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -448,6 +449,7 @@ def _fetch_http(url: str, final: Path, timeout: float, chunk_size: int, bar: "_P
                 return sha, size, start
         raise TransientDownloadError(f"{shown}: the server's answers to a resumed download are inconsistent")
     except _NETWORK_ERRORS as exc:
+        cancel.check(f"downloading {shown}")  # the stop request shut the connection: not a network error
         raise TransientDownloadError(f"{shown}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -475,7 +477,9 @@ def _stream(
     done = start
     bar.start(start, total)
     try:
-        with open(part, "r+b" if start else "wb") as f:
+        # a stop request (Ctrl-C, SIGTERM) shuts the socket down, so a read from a stalled server ends now
+        # instead of at the read timeout; open(...) first: the check below must see the bytes kept
+        with open(part, "r+b" if start else "wb") as f, cancel.closing_on_request(lambda: _shut_down(resp)):
             f.seek(start)
             f.truncate()
             # read1: write whatever has arrived, so a stall or a kill never throws away bytes received;
@@ -490,6 +494,20 @@ def _stream(
     if total is not None and done != total:
         raise TransientDownloadError(f"{shown}: body truncated at {done} of {total} bytes")
     return done, h.hexdigest()
+
+
+def _shut_down(resp: requests.Response) -> None:
+    """Shut the response's socket down (both ways): a read blocked on it returns at once."""
+    import socket
+
+    # urllib3's connection may have dropped its socket already (a response that closes the connection);
+    # the http.client response still reads from it through its file object
+    conn = getattr(resp.raw, "connection", None)
+    fileobj = getattr(getattr(getattr(resp.raw, "_fp", None), "fp", None), "raw", None)
+    for sock in (getattr(conn, "sock", None), getattr(fileobj, "_sock", None)):
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _hash_prefix(path: Path, length: int) -> "hashlib._Hash":
@@ -535,6 +553,7 @@ def _write_chunks(chunks: Iterable[bytes], f: Any, h: Any, bar: "_Progress", don
         h.update(chunk)
         done += len(chunk)
         bar.update(done)
+    cancel.check(f"writing {f.name}")  # a stop request shut the connection down: not a truncated body
     f.flush()
     os.fsync(f.fileno())
     return done

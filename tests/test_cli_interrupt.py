@@ -1,0 +1,162 @@
+"""Stopping `segpipe` the way people do: Ctrl-C typed into a real terminal, and a SIGTERM sent to the
+whole process group (`timeout -s TERM`, `docker stop`, a supervisor).
+
+The CLI runs on a pseudo-terminal that is its controlling terminal, in its own session; Ctrl-C is the
+byte 0x03 written to the terminal, so the kernel's line discipline sends SIGINT to the terminal's
+whole foreground process group, as a keyboard does. Before the fix, Prefect's ephemeral server was in
+that group: it died with the keypress, the CLI printed websocket tracebacks, left the flow run
+"Running" in the Prefect database for ever and exited 1 about 2 min 20 s later.
+
+Each test reads the run's state from the Prefect database itself (SQLite, under PREFECT_HOME).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faults import REPO, child_env, wait_for
+from tests.terminal import Terminal, alive, prefect_server_of, recorded_runs
+
+pytestmark = pytest.mark.slow
+
+INTERRUPT_LINE = re.compile(
+    r"^segpipe (?P<command>\w+): interrupted(?: during (?P<stages>[\w, -]+))?"
+    r"(?P<recorded>(?:; Prefect recorded .+? as \w+)*)\. Run the same command again to resume \((?P<resume>.+)\)\.$"
+)
+NATIVE_NOISE = ("absl::InitializeLog", "cuInit", "oneDNN custom operations", "Could not find cuda drivers",
+                "cpu_feature_guard")
+
+
+def backup_epoch(work: Path) -> int:
+    """Epochs completed according to the training backup (BackupAndRestore's metadata), 0 without one."""
+    for meta in work.glob("runs/*/backup/training_metadata.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return int(json.loads(meta.read_text())["epoch"])
+    return 0
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = child_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                    **extra)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it: the CLI must quieten TensorFlow itself
+    env.pop("SEGPIPE_DEBUG", None)
+    return env
+
+
+def segpipe(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli.main", *args]
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    from tests.synthetic import make_pets_archives
+
+    src = tmp_path_factory.mktemp("pets")
+    make_pets_archives(src, n_per_breed=4, include_odd=False)
+    return src
+
+
+# --------------------------------------------------------------------------- Ctrl-C during training
+
+
+def test_ctrl_c_in_a_terminal_during_training_stops_in_seconds_and_records_the_run(archives, tmp_path):
+    from segpipe.data.tfrecords import verify_dataset
+
+    work = tmp_path / "work"
+    argv = segpipe("run", "--preset", "tiny", "--source", str(archives), "--split", "random",
+                   "--set", "train.epochs=25", "--set", "train.early_stopping_patience=0", "--work-dir", str(work))
+    env = cli_env(tmp_path)
+    term = Terminal(argv, env)
+    try:
+        wait_for(lambda: backup_epoch(work) >= 3, timeout=300, proc=term.proc, what="training's third epoch")
+        server = prefect_server_of(term.proc.pid)
+        assert server is not None, "the CLI runs an ephemeral Prefect server"
+        assert os.getpgid(server) != term.foreground_group(), "the server must not hear the terminal's signals"
+        pressed = term.type_ctrl_c()
+        rc = term.wait(timeout=60)
+        exit_s = time.monotonic() - pressed
+    finally:
+        term.close()
+    out = term.drain()
+    assert rc == 130, out[-3000:]
+    assert exit_s < 10, f"exit took {exit_s:.1f} s after Ctrl-C"
+    lines = [m for m in map(INTERRUPT_LINE.search, out.splitlines()) if m]
+    assert len(lines) == 1, out[-3000:]
+    line = lines[0]
+    assert (line["command"], line["stages"]) == ("run", "train"), line[0]
+    assert re.fullmatch(r"; Prefect recorded pipeline run '[\w-]+' as Crashed", line["recorded"]), line[0]
+    assert "training resumes from its last completed epoch" in line["resume"]
+    assert "Traceback" not in out and "Connection refused" not in out and "EventsWorker" not in out, out[-3000:]
+    assert not [n for n in NATIVE_NOISE if n in out], out[:3000]
+    wait_for(lambda: not alive(server), timeout=10, what="the Prefect server to stop")
+
+    runs = recorded_runs(tmp_path / "prefect-home")
+    assert ("pipeline", "Crashed") in runs["flows"] and ("train", "Crashed") in runs["tasks"], runs
+    assert not [r for r in runs["flows"] + runs["tasks"] if r[1] in ("Running", "Pending")], runs
+
+    # what was complete stays usable: the dataset verifies, and the run resumes from its last epoch
+    (dataset,) = [p for p in (work / "datasets").iterdir() if (p / "manifest.json").is_file()]
+    assert verify_dataset(dataset) == []
+    (run_dir,) = (work / "runs").iterdir()
+    done = backup_epoch(work)
+    assert done >= 3
+    assert len((run_dir / "history.csv").read_text().strip().splitlines()) == 1 + done
+
+    again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    lineage = json.loads((run_dir / "lineage.json").read_text())
+    assert [r["from_epoch"] for r in lineage["resumed_at"]] == [done]
+    assert len((run_dir / "history.csv").read_text().strip().splitlines()) == 1 + 25
+    print(f"Ctrl-C during training: exit {rc} {exit_s:.2f} s after the keypress, pipeline run Crashed; "
+          f"{done} completed epochs kept and resumed")
+
+
+# --------------------------------------------------------------------------- a second Ctrl-C
+
+
+def test_a_second_ctrl_c_exits_at_once_when_the_first_cannot_finish(tmp_path):
+    """The Prefect server freezes (SIGSTOP: an unresponsive API), then Ctrl-C during a download: the CLI
+    cannot record the run, so the first Ctrl-C does not end the command; a second one ends it at once."""
+    import signal
+
+    from tests.faults import ThrottledServer, padded_archives
+
+    files = padded_archives(tmp_path / "src")
+    work = tmp_path / "work"
+    server = None
+    with ThrottledServer(files, rate=300_000, chunk=16384) as srv:
+        term = Terminal(segpipe("prepare", "--preset", "tiny", "--source", srv.url, "--work-dir", str(work)),
+                        cli_env(tmp_path))
+        try:
+            wait_for(lambda: srv.sent("images.tar.gz") >= 300_000, timeout=240, proc=term.proc,
+                     what="the download to start")
+            server = prefect_server_of(term.proc.pid)
+            assert server is not None
+            os.kill(server, signal.SIGSTOP)
+            term.type_ctrl_c()
+            time.sleep(3.0)
+            assert term.proc.poll() is None, "the first Ctrl-C should still be waiting for the frozen server"
+            second = term.type_ctrl_c()
+            rc = term.wait(timeout=30)
+            exit_s = time.monotonic() - second
+        finally:
+            if server is not None and alive(server):
+                os.kill(server, signal.SIGKILL)
+            term.close()
+    out = term.drain()
+    assert rc == 130, out[-3000:]
+    assert exit_s < 2.0, f"exit took {exit_s:.1f} s after the second Ctrl-C:\n{out[-3000:]}"
+    assert "segpipe: interrupted again: stopping now" in out and "Traceback" not in out, out[-3000:]
+    part = work / "downloads" / "images.tar.gz.part"
+    assert 0 < part.stat().st_size < len(files["images.tar.gz"])
+    assert part.read_bytes() == files["images.tar.gz"][:part.stat().st_size]  # what arrived is kept
+    print(f"second Ctrl-C: exit {rc} {exit_s:.2f} s after it")
