@@ -238,3 +238,12 @@ def test_training_task_cache_key_sees_the_weights_digest_not_the_path(weights_fi
     assert _plain(_cfg(path).model) == _plain(_cfg(moved).model)
     assert str(tmp_path) not in json.dumps(_plain(_cfg(moved).model))
     assert _plain(_cfg(path).model) != _plain(_cfg(None).model)
+
+
+def test_cli_default_preset_is_the_pretrained_cpu_quick(capsys):
+    from cli.main import main
+
+    assert main(["config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["preset"] == "cpu-quick" and cfg["model"]["encoder"] == "mobilenetv2"
+    assert cfg["model"]["encoder_weights"] == "imagenet" and cfg["train"]["freeze_encoder_images"] > 0
