@@ -27,6 +27,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # absl's native log prefix: severity + MMDD, time, thread id, file:line]
 _PREFIX = r"^[IWE]\d{4} [\d:.]+\s+\d+ "
@@ -39,6 +40,8 @@ NOISE: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
     _PREFIX + r"cuda_(dnn|fft|blas)\.cc:\d+\] Unable to register cu(DNN|FFT|BLAS) factory",
     _PREFIX + r"computation_placer\.cc:\d+\] computation placer already registered",
     r"^(\S+ )?TF-TRT Warning: Could not find TensorRT$",
+    # at the first integer op of a model on a CPU without AVX-512 (a fallback notice, not a problem)
+    _PREFIX + r"util\.cc:\d+\] oneDNN supports DT_INT32 only on platforms with AVX-512",
 ))
 _NO_DRIVER_NOISE = re.compile(_PREFIX + r"cuda_(platform|driver|executor)\.cc:\d+\] failed call to cuInit: ")
 
@@ -98,3 +101,50 @@ def tensorflow_started_quietly(debug: bool = False) -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+
+
+@contextlib.contextmanager
+def one_line_tracebacks_on_the_console() -> Iterator[None]:
+    """Prefect logs a task's or flow's exception with its whole traceback; on the console, show its last
+    line only ("ValueError: dataset ... has no training examples"). The Prefect API (the run's logs in
+    the UI or database) still receives the full traceback: its handler formats the record first.
+
+    Applies to the console handlers Prefect's logging set-up installed (imports `prefect.main`, which
+    runs it); restored on exit.
+    """
+    import logging
+
+    import prefect.main  # noqa: F401 - sets Prefect's logging up, console handler included
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    patched = []
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        if isinstance(handler, PrefectConsoleHandler) and formatter is not None and "format" not in vars(formatter):
+            formatter.format = _short_exceptions(formatter.format)  # type: ignore[method-assign]
+            patched.append(formatter)
+    try:
+        yield
+    finally:
+        for formatter in patched:
+            vars(formatter).pop("format", None)
+
+
+def _short_exceptions(format_record: Any) -> Any:
+    import logging
+
+    def format(record: logging.LogRecord) -> str:
+        if not record.exc_info:
+            return format_record(record)
+        saved = record.exc_info, record.exc_text
+        exc = record.exc_info[1]
+        record.exc_info = None
+        summary = f"{type(exc).__name__}: {exc}" if exc is not None else None
+        # Prefect's own lines already carry the exception ("... during execution: ValueError('...')")
+        record.exc_text = None if summary is None or str(exc) in record.getMessage() else summary
+        try:
+            return format_record(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+    return format

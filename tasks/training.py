@@ -69,7 +69,8 @@ def train(dataset: DatasetRef, model: ModelConfig, train: TrainConfig, work_dir:
         progress = logs.pop("progress", f"epoch {epoch + 1}")
         logger.info("%s: %s", progress, ", ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())))
 
-    result = training.train(cfg, Path(dataset.path), run_dir, on_epoch_end=log_epoch)
+    # verbose=0: the epoch line above (progress, ETA, metrics) is the one a user reads
+    result = training.train(cfg, Path(dataset.path), run_dir, on_epoch_end=log_epoch, verbose=0)
     if result.resumed_from_epoch:
         logger.info("resumed from epoch %d", result.resumed_from_epoch)
     logger.info("best val mean IoU %s at epoch %s", result.best_val_mean_iou, result.best_epoch)
