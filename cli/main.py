@@ -250,6 +250,10 @@ def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Pa
 
         tensorflow_started_quietly(debug=debug_enabled(args))
     start_local_server()
+    if not debug_enabled(args):
+        from cli.quiet import one_line_tracebacks_on_the_console
+
+        args.cleanup.enter_context(one_line_tracebacks_on_the_console())
     if in_process:
         args.run_started = args.cleanup.enter_context(local_run_settings())
     return work

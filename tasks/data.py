@@ -174,9 +174,11 @@ def split(report: Any, digests: dict[str, str], params: dict[str, Any]) -> Datas
         test_fraction=params["test_fraction"], seed=params["seed"], holdout_breeds=params.get("holdout_breeds", ()),
     )
     key = dataset_mod.dataset_key(digests, params)
-    get_run_logger().info(
-        "dataset %s: %s", key, ", ".join(f"{name} {len(ids)}" for name, ids in splits.items())
-    )
+    logger = get_run_logger()
+    logger.info("dataset %s: %s", key, ", ".join(f"{name} {len(ids)}" for name, ids in splits.items()))
+    if not splits["train"]:
+        logger.warning("dataset %s has no training examples (trainval.txt lists none): it can be scored, "
+                       "not trained on", key)
     return DatasetPlan(key, splits, params)
 
 

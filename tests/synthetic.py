@@ -177,8 +177,13 @@ def make_pets_tree(
     breeds: tuple[str, ...] = DEFAULT_BREEDS,
     include_odd: bool = True,
     seed: int = 0,
+    test_only: bool = False,
 ) -> SyntheticInfo:
-    """Write `root/images/*.jpg` and `root/annotations/...` (official layout); `size` is (width, height)."""
+    """Write `root/images/*.jpg` and `root/annotations/...` (official layout); `size` is (width, height).
+
+    `test_only=True` lists every image in test.txt and leaves trainval.txt empty: a held-out set, or
+    new data to score.
+    """
     if n_per_breed < 1 or not breeds or len(set(breeds)) != len(breeds) or UNKNOWN_BREED in breeds:
         raise ValueError(f"need n_per_breed >= 1 and distinct breeds other than {UNKNOWN_BREED!r}")
     root = Path(root)
@@ -190,11 +195,13 @@ def make_pets_tree(
     colours = {b: tuple(int(c) for c in rng.integers(30, 230, 3)) for b in (*breeds, UNKNOWN_BREED)}
 
     # (id, breed, kind or "", list files)
-    plan = [(f"{b}_{n}", b, "", ("list", "test" if n % 4 == 0 else "trainval"))
+    plan = [(f"{b}_{n}", b, "", ("list", "test" if n % 4 == 0 or test_only else "trainval"))
             for b in breeds for n in range(1, n_per_breed + 1)]
     if include_odd:
         for kind, (bi, number, in_lists, _) in ODD_KINDS.items():
             breed = UNKNOWN_BREED if bi is None else breeds[bi % len(breeds)]
+            if test_only:
+                in_lists = tuple("test" if name == "trainval" else name for name in in_lists)
             plan.append((f"{breed}_{number}", breed, kind, in_lists))
 
     info = SyntheticInfo(root, images, annotations, table, {}, [], {}, {}, {}, [], [], [])

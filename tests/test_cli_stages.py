@@ -1,4 +1,5 @@
-"""Every stage from the CLI, as a user runs it: prepare → train → evaluate (also on a never-seen source) → gallery → predict."""
+"""Every stage from the CLI, as a user runs it: prepare → train → evaluate (also on a never-seen, held-out source
+whose trainval.txt is empty) → gallery → predict; training refuses a dataset without a train split."""
 
 from __future__ import annotations
 
@@ -18,14 +19,21 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def segpipe(tmp_path, *args):
+NATIVE_NOISE = ("absl::InitializeLog", "cuInit", "oneDNN custom operations", "Could not find cuda drivers",
+                "cpu_feature_guard")
+
+
+def segpipe(tmp_path, *args, expect=0):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a user's shell: the CLI must quieten TensorFlow itself
     proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"segpipe {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == expect, f"segpipe {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     # the ephemeral server recorded every task run before the CLI stopped it (cli.env.local_run_settings)
     assert "Error flushing" not in proc.stderr, proc.stderr[-4000:]
-    return proc.stdout
+    # no TensorFlow start-up noise on any command (RELIABILITY.md, finding 3)
+    assert not [n for n in NATIVE_NOISE if n in proc.stderr], proc.stderr[:3000]
+    return proc if expect else proc.stdout
 
 
 def recorded_runs(tmp_path) -> dict:
@@ -42,10 +50,22 @@ def recorded_runs(tmp_path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def constant_model(path: Path, probs: tuple[float, float, float], size: int = 32) -> Path:
+    """A saved model that predicts `probs` (pet, background, border) at every pixel of any image."""
+    import keras
+
+    inputs = keras.Input((size, size, 3))
+    logits = keras.layers.Conv2D(3, 1, kernel_initializer="zeros",
+                                 bias_initializer=keras.initializers.Constant(np.log(probs).tolist()))(inputs)
+    keras.Model(inputs, keras.layers.Softmax()(logits)).save(path)
+    return path
+
+
 def test_stages_from_the_cli(tmp_path):
     seen, unseen = tmp_path / "seen", tmp_path / "unseen"
     make_pets_archives(seen, n_per_breed=6, seed=0)
-    make_pets_archives(unseen, n_per_breed=3, seed=1, include_odd=False)
+    # a held-out set: test.txt lists every image, trainval.txt none (scoring it used to fail in the split)
+    make_pets_archives(unseen, n_per_breed=3, seed=1, include_odd=False, test_only=True)
     work = str(tmp_path / "work")
     common = ["--work-dir", work, "--preset", "tiny"]
 
@@ -59,23 +79,42 @@ def test_stages_from_the_cli(tmp_path):
 
     metrics_path = tmp_path / "unseen-metrics.json"
     out = segpipe(tmp_path, "evaluate", *common, "--model", str(model), "--source", str(unseen),
-                  "--split-mode", "random", "--split", "test", "--out", str(metrics_path))
+                  "--split", "test", "--out", str(metrics_path))  # the official split of the held-out archives
     metrics = json.loads(metrics_path.read_text())
-    assert metrics["split"] == "test" and metrics["n_images"] >= 1
+    assert metrics["split"] == "test" and metrics["n_images"] == 12  # every image of the held-out set
     assert 0.0 <= metrics["mean_iou"] <= 1.0 and metrics["resolution"] == "original"
     assert metrics["at_model_resolution"]["resolution"] == "model"
     unseen_key = metrics["dataset_key"]
-    assert (Path(work) / "datasets" / unseen_key / "manifest.json").is_file()
+    manifest = json.loads((Path(work) / "datasets" / unseen_key / "manifest.json").read_text())
+    assert {k: v["num_examples"] for k, v in manifest["splits"].items()} == {
+        "train": 0, "val": 0, "test": 12, "unassigned": 0}
 
+    # an ensemble averages the members' softmax: with a member certain of one class everywhere (the class the
+    # trained model predicts least), the average predicts that class at every pixel (scored on the same pixels)
+    classes = ["pet", "background", "border"]
+    rare = min(classes, key=lambda c: metrics["predicted_class_share"][c])
+    assert metrics["predicted_class_share"][rare] < 0.34
+    certain = constant_model(tmp_path / "certain.keras", tuple(1 - 2e-6 if c == rare else 1e-6 for c in classes))
     ensemble_out = tmp_path / "ensemble.json"
-    segpipe(tmp_path, "evaluate", *common, "--model", str(model), "--model", str(model), "--dataset", unseen_key,
+    segpipe(tmp_path, "evaluate", *common, "--model", str(model), "--model", str(certain), "--dataset", unseen_key,
             "--split", "test", "--out", str(ensemble_out))
-    assert json.loads(ensemble_out.read_text())["mean_iou"] == pytest.approx(metrics["mean_iou"], abs=1e-6)
+    ensemble = json.loads(ensemble_out.read_text())
+    truth = [sum(row) for row in metrics["confusion_matrix"]]  # pixels of each true class
+    k = classes.index(rare)
+    assert ensemble["confusion_matrix"] == [[n if j == k else 0 for j in range(3)] for n in truth]
+    assert ensemble["predicted_class_share"] == {c: float(c == rare) for c in classes}
+    assert [m["path"] for m in ensemble["models"]] == [str(model.resolve()), str(certain.resolve())]
 
-    out = segpipe(tmp_path, "gallery", *common, "--model", str(model), "--dataset", unseen_key, "--split", "test",
+    out = segpipe(tmp_path, "gallery", *common, "--model", str(model), "--source", str(unseen), "--split", "test",
                   "--out", str(tmp_path / "gallery"))
     index = tmp_path / "gallery" / "index.html"
     assert index.is_file() and "legend" in index.read_text().lower()
+
+    # only training needs a train split, and says so
+    refused = segpipe(tmp_path, "train", *common, "--dataset", unseen_key, "--epochs", "1", expect=1)
+    assert f"segpipe train failed: ValueError: dataset {unseen_key} has no training examples " \
+           "(train 0, val 0, test 12)" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
     images = tmp_path / "to-predict"
     images.mkdir()
@@ -88,5 +127,6 @@ def test_stages_from_the_cli(tmp_path):
     assert mask.shape == (50, 70) and set(np.unique(mask)) <= {1, 2, 3}
 
     runs = recorded_runs(tmp_path)  # what a Prefect UI on this database would show: every run finished
-    assert set(runs["flows"]) == {"Completed"} and sum(runs["flows"].values()) >= 5, runs
+    assert runs["flows"].get("Failed") == 1, runs  # the refused training, and only that
+    assert set(runs["flows"]) == {"Completed", "Failed"} and runs["flows"]["Completed"] >= 5, runs
     assert set(runs["tasks"]) <= {"Completed", "Cached"} and sum(runs["tasks"].values()) >= 15, runs

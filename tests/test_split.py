@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from segpipe.data.split import load_split, make_split, write_split
+from segpipe.data.split import load_split, make_split, require_train_split, write_split
 from segpipe.data.validate import read_lists, validate_dataset
 from tests.synthetic import make_pets_tree
 
@@ -76,7 +76,7 @@ def test_small_fractions_still_get_one_and_train_is_kept():
         ({"mode": "kfold"}, "split mode must be one of official, random"),
         ({"seed": -1}, "seed must be a non-negative int"),
         ({"ids": ["cat_1", "cat_1"]}, "duplicate example ids: cat_1"),
-        ({"ids": TEST}, "no valid id is listed in trainval.txt"),
+        ({"ids": NOWHERE}, "none of the 2 valid ids is listed in trainval.txt or test.txt"),
         ({"ids": [], "mode": "random"}, "too few"),
     ],
 )
@@ -122,3 +122,37 @@ def test_breed_split_holds_whole_breeds_out():
         make_split(ids, {}, mode="breed", val_fraction=0.2, test_fraction=0.1, seed=3, holdout_breeds=["beagle"])
     with pytest.raises(ValueError, match="holdout_breeds is empty"):
         make_split(ids, {}, mode="breed", val_fraction=0.2, test_fraction=0.1, seed=3)
+
+
+def test_an_empty_trainval_is_a_set_to_score_not_an_error():
+    """A held-out set (test.txt lists the images, trainval.txt is empty) is prepared for scoring: before,
+    the split refused it ("train would be empty"), so `segpipe evaluate --source` could not score it."""
+    s = split(TEST + NOWHERE)
+    assert s["train"] == [] and s["val"] == [] and sorted(s["test"]) == sorted(TEST)
+    assert s["unassigned"] == sorted(NOWHERE)
+
+
+def test_on_a_synthetic_test_only_tree(tmp_path):
+    tree = make_pets_tree(tmp_path, n_per_breed=3, test_only=True)
+    assert (tree.annotations_dir / "trainval.txt").read_text() == ""
+    report = validate_dataset(tree.images_dir, tree.annotations_dir)
+    lists = {i: e.lists for i, e in read_lists(tree.annotations_dir).items()}
+    s = make_split([e.id for e in report.examples], lists, mode="official", val_fraction=0.2, test_fraction=0.1,
+                   seed=0)
+    assert s["train"] == s["val"] == []
+    assert sorted(s["test"]) == sorted(i for i in tree.valid if i not in tree.unlisted)
+
+
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        ({"train": 0, "val": 0, "test": 30}, r"dataset k1 has no training examples \(train 0, val 0, test 30\): .*"
+                                             r"trainval\.txt.*can be scored \(segpipe evaluate/gallery --split test\)"),
+        ({"train": 5, "val": 0, "test": 3}, r"dataset k1 has no validation examples \(train 5, val 0, test 3\): .*"
+                                            r"--val-fraction"),
+    ],
+)
+def test_only_training_requires_a_train_split(counts, message):
+    with pytest.raises(ValueError, match=message):
+        require_train_split(counts, "k1")
+    require_train_split({"train": 5, "val": 1, "test": 0}, "k1")  # a test split is not needed to train

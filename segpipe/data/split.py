@@ -2,7 +2,9 @@
 
 - `official`: test = the valid ids of test.txt; val is carved out of the valid
   ids of trainval.txt; train is the rest of trainval. Ids in neither list go to
-  `unassigned` (kept out of every split, reported).
+  `unassigned` (kept out of every split, reported). An empty trainval.txt (a
+  held-out set, or new data to score) gives empty train and val splits: scoring
+  works, training refuses it (`require_train_split`).
 - `random`: every valid id is shuffled into train/val/test.
 - `breed`: test = every valid id of the `holdout_breeds` (breeds training never
   sees); val is carved out of the other breeds, train is the rest.
@@ -76,8 +78,13 @@ def make_split(
         test = _shuffled((i for i, m in member.items() if "test" in m), seed)
         trainval = _shuffled((i for i, m in member.items() if "trainval" in m and "test" not in m), seed)
         unassigned = sorted(i for i, m in member.items() if "test" not in m and "trainval" not in m)
-        if not trainval:
-            raise ValueError("official split: no valid id is listed in trainval.txt, so train would be empty")
+        if not trainval and not test:
+            raise ValueError(
+                f"official split: none of the {len(member)} valid ids is listed in trainval.txt or test.txt, "
+                "so every split would be empty; list them there, or use --split random"
+            )
+        # An empty trainval.txt is a held-out set (or new data) to score: train and val stay empty, and
+        # only training refuses it (`require_train_split`).
         n_val = _take(len(trainval), val_fraction, keep=1)
         return {"train": trainval[n_val:], "val": trainval[:n_val], "test": test, "unassigned": unassigned}
 
@@ -117,6 +124,29 @@ def _breed_split(ids: list[str], holdout_breeds: Iterable[str], val_fraction: fl
         raise ValueError("breed split: holding out these breeds leaves too few images to train on")
     n_val = _take(len(rest), val_fraction, keep=1)
     return {"train": rest[n_val:], "val": rest[:n_val], "test": test, "unassigned": []}
+
+
+def require_train_split(num_examples: Mapping[str, int], dataset: str) -> None:
+    """Raise ValueError, naming `dataset` and what to do, unless it has train and val examples.
+
+    Preparing a dataset never requires a train split (a held-out set is prepared to be scored);
+    training does, and says so here, before a model is built.
+    """
+    n_train, n_val = num_examples.get("train", 0), num_examples.get("val", 0)
+    if n_train > 0 and n_val > 0:
+        return
+    counts = ", ".join(f"{name} {num_examples.get(name, 0)}" for name in SPLITS)
+    if n_train == 0:
+        raise ValueError(
+            f"dataset {dataset} has no training examples ({counts}): with the official split, train and val "
+            "come from the ids listed in trainval.txt, and these archives list none. It can be scored "
+            "(segpipe evaluate/gallery --split test) but not trained on; train on archives whose trainval.txt "
+            "lists images, or prepare these with --split random"
+        )
+    raise ValueError(
+        f"dataset {dataset} has no validation examples ({counts}): training needs some to pick the best "
+        "model; prepare it with a larger --val-fraction"
+    )
 
 
 def write_split(split: Mapping[str, list[str]], dataset_dir: str | Path, params: Mapping[str, Any]) -> Path:
