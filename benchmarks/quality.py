@@ -92,7 +92,8 @@ class ReachedTarget(Exception):
     """Raised from the epoch hook of a `--stop-at-held-out` run once the held-out mean IoU reaches it."""
 
 
-def train_and_score(cfg, dataset, run_dir: Path, stop_at: float | None = None) -> dict:
+def train_and_score(cfg, dataset, run_dir: Path, stop_at: float | None = None,
+                    give_up_cpu_s: float | None = None) -> dict:
     """Train `cfg` into `run_dir`; score on the held-out split. With `stop_at`, training stops at the first
     epoch whose best model reaches that held-out mean IoU (a time-to-target measurement of a long recipe)."""
     from segpipe import evaluation, training
@@ -118,12 +119,15 @@ def train_and_score(cfg, dataset, run_dir: Path, stop_at: float | None = None) -
         print(f"[quality] epoch {epoch + 1}: {curve[-1]}", file=sys.stderr, flush=True)
         if stop_at is not None and state["score"]["mean_iou"] >= stop_at:
             raise ReachedTarget(epoch)
+        if give_up_cpu_s is not None and curve[-1]["train_cpu_seconds"] >= give_up_cpu_s:
+            raise ReachedTarget(epoch)  # not reached within the CPU budget: recorded as such
 
     try:
         result = training.train(cfg, Path(dataset.path), run_dir, on_epoch_end=on_epoch_end, verbose=2)
     except ReachedTarget:
         return {"preset": cfg.preset, "model": cfg.model.name, "train_seed": cfg.train.seed,
-                "stopped_at_held_out_mean_iou": stop_at, "epochs_completed": len(curve),
+                "stopped_at_held_out_mean_iou": stop_at, "gave_up_after_cpu_seconds": give_up_cpu_s,
+                "reached": _first(curve, "train_seconds") is not None, "epochs_completed": len(curve),
                 "train_seconds": curve[-1]["train_seconds"], "train_cpu_seconds": curve[-1]["train_cpu_seconds"],
                 "seconds_to_held_out_070": _first(curve, "train_seconds"),
                 "cpu_seconds_to_held_out_070": _first(curve, "train_cpu_seconds"), "curve": curve}
@@ -238,6 +242,8 @@ def main() -> int:
     p.add_argument("--train-seed", type=int, action="append", help="repeatable: one run per preset and seed")
     p.add_argument("--stop-at-held-out", type=float, metavar="MEAN_IOU",
                    help="stop each run once its best model reaches this held-out mean IoU (time to target only)")
+    p.add_argument("--give-up-after-cpu-seconds", type=float, metavar="S",
+                   help="with --stop-at-held-out: stop a run that has not reached it after this many CPU-seconds")
     p.add_argument("--plot", help="write the quality-per-CPU-minute plot (PNG) here")
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--merge", nargs="+", metavar="JSON",
@@ -271,7 +277,8 @@ def main() -> int:
     for cfg in configs:
         run_dir = work.run(f"quality-{cfg.preset}-{digest_json([dataset.dataset_key, cfg.model_dump(mode='json')])[:10]}")
         shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark measures training: never a cached run
-        results.append(train_and_score(cfg, dataset, run_dir, stop_at=args.stop_at_held_out))
+        results.append(train_and_score(cfg, dataset, run_dir, stop_at=args.stop_at_held_out,
+                                       give_up_cpu_s=args.give_up_after_cpu_seconds))
     report = {
         "benchmark": "quality",
         "command": " ".join(["benchmarks/quality.py", *sys.argv[1:]]),

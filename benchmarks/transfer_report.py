@@ -110,10 +110,16 @@ def render() -> str:
     quick_070 = [r["cpu_seconds_to_held_out_070"] for r in quick["results"] if r.get("cpu_seconds_to_held_out_070")]
     scratch_070 = [r["cpu_seconds_to_held_out_070"] for r in (scratch or {}).get("results", [])
                    if r.get("cpu_seconds_to_held_out_070")]
+    gave_up = [r["gave_up_after_cpu_seconds"] for r in (scratch or {}).get("results", [])
+               if r.get("reached") is False and r.get("gave_up_after_cpu_seconds")]
     if quick_070 and scratch_070:
         lines += ["", f"Time to a held-out mean IoU of 0.70, in CPU-seconds: cpu-scratch / cpu-quick = "
                       f"{statistics.fmean(scratch_070):,.0f} / {statistics.fmean(quick_070):,.0f} = "
                       f"**{statistics.fmean(scratch_070) / statistics.fmean(quick_070):.1f}x** (target: at least 5x)."]
+    elif quick_070 and gave_up:
+        lines += ["", f"Time to a held-out mean IoU of 0.70, in CPU-seconds: cpu-scratch had not reached it after "
+                      f"{gave_up[0]:,.0f} CPU-seconds (stopped there), cpu-quick took {statistics.fmean(quick_070):,.0f}: "
+                      f"**more than {gave_up[0] / statistics.fmean(quick_070):.0f}x** (target: at least 5x)."]
     if breeds:
         lines += ["", "Breed hold-out (`--split breed --holdout-breed B`: trained on the two other breeds, scored on "
                       "every image of B, original resolution, flip TTA):", "", *breed_table(breeds)]
