@@ -3,7 +3,8 @@
 - `ThrottledServer`: the loopback server of `tests.httpserver`, serving bodies slowly and/or
   stalling once mid-body, and counting the body bytes it actually put on the wire (even when the
   client dies half way), so tests can measure "bytes lost" = bytes sent twice.
-- `enospc_open`, `enospc_record_writer`: make writes fail with ENOSPC after a byte budget.
+- `enospc_open`: make Python writes fail with ENOSPC after a byte budget; `record_writer_on_a_full_device`:
+  a real `TFRecordWriter` writing to /dev/full.
 - `tmpfs_available`, `run_on_full_disk`: a real, small tmpfs (private mount namespace, no root
   needed where user namespaces are allowed) for a real "No space left on device".
 - `spawn_python`, `wait_for`, `sigkill`: real child processes and real signals.
@@ -200,35 +201,24 @@ def enospc_open(budget: int, match: Callable[[str], bool]) -> Callable[..., Any]
     return fake_open
 
 
-def enospc_record_writer(budget: int) -> type:
-    """A stand-in for `tf.io.TFRecordWriter`: the real writer, failing once `budget` record bytes are
-    written (all writers together) with what TensorFlow raises on a full disk: ResourceExhaustedError
-    naming the file. Install with monkeypatch.setattr(tf.io, "TFRecordWriter", ...)."""
+FULL_DEVICE = Path("/dev/full")
+
+
+def record_writer_on_a_full_device() -> Callable[..., Any]:
+    """A stand-in for `tf.io.TFRecordWriter`: the real writer, pointed at /dev/full (where every write
+    that reaches the device fails with ENOSPC, as on a full disk) instead of the file it is given, which
+    is created empty as the real writer would. TensorFlow itself reports the failure, on a write once
+    its buffer fills or on flush/close, and names only /dev/full: any shard name in the error comes
+    from the library. Install with monkeypatch.setattr(tf.io, "TFRecordWriter", ...)."""
     import tensorflow as tf
 
-    real, left = tf.io.TFRecordWriter, [budget]
+    real = tf.io.TFRecordWriter
 
-    class Writer:
-        def __init__(self, path: str, *args: Any, **kw: Any):
-            self._path, self._w = path, real(path, *args, **kw)
+    def writer(path: str, *args: Any, **kw: Any) -> Any:
+        Path(path).touch()
+        return real(str(FULL_DEVICE), *args, **kw)
 
-        def write(self, record: bytes) -> None:
-            if len(record) > left[0]:
-                left[0] = 0
-                raise tf.errors.ResourceExhaustedError(None, None, f"{self._path}; No space left on device")
-            left[0] -= len(record)
-            self._w.write(record)
-
-        def close(self) -> None:
-            self._w.close()
-
-        def __enter__(self) -> "Writer":
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.close()
-
-    return Writer
+    return writer
 
 
 def tmpfs_available() -> bool:

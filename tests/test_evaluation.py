@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
+import keras
+import tensorflow as tf
 
 from segpipe import evaluation  # noqa: E402
 from segpipe.data import spec  # noqa: E402

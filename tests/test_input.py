@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf
 
 from segpipe.data.input import (  # noqa: E402
     _hue_saturation_batch,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-keras = pytest.importorskip("keras")
+import keras
 
 from segpipe import predict  # noqa: E402
 from segpipe.fsutil import read_json  # noqa: E402

@@ -14,7 +14,7 @@ from tests.httpserver import Fault, LoopbackServer
 from tests.prefect_states import task_states_since
 from tests.synthetic import make_pets_archives, make_pets_tree
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = {

@@ -10,13 +10,22 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from segpipe.data import download as download_mod
 from segpipe.data.download import download_archive, is_transient, resolve_source
-from tests.faults import enospc_open, enospc_record_writer, leftover_temps, run_on_full_disk, sha, tmpfs_available
+from tests.faults import (
+    FULL_DEVICE,
+    enospc_open,
+    leftover_temps,
+    record_writer_on_a_full_device,
+    run_on_full_disk,
+    sha,
+    tmpfs_available,
+)
 from tests.httpserver import LoopbackServer
 from tests.synthetic import make_pets_tree
 
@@ -48,18 +57,28 @@ def tree(tmp_path_factory):
     return make_pets_tree(tmp_path_factory.mktemp("tree"), n_per_breed=3, include_odd=False)
 
 
+@pytest.mark.skipif(not FULL_DEVICE.exists(), reason="needs /dev/full")
 def test_disk_full_while_writing_a_shard_then_rerun_verifies(tree, tmp_path, monkeypatch):
-    tf = pytest.importorskip("tensorflow")
+    """The real TFRecordWriter reports the full disk (on /dev/full), naming only the device; the library
+    must say which shard it could not write. Before, the error was TensorFlow's own, naming the
+    temporary file only (the earlier test's fake writer put the path in its message itself)."""
+    import tensorflow as tf
+
     from segpipe.data.tfrecords import verify_dataset
     from tests.faults import write_dataset
 
     out = tmp_path / "dataset"
-    monkeypatch.setattr(tf.io, "TFRecordWriter", enospc_record_writer(12_000))
-    with pytest.raises(tf.errors.ResourceExhaustedError, match="No space left on device") as info:
+    monkeypatch.setattr(tf.io, "TFRecordWriter", record_writer_on_a_full_device())
+    with pytest.raises(OSError) as info:
         write_dataset(tree.images_dir, tree.annotations_dir, out, ARCHIVES)
-    assert str(out) in str(info.value)  # names the file it was writing
+    err = info.value
+    assert err.errno == errno.ENOSPC and isinstance(err.__cause__, tf.errors.ResourceExhaustedError)
+    assert "/dev/full" in str(err.__cause__) and str(out) not in str(err.__cause__)  # TensorFlow names no shard
+    assert re.fullmatch(rf"\[Errno 28\] No space left on device: could not write shard {re.escape(str(out))}/"
+                        r"(train|val|test)-\d{5}-of-\d{5}\.tfrecord \(\d+ of \d+ examples written\); free some space "
+                        r"and run again \(the shards already written are kept\)", str(err)), str(err)
     assert not (out / "manifest.json").exists() and leftover_temps(out) == []
-    assert "not a complete dataset" in verify_dataset(out)[0]
+    assert not list(out.glob("*.tfrecord")) and "not a complete dataset" in verify_dataset(out)[0]
 
     monkeypatch.undo()
     write_dataset(tree.images_dir, tree.annotations_dir, out, ARCHIVES)
@@ -68,7 +87,6 @@ def test_disk_full_while_writing_a_shard_then_rerun_verifies(tree, tmp_path, mon
 
 
 def test_disk_full_while_writing_the_manifest_then_rerun_verifies(tree, tmp_path, monkeypatch):
-    pytest.importorskip("tensorflow")
     import segpipe.fsutil
     from segpipe.data.tfrecords import verify_dataset
     from tests.faults import write_dataset
@@ -143,7 +161,7 @@ def test_real_full_disk_on_a_tiny_tmpfs(tree, tmp_path):
     assert out["download_full"].startswith("OSError: [Errno 28] No space left on device: could not write ")
     assert 0 < out["part_bytes"] < len(payload)
     assert out["download_freed"] == "ok" and resumed == [None, f"bytes={out['part_bytes']}-"]
-    assert out["shards_full"].startswith("ResourceExhaustedError: ") and "No space left on device" in out["shards_full"]
+    assert out["shards_full"].startswith("OSError: [Errno 28] No space left on device: could not write shard ")
     assert out["manifest_after_full"] is False and out["temps_after_full"] == []
     assert out["shards_freed"] == "ok" and out["verify"] == []
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf
 
 from segpipe.data.split import make_split  # noqa: E402
 from segpipe.data.tfrecords import (  # noqa: E402

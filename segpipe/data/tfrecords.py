@@ -9,6 +9,7 @@ renamed into place only when complete.
 from __future__ import annotations
 
 import bisect
+import errno
 import glob
 import itertools
 import logging
@@ -119,13 +120,30 @@ def write_shard(examples: Sequence[Example], path: str | Path, *, split: str | N
     import tensorflow as tf
 
     path = Path(path)
+    written = 0
     with atomic_path(path) as tmp:
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
-            for example in examples:
-                cancel.check(f"writing shard {path.name}")  # the temporary shard is removed
-                writer.write(serialize(example))
+        try:
+            with tf.io.TFRecordWriter(str(tmp)) as writer:  # its write, flush or close may report the error
+                for example in examples:
+                    cancel.check(f"writing shard {path.name}")  # the temporary shard is removed
+                    writer.write(serialize(example))
+                    written += 1
+                writer.flush()
+        except tf.errors.OpError as exc:
+            raise _shard_write_error(exc, path, written, len(examples)) from exc
         digest, size = sha256_file(tmp), tmp.stat().st_size
     return ShardInfo(path.name, split or path.name.split("-")[0], len(examples), digest, size)
+
+
+def _shard_write_error(exc: Any, path: Path, written: int, total: int) -> OSError:
+    """TensorFlow's writer error restated as an OSError that names the shard (TensorFlow names only the
+    temporary file it was given, or nothing): ENOSPC for a full disk, EIO otherwise."""
+    message = getattr(exc, "message", None) or str(exc)
+    where = f"could not write shard {path} ({written} of {total} examples written)"
+    if "No space left on device" in message or "Disk quota exceeded" in message:
+        return OSError(errno.ENOSPC, f"No space left on device: {where}; free some space and run again "
+                                     "(the shards already written are kept)")
+    return OSError(errno.EIO, f"{where}: {type(exc).__name__}: {message}")
 
 
 def write_split_shards(
