@@ -11,8 +11,6 @@ import pytest
 import requests
 
 from segpipe.data.download import (
-    OFFICIAL_BASE_URLS,
-    OFFICIAL_DIGESTS,
     ChecksumMismatchError,
     Source,
     SourceError,
@@ -254,11 +252,27 @@ def test_parse_sha256sums_formats():
         parse_sha256sums(f"{a}  x\n{a}x\n", "f")
 
 
-def test_official_digests_need_no_network():
+# Recorded independently of segpipe (copied here, not from segpipe.data.download): the sha256s that
+# tensorflow-datasets and torchvision's prototype datasets check for the Oxford-IIIT Pet archives, their
+# sizes, and the md5s torchvision's OxfordIIITPet checks.
+PUBLISHED = {
+    "images.tar.gz": (791_918_971, "67195c5e1c01f1ab5f9b6a5d22b8c27a580d896ece458917e61d459337fa318d",
+                      "5c4f3ee8e5d25df40f4fd59a7f44e54c"),
+    "annotations.tar.gz": (19_173_078, "52425fb6de5c424942b7626b428656fcbd798db970a937df61750c0f1d358e91",
+                           "95a8c909bbe2e81eed6a22bccdf3f68f"),
+}
+
+
+def test_official_digests_are_the_published_ones_and_need_no_network():
+    from segpipe.data.download import OFFICIAL_DIGESTS, OFFICIAL_MD5S, OFFICIAL_SIZES
+
     source = resolve_source("official")
-    assert source.locations == OFFICIAL_BASE_URLS and source.is_official
-    assert expected_digests(source) == OFFICIAL_DIGESTS
-    assert source_fingerprint(source) == {k: f"sha256:{v}" for k, v in OFFICIAL_DIGESTS.items()}
+    assert source.locations == ("https://www.robots.ox.ac.uk/~vgg/data/pets/data/",
+                                "https://thor.robots.ox.ac.uk/datasets/pets/") and source.is_official
+    assert OFFICIAL_DIGESTS == expected_digests(source) == {name: sha for name, (_, sha, _) in PUBLISHED.items()}
+    assert source_fingerprint(source) == {name: f"sha256:{sha}" for name, (_, sha, _) in PUBLISHED.items()}
+    assert OFFICIAL_SIZES == {name: size for name, (size, _, _) in PUBLISHED.items()}
+    assert OFFICIAL_MD5S == {name: md5 for name, (_, _, md5) in PUBLISHED.items()}
 
 
 def test_source_fingerprint_http_and_local(server, payload, other, tmp_path):

@@ -100,9 +100,10 @@ def test_two_prefect_flows_at_once_on_one_work_dir(prefect_api, archives, tmp_pa
             t.start()
         for t in threads:
             t.join(timeout=300)
-        gets = len(srv.gets("images.tar.gz"))
+        gets = {name: len(srv.gets(name)) for name in ("images.tar.gz", "annotations.tar.gz")}
     assert errors == [] and len(results) == 2
     assert results[0] == results[1]
     assert verify_dataset(results[0].path) == []
     assert json.loads((Path(results[0].path) / "manifest.json").read_text())["num_examples"] == len(info.valid)
-    assert gets == 1 and leftover_temps(work) == []
+    assert gets == {"images.tar.gz": 1, "annotations.tar.gz": 1}, gets  # one GET of each archive
+    assert leftover_temps(work) == []

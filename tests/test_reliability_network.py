@@ -83,8 +83,8 @@ def run_download(srv_url: str, work: Path, storage: Path, timeout: float = 5.0, 
         return fetch(return_state=return_state)
 
 
-def download_run_count(flow_state) -> int:
-    """How many times Prefect ran the `download` task in that flow run."""
+def download_task_run(flow_state):
+    """The `download` task run of that flow run, as the Prefect API recorded it."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -92,7 +92,12 @@ def download_run_count(flow_state) -> int:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
     (run,) = [r for r in runs if r.name.startswith("download")]
-    return run.run_count
+    return run
+
+
+def download_run_count(flow_state) -> int:
+    """How many times Prefect ran the `download` task in that flow run."""
+    return download_task_run(flow_state).run_count
 
 
 def test_task_retries_mixed_faults_and_resumes_each_time(prefect_api, payload, tmp_path):
@@ -159,6 +164,21 @@ def test_task_with_a_server_that_ignores_range_restarts_cleanly(prefect_api, pay
     assert sent == SIZE + CUT  # the server made us fetch the first CUT bytes again: nothing spliced
 
 
+def wait_state(task_run, timeout: float = 20.0) -> str:
+    """The task run's final state name (task-run states reach the API asynchronously)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_task_run(task_run.id)
+            if (run.state and run.state.is_final()) or time.monotonic() > deadline:
+                return run.state_name
+            time.sleep(0.2)
+
+
 class _Records(logging.Handler):
     """Keeps every record logged under the `prefect` logger (task runs and segpipe.tasks included)."""
 
@@ -171,17 +191,27 @@ class _Records(logging.Handler):
 
 
 def test_task_when_sha256sums_answers_503(prefect_api, payload, tmp_path):
-    """The cache key cannot be computed while SHA256SUMS answers 503: a warning, the run goes
-    uncached (no ERROR with a traceback), and the task's own retries complete the download."""
+    """The cache key cannot be computed while SHA256SUMS answers 503: a warning (no ERROR with a traceback)
+    and that attempt runs uncached; the task's own retry completes the download, and as its key could be
+    computed by then (Prefect computes it per attempt), the result is cached: the next run is `Cached`."""
     import prefect.main  # noqa: F401 - Prefect configures its loggers on import: attach the handler after
+
+    from tests.prefect_states import task_states_since
 
     records, prefect_logger = _Records(), logging.getLogger("prefect")
     prefect_logger.addHandler(records)
+    work, results = tmp_path / "work", tmp_path / "results"
     try:
         with LoopbackServer(files_with_sums(payload)) as srv:
             srv.faults["SHA256SUMS"] = Fault(status=503, times=2)
-            archive = run_download(srv.url, tmp_path / "work", tmp_path / "results")
+            state = run_download(srv.url, work, results, return_state=True)
+            archive = state.result()
             sums_gets = srv.gets("SHA256SUMS")
+            first = download_task_run(state)
+            # the same download again: the retry could compute the key (SHA256SUMS answered by then), so the
+            # completed result was cached after all, and this run is served from it
+            rerun = download_task_run(run_download(srv.url, work, results, return_state=True))
+            gets_after_rerun = len(srv.gets(NAME))
     finally:
         prefect_logger.removeHandler(records)
     assert archive.sha256 == sha(payload) == archive.expected_sha256
@@ -190,3 +220,5 @@ def test_task_when_sha256sums_answers_503(prefect_api, payload, tmp_path):
     assert any(level == logging.WARNING and "cannot fingerprint the source" in m and "503" in m
                for level, m in messages), messages
     assert not [m for level, m in messages if "computing cache key" in m or level >= logging.ERROR]
+    assert first.run_count == 2 and wait_state(first) == "Completed"  # the uncached attempt, then the retry
+    assert wait_state(rerun) == "Cached" and gets_after_rerun == 1  # the archive was fetched once in all
