@@ -246,20 +246,53 @@ def test_safe_filename():
     assert safe_filename("") == "item" and len(safe_filename("x" * 500)) == 80
 
 
+PROBE = """<!doctype html><html><body><pre id="result">pending</pre>
+<iframe id="page" src="%s" width="1200" height="900"></iframe>
+<script>
+document.getElementById("page").addEventListener("load", function () {
+  var doc = this.contentDocument;
+  var images = Array.from(doc.images).map(function (i) {
+    return {src: i.getAttribute("src"), complete: i.complete, width: i.naturalWidth, height: i.naturalHeight};
+  });
+  document.getElementById("result").textContent = "RESULT " + JSON.stringify({title: doc.title, images: images});
+});
+</script></body></html>"""
+
+
+def _images_as_chromium_loaded_them(index: Path, tmp_path: Path) -> dict:
+    """Open `index` in headless Chromium (inside a probe page's iframe) and report every <img> of it: its
+    src, whether it finished loading and its decoded size (0 x 0 when the image failed to load)."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(PROBE % index.resolve().as_uri())
+    cmd = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri(),
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+    found = [line for line in proc.stdout.splitlines() if "RESULT {" in line]
+    assert found, f"the probe page reported nothing (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    text = found[0].split("RESULT ", 1)[1]
+    return json.loads(text[: text.rindex("}") + 1])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
-def test_index_renders_in_headless_chromium(tmp_path):
+def test_index_renders_in_headless_chromium_with_every_image_loaded(tmp_path):
     items = [make_item(MALICIOUS, 1, "worst"), make_item("beagle_2", 2)]
     index = _render(tmp_path, items)
-    shot = tmp_path / "shot.png"
-    cmd = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}", "--window-size=1200,900", index.resolve().as_uri(),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert shot.is_file(), f"no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
-    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
-    assert pixels.shape[:2] == (900, 1200)
-    assert pixels.std() > 10.0  # not a blank page
-    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+    tiles = sorted((index.parent / "tiles").iterdir())
+    page = _images_as_chromium_loaded_them(index, tmp_path)
+    assert page["title"] == "Test gallery"
+    loaded = {img["src"]: (img["complete"], img["width"], img["height"]) for img in page["images"]}
+    # every tile is shown, and each decoded at its size on disk (a missing or broken image decodes to 0 x 0)
+    assert loaded == {f"tiles/{t.name}": (True, *Image.open(t).size) for t in tiles}, page
+    assert all(w > 0 and h > 0 for _, w, h in loaded.values())
+    assert not any(MALICIOUS in img["src"] for img in page["images"])  # the file name is sanitised
+
+    tiles[0].unlink()  # the check can fail: an image that does not load is reported as such
+    broken = {img["src"]: img["width"] for img in _images_as_chromium_loaded_them(index, tmp_path)["images"]}
+    assert broken[f"tiles/{tiles[0].name}"] == 0 and broken[f"tiles/{tiles[1].name}"] > 0
