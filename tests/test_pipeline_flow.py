@@ -1,4 +1,6 @@
-"""The `pipeline` and `retrain` flows on a real Prefect API: outputs, full caching, partial recompute, promotion."""
+"""The `pipeline` flow on a real Prefect API: outputs, full caching, partial recompute.
+
+The `retrain` flow's promotion gate: tests/test_retrain_champion.py (both outcomes fixed by construction)."""
 
 from __future__ import annotations
 
@@ -68,22 +70,3 @@ def test_pipeline_outputs_then_cached_then_only_evaluation_recomputed(prefect_ap
         assert set(states[name]) == {"Cached"}, (name, states)
     assert set(states["evaluate"]) == {"Completed"} and set(states["gallery"]) == {"Completed"}
     assert json.loads((run_dir / "metrics.json").read_text())["split"] == "val"
-
-
-def test_retrain_promotes_first_then_keeps_a_better_champion(prefect_api, source, tmp_path):
-    from flows.pipeline import retrain
-
-    work = tmp_path / "work"
-    first = _run(retrain, _config(source, **{"promotion.min_mean_iou": 0.0}), work)
-    assert first["promoted"] and "no champion yet" in first["reason"]
-    champion = work / "models" / "champion"
-    promoted_at = json.loads((champion / "lineage.json").read_text())["promoted_at"]
-
-    worse = _run(retrain, _config(source, **{"promotion.min_mean_iou": 0.0, "train.learning_rate": 1e-9,
-                                             "train.seed": 3}), work)
-    decision = json.loads((champion / "decision.json").read_text())
-    if worse["promoted"]:  # a tie or a lucky seed: the rule still held
-        assert decision["candidate_mean_iou"] >= decision["champion_mean_iou"]
-    else:
-        assert "champion kept" in worse["reason"]
-        assert json.loads((champion / "lineage.json").read_text())["promoted_at"] == promoted_at
