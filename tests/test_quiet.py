@@ -127,3 +127,13 @@ def test_prefect_tracebacks_are_one_line_on_the_console_only():
         assert "Traceback" not in shown and shown.endswith("training failed\nValueError: dataset abc has no training examples")
         assert "Traceback (most recent call last)" in other.format(record)  # the record itself is untouched
     assert "Traceback (most recent call last)" in console.format(record)  # restored afterwards
+
+
+def test_the_licence_is_an_spdx_string():
+    """A licence table (`license = { text = ... }`) made setuptools (>= 77, what the isolated build resolves)
+    print a deprecation warning several times per `make install`."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(cli_main.__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
