@@ -13,3 +13,50 @@ def variable_key(optimizer: Any, variable: Any) -> Any:
     that `update_step` receives, mirrored components included). Keras' optimizers subclass API
     (`_get_variable_index`) rests on the same key; there is no public one."""
     return optimizer._var_key(variable)
+
+
+def fit_under_multi_worker_strategy(model: Any) -> None:
+    """Let `model.fit` (and its validation) run under MultiWorkerMirroredStrategy with several workers.
+
+    Keras 3's TensorFlow trainer (through 3.15 at least) fails there twice (keras-team/keras#20585):
+
+    - before the first step (`_maybe_symbolic_build`) it reduces the first distributed batch over
+      all replicas with `strategy.reduce("MEAN", batch)`, only to learn its shapes, which fails for a
+      batch of several tensors such as (images, labels): "Attempt to convert a value (PerReplica...)
+      with an unsupported type". One replica's part has the same shapes: the model is built from it;
+    - after each step it reduces every logged value over the workers with
+      `strategy.reduce("MEAN", value, axis=0)`, which fails for the scalars that `train_step` and
+      `test_step` return ("Invalid reduction dimension 0 for input with 0 dimensions"). The steps
+      here return each scalar as a vector of one, which that reduce turns back into the scalar (the
+      values are the same on every replica: metric variables are kept in sync across replicas).
+
+    Call on a model built and compiled under the strategy, before `fit`.
+    """
+    import tensorflow as tf
+
+    strategy = model.distribute_strategy
+    build = model._maybe_symbolic_build
+
+    def local(value: Any) -> Any:
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def build_from_local_batch(iterator: Any = None, data_batch: Any = None) -> None:
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(local, next(batches))
+                break
+        build(data_batch=data_batch)
+
+    def vectors(step: Any) -> Any:
+        def step_with_vector_outputs(data: Any) -> Any:
+            return tf.nest.map_structure(
+                lambda v: tf.reshape(v, [1]) if isinstance(v, tf.Tensor) and v.shape.rank == 0 else v, step(data)
+            )
+
+        return step_with_vector_outputs
+
+    model._maybe_symbolic_build = build_from_local_batch
+    model.train_step = vectors(model.train_step)
+    model.test_step = vectors(model.test_step)

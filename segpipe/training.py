@@ -26,18 +26,32 @@ in inference mode) and fine-tune it afterwards at `train.encoder_lr_multiplier`
 times the learning rate. The optimizer is built once over every variable that
 will ever train, so unfreezing keeps the decoder's optimizer state and a resume
 in either phase restores the same variables.
+
+Training runs under `segpipe.distribute.strategy()`: one device, MirroredStrategy over
+several, or MultiWorkerMirroredStrategy over the worker processes that TF_CONFIG names.
+`train.batch_size` is the global batch in every case. With several workers, every worker
+calls `train` with the same arguments (the run directory on a volume they all see); only the
+chief writes the run directory. The others start from a copy of its state (backup, history,
+best model), so each restores the same epoch and takes the same decisions, run every step,
+and write into a scratch directory of their own that is removed at the end. The workers leave
+`train` together, once the chief has written train_summary.json, and return the same result
+(with `chief=False` on all but the chief); when one fails, the others fail too (their
+collective ops lose a peer), so a restarted job starts all of them again and they resume
+together. (Keras 3 needs `kerascompat.fit_under_multi_worker_strategy` for that strategy.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import logging
 import math
 import os
 import platform
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -48,8 +62,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-import time
-
+from segpipe import distribute
 from segpipe.budget import TrainingPlan, progress_line, training_plan
 from segpipe.config import PipelineConfig, TrainConfig
 from segpipe.data.input import eval_dataset, num_examples, training_dataset
@@ -62,7 +75,7 @@ from segpipe.fsutil import (
     read_json,
     sha256_file,
 )
-from segpipe.kerascompat import variable_key
+from segpipe.kerascompat import fit_under_multi_worker_strategy, variable_key
 from segpipe.layout import MANIFEST
 from segpipe.models.encoders import encoder_of
 from segpipe.models.weights import weights_identity
@@ -98,6 +111,7 @@ class TrainResult:
     collapsed: bool = False
     stop_reason: str = "completed"
     cached: bool = False
+    chief: bool = True  # False on the workers of a multi-worker run other than the chief
 
 
 # --------------------------------------------------------------------------- identity
@@ -434,7 +448,7 @@ def _check_same_run(run_dir: Path, identity: dict[str, Any], dataset_key: str) -
 
 def _write_lineage(
     run_dir: Path, cfg: PipelineConfig, dataset_dir: Path, dataset_key: str, resumed: int, dtype_policy: str,
-    identity: dict[str, Any], plan: TrainingPlan,
+    identity: dict[str, Any], plan: TrainingPlan, distribution: dict[str, Any] | None = None,
 ) -> None:
     path = run_dir / LINEAGE_FILE
     old = read_json(path) if path.is_file() else {}
@@ -454,6 +468,7 @@ def _write_lineage(
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "devices": [d.name for d in tf.config.list_logical_devices()],
+        "distribution": distribution or {},
         "dtype_policy": dtype_policy,
         "started_at": old.get("started_at", now),
         "resumed_at": old.get("resumed_at", []) + ([{"at": now, "from_epoch": resumed}] if resumed else []),
@@ -510,11 +525,25 @@ def _default_verbose() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def _strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over all GPUs when there are several, else the default strategy."""
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+# What a non-chief worker copies from the chief's run directory before it starts (see the module doc).
+_WORKER_STATE = (f"{BACKUP_DIR}/latest.weights.h5", f"{BACKUP_DIR}/training_metadata.json", HISTORY_FILE,
+                 BEST_FILE, MODEL_FILE)
+
+
+@contextlib.contextmanager
+def _output_dir(run_dir: Path, task: distribute.ClusterTask | None) -> Iterator[Path]:
+    """Where this process writes: the run directory for the chief (or a single process); for any other
+    worker, a scratch directory that starts as a copy of the chief's resumable state (what exists of it)
+    and is removed on the way out."""
+    if task is None or task.is_chief:
+        yield run_dir
+        return
+    with distribute.scratch_dir(task) as scratch:
+        for name in _WORKER_STATE:
+            if (run_dir / name).is_file():
+                (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(run_dir / name, scratch / name)
+        yield scratch
 
 
 def train(
@@ -550,34 +579,51 @@ def train(
 
     identity = _identity(cfg)
     plan = training_plan(cfg.train, n_train)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with file_lock(run_dir / ".lock"):
+    # Before any other TensorFlow op: a MultiWorkerMirroredStrategy cannot be created after one.
+    strategy = distribute.strategy()
+    task = distribute.cluster_task()
+    chief = task is None or task.is_chief
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    # Only the chief locks: the other workers only read the run directory, and the chief holds
+    # the lock for the whole run, which it cannot finish without them.
+    with file_lock(run_dir / ".lock") if chief else contextlib.nullcontext():
         _check_same_run(run_dir, identity, dataset_key)
         summary_path = run_dir / SUMMARY_FILE
         if summary_path.is_file() and (run_dir / MODEL_FILE).is_file():
             summary = read_json(summary_path)
             if summary.get("identity") == identity and summary.get("dataset_key") == dataset_key:
                 log.info("run %s is already complete; not training again", run_dir)
-                return _result_from_summary(run_dir, summary, cached=True)
+                return dataclasses.replace(_result_from_summary(run_dir, summary, cached=True), chief=chief)
 
-        resumed = _backup_epoch(run_dir / BACKUP_DIR)
-        _truncate_history(run_dir / HISTORY_FILE, resumed)
-        atomic_write_json(run_dir / CONFIG_FILE, cfg.model_dump(mode="json"))
-        policy = precision_policy(cfg.train.mixed_precision)
-        _write_lineage(run_dir, cfg, dataset_dir, dataset_key, resumed, policy, identity, plan)
-        if resumed:
-            log.info("resuming %s after epoch %d", run_dir, resumed)
+        with _output_dir(run_dir, task) as out_dir:
+            resumed = _backup_epoch(out_dir / BACKUP_DIR)
+            _truncate_history(out_dir / HISTORY_FILE, resumed)
+            policy = precision_policy(cfg.train.mixed_precision)
+            if chief:
+                atomic_write_json(run_dir / CONFIG_FILE, cfg.model_dump(mode="json"))
+                _write_lineage(run_dir, cfg, dataset_dir, dataset_key, resumed, policy, identity, plan,
+                               distribute.describe(strategy))
+            if resumed:
+                log.info("resuming %s after epoch %d", run_dir, resumed)
 
-        previous_policy = keras.mixed_precision.global_policy()
-        try:
-            keras.mixed_precision.set_global_policy(policy)
-            stop_reason = _fit(cfg, dataset_dir, run_dir, plan, resumed, on_epoch_end, verbose)
-        finally:
-            keras.mixed_precision.set_global_policy(previous_policy)
+            previous_policy = keras.mixed_precision.global_policy()
+            try:
+                keras.mixed_precision.set_global_policy(policy)
+                stop_reason = _fit(cfg, dataset_dir, out_dir, plan, resumed, on_epoch_end, verbose, strategy)
+            finally:
+                keras.mixed_precision.set_global_policy(previous_policy)
 
+            if not chief:
+                distribute.barrier(strategy)  # returns once the chief has written the summary
+                return dataclasses.replace(
+                    _result_from_summary(run_dir, read_json(summary_path), cached=False), chief=False
+                )
         summary = _summarise(cfg, dataset_dir, run_dir, dataset_key, identity, resumed, stop_reason, plan)
         atomic_write_json(summary_path, summary)
         shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+        if task is not None:
+            distribute.barrier(strategy)  # the other workers leave with this one
         return _result_from_summary(run_dir, summary, cached=False)
 
 
@@ -637,9 +683,11 @@ def _fit(
     resumed: int,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None,
     verbose: int | None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> str:
-    """Build, compile and fit, in a frozen-encoder phase first when the plan has one; return why
-    training stopped: completed, early_stopping or nan."""
+    """Build, compile and fit under `strategy` (default: `distribute.strategy()`), in a frozen-encoder
+    phase first when the plan has one, writing into `run_dir`; return why training stopped: completed,
+    early_stopping or nan."""
     t = cfg.train
     keras.utils.set_random_seed(t.seed)
     # Endless, with steps_per_epoch given to fit: fit then keeps ONE iterator for the whole run instead of
@@ -651,8 +699,11 @@ def _fit(
     )
     val_ds = eval_dataset(dataset_dir, "val", img_size=t.img_size, batch_size=t.batch_size)
 
-    with _strategy().scope():
+    strategy = strategy or distribute.strategy()
+    with strategy.scope():
         model, compile_phase = _build_and_compile(cfg, plan)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        fit_under_multi_worker_strategy(model)  # keras-team/keras#20585
 
     history_path = run_dir / HISTORY_FILE
     early = None
@@ -688,7 +739,8 @@ def _fit(
         phases.append((False, plan.epochs))
     losses: list[float] = []
     for frozen, end_epoch in phases:
-        compile_phase(frozen)
+        with strategy.scope():  # the compiled metrics' variables too: reduced over all replicas and workers
+            compile_phase(frozen)
         if frozen or plan.frozen_epochs:
             log.info("epochs up to %d: encoder %s", end_epoch, "frozen" if frozen else "fine-tuned")
         history = model.fit(

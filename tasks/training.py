@@ -18,8 +18,8 @@ from tasks.data import DatasetRef
 
 TRAIN_MODULES = (
     "segpipe.training", "segpipe.budget", "segpipe.runs", "segpipe.losses", "segpipe.data.input",
-    "segpipe.kerascompat", "segpipe.models.registry", "segpipe.models.layers", "segpipe.models.encoders",
-    "segpipe.models.weights", *sorted({module for module, _ in BUILDERS.values()}),
+    "segpipe.kerascompat", "segpipe.distribute", "segpipe.models.registry", "segpipe.models.layers",
+    "segpipe.models.encoders", "segpipe.models.weights", *sorted({module for module, _ in BUILDERS.values()}),
 )
 
 

@@ -287,6 +287,8 @@ def training_dataset(
     then fully determined by `seed`. Without `cache` every epoch re-reads the
     shards in a shuffled order, and records interleave as they arrive (faster,
     not bit-reproducible). `repeat=True` makes it endless (for `steps_per_epoch`).
+    `batch_size` is the global batch: under a distribution strategy Keras splits each batch among the
+    replicas and workers.
     `augment_options` (max_scale, max_rotation_degrees, brightness, contrast, hue, saturation) override
     `augment_batch`'s defaults.
     """
@@ -312,7 +314,7 @@ def training_dataset(
         )
     else:
         ds = ds.map(_to_model_inputs, num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    return _shard_by_data(ds.prefetch(AUTOTUNE))
 
 
 def _augmented_batch(
@@ -332,7 +334,19 @@ def eval_dataset(
     _check_sizes(img_size=img_size, batch_size=batch_size)
     ds = _read(read_examples(dataset_dir, split, shuffle_files=False), dataset_dir, split)
     ds = ds.map(lambda ex: preprocess(ex, img_size), num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+    return _shard_by_data(ds.batch(batch_size).prefetch(AUTOTUNE))
+
+
+def _shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """With several workers (MultiWorkerMirroredStrategy), each runs the whole pipeline and keeps its own
+    part of every (global) batch, so the workers together train on exactly the batches one process would.
+
+    Sharding by file (TensorFlow's default) would fail with fewer shard files than workers, and give the
+    workers differently shuffled streams. Without a multi-worker strategy this option does nothing.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def _read(ds: tf.data.Dataset, dataset_dir: str | os.PathLike[str], split: str) -> tf.data.Dataset:
