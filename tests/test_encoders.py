@@ -86,7 +86,7 @@ def test_unet_on_an_encoder_needs_multiples_of_32():
     with pytest.raises(ValueError, match=r"img_size 48x48 does not suit model 'unet'.*multiples of 32"):
         build_model("unet", (48, 48, 3), 3, encoder="mobilenetv2", encoder_alpha=0.35)
     with pytest.raises(ConfigError, match=r"train\.img_size: .*multiples of 32"):
-        build_config("cpu-quick", {"train.img_size": 144})
+        build_config("cpu-quick", {"model.name": "unet", "train.img_size": 144})
 
 
 # --------------------------------------------------------------------------- weights by path
