@@ -96,7 +96,8 @@ def _wait_for_task_run_records(since: datetime, timeout: float = 5.0, settle: fl
     )
     from prefect.events.worker import EventsWorker
 
-    EventsWorker.drain_all(timeout=timeout, at_exit=False)
+    with _quiet_workers():
+        EventsWorker.drain_all(timeout=timeout, at_exit=False)
     deadline = time.monotonic() + timeout
     last = None
     with get_client(sync_client=True) as client:
@@ -230,9 +231,27 @@ def _drain(timeout: float) -> None:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    for worker in (EventsWorker, APILogWorker):
-        with contextlib.suppress(Exception):
-            worker.drain_all(timeout=timeout, at_exit=False)
+    with _quiet_workers():
+        for worker in (EventsWorker, APILogWorker):
+            with contextlib.suppress(Exception):
+                worker.drain_all(timeout=timeout, at_exit=False)
+
+
+@contextlib.contextmanager
+def _quiet_workers() -> Iterator[None]:
+    """While we drain Prefect's event and log queues on purpose, its "Still processing items: N items
+    remaining..." warning says nothing to a user (errors still show)."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("EventsWorker", "APILogWorker")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 # --------------------------------------------------------------------------- recording an interrupted command

@@ -134,7 +134,7 @@ def test_a_second_ctrl_c_exits_at_once_when_the_first_cannot_finish(tmp_path):
     work = tmp_path / "work"
     server = None
     with ThrottledServer(files, rate=300_000, chunk=16384) as srv:
-        term = Terminal(segpipe("prepare", "--preset", "tiny", "--source", srv.url, "--work-dir", str(work)),
+        term = Terminal(segpipe("download", "--preset", "tiny", "--source", srv.url, "--work-dir", str(work)),
                         cli_env(tmp_path))
         try:
             wait_for(lambda: srv.sent("images.tar.gz") >= 300_000, timeout=240, proc=term.proc,

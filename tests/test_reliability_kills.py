@@ -235,7 +235,9 @@ def test_cli_prepare_killed_mid_download_then_rerun_completes(tmp_path):
         resume = srv.gets(NAME)[-1]
     assert resume.headers.get("Range") == f"bytes={kept}-" and resume.status == 206
     lost = srv.sent(NAME) - size
-    assert 0 <= lost <= 64 * 1024, f"{lost} bytes re-sent after the kill"
+    # only what was in flight is lost: bytes in the loopback socket buffers, not yet read when the kill
+    # landed (16-32 KiB on a quiet machine, 112 KiB at a load average of 13 on 2 cores)
+    assert 0 <= lost <= 256 * 1024, f"{lost} bytes re-sent after the kill"
     dataset = Path(rerun.stdout.split("dataset written to ")[1].splitlines()[0])
     assert verify_dataset(dataset) == []
     assert leftover_temps(work) == [] and not part.exists()
