@@ -267,7 +267,7 @@ def main() -> int:
         overrides[field] = _parse_value(value)
     configs = [build_config(preset, _fitting(preset, overrides) | ({"train.seed": seed} if seed is not None else {}))
                for preset in (args.preset or ["cpu-quick"]) for seed in (args.train_seed or [None])]
-    started_machine = machine()
+    started_machine, started_commit = machine(), commit()  # the code measured is the code at the start
 
     from flows.prepare_data import prepare_data
     from segpipe.fsutil import digest_json
@@ -282,7 +282,7 @@ def main() -> int:
     report = {
         "benchmark": "quality",
         "command": " ".join(["benchmarks/quality.py", *sys.argv[1:]]),
-        "commit": commit(),
+        "commit": started_commit,
         "dataset": {"key": dataset.dataset_key, "splits": dataset.num_examples, "split": args.split,
                     "holdout_breeds": args.holdout_breed, "seed": args.split_seed},
         "overrides": args.set,
