@@ -21,6 +21,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 RANDOM = "transfer-random.json"  # cpu-quick, 3 training seeds, random split
 KERAS = "transfer-random-keras-example.json"  # keras-example, same split
 SCRATCH = "transfer-random-cpu-scratch-to-070.json"  # cpu-scratch, same split, stopped at held-out 0.70
+OFFICIAL = "transfer-official-estimate.json"  # benchmarks/official_estimate.py
 BREEDS = ("Abyssinian", "american_bulldog", "Bengal")
 BREED = "transfer-breed-{}.json"  # cpu-quick, one breed held out
 BEGIN, END = "<!-- transfer:begin -->", "<!-- transfer:end -->"
@@ -64,9 +65,14 @@ def random_split_table(quick: dict, keras: dict | None, scratch: dict | None) ->
             continue
         rs = report["results"]
         stopped = all("stopped_at_held_out_mean_iou" in r for r in rs)
+        stop_note = "; ".join(
+            f"stopped after {r['train_cpu_seconds']:,.0f} CPU-s ({r['epochs_completed']} epochs), best so far "
+            f"{r['curve'][-1]['held_out_mean_iou']:.3f} at model resolution"
+            + ("" if r.get("reached") is False else f" (reached {r['stopped_at_held_out_mean_iou']:.2f})")
+            for r in rs) if stopped else ""
         rows.append(
             f"| {label} ({len(rs)} seed{'s' if len(rs) > 1 else ''}: {', '.join(str(r['train_seed']) for r in rs)}) "
-            f"| {spread(_held_out(rs, 'mean_iou')) if not stopped else 'stopped at 0.70'} "
+            f"| {spread(_held_out(rs, 'mean_iou')) if not stopped else stop_note} "
             f"| {spread(_held_out(rs, 'foreground_iou')) if not stopped else '—'} "
             f"| {seconds([r['train_seconds'] for r in rs]) if not stopped else '—'} "
             f"| {seconds([r['train_cpu_seconds'] for r in rs]) if not stopped else '—'} "
@@ -120,6 +126,18 @@ def render() -> str:
         lines += ["", f"Time to a held-out mean IoU of 0.70, in CPU-seconds: cpu-scratch had not reached it after "
                       f"{gave_up[0]:,.0f} CPU-seconds (stopped there), cpu-quick took {statistics.fmean(quick_070):,.0f}: "
                       f"**more than {gave_up[0] / statistics.fmean(quick_070):.0f}x** (target: at least 5x)."]
+    official = load(OFFICIAL)
+    if official:
+        lines += ["", f"On the official trainval split ({official['official']['train']:,} train / "
+                      f"{official['official']['val']} val) the same budget is {official['official']['plan']['epochs']} "
+                      f"epochs of {official['official']['plan']['images_per_epoch']:,} images (encoder frozen for "
+                      f"{official['official']['plan']['frozen_epochs']}); from the measured costs (the runs above, and "
+                      f"{official['forward_cpu_seconds_per_image'] * 1000:.1f} CPU-ms per validation image measured by "
+                      f"`benchmarks/official_estimate.py`) training takes about "
+                      f"{official['estimated_train_cpu_seconds_official']:,.0f} CPU-seconds there, "
+                      f"{official['ratio_official_to_sample']:.2f}x the sample's (more validation images; the first "
+                      f"pass also decodes {official['official']['train']:,} full-size JPEGs instead of "
+                      f"{official['sample']['train']}, not included)."]
     if breeds:
         lines += ["", "Breed hold-out (`--split breed --holdout-breed B`: trained on the two other breeds, scored on "
                       "every image of B, original resolution, flip TTA):", "", *breed_table(breeds)]

@@ -26,9 +26,10 @@ def test_committed_tables_match_the_committed_results():
 
 def test_every_result_file_records_its_command_commit_and_machine():
     report = _report()
-    names = [report.RANDOM, report.KERAS, report.SCRATCH, *(report.BREED.format(b) for b in report.BREEDS)]
+    names = [report.RANDOM, report.KERAS, report.SCRATCH, report.OFFICIAL,
+             *(report.BREED.format(b) for b in report.BREEDS)]
     for name in names:
         data = report.load(name)
         assert data is not None, f"benchmarks/results/{name} is missing"
-        assert data["command"].startswith("benchmarks/quality.py") and data["commit"]
+        assert data["command"].startswith("benchmarks/") and data["commit"]
         assert data["machine"]["cpus"] and data["machine"]["cpu_model"] and "load_average_after" in data["machine"]
