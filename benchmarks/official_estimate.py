@@ -50,6 +50,7 @@ def main() -> int:
     p.add_argument("--out")
     args = p.parse_args()
 
+    from benchmarks.common import emit
     from benchmarks.quality import commit, machine
     from segpipe.budget import training_plan
     from segpipe.config import build_config
