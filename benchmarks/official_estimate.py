@@ -86,10 +86,7 @@ def main() -> int:
         "ratio_official_to_sample": round(estimate / sample_cpu, 3),
         "measure_seconds": round(time.monotonic() - t0, 1),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 
