@@ -22,6 +22,7 @@ RANDOM = "transfer-random.json"  # cpu-quick, 3 training seeds, random split
 KERAS = "transfer-random-keras-example.json"  # keras-example, same split
 SCRATCH = "transfer-random-cpu-scratch-to-070.json"  # cpu-scratch, same split, stopped at held-out 0.70
 OFFICIAL = "transfer-official-estimate.json"  # benchmarks/official_estimate.py
+QUIET = "transfer-random-quiet.json"  # cpu-quick, seed 0 again, timed alone on a quiet machine
 BREEDS = ("Abyssinian", "american_bulldog", "Bengal")
 BREED = "transfer-breed-{}.json"  # cpu-quick, one breed held out
 BEGIN, END = "<!-- transfer:begin -->", "<!-- transfer:end -->"
@@ -126,6 +127,17 @@ def render() -> str:
         lines += ["", f"Time to a held-out mean IoU of 0.70, in CPU-seconds: cpu-scratch had not reached it after "
                       f"{gave_up[0]:,.0f} CPU-seconds (stopped there), cpu-quick took {statistics.fmean(quick_070):,.0f}: "
                       f"**more than {gave_up[0] / statistics.fmean(quick_070):.0f}x** (target: at least 5x)."]
+    quiet = load(QUIET)
+    if quiet:
+        (q,) = quiet["results"]
+        verdict = "met" if q["train_seconds"] <= 600 else f"missed by {q['train_seconds'] - 600:,.0f} s"
+        lines += ["", f"Timed alone (nothing else running; load average {quiet['machine']['load_average'][0]:.1f} at "
+                      f"the start, {quiet['machine']['load_average_after'][0]:.1f} at the end), the same cpu-quick "
+                      f"recipe (seed {q['train_seed']}) trained in **{q['train_seconds']:,.0f} s** wall "
+                      f"({q['train_cpu_seconds']:,.0f} CPU-s, {q['epochs_completed']} epochs) on this machine: the "
+                      f"600 s target is {verdict}. It scored {q['held_out']['mean_iou']:.3f} / "
+                      f"{q['held_out']['foreground_iou']:.3f} on the held-out images, and reached 0.70 after "
+                      f"{q['seconds_to_held_out_070']:,.0f} s."]
     official = load(OFFICIAL)
     if official:
         lines += ["", f"On the official trainval split ({official['official']['train']:,} train / "

@@ -26,7 +26,7 @@ def test_committed_tables_match_the_committed_results():
 
 def test_every_result_file_records_its_command_commit_and_machine():
     report = _report()
-    names = [report.RANDOM, report.KERAS, report.SCRATCH, report.OFFICIAL,
+    names = [report.RANDOM, report.KERAS, report.SCRATCH, report.OFFICIAL, report.QUIET,
              *(report.BREED.format(b) for b in report.BREEDS)]
     for name in names:
         data = report.load(name)
