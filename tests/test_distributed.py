@@ -275,10 +275,16 @@ def test_two_workers_train_like_one_process_on_the_same_global_batch(
     assert not (run_dir / "backup").exists()
     assert not list(scratch[1].iterdir())  # the other worker's scratch directory is gone
 
-    # The very computation of one process with MirroredStrategy over two devices, on the same global
-    # batch of 4 (2 images a replica): every value of both epochs, to float rounding (measured: equal).
+    # The computation of one process with MirroredStrategy over two devices, on the same global batch
+    # of 4 (2 images a replica): every value of both epochs within 1%. On the 2-core machine here the
+    # two agree to the last bit; on CI's machine the first epoch's loss came out 0.35% apart (1.6530
+    # against 1.6588), the mirrored run bit-equal to ours: the collective all-reduce over gRPC and the
+    # local one are different TensorFlow paths, and Adam at step 1 turns any rounding difference in a
+    # near-zero gradient into a step of the full learning rate. Workers that split the data wrongly
+    # land further off: with sharding off (each worker on the whole stream) the first epoch's loss was
+    # 1.6317, 1.6% off (measured here once, by switching `_shard_by_data`'s policy).
     for key in METRICS:
-        assert losses(chief, key) == pytest.approx(losses(mirrored, key), rel=1e-5), key
+        assert losses(chief, key) == pytest.approx(losses(mirrored, key), rel=0.01), key
     # One process on one device: the first epoch's loss within 1% (measured 0.15%: 1.6588 against
     # 1.6612). The one difference is BatchNormalization, which normalises each replica's 2 images by
     # their own statistics (Keras' default, unsynchronised) instead of all 4 images' statistics.
