@@ -1,13 +1,19 @@
-"""Shared helpers for the benchmark scripts: JSON output, timing, machine load, peak RSS, the real data.
+"""Shared helpers for the benchmark scripts: JSON output, provenance, timing, machine load, peak RSS, the data.
 
 Every benchmark prints ONE JSON object to stdout (progress goes to stderr) and
 compares against its reference in the same run, because the machine (2 cores)
-is shared: absolute figures move with the load, ratios much less. `machine()`
-records the load average at the start and end of a run so a reader can judge.
+is shared: absolute figures move with the load, ratios much less. Every JSON
+records where it came from (`Machine.provenance()`): the command that wrote it,
+the commit, and the machine (`machine()`: CPU model, cores, load average before
+and after, and the peak matmul GFLOP/s measured at the start by
+`peak_matmul_gflops()`, so a reader can tell a slow machine from a busy one).
+`benchmarks/render.py` turns the committed JSON files into the figures of
+README.md and BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -80,28 +86,123 @@ def busy_processes(min_cpu: float = 20.0, limit: int = 5) -> list[str]:
     return rows[:limit]
 
 
-class Machine:
-    """Load average and busy processes at start and end of a benchmark; `report()` for the JSON."""
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
-    def __init__(self) -> None:
+
+def git_commit() -> str:
+    """HEAD, with `+uncommitted` when segpipe/ or benchmarks/ differ from it (the code measured is not HEAD)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + ("+uncommitted" if git("status", "--porcelain", "--", "segpipe", "benchmarks") else "")
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that is running, as a reader would type it from the repository root."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0])
+    try:
+        script = script.resolve().relative_to(ROOT)
+    except ValueError:
+        pass
+    return " ".join([".venv/bin/python", str(script), *argv[1:]])
+
+
+def cpu_seconds_tree() -> float:
+    """CPU seconds (user + system) of this process, all its threads, and its waited-for children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def peak_matmul_gflops(dtype: str = "float32", seconds: float = 1.0, n: int = 1024,
+                       device: str | None = None) -> float:
+    """GFLOP/s of square `n` x `n` matmuls in TensorFlow for about `seconds` (after one warm-up call).
+
+    A probe of what the machine delivers right now (the cores, their vector units, and what
+    other work leaves of them), recorded at the start of every benchmark; `device` as
+    TensorFlow names it (default: TensorFlow's own placement, so a GPU if there is one).
+    """
+    import tensorflow as tf
+
+    with tf.device(device) if device else contextlib.nullcontext():
+        a = tf.random.uniform((n, n), dtype=tf.float32, seed=1)
+        b = tf.random.uniform((n, n), dtype=tf.float32, seed=2)
+        a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+        _ = tf.linalg.matmul(a, b).numpy()  # warm-up: kernel selection, thread pools
+        calls, start = 0, time.perf_counter()
+        while True:
+            c = tf.linalg.matmul(a, b)
+            calls += 1
+            if calls % 4 == 0:
+                _ = c.numpy()  # wait for the device
+                if time.perf_counter() - start >= seconds:
+                    break
+        elapsed = time.perf_counter() - start
+    return round(2.0 * n**3 * calls / elapsed / 1e9, 1)
+
+
+def machine(probe: bool = True, seconds: float = 1.0) -> dict[str, Any]:
+    """The machine a benchmark runs on: CPU model, cores, Python, load average now and, with `probe`, the
+    fp32 matmul GFLOP/s it delivers now (`peak_matmul_gflops`, about `seconds`)."""
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average": load_average(),
+    }
+    if probe:
+        info["peak_matmul_gflops_float32"] = peak_matmul_gflops("float32", seconds)
+        info["peak_matmul_probe"] = f"1024x1024 float32 matmuls in TensorFlow for {seconds:g} s, at the start"
+    return info
+
+
+class Machine:
+    """The machine, load and busy processes at start and end of a benchmark; `provenance()` for the JSON.
+
+    Created at the start of a run: it records the command, the commit, the machine (with the
+    matmul probe) and the load then; `report()`/`provenance()` add the load at the end.
+    """
+
+    def __init__(self, probe: bool = True) -> None:
+        self.command = command_line()
+        self.commit = git_commit()
         self.start_load = load_average()
         self.start_busy = busy_processes()
+        self.start = machine(probe=probe)
         self.t0 = time.perf_counter()
         self.cpu0 = time.process_time()
+        self.tree0 = cpu_seconds_tree()
 
     def report(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.t0
         return {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
+            **self.start,
             "load_average_start": self.start_load,
             "load_average_end": load_average(),
             "busy_processes_start": self.start_busy,
             "busy_processes_end": busy_processes(),
             "benchmark_wall_s": r(wall),
             "benchmark_cpu_s_this_process": r(time.process_time() - self.cpu0),
-            "note": "2 shared cores: compare ratios within one run; load average > 2 means other work competed",
+            "benchmark_cpu_s_with_children": r(cpu_seconds_tree() - self.tree0),
+            "note": "shared cores: compare ratios within one run; a load average above the core count means "
+                    "other work competed",
         }
+
+    def provenance(self) -> dict[str, Any]:
+        """`command`, `commit` and `machine` for the top level of a result."""
+        return {"command": self.command, "commit": self.commit, "machine": self.report()}
 
 
 def library_versions() -> dict[str, str]:

@@ -135,7 +135,7 @@ def main() -> None:
         "reference": "batch size 1",
         "results": report,
         "versions": library_versions(),
-        "machine": machine.report(),
+        **machine.provenance(),
     }, args.out)
 
 

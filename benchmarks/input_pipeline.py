@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/input_pipeline.py            # 160x160, batch 32, a few minutes
 
-Measured in one process, in interleaved rounds, so the shared machine's load
-hits every pipeline alike:
+Measured in one process, in rounds over the pipelines, so the shared machine's
+load hits every pipeline alike, but ONE pipeline at a time: no other iterator
+is alive while one is timed (tf.data's prefetching threads of an idle
+iterator would otherwise work, and be charged, during another's timing):
 
 * reference: the Keras example's own per-file pipeline (keras.io "Image
   segmentation with a U-Net-like architecture", `get_dataset`): file paths ->
@@ -23,9 +25,9 @@ Each pipeline is timed three ways:
   map);
 * fit epochs (segpipe only): consecutive epochs of ceil(n / batch) batches
   from ONE iterator of the endless dataset, which is how `segpipe.training`
-  feeds `fit` (`repeat=True` plus `steps_per_epoch`); in each round the first
-  two epochs are not reported (they drain what the prefetch buffer gathered
-  while the other pipelines were timed);
+  feeds `fit` (`repeat=True` plus `steps_per_epoch`); each round starts a new
+  iterator and draws one epoch's batches untimed first (start-up and what the
+  prefetch buffer filled meanwhile);
 * stream: `--stream-batches` batches from `repeat()`, what an epoch of
   thousands of images sees. For each, images/s (wall clock) and CPU ms per image of this
 process (tf.data runs in its threads; CPU time is what the pipeline costs and
@@ -38,10 +40,12 @@ training's consumption, and the targets (>= 3x per-file, >= 50x training).
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common import (
     Machine,
@@ -86,17 +90,36 @@ def keras_example_dataset(input_img_paths: list[str], target_img_paths: list[str
     return dataset.batch(batch_size)
 
 
+T = TypeVar("T")
+
+
+def alone(measure: Callable[[], T]) -> T:
+    """Run one measurement, then collect what it left: its iterator (and the iterator's tf.data threads)
+    is gone before anything else is timed."""
+    gc.collect()
+    try:
+        return measure()
+    finally:
+        gc.collect()
+
+
 def one_pass(ds: Any) -> tuple[float, float, int]:
     """(images/s, CPU ms of this process per image, images) of one full pass (new iterator) over `ds`."""
     start, cpu, n = time.perf_counter(), time.process_time(), 0
-    for images, _ in ds:
+    iterator = iter(ds)
+    for images, _ in iterator:
         n += int(images.shape[0])
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    del iterator
     return n / wall, 1000 * cpu / n, n
 
 
-def fit_epochs(iterator: Any, steps: int, n: int) -> list[tuple[float, float, int]]:
-    """`n` epochs of `steps` batches each from one long-lived `iterator` (as segpipe's `fit` reads)."""
+def fit_epochs(endless: Any, steps: int, n: int, warmup: int) -> list[tuple[float, float, int]]:
+    """`n` epochs of `steps` batches each from ONE new iterator of the `endless` dataset (as segpipe's `fit`
+    reads), after `warmup` untimed batches; the iterator is deleted before returning."""
+    iterator = iter(endless)
+    for _ in range(warmup):
+        next(iterator)
     out = []
     for _ in range(n):
         start, cpu, images = time.perf_counter(), time.process_time(), 0
@@ -104,6 +127,7 @@ def fit_epochs(iterator: Any, steps: int, n: int) -> list[tuple[float, float, in
             images += int(next(iterator)[0].shape[0])
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         out.append((images / wall, 1000 * cpu / images, images))
+    del iterator
     return out
 
 
@@ -204,46 +228,47 @@ def main() -> None:
         return ds.take(stream) if repeat else ds
 
     steps = -(-n_train // batch)
-    fit_iterators = {  # name -> one iterator of the endless dataset, kept across epochs as fit keeps it
-        "segpipe_augment_cached": iter(training_dataset(dataset_dir, img_size=size, batch_size=batch, seed=0,
-                                                        augment=True, repeat=True)),
-        "segpipe_no_augment_cached": iter(training_dataset(dataset_dir, img_size=size, batch_size=batch, seed=0,
-                                                           augment=False, repeat=True)),
-    }
+
+    def endless(augment: bool) -> Any:  # what segpipe.training hands to fit: one iterator for the whole run
+        return training_dataset(dataset_dir, img_size=size, batch_size=batch, seed=0, augment=augment, repeat=True)
 
     keras_ds = keras_example_dataset(images, trimaps, (size, size), batch)
-    pipelines = {  # name -> (per-epoch dataset, streamed dataset or None)
-        "keras_example_per_file": (keras_ds, keras_ds.repeat().take(stream)),
-        "segpipe_augment_cached": (segpipe(augment=True), segpipe(augment=True, repeat=True)),
-        "segpipe_no_augment_cached": (segpipe(augment=False), segpipe(augment=False, repeat=True)),
-        "segpipe_augment_no_cache": (segpipe(augment=True, cache=False), None),
+    pipelines = {  # name -> (per-epoch dataset, streamed dataset or None, endless dataset for fit or None)
+        "keras_example_per_file": (keras_ds, keras_ds.repeat().take(stream), None),
+        "segpipe_augment_cached": (segpipe(augment=True), segpipe(augment=True, repeat=True), endless(True)),
+        "segpipe_no_augment_cached": (segpipe(augment=False), segpipe(augment=False, repeat=True), endless(False)),
+        "segpipe_augment_no_cache": (segpipe(augment=True, cache=False), None, None),
     }
     if args.baseline_input:
         old = load_module(args.baseline_input)
         old_ds = lambda **kw: old.training_dataset(dataset_dir, img_size=size, batch_size=batch, seed=0,  # noqa: E731
                                                    augment=True, **kw)
-        pipelines["baseline_augment_cached"] = (old_ds(), old_ds(repeat=True).take(stream))
+        pipelines["baseline_augment_cached"] = (old_ds(), old_ds(repeat=True).take(stream), None)
+    # ONE pipeline at a time: tf.data works in background threads (parallel map, prefetch) for as long as an
+    # iterator lives, so no iterator outlives its own measurement (each is deleted and collected before the
+    # next timing starts) and no pipeline's CPU time is charged to another. Datasets without an iterator do
+    # no work; they are kept so that their in-memory caches stay filled between rounds.
     results: dict[str, dict[str, Any]] = {}
-    for name, (epoch_ds, stream_ds) in pipelines.items():  # epoch 1 (segpipe: decode + fill the cache)
-        first = one_pass(epoch_ds)
+    for name, (epoch_ds, stream_ds, endless_ds) in pipelines.items():  # epoch 1 (segpipe: decode + fill cache)
+        first = alone(lambda: one_pass(epoch_ds))
         if stream_ds is not None:
-            one_pass(stream_ds)  # its own cache fill / warm-up, not reported
-        if name in fit_iterators:
-            fit_epochs(fit_iterators[name], steps, 1)  # its own cache fill, not reported
+            alone(lambda: one_pass(stream_ds))  # its own cache fill / warm-up, not reported
+        if endless_ds is not None:
+            alone(lambda: fit_epochs(endless_ds, steps, 0, warmup=steps))  # its own cache fill, not reported
         results[name] = {"epoch1_images_per_s": r(first[0]), "epoch1_cpu_ms_per_image": r(first[1], 2)}
         log(f"{name}: epoch 1: {first[0]:.0f} images/s, {first[1]:.2f} CPU ms/image")
     epochs, streams, fits = defaultdict(list), defaultdict(list), defaultdict(list)
     for rnd in range(args.rounds):
-        for name, (epoch_ds, stream_ds) in pipelines.items():
-            epochs[name] += [one_pass(epoch_ds) for _ in range(args.epochs_per_round)]
+        for name, (epoch_ds, stream_ds, endless_ds) in pipelines.items():
+            epochs[name] += [alone(lambda: one_pass(epoch_ds)) for _ in range(args.epochs_per_round)]
             if stream_ds is not None:
-                streams[name].append(one_pass(stream_ds))
-            if name in fit_iterators:
-                # The iterator's background threads fill its prefetch buffer while the other pipelines are
-                # timed; two unreported epochs drain that, so the reported ones measure steady production.
-                fits[name] += fit_epochs(fit_iterators[name], steps, args.epochs_per_round + 2)[2:]
+                streams[name].append(alone(lambda: one_pass(stream_ds)))
+            if endless_ds is not None:
+                # A fresh iterator; the first `steps` batches (its start-up, and what its prefetch buffer
+                # filled meanwhile) are drawn untimed, then consecutive fit epochs are timed.
+                fits[name] += alone(lambda: fit_epochs(endless_ds, steps, args.epochs_per_round, warmup=steps))
             log(f"round {rnd + 1}: {name}: epoch {epochs[name][-1][0]:.0f} images/s"
-                + (f", fit epoch {fits[name][-1][0]:.0f} images/s" if name in fit_iterators else "")
+                + (f", fit epoch {fits[name][-1][0]:.0f} images/s" if endless_ds is not None else "")
                 + (f", stream {streams[name][-1][0]:.0f} images/s" if stream_ds is not None else ""))
     for name in pipelines:
         results[name]["later_epochs"] = stats(epochs[name])
@@ -285,9 +310,11 @@ def main() -> None:
         "dataset_key": dataset_dir.name,
         "train_images": n_train,
         "reference_files": len(images),
-        "how": f"epoch 1 once; then {args.rounds} interleaved rounds of {args.epochs_per_round} epochs "
-               f"(new iterator each), {args.epochs_per_round} fit epochs of {steps} batches (one iterator "
-               f"across all rounds) and one stream of {stream} batches per pipeline; medians reported",
+        "how": f"one pipeline at a time (no other iterator alive, garbage collected between measurements): "
+               f"epoch 1 once; then {args.rounds} rounds over the pipelines of {args.epochs_per_round} epochs "
+               f"(new iterator each), {args.epochs_per_round} fit epochs of {steps} batches from one new iterator "
+               f"of the endless dataset after {steps} untimed warm-up batches, and one stream of {stream} "
+               f"batches; medians reported",
         "ratios": "vs_per_file: images/s over the per-file pipeline's images/s in the same mode (wall clock); "
                   "cpu_vs_per_file: per-file CPU ms per image over segpipe's (load-independent); vs_training: "
                   "images/s over fit's images/s; cpu_pct_of_training: pipeline CPU per image as % of fit's",
@@ -295,7 +322,7 @@ def main() -> None:
         "training_consumption": consumption,
         "targets": targets,
         "versions": library_versions(),
-        "machine": machine.report(),
+        **machine.provenance(),
     }, args.out)
 
 

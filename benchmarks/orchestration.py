@@ -252,7 +252,7 @@ def main() -> None:
         "target": {"rerun_vs_first": TARGET_RERUN_SHARE, "met": share < TARGET_RERUN_SHARE,
                    "note": "a tiny dataset trains in seconds, so the ratio is dominated by process and Prefect "
                            "start-up; rerun_minus_noop_flow_s is what the cached pipeline itself costs"},
-        "machine": machine.report(),
+        **machine.provenance(),
     }, args.out)
 
 

@@ -211,7 +211,7 @@ def main() -> None:
             "peak_rss_flat": {"sizes": args.n, "growth_mb": r(rss_growth) if rss_growth is not None else None,
                               "met": rss_growth is not None and rss_growth < 50},
         },
-        "machine": machine.report(),
+        **machine.provenance(),
     }, args.out)
 
 

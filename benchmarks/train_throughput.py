@@ -217,7 +217,7 @@ def main() -> None:
                   "without XLA (xla), float32 (precision), TensorFlow's default threads (threads)",
         "reference": ref,
         "groups": groups,
-        "machine": machine.report(),
+        **machine.provenance(),
     }, args.out)
 
 
