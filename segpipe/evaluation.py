@@ -33,11 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from segpipe.data import CLASS_NAMES
+from segpipe.data import NUM_CLASSES
 from segpipe.fsutil import atomic_write_json, sha256_file
 from segpipe.metrics import ConfusionAccumulator, markdown_table, per_image_iou
 
-NUM_CLASSES = len(CLASS_NAMES)
 PathLike = str | os.PathLike[str]
 
 

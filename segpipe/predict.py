@@ -150,7 +150,7 @@ def _unique_stem(rel: Path, used: set[str]) -> Path:
 
 def load_image(path: PathLike) -> np.ndarray:
     """RGB uint8 HxWx3 of an image file, identified by content; ValueError with the reason otherwise."""
-    from segpipe.data.validate import to_rgb
+    from segpipe.data.images import to_rgb
 
     path = Path(path)
     if path.stat().st_size == 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from segpipe.data import download as download_mod
+from segpipe.data import fetch as download_mod  # the module that opens the .part
 from segpipe.data.download import download_archive, is_transient, resolve_source
 from tests.faults import (
     FULL_DEVICE,

@@ -319,7 +319,7 @@ def stop_request():
 def test_a_stop_request_ends_a_download_between_chunks_keeping_the_bytes(stop_request, tmp_path):
     import hashlib
 
-    from segpipe.data.download import _write_chunks
+    from segpipe.data.fetch import write_chunks as _write_chunks
 
     class Bar:
         def update(self, done, force=False):

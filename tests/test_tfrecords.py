@@ -25,7 +25,8 @@ from segpipe.data.tfrecords import (  # noqa: E402
     write_shard,
     write_split_shards,
 )
-from segpipe.data.validate import to_rgb, validate_dataset  # noqa: E402
+from segpipe.data.images import to_rgb  # noqa: E402
+from segpipe.data.validate import validate_dataset  # noqa: E402
 from tests.synthetic import make_pets_tree  # noqa: E402
 
 TARGET_BYTES = 4000  # a couple of 48x40 examples per shard

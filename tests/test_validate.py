@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from segpipe.data.images import load_image_rgb, load_trimap_png
+from segpipe.data.names import breed_of
 from segpipe.data.validate import (
     ListEntry,
-    breed_of,
-    load_image_rgb,
-    load_trimap_png,
     read_lists,
     validate_dataset,
     write_validation,

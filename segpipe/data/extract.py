@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from segpipe.data.download import verify_archive
+from segpipe.data.checksums import verify_archive
 from segpipe.fsutil import atomic_write_json, current_umask, file_lock, read_json, sha256_file, tempdir_beside
 from segpipe.layout import COMPLETE_MARKER
 

@@ -28,7 +28,6 @@ from segpipe.fsutil import read_json
 from segpipe.layout import MANIFEST
 
 AUTOTUNE = tf.data.AUTOTUNE
-NUM_CLASSES = 3
 
 
 # --------------------------------------------------------------------------- manifest

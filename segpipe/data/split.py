@@ -109,7 +109,7 @@ def make_split(
 
 
 def _breed_split(ids: list[str], holdout_breeds: Iterable[str], val_fraction: float, seed: int) -> dict[str, list[str]]:
-    from segpipe.data.validate import breed_of
+    from segpipe.data.names import breed_of
 
     holdout = set(holdout_breeds)
     if not holdout:

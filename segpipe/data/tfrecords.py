@@ -26,7 +26,8 @@ from typing import Any
 
 from segpipe import __version__, cancel
 from segpipe.data import spec
-from segpipe.data.validate import Example, load_image_rgb, load_trimap_png
+from segpipe.data.images import load_image_rgb, load_trimap_png
+from segpipe.data.validate import Example
 from segpipe.fsutil import atomic_path, atomic_write_json, code_version, file_lock, read_json, sha256_file
 from segpipe.layout import MANIFEST
 

@@ -15,33 +15,20 @@ is inferred from the breed (the id without its trailing `_<n>`).
 
 from __future__ import annotations
 
-import io
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
 
 from segpipe import cancel
 from segpipe.data import CLASS_NAMES
+from segpipe.data.images import check_no_truncated_loading, describe_conversion, trimap_counted
+from segpipe.data.images import open_image as _open_image  # by this name: tests stop validation mid-way through it
+from segpipe.data.lists import LIST_FILES, ListEntry, find_subdir, read_lists
+from segpipe.data.names import breed_of
 from segpipe.fsutil import atomic_write_json, atomic_write_text
-
-LIST_FILES: dict[str, str] = {"list": "list.txt", "trainval": "trainval.txt", "test": "test.txt"}
-TRIMAP_VALUES = (1, 2, 3)
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-@dataclass(frozen=True)
-class ListEntry:
-    """One id's row in the list files, and which of them name it."""
-
-    class_id: int
-    species: int
-    breed_id: int
-    lists: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -128,176 +115,6 @@ class ValidationReport:
         return "\n".join(lines) + "\n"
 
 
-def breed_of(example_id: str) -> str:
-    """`Abyssinian_82` -> `Abyssinian`; `american_bulldog_1` -> `american_bulldog`."""
-    m = re.fullmatch(r"(.+)_\d+", example_id)
-    return m.group(1) if m else example_id
-
-
-def read_lists(annotations_dir: str | Path) -> dict[str, ListEntry]:
-    """Parse list.txt, trainval.txt and test.txt (`Image CLASS-ID SPECIES BREED-ID`, `#` comments).
-
-    Files that are absent are skipped; at least one must exist. An id whose
-    rows disagree between files is an error.
-    """
-    annotations_dir = _subdir(Path(annotations_dir), "annotations")
-    rows: dict[str, tuple[int, int, int]] = {}
-    lists: dict[str, set[str]] = {}
-    source: dict[str, str] = {}
-    present = [(name, annotations_dir / fname) for name, fname in LIST_FILES.items()]
-    present = [(name, p) for name, p in present if p.is_file()]
-    if not present:
-        raise FileNotFoundError(
-            f"no list file in {annotations_dir}: expected one of {', '.join(LIST_FILES.values())}"
-        )
-    for name, path in present:
-        for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            image_id, row = _parse_row(line, f"{path}:{lineno}")
-            if image_id in rows and rows[image_id] != row:
-                raise ValueError(
-                    f"{path}:{lineno}: {image_id} has CLASS-ID/SPECIES/BREED-ID {row}, "
-                    f"but {source[image_id]} says {rows[image_id]}"
-                )
-            rows.setdefault(image_id, row)
-            source.setdefault(image_id, f"{path.name}:{lineno}")
-            lists.setdefault(image_id, set()).add(name)
-    return {i: ListEntry(*rows[i], lists=frozenset(lists[i])) for i in sorted(rows)}
-
-
-def _parse_row(line: str, where: str) -> tuple[str, tuple[int, int, int]]:
-    parts = line.split()
-    try:
-        if len(parts) < 4:
-            raise ValueError
-        class_id, species, breed_id = (int(p) for p in parts[1:4])
-    except ValueError:
-        raise ValueError(f"{where}: expected 'Image CLASS-ID SPECIES BREED-ID', got {line!r}") from None
-    if not (1 <= class_id <= 37 and species in (1, 2) and breed_id >= 1):
-        raise ValueError(f"{where}: expected CLASS-ID 1..37, SPECIES 1|2, BREED-ID >= 1, got {line!r}")
-    return parts[0], (class_id, species, breed_id)
-
-
-def _subdir(path: Path, name: str) -> Path:
-    """Accept either `<root>/<name>` itself or its parent `<root>`."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"{name} directory not found: {path}")
-    return path / name if path.name != name and (path / name).is_dir() else path
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def _check_no_truncated_loading() -> None:
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError(
-            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True somewhere in this process; "
-            "validation would silently accept truncated images. Leave it False."
-        )
-
-
-def _open_image(path: Path, *, reduced_jpeg: bool = False) -> Image.Image:
-    """Open by content and decode fully (raises on zero-byte, unknown or truncated files).
-
-    With `reduced_jpeg`, a JPEG is decoded at 1/8 scale (libjpeg's DCT scaling):
-    every byte of the file is still read and entropy-decoded, so truncated and
-    unreadable files fail exactly as in a full decode, for about a third of the
-    CPU; only the inverse DCT and colour conversion are cheaper. `img.size` is
-    then the reduced size; the full size is in `img.info["full_size"]`. For
-    validation, which needs to know the file decodes, not its pixels.
-    """
-    if path.stat().st_size == 0:
-        raise ValueError("zero-byte file")
-    try:
-        img = Image.open(path)
-    except UnidentifiedImageError:
-        raise ValueError("not a recognisable image") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"unreadable header ({exc})") from None
-    img.info["full_size"] = img.size
-    try:
-        if reduced_jpeg and img.format == "JPEG":
-            img.draft(img.mode, (1, 1))
-        img.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        img.close()
-        raise ValueError(f"undecodable {img.format} ({exc})") from None
-    return img
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB conversion used for every non-JPEG image; 16-bit images are scaled, not clipped."""
-    if img.mode in _SIXTEEN_BIT_MODES:
-        gray = (np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
-    return img.convert("RGB")
-
-
-def _describe_conversion(img: Image.Image, path: Path) -> str:
-    named = "" if img.format == "JPEG" else f" named {path.suffix}"
-    frames = getattr(img, "n_frames", 1)
-    extra = f" (first of {frames} frames)" if frames > 1 else ""
-    if img.mode in _SIXTEEN_BIT_MODES:
-        extra += " (16-bit scaled to 8-bit)"
-    return f"{img.format} {img.mode}{named} converted to RGB{extra}"
-
-
-def _trimap_array(path: Path) -> np.ndarray:
-    """The trimap as a 2-D uint8 array with values in {1, 2, 3}; ValueError with a reason otherwise."""
-    return _trimap_counted(path)[0]
-
-
-def _trimap_counted(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(trimap array, counts of each value 0..255); the counts also give the class pixel shares."""
-    with _open_image(path) as img:
-        return _trimap_values(img)
-
-
-def _trimap_values(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    if img.mode in ("L", "P", "I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img)  # palette images: the indices are the labels
-    elif img.mode in ("LA", "PA"):
-        arr = np.asarray(img)[..., 0]
-    elif img.mode in ("RGB", "RGBA"):
-        rgb = np.asarray(img)[..., :3]
-        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
-            raise ValueError(f"{img.mode} with differing channels (expected one channel)")
-        arr = rgb[..., 0]
-    else:
-        raise ValueError(f"unsupported mode {img.mode}")
-    if arr.dtype != np.uint8:  # 16/32-bit: range-check before narrowing
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 1 or hi > 3:
-            bad = sorted({lo, hi} - set(TRIMAP_VALUES))
-            raise ValueError(f"values {bad} outside {{1, 2, 3}}")
-        arr = arr.astype(np.uint8)
-    # One linear pass (np.unique sorts every pixel: ~4x slower, and this runs once per trimap).
-    counts = np.bincount(arr.ravel(), minlength=256)
-    bad = [v for v in np.flatnonzero(counts).tolist() if v not in TRIMAP_VALUES]
-    if bad:
-        raise ValueError(f"values {bad[:5]} outside {{1, 2, 3}}")
-    return arr, counts
-
-
-def load_image_rgb(example: Example) -> tuple[bytes, str]:
-    """The image bytes to store: the original JPEG, or a lossless RGB PNG of the conversion."""
-    if example.image_format == "jpeg":
-        return example.image_path.read_bytes(), "jpeg"
-    buf = io.BytesIO()
-    with _open_image(example.image_path) as img:
-        to_rgb(img).save(buf, format="PNG")
-    return buf.getvalue(), "png"
-
-
-def load_trimap_png(example: Example) -> bytes:
-    """The trimap as a single-channel 8-bit PNG with values 1..3."""
-    buf = io.BytesIO()
-    Image.fromarray(_trimap_array(example.trimap_path)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 # --------------------------------------------------------------------------- validation
 
 
@@ -322,7 +139,7 @@ def _check_pair(image_id: str, image_path: Path, trimap_path: Path) -> _Checked:
             if img.format == "JPEG" and img.mode == "RGB":
                 out.image_format = "jpeg"
             else:
-                out.image_format, out.conversion = "png", _describe_conversion(img, image_path)
+                out.image_format, out.conversion = "png", describe_conversion(img, image_path)
     except ValueError as exc:
         out.skip_file, out.skip_reason = f"images/{image_path.name}", str(exc)
         return out
@@ -331,7 +148,7 @@ def _check_pair(image_id: str, image_path: Path, trimap_path: Path) -> _Checked:
         out.skip_file, out.skip_reason = trimap_file, "missing trimap"
         return out
     try:
-        arr, counts = _trimap_counted(trimap_path)
+        arr, counts = trimap_counted(trimap_path)
     except ValueError as exc:
         out.skip_file, out.skip_reason = trimap_file, f"trimap: {exc}"
         return out
@@ -368,30 +185,60 @@ def validate_dataset(images_dir: Path, annotations_dir: Path, workers: int = 2) 
     """Decode and check every image/trimap pair; see the module docstring for the policy."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    _check_no_truncated_loading()
-    images_dir = _subdir(Path(images_dir), "images")
-    annotations_dir = _subdir(Path(annotations_dir), "annotations")
+    check_no_truncated_loading()
+    images_dir, annotations_dir, trimaps_dir = _locate_dirs(images_dir, annotations_dir)
+    lists = read_lists(annotations_dir)
+    images, ignored = _scan_images(images_dir)
+    checked = _check_pairs(images, trimaps_dir, workers)
+    report = ValidationReport(examples=[], ignored=ignored)
+    pixels, breeds = _catalog(report, checked, images, trimaps_dir, lists)
+    report.missing = _listed_but_missing(lists, images)
+    _summarise(report, pixels, breeds, images_found=len(images))
+    return report
+
+
+def _locate_dirs(images_dir: Path, annotations_dir: Path) -> tuple[Path, Path, Path]:
+    """(images, annotations, trimaps) directories; a FileNotFoundError naming any that is missing."""
+    images_dir = find_subdir(Path(images_dir), "images")
+    annotations_dir = find_subdir(Path(annotations_dir), "annotations")
     trimaps_dir = annotations_dir / "trimaps"
     if not trimaps_dir.is_dir():
         raise FileNotFoundError(f"trimaps directory not found: {trimaps_dir}")
-    lists = read_lists(annotations_dir)
+    return images_dir, annotations_dir, trimaps_dir
 
+
+def _scan_images(images_dir: Path) -> tuple[dict[str, Path], list[str]]:
+    """({id: image path} of every `.jpg`, sorted by id; names of the files ignored)."""
     all_files = sorted(images_dir.iterdir())
     ignored = [p.name for p in all_files if _is_ignorable(p)]
     images = {p.stem: p for p in all_files if not _is_ignorable(p)}
-    ids = sorted(images)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        checked = list(pool.map(lambda i: _check_pair(i, images[i], trimaps_dir / f"{i}.png"), ids))
+    return dict(sorted(images.items())), ignored
 
+
+def _check_pairs(images: dict[str, Path], trimaps_dir: Path, workers: int) -> list[_Checked]:
+    """Decode every image and its trimap, `workers` at a time; results in id order."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda i: _check_pair(i, images[i], trimaps_dir / f"{i}.png"), images))
+
+
+def _entries_by_breed(lists: dict[str, ListEntry]) -> dict[str, ListEntry | None]:
+    """Each breed's list row; None where the breed's rows disagree (infer nothing from it)."""
     by_breed: dict[str, ListEntry | None] = {}
     for image_id, entry in lists.items():
         b = breed_of(image_id)
         prev = by_breed.get(b, entry)
         same = prev is not None and (prev.class_id, prev.species, prev.breed_id) == (
             entry.class_id, entry.species, entry.breed_id)
-        by_breed[b] = entry if same else None  # None: the breed's rows disagree, infer nothing
+        by_breed[b] = entry if same else None
+    return by_breed
 
-    report = ValidationReport(examples=[], ignored=ignored)
+
+def _catalog(
+    report: ValidationReport, checked: list[_Checked], images: dict[str, Path], trimaps_dir: Path,
+    lists: dict[str, ListEntry],
+) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
+    """Fill `report`'s examples, skipped, converted and inferred rows; returns (trimap value counts, per breed)."""
+    by_breed = _entries_by_breed(lists)
     pixels = np.zeros(3, dtype=np.int64)
     breeds: dict[str, dict[str, int]] = {}
     for c in checked:
@@ -415,26 +262,35 @@ def validate_dataset(images_dir: Path, annotations_dir: Path, workers: int = 2) 
             class_id=class_id, species=species, breed_id=breed_id, breed=breed,
             lists=lists[c.id].lists if c.id in lists else frozenset(),
         ))
+    return pixels, breeds
+
+
+def _listed_but_missing(lists: dict[str, ListEntry], images: dict[str, Path]) -> list[dict[str, str]]:
+    missing = []
     for image_id, entry in lists.items():
         if image_id not in images:
             names = ", ".join(LIST_FILES[n] for n in sorted(entry.lists))
-            report.missing.append({"id": image_id, "file": f"images/{image_id}.jpg",
-                                   "reason": f"listed in {names} but the image file is missing"})
+            missing.append({"id": image_id, "file": f"images/{image_id}.jpg",
+                            "reason": f"listed in {names} but the image file is missing"})
+    return missing
 
+
+def _summarise(report: ValidationReport, pixels: np.ndarray, breeds: dict[str, dict[str, int]],
+               images_found: int) -> None:
+    """Set the report's class pixel shares, per-breed table and counts."""
     total = int(pixels.sum())
     report.class_pixel_shares = {n: (float(p) / total if total else 0.0) for n, p in zip(CLASS_NAMES, pixels)}
     report.per_breed = dict(sorted(breeds.items(), key=lambda kv: kv[0].lower()))
     report.counts = {
-        "images_found": len(ids),
+        "images_found": images_found,
         "valid": len(report.examples),
         "skipped": len(report.skipped),
         "converted": len(report.converted),
         "class_inferred": sum(1 for r in report.inferred if "inferred from breed" in r["reason"]),
         "not_in_any_list": len(report.inferred),
         "listed_but_missing": len(report.missing),
-        "non_image_files_ignored": len(ignored),
+        "non_image_files_ignored": len(report.ignored),
     }
-    return report
 
 
 def write_validation(report: ValidationReport, dataset_dir: str | Path) -> tuple[Path, Path]:
