@@ -13,7 +13,10 @@ held-out figures. After every epoch the best model so far (what the pipeline wou
 ship at that moment) is scored on the held-out images at model resolution, for the
 time to reach a held-out mean IoU of 0.70 (scoring time excluded); the final figures
 are at original resolution. `summary` gives each preset's mean and spread (min, max)
-over the seeds. `--set` applies to every preset (a field a preset's model does not
+over the seeds. Training time is recorded twice: wall seconds, and CPU-seconds of the
+process tree (`resource.getrusage` of this process and its children), which do not
+stretch when other work shares the machine; "quality per CPU-minute" (the plot) uses
+the CPU-seconds. A cached training result is never reported. `--set` applies to every preset (a field a preset's model does not
 take, such as encoder_weights for the scratch U-Net, is dropped for that preset).
 Prints one JSON object, with the command, the commit and the machine.
 """
@@ -22,16 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common  # noqa: E402
 
 TARGET = {"mean_iou": 0.78, "foreground_iou": 0.88, "train_seconds": 600, "breed_mean_iou": 0.75,
           "speedup_to_070": 5.0}
@@ -40,18 +42,14 @@ SUMMARY_KEYS = ("best_val_mean_iou", "train_seconds", "train_cpu_seconds", "seco
                 "held_out_without_tta.mean_iou", "held_out_without_tta.foreground_iou")
 
 
-def machine() -> dict:
-    model = next((line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu_model": model, "cpus": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()]}
+def machine(probe: bool = True) -> dict:
+    """CPU model, cores, load average and (with `probe`) the fp32 matmul GFLOP/s now: `common.machine`."""
+    return common.machine(probe=probe)
 
 
 def commit() -> str:
-    root = Path(__file__).resolve().parent.parent
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "segpipe", "benchmarks"], cwd=root,
-                           capture_output=True, text=True).stdout.strip()
-    return head + ("+uncommitted" if dirty else "")
+    """HEAD, `+uncommitted` when segpipe/ or benchmarks/ differ from it."""
+    return common.git_commit()
 
 
 def _get(result: dict, dotted: str):
@@ -76,11 +74,9 @@ def summarise(results: list[dict]) -> dict:
 
 
 def cpu_seconds() -> float:
-    """CPU seconds of this process (all its threads: TensorFlow's pools too) and of its waited-for children."""
-    import resource
-
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    """CPU seconds of this process (all its threads: TensorFlow's pools too) and of its waited-for children:
+    the work done, whatever else the machine runs (wall seconds stretch with the load, these do not)."""
+    return common.cpu_seconds_tree()
 
 
 def _first(curve: list[dict], key: str, level: float = 0.70) -> float | None:
@@ -131,6 +127,8 @@ def train_and_score(cfg, dataset, run_dir: Path, stop_at: float | None = None,
                 "train_seconds": curve[-1]["train_seconds"], "train_cpu_seconds": curve[-1]["train_cpu_seconds"],
                 "seconds_to_held_out_070": _first(curve, "train_seconds"),
                 "cpu_seconds_to_held_out_070": _first(curve, "train_cpu_seconds"), "curve": curve}
+    if result.cached:  # the run directory was removed first, so this cannot happen; never report a cached run
+        raise SystemExit(f"{run_dir}: training returned a cached result; a benchmark must train")
     train_seconds = time.monotonic() - started - state["eval_s"]
     train_cpu_seconds = cpu_seconds() - cpu_started - state["eval_cpu_s"]
     m = evaluation.evaluate([Path(result.model_path)], Path(dataset.path), "test", batch_size=8,
@@ -159,14 +157,23 @@ def train_and_score(cfg, dataset, run_dir: Path, stop_at: float | None = None,
     }
 
 
+def _x(point: dict) -> float:
+    """A curve point's training CPU-seconds (older results without them: wall seconds; see `plot`)."""
+    return point["train_cpu_seconds"] if point.get("train_cpu_seconds") is not None else point["train_seconds"]
+
+
 def plot(results: list[dict], path: Path) -> None:
-    """Held-out mean IoU against training seconds, one line per preset (Pillow only)."""
+    """Held-out mean IoU against training CPU-seconds (quality per CPU-minute), one line per run (Pillow only).
+
+    CPU-seconds of the process tree, not wall seconds: runs measured at different loads stay comparable.
+    Results recorded before CPU-seconds were kept are drawn on wall seconds and labelled so."""
     from PIL import Image, ImageDraw
 
     w, h, left, bottom, top, right = 900, 560, 70, 60, 40, 200
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    t_max = max([r["curve"][-1]["train_seconds"] for r in results if r["curve"]] + [TARGET["train_seconds"]]) * 1.05
+    wall_only = any(p.get("train_cpu_seconds") is None for r in results for p in r.get("curve", []))
+    t_max = max([_x(r["curve"][-1]) for r in results if r["curve"]] + [TARGET["train_seconds"]]) * 1.05
     x = lambda t: left + (w - left - right) * t / t_max  # noqa: E731
     y = lambda v: h - bottom - (h - bottom - top) * v  # noqa: E731
     d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
@@ -176,20 +183,20 @@ def plot(results: list[dict], path: Path) -> None:
     step = 200 if t_max > 600 else 50
     for t in range(0, int(t_max) + 1, step):
         d.text((x(t) - 10, h - bottom + 6), str(t), fill="black")
-    d.text((left + 150, h - 28), "training seconds (2-core CPU, scoring excluded)", fill="black")
+    d.text((left + 150, h - 28), ("training seconds, WALL (older results: no CPU-seconds)" if wall_only else
+                                  "training CPU-seconds (process tree, scoring excluded)"), fill="black")
     d.text((left, 12), "held-out mean IoU of the best model so far (model resolution)", fill="black")
-    d.line([(x(TARGET["train_seconds"]), top), (x(TARGET["train_seconds"]), h - bottom)], fill=(180, 0, 0))
     d.line([(left, y(TARGET["mean_iou"])), (w - right, y(TARGET["mean_iou"]))], fill=(180, 0, 0))
-    d.text((x(TARGET["train_seconds"]) + 4, top), f"{TARGET['train_seconds']} s", fill=(180, 0, 0))
     d.text((w - right + 6, y(TARGET["mean_iou"]) - 6), f"target {TARGET['mean_iou']:.2f}", fill=(180, 0, 0))
     colours = [(0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167)]
     for i, r in enumerate(results):
         if not r.get("curve"):
             continue
-        pts = [(x(p["train_seconds"]), y(p["held_out_mean_iou"])) for p in r["curve"]]
+        pts = [(x(_x(p)), y(p["held_out_mean_iou"])) for p in r["curve"]]
         if len(pts) > 1:
             d.line(pts, fill=colours[i % 4], width=3)
-        d.text((w - right + 6, top + 30 + 18 * i), f"{r['preset']} ({r['model']}, {r['epochs_completed']} ep)",
+        d.text((w - right + 6, top + 30 + 18 * i),
+               f"{r['preset']} seed {r.get('train_seed')} ({r['model']}, {r['epochs_completed']} ep)",
                fill=colours[i % 4])
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
@@ -200,7 +207,9 @@ def merge(paths: list[str], plot_path: str | None, out: str | None) -> int:
     reports = [json.loads(Path(p).read_text()) for p in paths]
     report = {
         "benchmark": "quality",
-        "command": " ".join(["benchmarks/quality.py", *sys.argv[1:]]),
+        "command": common.command_line(),
+        "commit": commit(),
+        "machine": {**machine(probe=False), "note": "the machine that merged; each run's own is in merged_from"},
         "merged_from": [{"path": p, "command": r.get("command"), "commit": r.get("commit"), "dataset": r["dataset"],
                          "overrides": r["overrides"], "machine": r["machine"]} for p, r in zip(paths, reports)],
         "results": [res for r in reports for res in r["results"]],
@@ -267,7 +276,8 @@ def main() -> int:
         overrides[field] = _parse_value(value)
     configs = [build_config(preset, _fitting(preset, overrides) | ({"train.seed": seed} if seed is not None else {}))
                for preset in (args.preset or ["cpu-quick"]) for seed in (args.train_seed or [None])]
-    started_machine, started_commit = machine(), commit()  # the code measured is the code at the start
+    # the code measured is the code at the start; the machine's matmul probe runs before any training
+    started_machine, started_commit, started_command = machine(), commit(), common.command_line()
 
     from flows.prepare_data import prepare_data
     from segpipe.fsutil import digest_json
@@ -281,7 +291,7 @@ def main() -> int:
                                        give_up_cpu_s=args.give_up_after_cpu_seconds))
     report = {
         "benchmark": "quality",
-        "command": " ".join(["benchmarks/quality.py", *sys.argv[1:]]),
+        "command": started_command,
         "commit": started_commit,
         "dataset": {"key": dataset.dataset_key, "splits": dataset.num_examples, "split": args.split,
                     "holdout_breeds": args.holdout_breed, "seed": args.split_seed},
@@ -289,7 +299,7 @@ def main() -> int:
         "summary": summarise(results),
         "results": results,
         "target": TARGET,
-        "machine": {**started_machine, "load_average_after": machine()["load_average"]},
+        "machine": {**started_machine, "load_average_after": machine(probe=False)["load_average"]},
     }
     if args.plot:
         plot(results, Path(args.plot))

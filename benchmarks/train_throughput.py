@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/train_throughput.py      # ~12 minutes on 2 busy cores (XLA and
                                                          # float16 are slow to compile and to run)
     .venv/bin/python benchmarks/train_throughput.py --no-xla --no-precision --models unet xception_unet
+    .venv/bin/python benchmarks/train_throughput.py --models unet deeplabv3plus --detail-models unet \
+        deeplabv3plus --no-xla --no-threads --precisions mixed_bfloat16     # bfloat16 only, ~2 minutes
 
 Synthetic in-memory data at 160x160 (one batch repeated: the input pipeline
 costs nothing). Each configuration builds its model with the config's default
@@ -16,7 +18,8 @@ as images/s and as CPU ms per image (the process's CPU time: what a step
 costs, whatever the other processes take).
 
 Groups, each against its reference measured in the same run:
-  models     every model in segpipe.models.MODEL_NAMES, against xception_unet
+  models     every model in segpipe.models.MODEL_NAMES (or --models), against xception_unet
+             (the first of --models when xception_unet is not among them)
   xla        jit_compile=True, against the same model without it
   precision  mixed_float16 and mixed_bfloat16 policies, against float32
   threads    intra/inter-op threads (1/1, 2/1, 2/2) against TensorFlow's defaults:
@@ -157,6 +160,8 @@ def main() -> None:
     p.add_argument("--no-xla", action="store_true")
     p.add_argument("--no-threads", action="store_true")
     p.add_argument("--no-precision", action="store_true")
+    p.add_argument("--precisions", nargs="+", default=["mixed_float16", "mixed_bfloat16"],
+                   choices=["mixed_float16", "mixed_bfloat16"], help="policies timed against float32")
     p.add_argument("--out", help="also write the JSON result to this file")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -172,11 +177,11 @@ def main() -> None:
         configs += [{"model": m, "xla": True, "precision": "float32"} for m in args.models]
     if not args.no_precision:
         configs += [{"model": m, "xla": False, "precision": pol}
-                    for m in args.detail_models for pol in ("mixed_float16", "mixed_bfloat16")]
+                    for m in args.detail_models for pol in args.precisions]
     log(f"{len(configs)} configurations in one process, {args.rounds} rounds of {args.steps} steps")
     rows = run_child(base, configs, None, None, args.rounds)
-    ref = rows[label(fp32[0] if args.models[0] == REFERENCE_MODEL else
-                     {"model": REFERENCE_MODEL, "xla": False, "precision": "float32"})]
+    reference = REFERENCE_MODEL if REFERENCE_MODEL in args.models else args.models[0]
+    ref = rows[label({"model": reference, "xla": False, "precision": "float32"})]
     groups: dict[str, Any] = {
         "models": [compare(rows[label(c)], ref) for c in fp32],
     }
@@ -185,7 +190,7 @@ def main() -> None:
     if not args.no_precision:
         groups["precision"] = [compare(rows[label({"model": m, "xla": False, "precision": pol})],
                                        rows[label({"model": m, "xla": False, "precision": "float32"})])
-                               for m in args.detail_models for pol in ("mixed_float16", "mixed_bfloat16")]
+                               for m in args.detail_models for pol in args.precisions]
     if not args.no_threads:
         detail = [{"model": m, "xla": False, "precision": "float32"} for m in args.detail_models]
         runs: dict[tuple[Any, Any], list[dict[str, dict[str, Any]]]] = defaultdict(list)
@@ -213,8 +218,9 @@ def main() -> None:
         "model_params": "segpipe.config.ModelConfig defaults per model (unet/segnet base_filters 16 depth 4; "
                         "deeplabv3plus mobilenetv2 without pretrained weights)",
         "ratios": "speed_vs_ref = images/s over the reference's; cpu_efficiency_vs_ref = reference CPU ms per "
-                  "image over this one's (> 1: cheaper); references: xception_unet (models), the same model "
-                  "without XLA (xla), float32 (precision), TensorFlow's default threads (threads)",
+                  "image over this one's (> 1: cheaper); references: xception_unet or the first of --models "
+                  "(models), the same model without XLA (xla), float32 (precision), TensorFlow's default threads "
+                  "(threads)",
         "reference": ref,
         "groups": groups,
         **machine.provenance(),
