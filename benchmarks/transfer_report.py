@@ -1,11 +1,12 @@
 """The transfer-learning tables in README.md and BENCHMARKS.md, rendered from committed results.
 
     .venv/bin/python benchmarks/transfer_report.py            # print the tables
-    .venv/bin/python benchmarks/transfer_report.py --write    # replace them between the markers in both files
+    .venv/bin/python benchmarks/render.py --write             # replace them (and every other block) in both files
 
 Every figure in the blocks between `<!-- transfer:begin -->` and `<!-- transfer:end -->` comes from
 the JSON files named in RESULTS (written by `benchmarks/quality.py`, commands recorded inside them);
-`tests/test_transfer_report.py` fails when a committed block differs from what this renders.
+`benchmarks/render.py` renders this block with the others, and `tests/test_figures.py` fails when a
+committed block differs from what renders.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 RANDOM = "transfer-random.json"  # cpu-quick, 3 training seeds, random split
 KERAS = "transfer-random-keras-example.json"  # keras-example, same split
@@ -130,12 +133,14 @@ def render() -> str:
     quiet = load(QUIET)
     if quiet:
         (q,) = quiet["results"]
-        verdict = "met" if q["train_seconds"] <= 600 else f"missed by {q['train_seconds'] - 600:,.0f} s"
+        limit = quiet["target"]["train_seconds"]
+        verdict = "met" if q["train_seconds"] <= limit else f"missed by {q['train_seconds'] - limit:,.0f} s"
         lines += ["", f"Timed alone (nothing else running; load average {quiet['machine']['load_average'][0]:.1f} at "
                       f"the start, {quiet['machine']['load_average_after'][0]:.1f} at the end), the same cpu-quick "
                       f"recipe (seed {q['train_seed']}) trained in **{q['train_seconds']:,.0f} s** wall "
-                      f"({q['train_cpu_seconds']:,.0f} CPU-s, {q['epochs_completed']} epochs) on this machine: the "
-                      f"600 s target is {verdict}. It scored {q['held_out']['mean_iou']:.3f} / "
+                      f"({q['train_cpu_seconds']:,.0f} CPU-s, {q['epochs_completed']} epochs) on "
+                      f"{quiet['machine']['cpu_model']}, {quiet['machine']['cpus']} cores: the "
+                      f"{limit:,} s target is {verdict}. It scored {q['held_out']['mean_iou']:.3f} / "
                       f"{q['held_out']['foreground_iou']:.3f} on the held-out images, and reached 0.70 after "
                       f"{q['seconds_to_held_out_070']:,.0f} s."]
     official = load(OFFICIAL)
@@ -153,7 +158,61 @@ def render() -> str:
     if breeds:
         lines += ["", "Breed hold-out (`--split breed --holdout-breed B`: trained on the two other breeds, scored on "
                       "every image of B, original resolution, flip TTA):", "", *breed_table(breeds)]
+    lines += ["", *targets_table(quick, breeds, quiet, quick_070, scratch_070, gave_up)]
+    lines += ["", "Each file, the command that wrote it (to the path named in it; copied here unchanged), the "
+                  "commit and the machine:", ""]
+    for name in (RANDOM, KERAS, SCRATCH, QUIET, OFFICIAL, *(BREED.format(b) for b in breeds)):
+        if (data := load(name)) is not None:
+            lines.append(f"* {_provenance(data, name)}")
     return "\n".join(lines)
+
+
+def _provenance(data: dict, name: str) -> str:
+    from benchmarks.render import provenance
+
+    return provenance(data, name)
+
+
+def targets_table(quick: dict, breeds: dict[str, dict], quiet: dict | None, quick_070: list[float],
+                  scratch_070: list[float], gave_up: list[float]) -> list[str]:
+    """The issue's targets (recorded in each result as `target`) against the figures above: met, or by how much
+    they were missed."""
+    target = quick["target"]
+    rows = ["| target | measured | verdict |", "|---|---|---|"]
+
+    def row(what: str, got: float | None, want: float, fmt: str, at_least: bool = True, unit: str = "") -> None:
+        if got is None:
+            rows.append(f"| {what} | not measured | — |")
+            return
+        ok = got >= want if at_least else got <= want
+        rows.append(f"| {what} | {got:{fmt}}{unit} | " + ("**met**" if ok else
+                    f"**missed** by {abs(want - got):{fmt}}{unit}") + " |")
+
+    means = _held_out(quick["results"], "mean_iou")
+    fgs = _held_out(quick["results"], "foreground_iou")
+    n = len(quick["results"])
+    row(f"held-out mean IoU ≥ {target['mean_iou']:.2f} (cpu-quick, mean of {n})",
+        statistics.fmean(means) if means else None, target["mean_iou"], ".3f")
+    row(f"held-out foreground IoU ≥ {target['foreground_iou']:.2f} (cpu-quick, mean of {n})",
+        statistics.fmean(fgs) if fgs else None, target["foreground_iou"], ".3f")
+    breed_means = [r["held_out"]["mean_iou"] for b in breeds.values() for r in b["results"]]
+    row(f"breed hold-out mean IoU ≥ {target['breed_mean_iou']:.2f} (average of {len(breed_means)})",
+        statistics.fmean(breed_means) if breed_means else None, target["breed_mean_iou"], ".3f")
+    q = quiet["results"][0] if quiet else None
+    row(f"cpu-quick training ≤ {target['train_seconds']:,} s wall (timed alone)", q["train_seconds"] if q else None,
+        target["train_seconds"], ",.0f", at_least=False, unit=" s")
+    speedup = target["speedup_to_070"]
+    if quick_070 and scratch_070:
+        row(f"CPU-s to held-out 0.70: cpu-scratch / cpu-quick ≥ {speedup:g}x",
+            statistics.fmean(scratch_070) / statistics.fmean(quick_070), speedup, ".1f", unit="x")
+    elif quick_070 and gave_up:
+        bound = gave_up[0] / statistics.fmean(quick_070)
+        rows.append(f"| CPU-s to held-out 0.70: cpu-scratch / cpu-quick ≥ {speedup:g}x | more than {bound:.1f}x "
+                    f"(cpu-scratch stopped unreached) | " + ("**met**" if bound >= speedup else
+                                                            "not decided (lower bound below the target)") + " |")
+    else:
+        rows.append(f"| CPU-s to held-out 0.70: cpu-scratch / cpu-quick ≥ {speedup:g}x | not measured | — |")
+    return ["Against the targets (recorded in each result file as `target`):", "", *rows]
 
 
 def replace_block(text: str, block: str) -> str:
@@ -166,15 +225,14 @@ def replace_block(text: str, block: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--write", action="store_true", help="replace the blocks in README.md and BENCHMARKS.md")
+    p.add_argument("--write", action="store_true", help="replace the blocks in README.md and BENCHMARKS.md "
+                                                        "(all blocks: benchmarks/render.py --write)")
     args = p.parse_args()
-    block = render()
-    if not args.write:
-        print(block)
-        return 0
-    for name in ("README.md", "BENCHMARKS.md"):
-        path = ROOT / name
-        path.write_text(replace_block(path.read_text(), block))
+    if args.write:
+        from benchmarks import render as render_all
+
+        return render_all.main(["--write"])
+    print(render())
     return 0
 
 
