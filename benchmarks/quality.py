@@ -187,17 +187,17 @@ def plot(results: list[dict], path: Path) -> None:
                                   "training CPU-seconds (process tree, scoring excluded)"), fill="black")
     d.text((left, 12), "held-out mean IoU of the best model so far (model resolution)", fill="black")
     d.line([(left, y(TARGET["mean_iou"])), (w - right, y(TARGET["mean_iou"]))], fill=(180, 0, 0))
-    d.text((w - right + 6, y(TARGET["mean_iou"]) - 6), f"target {TARGET['mean_iou']:.2f}", fill=(180, 0, 0))
-    colours = [(0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167)]
+    d.text((left + 6, y(TARGET["mean_iou"]) - 14), f"target {TARGET['mean_iou']:.2f}", fill=(180, 0, 0))
+    colours = [(0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (213, 94, 0), (86, 180, 233)]
     for i, r in enumerate(results):
         if not r.get("curve"):
             continue
         pts = [(x(_x(p)), y(p["held_out_mean_iou"])) for p in r["curve"]]
         if len(pts) > 1:
-            d.line(pts, fill=colours[i % 4], width=3)
+            d.line(pts, fill=colours[i % len(colours)], width=3)
         d.text((w - right + 6, top + 30 + 18 * i),
                f"{r['preset']} seed {r.get('train_seed')} ({r['model']}, {r['epochs_completed']} ep)",
-               fill=colours[i % 4])
+               fill=colours[i % len(colours)])
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 
@@ -279,10 +279,10 @@ def main() -> int:
     # the code measured is the code at the start; the machine's matmul probe runs before any training
     started_machine, started_commit, started_command = machine(), commit(), common.command_line()
 
-    from flows.prepare_data import prepare_data
+    from flows.prepare_data import prepare_data_flow
     from segpipe.fsutil import digest_json
 
-    dataset = prepare_data(config=configs[0], work_dir=str(work.root))
+    dataset = prepare_data_flow(config=configs[0], work_dir=str(work.root))
     results = []
     for cfg in configs:
         run_dir = work.run(f"quality-{cfg.preset}-{digest_json([dataset.dataset_key, cfg.model_dump(mode='json')])[:10]}")
