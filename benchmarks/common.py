@@ -98,7 +98,7 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str:
-    """HEAD, with `+uncommitted` when segpipe/ or benchmarks/ differ from it (the code measured is not HEAD)."""
+    """HEAD, with `+uncommitted` when the code in segpipe/ or benchmarks/ differs from it (results excluded)."""
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
@@ -106,7 +106,8 @@ def git_commit() -> str:
             return ""
 
     head = git("rev-parse", "HEAD") or "unknown"
-    return head + ("+uncommitted" if git("status", "--porcelain", "--", "segpipe", "benchmarks") else "")
+    changed = git("status", "--porcelain", "--", "segpipe", "benchmarks", ":(exclude)benchmarks/results")
+    return head + ("+uncommitted" if changed else "")
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
