@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from cli.env import configure_prefect
-    from flows.prepare_data import prepare_data
+    from flows.prepare_data import prepare_data_flow
     from quality import commit, machine, train_and_score
     from segpipe.budget import training_plan
     from segpipe.config import build_config
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     work = WorkDir.at(args.work_dir)
     configure_prefect(work.root)
     log(f"gpu_full: {len(found)} GPU(s) {[g['name'] for g in found]}; preset {PRESET}, {args.steps} steps")
-    dataset = prepare_data(config=cfg, work_dir=str(work.root))
+    dataset = prepare_data_flow(config=cfg, work_dir=str(work.root))
     plan = training_plan(cfg.train, dataset.num_examples["train"])
     run_dir = work.run(f"gpu-full-{digest_json([dataset.dataset_key, cfg.model_dump(mode='json')])[:10]}")
     shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark measures training: never a cached run

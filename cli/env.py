@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,10 +96,10 @@ def _wait_for_task_run_records(since: datetime, timeout: float = 5.0, settle: fl
         TaskRunFilter,
         TaskRunFilterFlowRunId,
     )
-    from prefect.events.worker import EventsWorker
 
-    with _quiet_workers():
-        EventsWorker.drain_all(timeout=timeout, at_exit=False)
+    from cli.prefectcompat import drain
+
+    drain(timeout, logs=False, suppress_errors=False)
     deadline = time.monotonic() + timeout
     last = None
     with get_client(sync_client=True) as client:
@@ -132,10 +134,19 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 _server_class: Any = None
+_local_server: Any = None  # the server `start_local_server` started (or found running)
+
+
+def _detached_popen(args: list[str], **kwargs: Any) -> subprocess.Popen:
+    """Start the server's uvicorn through `_LAUNCHER`, in its own session."""
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *map(str, args)], start_new_session=True, **kwargs,
+    )
 
 
 def _detached_server_class() -> Any:
-    """`SubprocessASGIServer` whose uvicorn child runs in its own session and dies with the CLI.
+    """Prefect's ephemeral server, its uvicorn child in its own session and dying with the CLI.
 
     Prefect starts its ephemeral server as a plain child: the same process group as the
     CLI, so a Ctrl-C in a terminal (or `timeout`, `docker stop`, a supervisor signalling the
@@ -145,37 +156,10 @@ def _detached_server_class() -> Any:
     hears no terminal signal; the CLI records the run, then stops it.
     """
     global _server_class
-    if _server_class is not None:
-        return _server_class
-    import subprocess
-    import sys
+    if _server_class is None:
+        from cli.prefectcompat import server_class_started_by
 
-    from prefect.server.api import server as server_mod
-
-    class _Subprocess:
-        """Stands in for the `subprocess` module inside Prefect's server module while it starts uvicorn."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(subprocess, name)
-
-        @staticmethod
-        def Popen(args: list[str], **kwargs: Any) -> subprocess.Popen:  # noqa: N802 - the module's name
-            kwargs.setdefault("stdin", subprocess.DEVNULL)
-            return subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *map(str, args)],
-                start_new_session=True, **kwargs,
-            )
-
-    class DetachedServer(server_mod.SubprocessASGIServer):
-        def _run_uvicorn_command(self) -> subprocess.Popen:
-            real = server_mod.subprocess
-            server_mod.subprocess = _Subprocess()  # only this module's `subprocess.Popen` call sees it
-            try:
-                return super()._run_uvicorn_command()
-            finally:
-                server_mod.subprocess = real
-
-    _server_class = DetachedServer
+        _server_class = server_class_started_by(_detached_popen)
     return _server_class
 
 
@@ -191,36 +175,29 @@ def start_local_server() -> Any | None:
 
     from prefect.settings import get_current_settings
 
+    global _local_server
     settings = get_current_settings()
     if settings.api.url or not settings.server.ephemeral.enabled:
         return None
     if threading.current_thread() is not threading.main_thread():
         return None
-    cls = _detached_server_class()
-    current = cls._instances.get(None)
-    if current is not None and current.running:
-        return current
-    server = cls()
-    server.start()
+    server = _detached_server_class()()  # the process's one server: the running one, if there is one
+    if not server.running:
+        server.start()
+    _local_server = server
     return server
 
 
 def server_pid() -> int | None:
-    """The process id of this process's ephemeral Prefect server, if one runs."""
-    import sys
-
-    mod = sys.modules.get("prefect.server.api.server")
-    server = getattr(getattr(mod, "SubprocessASGIServer", None), "_instances", {}).get(None)
-    process = getattr(server, "server_process", None)
+    """The process id of the ephemeral Prefect server `start_local_server` started, while it runs."""
+    process = getattr(_local_server, "server_process", None)
     return None if process is None or process.poll() is not None else process.pid
 
 
 def stop_local_server() -> None:
-    """Send what is still queued for the server (events, logs), then stop it."""
-    import sys
-
-    mod = sys.modules.get("prefect.server.api.server")
-    server = getattr(getattr(mod, "SubprocessASGIServer", None), "_instances", {}).get(None)
+    """Send what is still queued for the server (events, logs), then stop the one `start_local_server` started."""
+    global _local_server
+    server, _local_server = _local_server, None
     if server is None:
         return
     _drain(2.0)
@@ -228,30 +205,9 @@ def stop_local_server() -> None:
 
 
 def _drain(timeout: float) -> None:
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
+    from cli.prefectcompat import drain
 
-    with _quiet_workers():
-        for worker in (EventsWorker, APILogWorker):
-            with contextlib.suppress(Exception):
-                worker.drain_all(timeout=timeout, at_exit=False)
-
-
-@contextlib.contextmanager
-def _quiet_workers() -> Iterator[None]:
-    """While we drain Prefect's event and log queues on purpose, its "Still processing items: N items
-    remaining..." warning says nothing to a user (errors still show)."""
-    import logging
-
-    loggers = [logging.getLogger(name) for name in ("EventsWorker", "APILogWorker")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    drain(timeout)
 
 
 # --------------------------------------------------------------------------- recording an interrupted command
@@ -262,7 +218,8 @@ class Interruption:
     """What an interrupted command was doing, as its Prefect server recorded it."""
 
     stages: list[str]  # the tasks that were running (e.g. ["train"]), else the innermost unfinished flow
-    flow_runs: list[tuple[str, str, str]]  # (flow, run name, state) of each run that did not complete, outermost first
+    # (flow, as `stage_of_flow` names it; run name; state) of each run that did not complete, outermost first
+    flow_runs: list[tuple[str, str, str]]
     marked: int  # runs this process had to move to Crashed itself (Prefect had not recorded the interrupt)
 
 
@@ -309,7 +266,7 @@ def record_interruption(since: datetime, timeout: float = 3.0) -> Interruption:
             client.set_flow_run_state(run.id, Crashed(message=message), force=True)
             marked += 1
         flows = client.read_flow_runs(flow_run_filter=flow_filter)
-        flow_names = {fid: client.read_flow(fid).name for fid in {f.flow_id for f in flows}}
+        flow_names = {fid: stage_of_flow(client.read_flow(fid).name) for fid in {f.flow_id for f in flows}}
         stages = sorted({t.name.rsplit("-", 1)[0] for t in interrupted})
         if not stages:  # interrupted between tasks: name the innermost flow that did not complete
             open_flows = [f for f in flows if f.state is None or not f.state.is_completed()]
@@ -321,6 +278,12 @@ def record_interruption(since: datetime, timeout: float = 3.0) -> Interruption:
         if not (f.state and f.state.is_completed())
     ]
     return Interruption(stages, unfinished, marked)
+
+
+def stage_of_flow(flow_name: str) -> str:
+    """What a user calls a flow: the flow of one stage is named `<stage>-flow` in Prefect (flows/), so that it
+    differs from its task's name; the user ran `segpipe <stage>`."""
+    return flow_name.removesuffix("-flow")
 
 
 def _unfinished(run: Any) -> bool:

@@ -278,9 +278,9 @@ def cmd_datasets(args: argparse.Namespace, cfg: PipelineConfig | None) -> int:
 
 def cmd_download(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     work = _prepare_runtime(args)
-    from flows.prepare_data import download_data
+    from flows.prepare_data import download_data_flow
 
-    archives = download_data(config=cfg, work_dir=str(work))
+    archives = download_data_flow(config=cfg, work_dir=str(work))
     for name, archive in archives.items():
         print(f"{name}: {archive.path} sha256 {archive.sha256}")
     return 0
@@ -288,9 +288,9 @@ def cmd_download(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 def cmd_prepare(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     work = _prepare_runtime(args)
-    from flows.prepare_data import prepare_data
+    from flows.prepare_data import prepare_data_flow
 
-    ref = prepare_data(config=cfg, work_dir=str(work))
+    ref = prepare_data_flow(config=cfg, work_dir=str(work))
     counts = ", ".join(f"{name} {n}" for name, n in ref.num_examples.items())
     print(f"dataset {ref.dataset_key}: {counts}")
     print(f"dataset written to {ref.path}")
@@ -311,9 +311,9 @@ def _source_given(args: argparse.Namespace) -> bool:
 
 def cmd_train(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     work = _prepare_runtime(args)
-    from flows.train import train_model
+    from flows.train import train_flow
 
-    trained = train_model(config=cfg, work_dir=str(work), dataset_key=args.dataset)
+    trained = train_flow(config=cfg, work_dir=str(work), dataset_key=args.dataset)
     print(f"run {trained.run_id}: best val mean IoU {trained.best_val_mean_iou} at epoch {trained.best_epoch}")
     print(f"model written to {trained.model_path}")
     print(f"run directory: {trained.run_dir}")
@@ -331,9 +331,9 @@ def _scoring_args(args: argparse.Namespace, cfg: PipelineConfig) -> tuple[list[s
 
 def cmd_evaluate(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     models, kwargs, out = _scoring_args(args, cfg)
-    from flows.evaluate import evaluate_models
+    from flows.evaluate import evaluate_flow
 
-    result = evaluate_models(models, out_path=out, **kwargs)
+    result = evaluate_flow(models, out_path=out, **kwargs)
     m = result["metrics"]
     print(f"{m['n_images']} images, split {cfg.eval.split}, at original resolution:")
     print(f"  mean IoU {m['mean_iou']:.4f}  pixel accuracy {m['pixel_accuracy']:.4f}  "
@@ -346,9 +346,9 @@ def cmd_evaluate(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 def cmd_gallery(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     models, kwargs, out = _scoring_args(args, cfg)
-    from flows.evaluate import render_gallery
+    from flows.evaluate import gallery_flow
 
-    index = render_gallery(models, out_dir=out, **kwargs)
+    index = gallery_flow(models, out_dir=out, **kwargs)
     print(f"gallery written to {index}")
     return 0
 
@@ -356,9 +356,9 @@ def cmd_gallery(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     models = _model_paths(args)
     _prepare_runtime(args)
-    from flows.predict import predict
+    from flows.predict import predict_flow
 
-    report = predict(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size, cfg.eval.tta_flip)
+    report = predict_flow(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size, cfg.eval.tta_flip)
     print(f"{len(report['written'])} masks written to {args.out} (values: 1 pet, 2 background, 3 border)")
     for failure in report["failed"]:
         print(f"  could not read {failure['input']}: {failure['error']}", file=sys.stderr)

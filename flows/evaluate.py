@@ -1,4 +1,5 @@
-"""Flows `evaluate` (score saved models on a split) and `gallery` (render predictions)."""
+"""Flows `evaluate-flow` (`evaluate_flow`: score saved models on a split) and `gallery-flow` (`gallery_flow`:
+render predictions)."""
 
 from __future__ import annotations
 
@@ -7,28 +8,28 @@ from typing import Any
 
 from prefect import flow
 
-from flows.prepare_data import prepare_data
+from flows.prepare_data import prepare_data_flow
 from segpipe.config import PipelineConfig
 from segpipe.layout import resolve_work_dir
-from tasks.data import DatasetRef, locate_dataset
-from tasks.evaluation import evaluate, gallery
+from tasks.data import DatasetRef, locate_dataset_task
+from tasks.evaluation import evaluate_task, gallery_task
 
 
 def _dataset(config: PipelineConfig, work: str, dataset_key: str | None, prepare_source: bool) -> DatasetRef:
-    return prepare_data(config, work) if prepare_source else locate_dataset(work, dataset_key)
+    return prepare_data_flow(config, work) if prepare_source else locate_dataset_task(work, dataset_key)
 
 
 def _score(model_paths: list[str], config: PipelineConfig, dataset: DatasetRef, out_path: str | None) -> dict[str, Any]:
-    """The evaluate task; metrics land beside the first model unless `out_path` says otherwise."""
+    """The `evaluate` task; metrics land beside the first model unless `out_path` says otherwise."""
     e = config.eval
     default = Path(model_paths[0]).resolve().parent / f"metrics-{dataset.dataset_key}-{e.split}.json"
-    return evaluate(
+    return evaluate_task(
         model_paths, dataset, e.split, out_path or str(default), e.batch_size, e.collapse_threshold, e.tta_flip
     )
 
 
-@flow(name="evaluate")
-def evaluate_models(
+@flow(name="evaluate-flow")
+def evaluate_flow(
     model_paths: list[str],
     config: PipelineConfig = PipelineConfig(),
     work_dir: str | None = None,
@@ -45,8 +46,8 @@ def evaluate_models(
     return _score(model_paths, config, _dataset(config, work, dataset_key, prepare_source), out_path)
 
 
-@flow(name="gallery")
-def render_gallery(
+@flow(name="gallery-flow")
+def gallery_flow(
     model_paths: list[str],
     config: PipelineConfig = PipelineConfig(),
     work_dir: str | None = None,
@@ -59,7 +60,7 @@ def render_gallery(
     dataset = _dataset(config, work, dataset_key, prepare_source)
     scored = _score(model_paths, config, dataset, None)
     e = config.eval
-    return gallery(
+    return gallery_task(
         model_paths, dataset, e.split, scored["per_image"],
         out_dir or str(Path(model_paths[0]).resolve().parent / "gallery"),
         e.gallery_samples, e.gallery_worst, e.gallery_seed, scored["metrics"], e.tta_flip,

@@ -8,13 +8,13 @@ from typing import Any
 
 from prefect import flow
 
-from flows.prepare_data import prepare_data
+from flows.prepare_data import prepare_data_flow
 from segpipe.config import PipelineConfig
 from segpipe.layout import resolve_work_dir
 from tasks.data import DatasetRef
-from tasks.evaluation import evaluate, gallery
-from tasks.promotion import champion, promote
-from tasks.training import TrainedModel, train
+from tasks.evaluation import evaluate_task, gallery_task
+from tasks.promotion import champion_task, promote_task
+from tasks.training import TrainedModel, train_task
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,15 @@ class PipelineResult:
 def pipeline(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> PipelineResult:
     """The whole pipeline; a run's outputs land in WORK/runs/<run-id>/."""
     work = str(resolve_work_dir(work_dir))
-    dataset = prepare_data(config, work)
-    trained = train(dataset, config.model, config.train, work)
+    dataset = prepare_data_flow(config, work)
+    trained = train_task(dataset, config.model, config.train, work, eval_config=config.eval)
     run_dir = Path(trained.run_dir)
     e = config.eval
-    scored = evaluate(
+    scored = evaluate_task(
         [trained.model_path], dataset, e.split, str(run_dir / "metrics.json"), e.batch_size, e.collapse_threshold,
         e.tta_flip,
     )
-    index = gallery(
+    index = gallery_task(
         [trained.model_path], dataset, e.split, scored["per_image"], str(run_dir / "gallery"),
         e.gallery_samples, e.gallery_worst, e.gallery_seed, scored["metrics"], e.tta_flip,
     )
@@ -50,16 +50,16 @@ def retrain(config: PipelineConfig = PipelineConfig(), work_dir: str | None = No
     """The pipeline, then the promotion gate: the champion changes only for a better model."""
     work = str(resolve_work_dir(work_dir))
     result = pipeline(config, work)
-    current = champion(work)
+    current = champion_task(work)
     champion_metrics = None
     if current is not None:
         e = config.eval
-        champion_metrics = evaluate(
+        champion_metrics = evaluate_task(
             [current["model_path"]], result.dataset, e.split,
             str(Path(result.trained.run_dir) / "champion-metrics.json"), e.batch_size, e.collapse_threshold,
             e.tta_flip,
         )["metrics"]
-    return promote(
+    return promote_task(
         result.metrics, champion_metrics, result.trained.run_dir, result.trained.model_path,
         config.promotion.min_mean_iou, work,
     )

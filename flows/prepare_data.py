@@ -7,32 +7,41 @@ from prefect import flow
 from segpipe.config import PipelineConfig
 from segpipe.data import ARCHIVES
 from segpipe.layout import resolve_work_dir
-from tasks.data import Archive, DatasetRef, download, extract, split, validate, verify, write_manifest, write_shards
-
+from tasks.data import (
+    Archive,
+    DatasetRef,
+    download_task,
+    extract_task,
+    split_task,
+    validate_task,
+    verify_task,
+    write_manifest_task,
+    write_shards_task,
+)
 
 
 @flow(name="download-data")
-def download_data(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> dict[str, Archive]:
+def download_data_flow(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> dict[str, Archive]:
     """Fetch both archives (in parallel) and verify them; returns the verified archives by name."""
     work = str(resolve_work_dir(work_dir))
     data = config.data
-    futures = {name: download.submit(data.source, name, work, data.download_timeout_s) for name in ARCHIVES}
+    futures = {name: download_task.submit(data.source, name, work, data.download_timeout_s) for name in ARCHIVES}
     archives = {name: future.result() for name, future in futures.items()}
     for archive in archives.values():
-        verify(archive)
+        verify_task(archive)
     return archives
 
 
 @flow(name="prepare-data")
-def prepare_data(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> DatasetRef:
+def prepare_data_flow(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> DatasetRef:
     """Build the TFRecord dataset for `config.data`; returns where it is and its content key."""
     work = str(resolve_work_dir(work_dir))
     data = config.data
-    archives = download_data(config, work)
+    archives = download_data_flow(config, work)
     digests = {name: archive.sha256 for name, archive in archives.items()}
-    roots = {name: extract(archive.path, archive.sha256, work) for name, archive in archives.items()}
-    report = validate(roots["images.tar.gz"], roots["annotations.tar.gz"], digests, data.workers)
-    plan = split(report, digests, data.content_params())
-    futures = {name: write_shards.submit(name, plan, report, work, data.workers) for name in plan.splits}
+    roots = {name: extract_task(archive.path, archive.sha256, work) for name, archive in archives.items()}
+    report = validate_task(roots["images.tar.gz"], roots["annotations.tar.gz"], digests, data.workers)
+    plan = split_task(report, digests, data.content_params())
+    futures = {name: write_shards_task.submit(name, plan, report, work, data.workers) for name in plan.splits}
     shards = {name: future.result() for name, future in futures.items()}
-    return write_manifest(plan, digests, report, shards, work)
+    return write_manifest_task(plan, digests, report, shards, work)

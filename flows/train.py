@@ -1,4 +1,4 @@
-"""Flow `train`: locate a prepared dataset → train."""
+"""Flow `train-flow` (`train_flow`): locate a prepared dataset → the `train` task."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ from prefect import flow
 
 from segpipe.config import PipelineConfig
 from segpipe.layout import resolve_work_dir
-from tasks.data import locate_dataset
-from tasks.training import TrainedModel, train
+from tasks.data import locate_dataset_task
+from tasks.training import TrainedModel, train_task
 
 
-@flow(name="train")
-def train_model(
+@flow(name="train-flow")
+def train_flow(
     config: PipelineConfig = PipelineConfig(), work_dir: str | None = None, dataset_key: str | None = None
 ) -> TrainedModel:
     """Train `config.model` with `config.train` on `dataset_key` (default: the latest prepared dataset)."""
     work = str(resolve_work_dir(work_dir))
-    dataset = locate_dataset(work, dataset_key)
-    return train(dataset, config.model, config.train, work)
+    dataset = locate_dataset_task(work, dataset_key)
+    return train_task(dataset, config.model, config.train, work, eval_config=config.eval)

@@ -1,66 +1,127 @@
 """Cache policies and retry rules: the one place where Prefect caching is decided.
 
+Every task's cache policy is a named constant below (`DOWNLOAD_CACHE`, `TRAIN_CACHE`, ...), and so are
+the retry settings of the tasks that retry (`DOWNLOAD_RETRY`, `TRAIN_RETRY`); the tasks only name them.
+
 Every cache key is a digest of *content*: archive digests, dataset keys,
-configuration values and the source code of the task and of the library
-modules it calls. Paths and modification times never enter a key.
+configuration values and the source code of the task (Prefect's `TASK_SOURCE`) and of the
+library modules it calls (`LibrarySource`). Paths and modification times never enter a key:
+Prefect's `INPUTS` is used minus every path input where the inputs that matter are plain values;
+`Content` names the inputs that enter where an input is an object that also carries a path
+(an `Archive`, a `DatasetRef`, a `ModelConfig` with a weights file) and enters by its content.
 
 A cached result is only trusted while the artifact it points at is still on
-disk: when the artifact is gone (someone deleted part of WORK) the policy
+disk (`ArtifactCheck`): when the artifact is gone (someone deleted part of WORK) the policy
 forces one fresh run instead of returning a stale result.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
-from prefect.cache_policies import CachePolicy
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
+from prefect.logging import get_logger
 from prefect.tasks import exponential_backoff
 
-from segpipe.fsutil import digest_json, source_digest
+from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
+from segpipe.data.dataset import DATASET_MODULES, DOWNLOAD_MODULES, VALIDATE_MODULES
+from segpipe.data.download import TransientDownloadError, is_transient, resolve_source, source_fingerprint
+from segpipe.data.tfrecords import shard_name
+from segpipe.fsutil import digest_json, sha256_file
+from segpipe.layout import COMPLETE_MARKER, MANIFEST, WorkDir
+from segpipe.models.registry import BUILDERS
+from segpipe.runs import run_id_for
 
-OutputsOk = Callable[[dict[str, Any]], bool]
+TaskInputs = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- building blocks
 
 
 @dataclass
-class ContentKey(CachePolicy):
-    """Key = digest(task source, library source, chosen inputs); stale records are bypassed.
+class Content(CachePolicy):
+    """Key = digest of the content of the named inputs (`cache_content()` where defined, pydantic
+    models by their data); inputs not named here (paths, the work directory, worker counts) never enter."""
 
-    `inputs`: names of task inputs that carry content identifiers (digests,
-    keys, configuration). Inputs not named here (paths, the work directory,
-    progress flags) do not enter the key.
-    `modules`: dotted names of library modules whose source is part of the
-    key, so a code change recomputes exactly the stages it affects.
-    `outputs_ok`: given the task inputs, True while the artifact is complete.
+    names: tuple[str, ...] = ()
+
+    def compute_key(self, task_ctx: TaskRunContext, inputs: TaskInputs, flow_parameters: Any, **kwargs: Any) -> str:
+        return digest_json({name: _plain(inputs.get(name)) for name in self.names})
+
+
+@dataclass
+class LibrarySource(CachePolicy):
+    """Key = digest of the source files of library modules (dotted names; a package stands for all its
+    modules): a change to the code a task calls recomputes exactly the stages it affects (`TASK_SOURCE`
+    covers the task's own source)."""
+
+    modules: tuple[str, ...] = ()
+    _digest: str | None = field(default=None, repr=False)
+
+    def compute_key(self, task_ctx: TaskRunContext, inputs: TaskInputs, flow_parameters: Any, **kwargs: Any) -> str:
+        if self._digest is None:
+            self._digest = library_digest(*self.modules)
+        return self._digest
+
+
+def library_digest(*modules: str) -> str:
+    """sha256 over the source files of `modules` (dotted names; a package: every file in it); nothing is imported."""
+    h = hashlib.sha256()
+    for path in sorted({path for module in modules for path in _source_files(module)}):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _source_files(module: str) -> list[Path]:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"no source for module {module!r}")
+    if spec.submodule_search_locations:
+        return [p for folder in spec.submodule_search_locations for p in Path(folder).rglob("*.py")]
+    return [Path(spec.origin)]
+
+
+@dataclass
+class Derived(CachePolicy):
+    """Adds inputs derived from the task's inputs (what a URL or a file holds) before `key` reads them.
+
+    `derive(inputs)` returns the extra inputs, or None when they cannot be known right now: then
+    the run is uncached.
     """
 
-    inputs: tuple[str, ...] = ()
-    modules: tuple[str, ...] = ()
-    outputs_ok: OutputsOk | None = None
-    _code: str | None = field(default=None, repr=False)
+    key: CachePolicy = field(default_factory=lambda: NO_CACHE)
+    derive: Callable[[TaskInputs], TaskInputs | None] = lambda inputs: {}
 
-    def _code_digest(self, task_ctx: TaskRunContext) -> str:
-        if self._code is None:
-            import inspect
+    def compute_key(self, task_ctx: TaskRunContext, inputs: TaskInputs, flow_parameters: Any, **kwargs: Any):
+        extra = self.derive(inputs)
+        if extra is None:
+            return None
+        return self.key.compute_key(task_ctx, {**inputs, **extra}, flow_parameters, **kwargs)
 
-            fn = task_ctx.task.fn
-            self._code = digest_json([inspect.getsource(fn), source_digest(*self.modules)])
-        return self._code
 
-    def compute_key(
-        self,
-        task_ctx: TaskRunContext,
-        inputs: dict[str, Any],
-        flow_parameters: dict[str, Any],
-        **kwargs: Any,
-    ) -> str | None:
+@dataclass
+class ArtifactCheck(CachePolicy):
+    """`key`, named after the task, trusted only while `outputs_ok(inputs)` (the artifact is complete):
+    a cache record whose artifact is gone is bypassed once, and the fresh run writes a new one."""
+
+    key: CachePolicy = field(default_factory=lambda: NO_CACHE)
+    outputs_ok: Callable[[TaskInputs], bool] = lambda inputs: True
+
+    def compute_key(self, task_ctx: TaskRunContext, inputs: TaskInputs, flow_parameters: Any, **kwargs: Any):
         if task_ctx is None:
             return None
-        material = {name: _plain(inputs.get(name)) for name in self.inputs}
-        key = f"{task_ctx.task.name}-{digest_json([self._code_digest(task_ctx), material])[:32]}"
-        if self.outputs_ok is not None and not self.outputs_ok(inputs):
+        digest = self.key.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+        if digest is None:
+            return None
+        key = f"{task_ctx.task.name}-{digest[:32]}"
+        if not self.outputs_ok(inputs):
             store = getattr(task_ctx, "result_store", None)
             if store is not None and store.exists(key):
                 # The record exists but its artifact is gone: run once, uncached.
@@ -75,11 +136,144 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
         return asdict(value)
     return value
 
+
+def task_code(*modules: str) -> CachePolicy:
+    """The code a task runs: its own source and that of the library modules it calls."""
+    return TASK_SOURCE + LibrarySource(modules=modules)
+
+
+# --------------------------------------------------------------------------- the library code of each stage
+
+# The data stages' lists are the library's own (segpipe.data.dataset); a package stands for all its modules.
+EXTRACT_MODULES = ("segpipe.data.extract",)
+TRAIN_MODULES = (
+    "segpipe.training", "segpipe.budget", "segpipe.runs", "segpipe.losses", "segpipe.data.input",
+    "segpipe.kerascompat", "segpipe.distribute", "segpipe.models.registry", "segpipe.models.layers",
+    "segpipe.models.encoders", "segpipe.models.weights", *sorted({module for module, _ in BUILDERS.values()}),
+)
+EVAL_MODULES = ("segpipe.evaluation", "segpipe.metrics", "segpipe.data.input", "segpipe.data.tfrecords")
+GALLERY_MODULES = (*EVAL_MODULES, "segpipe.gallery")
+
+
+# --------------------------------------------------------------------------- what each artifact check looks at
+
+
+def _source_fingerprint(inputs: TaskInputs) -> TaskInputs | None:
+    """What the source holds for this archive (a digest or an ETag), not where it is."""
+    source = resolve_source(inputs["source"])
+    try:
+        fingerprint = source_fingerprint(source, inputs.get("timeout", 60.0), names=[inputs["name"]])
+    except TransientDownloadError as exc:
+        # The source cannot say what it holds right now: run uncached; the task itself retries.
+        get_logger("segpipe.tasks").warning("cannot fingerprint the source (%s); running without the cache", exc)
+        return None
+    return {"fingerprint": fingerprint[inputs["name"]]}
+
+
+def _model_digests(inputs: TaskInputs) -> TaskInputs:
+    """Models enter the key by the sha256 of their files, never by their paths."""
+    return {"models": [sha256_file(p) if Path(p).is_file() else f"missing:{p}" for p in inputs["model_paths"]]}
+
+
+def _downloaded(inputs: TaskInputs) -> bool:
+    return (WorkDir.at(inputs["work_dir"]).downloads / inputs["name"]).is_file()
+
+
+def _archive_on_disk(inputs: TaskInputs) -> bool:
+    return Path(inputs["archive"].path).is_file()
+
+
+def _extracted(inputs: TaskInputs) -> bool:
+    return (WorkDir.at(inputs["work_dir"]).extracted(inputs["digest"]) / COMPLETE_MARKER).is_file()
+
+
+def _split_shards_exist(inputs: TaskInputs) -> bool:
+    plan = inputs["plan"]
+    if not plan.splits.get(inputs["split_name"]):
+        return True  # an empty split has no shards
+    d = WorkDir.at(inputs["work_dir"]).dataset(plan.dataset_key)
+    found = sorted(p.name for p in d.glob(f"{inputs['split_name']}-*-of-*.tfrecord"))
+    if not found:
+        return False
+    total = int(found[0].rsplit("-of-", 1)[1].split(".")[0])
+    expected = {shard_name(inputs["split_name"], i, total) for i in range(total)}
+    return expected <= set(found)  # every shard of the split, not just one
+
+
+def _manifest_written(inputs: TaskInputs) -> bool:
+    return (WorkDir.at(inputs["work_dir"]).dataset(inputs["plan"].dataset_key) / MANIFEST).is_file()
+
+
+def train_run_dir(work_dir: str, dataset_key: str, model: ModelConfig, train_config: TrainConfig) -> Path:
+    """WORK/runs/<run-id>: the run's name is a content key too, over the same code as `TRAIN_CACHE`."""
+    cfg = PipelineConfig(model=model, train=train_config)
+    return WorkDir.at(work_dir).run(run_id_for(cfg, dataset_key, library_digest(*TRAIN_MODULES)))
+
+
+def _trained(inputs: TaskInputs) -> bool:
+    dataset_key = inputs["dataset"].dataset_key
+    run_dir = train_run_dir(inputs["work_dir"], dataset_key, inputs["model"], inputs["train_config"])
+    return (run_dir / "train_summary.json").is_file() and (run_dir / "model.keras").is_file()
+
+
+# --------------------------------------------------------------------------- the cache policy of each task
+
+# data (tasks/data.py)
+DOWNLOAD_CACHE = Derived(
+    key=ArtifactCheck(
+        key=Content(names=("name", "fingerprint")) + task_code(*DOWNLOAD_MODULES), outputs_ok=_downloaded
+    ),
+    derive=_source_fingerprint,
+)
+VERIFY_CACHE = ArtifactCheck(
+    key=Content(names=("archive",)) + task_code(*DOWNLOAD_MODULES), outputs_ok=_archive_on_disk
+)
+EXTRACT_CACHE = ArtifactCheck(
+    key=INPUTS - "archive_path" - "work_dir" + task_code(*EXTRACT_MODULES), outputs_ok=_extracted
+)
+VALIDATE_CACHE = INPUTS - "images_root" - "annotations_root" - "workers" + task_code(*VALIDATE_MODULES)
+SPLIT_CACHE = INPUTS - "report" + task_code(*DATASET_MODULES)
+WRITE_SHARDS_CACHE = ArtifactCheck(
+    key=Content(names=("split_name", "plan")) + task_code(*DATASET_MODULES), outputs_ok=_split_shards_exist
+)
+WRITE_MANIFEST_CACHE = ArtifactCheck(
+    key=Content(names=("plan", "digests")) + task_code(*DATASET_MODULES), outputs_ok=_manifest_written
+)
+LOCATE_DATASET_CACHE = NO_CACHE  # it only reads what is on disk
+
+# training (tasks/training.py); the eval section (the collapse threshold) does not enter: it changes only
+# the `collapsed` flag of a new run's train_summary.json, not the task's result
+TRAIN_CACHE = ArtifactCheck(
+    key=Content(names=("dataset", "model", "train_config")) + task_code(*TRAIN_MODULES), outputs_ok=_trained
+)
+
+# evaluation (tasks/evaluation.py)
+EVALUATE_CACHE = Derived(
+    key=ArtifactCheck(
+        key=Content(names=("models", "dataset", "split", "collapse_threshold", "tta_flip"))
+        + task_code(*EVAL_MODULES),
+        outputs_ok=lambda i: Path(i["out_path"]).is_file(),
+    ),
+    derive=_model_digests,
+)
+GALLERY_CACHE = Derived(
+    key=ArtifactCheck(
+        key=Content(names=("models", "dataset", "split", "n_sample", "n_worst", "seed", "per_image", "tta_flip"))
+        + task_code(*GALLERY_MODULES),
+        outputs_ok=lambda i: (Path(i["out_dir"]) / "index.html").is_file(),
+    ),
+    derive=_model_digests,
+)
+
+# never cached: inputs are arbitrary files (predict) or the promotion state under WORK (champion, promote)
+PREDICT_CACHE = NO_CACHE
+PROMOTION_CACHE = NO_CACHE
+
+
+# --------------------------------------------------------------------------- retries
 
 # Retries: exponential backoff with jitter, transient errors only.
 DOWNLOAD_RETRIES = 4
@@ -98,3 +292,18 @@ def retry_if_transient(is_transient: Callable[[BaseException], bool]):
         return isinstance(exc, BaseException) and is_transient(exc)
 
     return condition
+
+
+def training_failure_is_transient(exc: BaseException) -> bool:
+    """Bad configuration or data is not retried; anything else (OOM, a killed worker, NaN) is, once."""
+    return not isinstance(exc, (ValueError, TypeError, FileNotFoundError, KeyError))
+
+
+# `@task(..., **DOWNLOAD_RETRY)`: the keywords of Prefect's `task` decorator.
+DOWNLOAD_RETRY: dict[str, Any] = {
+    "retries": DOWNLOAD_RETRIES, "retry_delay_seconds": DOWNLOAD_RETRY_DELAYS, "retry_jitter_factor": RETRY_JITTER,
+    "retry_condition_fn": retry_if_transient(is_transient),
+}
+TRAIN_RETRY: dict[str, Any] = {
+    "retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": retry_if_transient(training_failure_is_transient),
+}

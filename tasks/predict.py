@@ -1,4 +1,5 @@
-"""Prefect task `predict`: masks and overlays for arbitrary image files (never cached: inputs are files)."""
+"""Prefect task `predict` (`predict_task`): masks and overlays for arbitrary image files (never cached: inputs
+are files)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+
+from tasks.caching import PREDICT_CACHE
 
 
-@task(name="predict", cache_policy=NO_CACHE)
-def predict(
+@task(name="predict", cache_policy=PREDICT_CACHE)
+def predict_task(
     model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8, tta_flip: bool = False
 ) -> dict[str, Any]:
-    from segpipe import predict as predict_mod
+    from segpipe.predict import predict_paths
 
     logger = get_run_logger()
-    report = predict_mod.predict_paths(
+    report = predict_paths(
         [Path(p) for p in model_paths], [Path(p) for p in inputs], Path(out_dir), batch_size=batch_size, flip=tta_flip
     )
     for failure in report.failed:

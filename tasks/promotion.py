@@ -1,4 +1,5 @@
-"""Prefect tasks `champion` and `promote`: the promotion gate of scheduled retraining."""
+"""Prefect tasks `champion` (`champion_task`) and `promote` (`promote_task`): the promotion gate of scheduled
+retraining."""
 
 from __future__ import annotations
 
@@ -7,23 +8,23 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from segpipe import promotion
 from segpipe.fsutil import read_json
 from segpipe.layout import WorkDir
+from tasks.caching import PROMOTION_CACHE
 
 
-@task(name="champion", cache_policy=NO_CACHE)
-def champion(work_dir: str) -> dict[str, Any] | None:
+@task(name="champion", cache_policy=PROMOTION_CACHE)
+def champion_task(work_dir: str) -> dict[str, Any] | None:
     """The current champion's lineage and model path, or None."""
     info = promotion.champion_info(WorkDir.at(work_dir).champion)
     get_run_logger().info("current champion: %s", info["run_id"] if info else "none")
     return info
 
 
-@task(name="promote", cache_policy=NO_CACHE)
-def promote(
+@task(name="promote", cache_policy=PROMOTION_CACHE)
+def promote_task(
     candidate_metrics: dict[str, Any], champion_metrics: dict[str, Any] | None, run_dir: str, model_path: str,
     floor: float, work_dir: str,
 ) -> dict[str, Any]:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 
-SUBFLOWS = ("download-data", "prepare-data", "pipeline")
-
-
 def task_states_since(t0, settle_s: float = 20.0) -> dict[str, list[str]]:
     """Final state names of the task runs started after t0 (Prefect reports states asynchronously)."""
     import time
@@ -21,14 +18,27 @@ def task_states_since(t0, settle_s: float = 20.0) -> dict[str, list[str]]:
 
 
 def read_task_states(t0) -> dict[str, list[str]]:
+    """State names by task name (`download`, `train`, ...) of the task runs started after t0.
+
+    A subflow's own wrapper task run (Prefect records one per subflow call) is not a task: it is
+    recognised as the parent task run of a flow run, whatever the flow's name.
+    """
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentTaskRunId,
+        TaskRunFilter,
+        TaskRunFilterStartTime,
+    )
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=t0)))
+        subflows = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[r.id for r in runs]))
+        ) if runs else []
+    wrappers = {flow_run.parent_task_run_id for flow_run in subflows}
     states: dict[str, list[str]] = {}
     for run in runs:
-        if run.name.startswith(SUBFLOWS):  # a subflow's own wrapper run, not a task
-            continue
-        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state_name)
+        if run.id not in wrappers:
+            states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state_name)
     return states

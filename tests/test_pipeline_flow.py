@@ -70,3 +70,39 @@ def test_pipeline_outputs_then_cached_then_only_evaluation_recomputed(prefect_ap
         assert set(states[name]) == {"Cached"}, (name, states)
     assert set(states["evaluate"]) == {"Completed"} and set(states["gallery"]) == {"Completed"}
     assert json.loads((run_dir / "metrics.json").read_text())["split"] == "val"
+
+
+@pytest.mark.parametrize("flow_name", ["train_flow", "pipeline"])
+def test_the_configured_collapse_threshold_reaches_training(flow_name, prefect_api, tmp_path, monkeypatch):
+    """`eval.collapse_threshold` (training flags a collapsed model with it) reaches the library's `train` through
+    the flows and the `train` task: the task used to rebuild the config with a default eval section."""
+    from types import SimpleNamespace
+
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    import flows.pipeline
+    import flows.train
+    from segpipe import training
+    from segpipe.config import EvalConfig
+    from tasks.data import DatasetRef
+
+    seen = []
+
+    def fake_train(cfg, dataset_dir, run_dir, **kwargs):
+        seen.append(cfg)
+        return SimpleNamespace(model_path=Path(run_dir) / "model.keras", resumed_from_epoch=0, best_val_mean_iou=0.5,
+                               best_epoch=0, epochs_completed=1)
+
+    ref = DatasetRef("threshold-ds", str(tmp_path / "dataset"), {"train": 4, "val": 2, "test": 2})
+    monkeypatch.setattr(training, "train", fake_train)
+    monkeypatch.setattr(flows.train, "locate_dataset_task", lambda work, key: ref)
+    monkeypatch.setattr(flows.pipeline, "prepare_data_flow", lambda config, work: ref)
+    scored = {"metrics": {}, "per_image": [], "metrics_path": ""}
+    monkeypatch.setattr(flows.pipeline, "evaluate_task", lambda *a: scored)
+    monkeypatch.setattr(flows.pipeline, "gallery_task", lambda *a: "")
+    cfg = _config(tmp_path, **{"eval.collapse_threshold": 0.6})
+    assert cfg.eval.collapse_threshold != EvalConfig().collapse_threshold
+    flow = {"train_flow": flows.train.train_flow, "pipeline": flows.pipeline.pipeline}[flow_name]
+    with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(tmp_path / "prefect-results")}):
+        flow(config=cfg, work_dir=str(tmp_path / "work"))
+    assert [c.eval.collapse_threshold for c in seen] == [0.6]

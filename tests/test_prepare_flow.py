@@ -38,11 +38,11 @@ def archives(tmp_path_factory):
 def _run(config_overrides, work, storage):
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    from flows.prepare_data import prepare_data
+    from flows.prepare_data import prepare_data_flow
     from segpipe.config import build_config
 
     with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(storage)}):
-        return prepare_data(config=build_config("tiny", config_overrides), work_dir=str(work))
+        return prepare_data_flow(config=build_config("tiny", config_overrides), work_dir=str(work))
 
 
 def test_prepare_serves_reruns_from_cache_and_recomputes_only_what_changed(prefect_api, archives, tmp_path):
@@ -151,3 +151,44 @@ def test_cli_prepare_from_a_directory_then_cached_then_corrupt(archives, tmp_pat
     assert bad.returncode == 1
     assert "checksum mismatch" in bad.stderr.lower() and "images.tar.gz" in bad.stderr
     assert not list((tmp_path / "w2").glob("extracted/*/.complete"))
+
+
+def test_data_cache_keys_come_from_content_never_from_paths(tmp_path):
+    """The policies of tasks/caching.py on their own: moving WORK or the archives keeps every key; a digest or a
+    parameter changes it."""
+    from types import SimpleNamespace
+
+    from tasks import caching
+    from tasks.data import Archive, DatasetPlan, extract_task, split_task, validate_task, verify_task, write_shards_task
+
+    def key(policy, task, **inputs):
+        return policy.compute_key(task_ctx=SimpleNamespace(task=task, result_store=None), inputs=inputs,
+                                  flow_parameters={})
+
+    def validate(root, digest, workers):
+        return key(caching.VALIDATE_CACHE, validate_task, images_root=f"{root}/i", annotations_root=f"{root}/a",
+                   digests={"images.tar.gz": digest}, workers=workers)
+
+    assert validate("/a", "1", 2) == validate("/b", "1", 8) != validate("/a", "2", 2)
+
+    def extract(where, digest):
+        return key(caching.EXTRACT_CACHE, extract_task, archive_path=f"{where}/x.tar", digest=digest,
+                   work_dir=str(tmp_path / where))
+
+    assert extract("a", "1") == extract("b", "1") != extract("a", "2")
+    assert extract("a", "1").startswith("extract-")
+
+    def verify(path, sha):
+        return key(caching.VERIFY_CACHE, verify_task, archive=Archive("x.tar", path, sha, sha, "somewhere"))
+
+    assert verify("/a/x.tar", "1") == verify("/b/x.tar", "1") != verify("/a/x.tar", "2")
+
+    report, params = SimpleNamespace(examples=[]), {"seed": 1}
+    split = key(caching.SPLIT_CACHE, split_task, report=report, digests={"d": "1"}, params=params)
+    assert split == key(caching.SPLIT_CACHE, split_task, report=None, digests={"d": "1"}, params=params)
+    assert split != key(caching.SPLIT_CACHE, split_task, report=report, digests={"d": "1"}, params={"seed": 2})
+
+    plan = DatasetPlan("k", {"train": []}, params)  # an empty split has no shards to check
+    shards = [key(caching.WRITE_SHARDS_CACHE, write_shards_task, split_name="train", plan=plan, report=report,
+                  work_dir=str(tmp_path / w), workers=n) for w, n in (("a", 1), ("b", 4))]
+    assert shards[0] == shards[1] and shards[0].startswith("write-shards-")

@@ -79,7 +79,7 @@ def test_files_follow_the_users_umask(two_processes):
 def test_two_prefect_flows_at_once_on_one_work_dir(prefect_api, archives, tmp_path):
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    from flows.prepare_data import prepare_data
+    from flows.prepare_data import prepare_data_flow
     from segpipe.config import build_config
     from segpipe.data.tfrecords import verify_dataset
 
@@ -90,7 +90,7 @@ def test_two_prefect_flows_at_once_on_one_work_dir(prefect_api, archives, tmp_pa
     def run(url: str) -> None:
         try:
             with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(work / "prefect-results")}):
-                results.append(prepare_data(config=build_config("tiny", {"data.source": url}), work_dir=str(work)))
+                results.append(prepare_data_flow(config=build_config("tiny", {"data.source": url}), work_dir=str(work)))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

@@ -29,11 +29,11 @@ SECRET = "s3cr3t-pa55"
 def run_prepare_flow(source: str, work: Path, storage: Path, **overrides):
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    from flows.prepare_data import prepare_data
+    from flows.prepare_data import prepare_data_flow
     from segpipe.config import build_config
 
     with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(storage)}):
-        return prepare_data(config=build_config("tiny", {"data.source": source, **overrides}), work_dir=str(work))
+        return prepare_data_flow(config=build_config("tiny", {"data.source": source, **overrides}), work_dir=str(work))
 
 
 @pytest.fixture(scope="module")

@@ -73,11 +73,11 @@ def run_download(srv_url: str, work: Path, storage: Path, timeout: float = 5.0, 
     from prefect import flow
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    from tasks.data import download
+    from tasks.data import download_task
 
     @flow(name="reliability-download")
     def fetch():
-        return download.with_options(retry_delay_seconds=0)(srv_url, NAME, str(work), timeout)
+        return download_task.with_options(retry_delay_seconds=0)(srv_url, NAME, str(work), timeout)
 
     with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(storage)}):
         return fetch(return_state=return_state)

@@ -118,7 +118,7 @@ def test_the_train_task_retry_resumes_from_its_backup(prefect_api, dataset_dir, 
 
     from segpipe import training
     from tasks.data import DatasetRef
-    from tasks.training import train as train_task
+    from tasks.training import train_task
 
     cfg = build_config("tiny", {"train.epochs": 4, "train.early_stopping_patience": 0})
     real_train = training.train
