@@ -1,10 +1,13 @@
-"""Private Keras attributes segpipe depends on, fenced in this one module.
+"""Private Keras attributes segpipe depends on, and Keras behaviour it relies on beyond the documented
+API, fenced in this one module.
 
 `tests/test_kerascompat.py` fails loudly when Keras changes any of them.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -13,6 +16,22 @@ def variable_key(optimizer: Any, variable: Any) -> Any:
     that `update_step` receives, mirrored components included). Keras' optimizers subclass API
     (`_get_variable_index`) rests on the same key; there is no public one."""
     return optimizer._var_key(variable)
+
+
+@contextlib.contextmanager
+def ema_weights_in_model(swap: Any) -> Iterator[None]:
+    """The optimizer's EMA averages in the model's weights inside, the raw weights back on the way out.
+
+    `swap` is a `keras.callbacks.SwapEMAWeights(swap_on_epoch=False)` attached to the model (through
+    `fit`), used outside validation and prediction (in another callback's `on_epoch_end`, say). Keras
+    has no public swap (`SwapEMAWeights._swap_variables` is private): the callback's `on_test_begin`
+    swaps the averages in, and its `on_test_end` swaps them back, as they do around each validation.
+    """
+    swap.on_test_begin()
+    try:
+        yield
+    finally:
+        swap.on_test_end()
 
 
 def fit_under_multi_worker_strategy(model: Any) -> None:

@@ -25,7 +25,7 @@ import pytest
 from segpipe.distribute import ClusterTask, cluster_task, is_chief
 from segpipe.fsutil import read_json
 from segpipe.training import read_history
-from tests.test_input import write_tiny_dataset
+from tests.synthetic import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 600  # a guard against a hang: a training process takes 20-70 s, 4 min on a 2-core machine at load 15
@@ -86,7 +86,7 @@ def test_another_worker_writes_a_copy_of_the_chiefs_state_and_leaves_no_trace(
 ) -> None:
     import tempfile
 
-    from segpipe.training import _output_dir
+    from segpipe.training.run_dir import _output_dir
 
     run_dir, tmp = tmp_path / "run", tmp_path / "tmp"
     (run_dir / "backup").mkdir(parents=True)

@@ -15,8 +15,9 @@ from segpipe.config import build_config
 from segpipe.fsutil import read_json
 from segpipe.models import build_model
 from segpipe.models.encoders import build_application, encoder_of
-from segpipe.training import _build_and_compile, read_history, run_id_for, train
-from tests.test_input import write_tiny_dataset
+from segpipe.training import read_history, run_id_for, train
+from segpipe.training.model import _build_and_compile
+from tests.synthetic import write_tiny_dataset
 
 
 @pytest.fixture(scope="module")

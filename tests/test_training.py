@@ -27,14 +27,14 @@ from segpipe.training import (  # noqa: E402
     BestModelCheckpoint,
     ResumableEarlyStopping,
     WarmupCosineDecay,
-    _truncate_history,
     build_optimizer,
     inference_check,
     read_history,
     run_id_for,
     train,
 )
-from tests.test_input import write_tiny_dataset  # noqa: E402
+from segpipe.training.run_dir import _truncate_history  # noqa: E402
+from tests.synthetic import write_tiny_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

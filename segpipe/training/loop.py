@@ -1,0 +1,240 @@
+"""`train`: a config and a prepared dataset in, a run directory out (see the package's doc); and its fit."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from segpipe import distribute
+from segpipe.budget import TrainingPlan, training_plan
+from segpipe.config import PipelineConfig, TrainConfig
+from segpipe.data.input import eval_dataset, num_examples, training_dataset
+from segpipe.data.split import require_train_split
+from segpipe.fsutil import atomic_write_json, file_lock, read_json
+from segpipe.kerascompat import fit_under_multi_worker_strategy
+from segpipe.layout import MANIFEST
+from segpipe.runs import run_identity as _identity
+from segpipe.training.callbacks import (
+    AtomicBackupAndRestore,
+    AveragedWeights,
+    BestModelCheckpoint,
+    BudgetProgress,
+    LearningRateLogger,
+    ResumableEarlyStopping,
+)
+from segpipe.training.check import _summarise
+from segpipe.training.model import _build_and_compile, phases
+from segpipe.training.precision import global_policy, precision_policy
+from segpipe.training.run_dir import (
+    BACKUP_DIR,
+    BEST_FILE,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    MONITOR,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    TrainResult,
+    _backup_epoch,
+    _check_same_run,
+    _output_dir,
+    _result_from_summary,
+    _truncate_history,
+    _write_lineage,
+    read_history,
+)
+
+log = logging.getLogger("segpipe.training")
+
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+def train(
+    cfg: PipelineConfig,
+    dataset_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    *,
+    on_epoch_end: EpochHook | None = None,
+    verbose: int | None = None,
+) -> TrainResult:
+    """Train `cfg.model` on `dataset_dir` into `run_dir`; resume a killed run; return a complete one as is.
+
+    `on_epoch_end(epoch, logs)` is called after each epoch is fully saved
+    (0-based epoch, logs with loss, mean_iou, pixel_accuracy and their val_ versions,
+    and `progress`: the epoch against the budget with an ETA, as text).
+    """
+    dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
+    dataset_key, n_train = _prepared_dataset(dataset_dir)
+    identity = _identity(cfg)
+    plan = training_plan(cfg.train, n_train)
+    # Before any other TensorFlow op: a MultiWorkerMirroredStrategy cannot be created after one.
+    strategy = distribute.strategy()
+    task = distribute.cluster_task()
+    chief = task is None or task.is_chief
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    # Only the chief locks: the other workers only read the run directory, and the chief holds
+    # the lock for the whole run, which it cannot finish without them.
+    with file_lock(run_dir / ".lock") if chief else contextlib.nullcontext():
+        _check_same_run(run_dir, identity, dataset_key)
+        complete = _complete_run(run_dir, identity, dataset_key)
+        if complete is not None:
+            log.info("run %s is already complete; not training again", run_dir)
+            return dataclasses.replace(complete, chief=chief)
+
+        with _output_dir(run_dir, task) as out_dir:
+            resumed = _backup_epoch(out_dir / BACKUP_DIR)
+            _truncate_history(out_dir / HISTORY_FILE, resumed)
+            policy = precision_policy(cfg.train.mixed_precision)
+            if chief:
+                atomic_write_json(run_dir / CONFIG_FILE, cfg.model_dump(mode="json"))
+                _write_lineage(run_dir, cfg, dataset_dir, dataset_key, resumed, policy, identity, plan,
+                               distribute.describe(strategy))
+            if resumed:
+                log.info("resuming %s after epoch %d", run_dir, resumed)
+            with global_policy(policy):
+                stop_reason = _fit(cfg, dataset_dir, out_dir, plan, resumed, on_epoch_end, verbose, strategy)
+            if not chief:
+                distribute.barrier(strategy)  # returns once the chief has written the summary
+                return dataclasses.replace(
+                    _result_from_summary(run_dir, read_json(run_dir / SUMMARY_FILE), cached=False), chief=False
+                )
+        summary = _summarise(cfg, dataset_dir, run_dir, dataset_key, identity, resumed, stop_reason, plan)
+        atomic_write_json(run_dir / SUMMARY_FILE, summary)
+        shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+        if task is not None:
+            distribute.barrier(strategy)  # the other workers leave with this one
+        return _result_from_summary(run_dir, summary, cached=False)
+
+
+def _prepared_dataset(dataset_dir: Path) -> tuple[str, int]:
+    """The dataset key and the number of training examples of a prepared dataset with a train split."""
+    manifest_path = dataset_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"dataset_dir {dataset_dir} has no {MANIFEST}: not a prepared dataset")
+    dataset_key = read_json(manifest_path).get("dataset_key") or dataset_dir.name
+    n_train = num_examples(dataset_dir, "train")
+    require_train_split({"train": n_train, "val": num_examples(dataset_dir, "val")}, dataset_key)
+    return dataset_key, n_train
+
+
+def _complete_run(run_dir: Path, identity: dict[str, Any], dataset_key: str) -> TrainResult | None:
+    """The result of the run already complete in `run_dir` (cached), or None."""
+    summary_path = run_dir / SUMMARY_FILE
+    if not (summary_path.is_file() and (run_dir / MODEL_FILE).is_file()):
+        return None
+    summary = read_json(summary_path)
+    if summary.get("identity") == identity and summary.get("dataset_key") == dataset_key:
+        return _result_from_summary(run_dir, summary, cached=True)
+    return None
+
+
+def _default_verbose() -> int:
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _fit(
+    cfg: PipelineConfig,
+    dataset_dir: Path,
+    run_dir: Path,
+    plan: TrainingPlan,
+    resumed: int,
+    on_epoch_end: EpochHook | None,
+    verbose: int | None,
+    strategy: tf.distribute.Strategy | None = None,
+) -> str:
+    """Build, compile and fit under `strategy` (default: `distribute.strategy()`), in a frozen-encoder
+    phase first when the plan has one, writing into `run_dir`; return why training stopped: completed,
+    early_stopping or nan."""
+    t = cfg.train
+    keras.utils.set_random_seed(t.seed)
+    train_ds, val_ds = _datasets(dataset_dir, t)
+    strategy = strategy or distribute.strategy()
+    with strategy.scope():
+        model, compile_phase = _build_and_compile(cfg, plan)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        fit_under_multi_worker_strategy(model)  # keras-team/keras#20585
+
+    callbacks, early, backup = _callbacks(t, run_dir, plan, on_epoch_end)
+    losses: list[float] = []
+    for frozen, end_epoch in phases(plan, resumed):
+        with strategy.scope():  # the compiled metrics' variables too: reduced over all replicas and workers
+            compile_phase(frozen)
+        if frozen or plan.frozen_epochs:
+            log.info("epochs up to %d: encoder %s", end_epoch, "frozen" if frozen else "fine-tuned")
+        history = model.fit(
+            train_ds, validation_data=val_ds, epochs=end_epoch, initial_epoch=backup.completed_epochs(),
+            steps_per_epoch=plan.steps_per_epoch, shuffle=False, callbacks=callbacks,
+            verbose=_default_verbose() if verbose is None else verbose,
+        )
+        losses += history.history.get("loss", [])
+        if _stop_reason(losses, early) != "completed":
+            break
+    return _stop_reason(losses, early)
+
+
+def _datasets(dataset_dir: Path, t: TrainConfig) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The training dataset (endless) and the validation one."""
+    # Endless, with steps_per_epoch given to fit: fit then keeps ONE iterator for the whole run instead of
+    # starting a new one every epoch (each start re-optimises the augmenting map: ~45 ms of CPU per epoch,
+    # and the prefetch buffers start empty; see BENCHMARKS.md, input pipeline).
+    train_ds = training_dataset(
+        dataset_dir, img_size=t.img_size, batch_size=t.batch_size, augment=t.augment, seed=t.seed, repeat=True,
+        augment_options=t.augment_options(),
+    )
+    return train_ds, eval_dataset(dataset_dir, "val", img_size=t.img_size, batch_size=t.batch_size)
+
+
+def _callbacks(
+    t: TrainConfig, run_dir: Path, plan: TrainingPlan, on_epoch_end: EpochHook | None
+) -> tuple[list[keras.callbacks.Callback], ResumableEarlyStopping | None, AtomicBackupAndRestore]:
+    """The run's callbacks in order, with its early stopping (when the config has one) and its backup."""
+    history_path = run_dir / HISTORY_FILE
+    averaged = AveragedWeights() if t.ema_momentum is not None else None
+    progress = BudgetProgress(plan)
+    callbacks: list[keras.callbacks.Callback] = [
+        LearningRateLogger(),  # first: the callbacks below see logs["learning_rate"]
+        progress,
+        *([averaged] if averaged is not None else []),  # validation on the averaged weights
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(str(history_path), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR), write_graph=False, update_freq="epoch"),
+        BestModelCheckpoint(run_dir / MODEL_FILE, run_dir / BEST_FILE, weights=averaged),
+    ]
+    early = None
+    if t.early_stopping_patience > 0:
+        early = ResumableEarlyStopping(
+            lambda: [row[MONITOR] for row in read_history(history_path) if MONITOR in row],
+            monitor=MONITOR, mode="max", patience=t.early_stopping_patience,
+        )
+        callbacks.append(early)
+    # Last but one: an epoch counts as done for a resume only once everything above is written.
+    backup = AtomicBackupAndRestore(run_dir / BACKUP_DIR)
+    callbacks.append(backup)
+    if on_epoch_end is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: on_epoch_end(
+                epoch, {**{k: float(v) for k, v in (logs or {}).items()}, "progress": progress.line(epoch)}
+            )
+        ))
+    return callbacks, early, backup
+
+
+def _stop_reason(losses: list[float], early: ResumableEarlyStopping | None) -> str:
+    """Why training stopped (so far): nan, early_stopping or completed."""
+    if losses and not math.isfinite(losses[-1]):
+        return "nan"
+    if early is not None and early.stopped_epoch > 0:
+        return "early_stopping"
+    return "completed"
