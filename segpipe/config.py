@@ -1,8 +1,12 @@
-"""One typed configuration for the whole pipeline, with named presets.
+"""One typed configuration for the whole pipeline, with named presets (`segpipe/presets.py`).
 
 Flows take a `PipelineConfig` as their parameter, the CLI builds one from
 `--preset` plus flag overrides, and every invalid value fails here, before
 any work starts, with a message that names the field.
+
+Over 300 lines on purpose: every section's fields and the checks across them
+(model knobs, encoders, image size) are the one schema a user configures, and
+read best in one place.
 """
 
 from __future__ import annotations
@@ -10,11 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from segpipe.data.augment_knobs import KNOBS as AUGMENT_KNOBS
+from segpipe.loss_registry import DEFAULT_LOSS, LOSS_NAMES
+from segpipe.metrics import COLLAPSE_THRESHOLD
 from segpipe.models.encoders import ENCODER_NAMES, ENCODERS
-from segpipe.models.registry import MODEL_NAMES, NEEDS_ENCODER, TAKES_ENCODER, check_input_size
+from segpipe.models.registry import MODEL_NAMES, NEEDS_ENCODER, TAKES_ENCODER, check_input_size, knobs_of
 from segpipe.models.weights import IMAGENET
+from segpipe.presets import PRESETS
 
 OFFICIAL_SOURCE = "official"
 
@@ -139,8 +147,21 @@ class ModelConfig(_Section):
             raise ValueError("encoder_alpha: must be one of 0.35, 0.5, 0.75, 1.0, 1.3, 1.4")
         return self
 
+    @model_validator(mode="after")
+    def _knobs_suit_model(self) -> "ModelConfig":
+        """A knob the model does not take must stay at its default: a value set for it would do nothing."""
+        taken = knobs_of(self.name)
+        for field, info in type(self).model_fields.items():
+            if field != "name" and field not in taken and getattr(self, field) != info.default:
+                raise ValueError(
+                    f"{field}: model {self.name!r} does not take {field}; it takes {', '.join(taken)}"
+                )
+        return self
+
     def params(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"name"})
+        """The knobs for `build_model`: those the model takes (`segpipe.models.registry.knobs_of`)."""
+        taken = knobs_of(self.name)
+        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if k in taken}
 
     def cache_content(self) -> dict[str, Any]:
         """The model's identity for cache keys: the weights file by its sha256, never its path."""
@@ -149,7 +170,13 @@ class ModelConfig(_Section):
         return {**self.model_dump(mode="json"), "encoder_weights": weights_identity(self.encoder_weights)}
 
 
-class TrainConfig(_Section):
+_AugmentFields: type[_Section] = create_model(  # train.aug_*: one field per knob of segpipe.data.augment_knobs
+    "_AugmentFields", __base__=_Section, __module__=__name__,
+    **{k.field: (float, Field(k.default, description=k.description, **k.config_bounds())) for k in AUGMENT_KNOBS},
+)
+
+
+class TrainConfig(_AugmentFields):  # type: ignore[misc, valid-type]
     """How to train. The run's length is a budget of training images seen (`budget_images`), so a
     recipe costs about the same on 300 or 7,390 images; epochs are derived from the dataset size
     (`segpipe/budget.py`). `epochs` overrides the budget when given."""
@@ -176,21 +203,15 @@ class TrainConfig(_Section):
         False, description="keep the encoder's BatchNormalization in inference mode after unfreezing too"
     )
     schedule: Literal["cosine", "constant"] = "cosine"
-    loss: Literal["sce", "dice", "sce+dice", "focal"] = "sce+dice"
+    loss: Literal[LOSS_NAMES] = Field(DEFAULT_LOSS, description="one of segpipe.loss_registry.LOSS_NAMES")
     dice_weight: float = Field(1.0, ge=0.0)
     focal_gamma: float = Field(2.0, ge=0.0)
     class_weights: tuple[float, float, float] | None = Field(
         None, description="weights for (pet, background, border)"
     )
     augment: bool = True
-    aug_max_scale: float = Field(1.25, ge=1.0, le=4.0, description="random zoom-in up to this factor (1: off)")
-    aug_max_rotation: float = Field(10.0, ge=0.0, le=180.0, description="random rotation up to +- this, degrees")
-    aug_brightness: float = Field(0.1, ge=0.0, le=1.0, description="random brightness shift up to +- this")
-    aug_contrast: float = Field(0.2, ge=0.0, lt=1.0, description="random contrast factor within 1 +- this")
-    aug_hue: float = Field(0.0, ge=0.0, le=180.0, description="random hue rotation up to +- this, degrees (0: off)")
-    aug_saturation: float = Field(
-        0.0, ge=0.0, le=1.0, description="random saturation factor within 1 +- this (1: down to grey; 0: off)"
-    )
+    # aug_max_scale, aug_max_rotation, aug_brightness, aug_contrast, aug_hue, aug_saturation: from
+    # segpipe.data.augment_knobs, through _AugmentFields
     early_stopping_patience: int = Field(10, ge=0, description="0 disables early stopping")
     mixed_precision: Literal["off", "float16", "bfloat16", "auto"] = Field(
         "off",
@@ -208,9 +229,7 @@ class TrainConfig(_Section):
 
     def augment_options(self) -> dict[str, float]:
         """Keyword arguments for `segpipe.data.input.augment_batch`."""
-        return {"max_scale": self.aug_max_scale, "max_rotation_degrees": self.aug_max_rotation,
-                "brightness": self.aug_brightness, "contrast": self.aug_contrast, "hue": self.aug_hue,
-                "saturation": self.aug_saturation}
+        return {k.option: getattr(self, k.field) for k in AUGMENT_KNOBS}
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -234,7 +253,8 @@ class EvalConfig(_Section):
     gallery_worst: int = Field(8, ge=0, le=1000)
     gallery_seed: int = Field(0, ge=0, lt=2**32)
     collapse_threshold: float = Field(
-        0.98, gt=0.0, le=1.0, description="flag a model when one class takes this share of predicted pixels"
+        COLLAPSE_THRESHOLD, gt=0.0, le=1.0,
+        description="flag a model when one class takes this share of predicted pixels",
     )
     tta_flip: bool = Field(
         False, description="test-time augmentation: average each prediction with that of the mirrored image"
@@ -292,82 +312,19 @@ class PipelineConfig(_Section):
         return self
 
 
-# Every preset states its length in training images seen (train.budget_images): the same preset
-# costs about the same on the 303-image sample or the 7,390-image dataset. `--epochs` overrides it.
-PRESETS: dict[str, dict[str, Any]] = {
-    # Tiny model, tiny images: for tests and smoke runs (seconds). One batch's worth of images:
-    # rounds up to one epoch on any dataset.
-    "tiny": {
-        "model": {"name": "unet", "base_filters": 4, "depth": 2},
-        "train": {"img_size": 32, "batch_size": 4, "budget_images": 4, "warmup_images": 0, "augment": False},
-        "eval": {"batch_size": 4, "gallery_samples": 2, "gallery_worst": 2},
-    },
-    # The pretrained recipe for a CPU: DeepLabV3+ on an ImageNet MobileNetV2 encoder, frozen for the
-    # first 800 images, then fine-tuned at a tenth of the decoder's learning rate; 8,000 images seen.
-    # Chosen on the validation split (benchmarks/results/recipe-selection.json). Without internet:
-    # --set model.encoder_weights=FILE or a primed $KERAS_HOME (README).
-    "cpu-quick": {
-        "model": {"name": "deeplabv3plus", "encoder": "mobilenetv2", "encoder_weights": "imagenet",
-                  "aspp_rates": (6, 12, 18), "bn_momentum": 0.9},
-        "train": {
-            "img_size": 160, "batch_size": 8, "budget_images": 8_000, "optimizer": "adam", "learning_rate": 1e-3,
-            "warmup_images": 272, "schedule": "cosine", "loss": "sce+dice", "augment": True,
-            "freeze_encoder_images": 800, "encoder_lr_multiplier": 0.1,
-            "aug_max_scale": 1.5, "aug_max_rotation": 20.0, "aug_brightness": 0.15, "aug_contrast": 0.3,
-            "early_stopping_patience": 0, "mixed_precision": "auto", "ema_momentum": 0.99,
-        },
-        "eval": {"tta_flip": True},
-    },
-    # The from-scratch U-Net (cpu-quick before pretrained encoders), for machines without the weights:
-    # 54,400 images = 200 epochs of the sample's 272-image epochs. bfloat16 where the CPU has it,
-    # averaged weights, strong augmentation and mirrored test-time predictions.
-    "cpu-scratch": {
-        "model": {"name": "unet", "base_filters": 16, "depth": 4, "bn_momentum": 0.9},
-        "train": {
-            "img_size": 128, "batch_size": 8, "budget_images": 54_400, "optimizer": "adam", "learning_rate": 1e-3,
-            "warmup_images": 272, "schedule": "cosine", "loss": "sce+dice", "augment": True,
-            "aug_max_scale": 1.5, "aug_max_rotation": 20.0, "aug_brightness": 0.15, "aug_contrast": 0.3,
-            "early_stopping_patience": 0, "mixed_precision": "auto", "ema_momentum": 0.99,
-        },
-        "eval": {"tta_flip": True},
-    },
-    # The Keras example's own recipe: 25 epochs of the sample's 288-image epochs (9 batches of 32).
-    "keras-example": {
-        "model": {"name": "xception_unet", "bn_momentum": 0.99},
-        "train": {
-            "img_size": 160, "batch_size": 32, "budget_images": 7_200, "optimizer": "adam", "learning_rate": 1e-4,
-            "warmup_images": 0, "schedule": "constant", "loss": "sce", "augment": False,
-            "early_stopping_patience": 0,
-        },
-    },
-    # For a GPU: DeepLabV3+ on an ImageNet MobileNetV2 (the same encoder code as cpu-quick), AdamW,
-    # about 60 passes over the official trainval split's ~3,300 training images.
-    "full": {
-        "model": {"name": "deeplabv3plus", "encoder": "mobilenetv2", "encoder_weights": "imagenet",
-                  "aspp_rates": (6, 12, 18), "bn_momentum": 0.99},
-        "train": {
-            "img_size": 320, "batch_size": 32, "budget_images": 200_000, "optimizer": "adamw",
-            "learning_rate": 5e-4, "weight_decay": 1e-4, "warmup_images": 6_400, "schedule": "cosine",
-            "loss": "sce+dice", "augment": True, "freeze_encoder_images": 10_000, "encoder_lr_multiplier": 0.1,
-            "early_stopping_patience": 15, "mixed_precision": "float16",
-        },
-        "eval": {"batch_size": 32},
-    },
-}
-
-
-_ENCODER_FIELDS = {"model": ("encoder", "encoder_weights", "encoder_alpha"),
-                   "train": ("freeze_encoder_images", "encoder_lr_multiplier", "freeze_encoder_bn")}
+_ENCODER_TRAIN_FIELDS = ("freeze_encoder_images", "encoder_lr_multiplier", "freeze_encoder_bn")
 
 
 def _preset_for(preset: str, given: dict[str, Any]) -> dict[str, Any]:
-    """Preset `preset`, less its encoder settings when `given` switches to a model that takes no encoder
-    (`--preset cpu-quick --model segnet` means segnet with cpu-quick's recipe)."""
+    """Preset `preset`, less the model knobs (and encoder training settings) that the model `given` switches to
+    does not take (`--preset cpu-quick --model segnet` means segnet with cpu-quick's recipe)."""
     base = PRESETS[preset]
     name = (given.get("model") or {}).get("name")
-    if name is None or name in TAKES_ENCODER:
+    if name is None or name not in MODEL_NAMES:
         return base
-    return {section: ({k: v for k, v in values.items() if k not in _ENCODER_FIELDS.get(section, ())}
+    dropped = {"model": [k for k in base.get("model", {}) if k != "name" and k not in knobs_of(name)],
+               "train": [] if name in TAKES_ENCODER else _ENCODER_TRAIN_FIELDS}
+    return {section: ({k: v for k, v in values.items() if k not in dropped.get(section, ())}
                       if isinstance(values, dict) else values)
             for section, values in base.items()}
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from segpipe.data import NUM_CLASSES
 from segpipe.fsutil import atomic_write_json, sha256_file
-from segpipe.metrics import ConfusionAccumulator, markdown_table, per_image_iou
+from segpipe.metrics import COLLAPSE_THRESHOLD, ConfusionAccumulator, markdown_table, per_image_iou
 
 PathLike = str | os.PathLike[str]
 
@@ -287,7 +287,7 @@ def evaluate(
     split: str,
     *,
     batch_size: int = 8,
-    collapse_threshold: float = 0.98,
+    collapse_threshold: float = COLLAPSE_THRESHOLD,
     keep_for_gallery: Callable[[str], bool] | None = None,
     flip: bool = False,
 ) -> EvaluationResult:

@@ -25,8 +25,10 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
+from segpipe.data import NUM_CLASSES
+from segpipe.loss_registry import LOSS_NAMES
+
 EPSILON = 1e-7
-LOSS_NAMES = ("sce", "dice", "sce+dice", "focal")
 
 
 def _check_weights(class_weights: Sequence[float] | None, num_classes: int | None) -> tuple[float, ...] | None:
@@ -123,7 +125,7 @@ class SoftDiceLoss(_SegLoss):
 
     def __init__(
         self,
-        num_classes: int = 3,
+        num_classes: int = NUM_CLASSES,
         class_weights: Sequence[float] | None = None,
         smooth: float = 1.0,
         **kwargs: Any,
@@ -157,7 +159,7 @@ class CombinedLoss(_SegLoss):
 
     def __init__(
         self,
-        num_classes: int = 3,
+        num_classes: int = NUM_CLASSES,
         dice_weight: float = 1.0,
         class_weights: Sequence[float] | None = None,
         smooth: float = 1.0,
@@ -200,7 +202,7 @@ def soft_dice_loss(
 
 
 def combined_loss(
-    dice_weight: float = 1.0, class_weights: Sequence[float] | None = None, num_classes: int = 3
+    dice_weight: float = 1.0, class_weights: Sequence[float] | None = None, num_classes: int = NUM_CLASSES
 ) -> keras.losses.Loss:
     """Cross-entropy + dice_weight * soft Dice."""
     return CombinedLoss(num_classes, dice_weight, class_weights)
@@ -211,22 +213,26 @@ def focal_loss(gamma: float = 2.0, class_weights: Sequence[float] | None = None)
     return FocalLoss(gamma, class_weights)
 
 
+_BUILDERS: dict[str, Any] = {  # name -> (weights, num_classes, dice_weight, focal_gamma) -> loss
+    "sce": lambda w, n, dice, gamma: sparse_categorical_crossentropy(w),
+    "dice": lambda w, n, dice, gamma: soft_dice_loss(n, w),
+    "sce+dice": lambda w, n, dice, gamma: combined_loss(dice, w, num_classes=n),
+    "focal": lambda w, n, dice, gamma: focal_loss(gamma, w),
+}
+if tuple(_BUILDERS) != LOSS_NAMES:
+    raise RuntimeError(f"segpipe.losses builds {tuple(_BUILDERS)} but segpipe.loss_registry names {LOSS_NAMES}")
+
+
 def build_loss(
     name: str,
     *,
-    num_classes: int = 3,
+    num_classes: int = NUM_CLASSES,
     dice_weight: float = 1.0,
     focal_gamma: float = 2.0,
     class_weights: Sequence[float] | None = None,
 ) -> keras.losses.Loss:
-    """The loss named as in `TrainConfig.loss`: "sce", "dice", "sce+dice" or "focal"."""
+    """The loss named as in `TrainConfig.loss`: one of `segpipe.loss_registry.LOSS_NAMES`."""
     weights = _check_weights(class_weights, num_classes)
-    if name == "sce":
-        return sparse_categorical_crossentropy(weights)
-    if name == "dice":
-        return soft_dice_loss(num_classes, weights)
-    if name == "sce+dice":
-        return combined_loss(dice_weight, weights, num_classes=num_classes)
-    if name == "focal":
-        return focal_loss(focal_gamma, weights)
-    raise ValueError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {name!r}")
+    if name not in _BUILDERS:
+        raise ValueError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {name!r}")
+    return _BUILDERS[name](weights, num_classes, dice_weight, focal_gamma)

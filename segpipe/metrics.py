@@ -22,6 +22,9 @@ import numpy as np
 
 from segpipe.data import CLASS_NAMES
 
+COLLAPSE_THRESHOLD = 0.98
+"""A prediction is flagged collapsed when one class takes at least this share of its pixels (the one default:
+`eval.collapse_threshold`, evaluation and training's check take it from here)."""
 BACKGROUND = "background"
 BORDER = "border"
 
@@ -114,7 +117,7 @@ def _foreground_iou(m: np.ndarray, names: Sequence[str]) -> float | None:
 
 
 def scores(
-    cm: Any, class_names: Sequence[str] = CLASS_NAMES, *, collapse_threshold: float = 0.98
+    cm: Any, class_names: Sequence[str] = CLASS_NAMES, *, collapse_threshold: float = COLLAPSE_THRESHOLD
 ) -> dict[str, Any]:
     """Every headline metric of a confusion matrix, as a JSON-serialisable dict.
 
@@ -173,7 +176,9 @@ class ConfusionAccumulator:
         """A copy of the accumulated counts (rows = true, columns = predicted)."""
         return self._matrix.copy()
 
-    def scores(self, class_names: Sequence[str] = CLASS_NAMES, *, collapse_threshold: float = 0.98) -> dict[str, Any]:
+    def scores(
+        self, class_names: Sequence[str] = CLASS_NAMES, *, collapse_threshold: float = COLLAPSE_THRESHOLD
+    ) -> dict[str, Any]:
         return scores(self._matrix, class_names, collapse_threshold=collapse_threshold)
 
     def reset(self) -> None:

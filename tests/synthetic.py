@@ -12,6 +12,11 @@ Besides `n_per_breed` normal images per breed (ids `<breed>_1..n`; every 4th
 one in test.txt, the rest in trainval.txt), `include_odd=True` adds one image
 of each odd kind in `ODD_KINDS`; `SyntheticInfo` says which ids are expected
 to be valid, converted or skipped, so tests can assert exact counts.
+
+    ds = write_tiny_dataset(tmp_path / "ds", {"train": 12, "val": 4})   # a prepared dataset, TFRecords
+
+`write_tiny_dataset` writes a dataset directory straight away (no archives, no
+validation): for the input pipeline, training and evaluation tests.
 """
 
 from __future__ import annotations
@@ -286,3 +291,51 @@ def make_pets_archives(out_dir: str | Path, *, plain_tar_for_images: bool = Fals
             digests[dest.name] = hashlib.sha256(dest.read_bytes()).hexdigest()
     (out_dir / "SHA256SUMS").write_text("".join(f"{d}  {n}\n" for n, d in digests.items()))
     return digests
+
+
+# --------------------------------------------------------------------------- a tiny prepared dataset
+
+
+def synthetic_example(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 RGB image, uint8 trimap 1..3): an ellipse 'pet' with a border ring on a noisy background.
+
+    The pet is reddish and the background bluish, so a tiny model can learn it.
+    """
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx = rng.uniform(0.35, 0.65) * height, rng.uniform(0.35, 0.65) * width
+    ry, rx = rng.uniform(0.2, 0.35) * height, rng.uniform(0.2, 0.35) * width
+    r = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+    trimap = np.where(r < 0.8, 1, np.where(r < 1.2, 3, 2)).astype(np.uint8)
+    colours = np.array([[0, 0, 0], [200, 60, 40], [40, 80, 200], [120, 70, 120]], np.float32)
+    image = colours[trimap] + rng.normal(0, 12, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), trimap
+
+
+def write_tiny_dataset(
+    root: Path, splits: dict[str, int], *, height: int = 40, width: int = 48, seed: int = 0, key: str = "tiny-ds"
+) -> Path:
+    """A dataset directory with one PNG-encoded TFRecord shard per split and a manifest.json."""
+    import tensorflow as tf
+
+    from segpipe.data.spec import serialize_example
+    from segpipe.fsutil import atomic_write_json, sha256_file
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest_splits = {}
+    for split, n in splits.items():
+        path = root / f"{split}-00000-of-00001.tfrecord"
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for i in range(n):
+                image, trimap = synthetic_example(rng, height, width)
+                writer.write(serialize_example(
+                    image_bytes=tf.io.encode_png(image).numpy(), image_format="png",
+                    mask_png=tf.io.encode_png(trimap[..., None]).numpy(), height=height, width=width,
+                    example_id=f"{split}_{i}", class_id=1, species=1, breed_id=1, breed="Abyssinian",
+                ))
+        shard = {"file": path.name, "num_examples": n, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        manifest_splits[split] = {"num_examples": n, "shards": [shard]}
+    atomic_write_json(root / "manifest.json", {
+        "dataset_key": key, "splits": manifest_splits, "num_examples": sum(splits.values()),
+    })
+    return root

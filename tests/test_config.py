@@ -59,6 +59,27 @@ def test_img_size_rule_follows_the_model():
         build_config(None, {"model.name": "xception_unet", "train.img_size": 40})
 
 
+def test_a_model_knob_the_model_does_not_take_fails_before_any_work():
+    with pytest.raises(ConfigError, match=r"model\.aspp_rates: model 'segnet' does not take aspp_rates; it takes "
+                                          r"base_filters, depth"):
+        build_config(None, {"model.name": "segnet", "model.aspp_rates": (1, 2)})
+    with pytest.raises(ConfigError, match=r"model\.depth: model 'deeplabv3plus' does not take depth"):
+        build_config(None, {"model.name": "deeplabv3plus", "model.depth": 3})
+    # a preset's knobs for another model are dropped with the switch, as its encoder settings are
+    assert build_config("tiny", {"model.name": "deeplabv3plus", "train.img_size": 32}).model.base_filters == 16
+    assert set(build_config("cpu-quick", {"model.name": "xception_unet"}).model.params()) == {"bn_momentum"}
+
+
+def test_one_definition_of_the_augmentation_knobs_and_the_collapse_threshold():
+    from segpipe.data.augment_knobs import DEFAULTS, KNOBS
+    from segpipe.metrics import COLLAPSE_THRESHOLD
+
+    train = build_config(None, {}).train
+    assert train.augment_options() == DEFAULTS
+    assert [k.field for k in KNOBS] == [f for f in type(train).model_fields if f.startswith("aug_")]
+    assert build_config(None, {}).eval.collapse_threshold == COLLAPSE_THRESHOLD
+
+
 def test_content_params_exclude_location_and_speed():
     a = build_config(None, {"data.source": "/a", "data.workers": 1}).data.content_params()
     b = build_config(None, {"data.source": "http://b/", "data.workers": 4}).data.content_params()

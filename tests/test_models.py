@@ -108,6 +108,21 @@ def test_bad_params_raise_naming_the_param(name, params, match):
         build_model(name, (32, 32, 3), 3, **params)
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_knob_the_model_does_not_take_is_refused_naming_it(name):
+    """No builder drops a knob silently: build_model names it and the knobs the model does take."""
+    from segpipe.models import knobs_of
+    from segpipe.models.registry import BUILDERS
+
+    with pytest.raises(ValueError, match=rf"model '{name}' does not take shoe_size; it takes .*bn_momentum"):
+        build_model(name, (32, 32, 3), 3, shoe_size=9)
+    module, func = BUILDERS[name]
+    builder = getattr(__import__(module, fromlist=[func]), func)
+    with pytest.raises(TypeError, match="shoe_size"):
+        builder((32, 32, 3), 3, shoe_size=9)
+    assert set(ModelConfig(name=name).params()) <= set(knobs_of(name))  # the config passes only those
+
+
 def test_bad_num_classes_and_channels():
     with pytest.raises(ValueError, match="num_classes"):
         build_model("unet", (32, 32, 3), 1, depth=1)

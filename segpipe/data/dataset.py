@@ -28,6 +28,12 @@ CODE_MODULES: tuple[str, ...] = (*VALIDATE_MODULES, "segpipe.data.split", "segpi
 DATASET_MODULES: tuple[str, ...] = (*CODE_MODULES, "segpipe.data.dataset")
 """Everything the stages that write a dataset (split, shards, manifest) depend on, the key itself included."""
 
+INPUT_MODULES: tuple[str, ...] = (
+    "segpipe.data.input", "segpipe.data.augment", "segpipe.data.augment_knobs", "segpipe.data.tfrecords",
+    "segpipe.data.spec",
+)
+"""The input pipeline that training and evaluation read a dataset through."""
+
 
 def data_code_digest() -> str:
     """Digest of the library code that decides a dataset's content."""

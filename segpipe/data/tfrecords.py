@@ -4,6 +4,10 @@ A dataset directory holds `<split>-NNNNN-of-NNNNN.tfrecord` shards and a
 `manifest.json` written last: the directory is complete only once the
 manifest exists. Shards are streamed (one example in memory per writer) and
 renamed into place only when complete.
+
+Over 300 lines on purpose: writing, describing (manifest) and reading back are
+the one on-disk format of a dataset; verifying a dataset reads the very shards
+and records this module writes, so they change together.
 """
 
 from __future__ import annotations

@@ -60,7 +60,6 @@ def build_deeplabv3plus(
     bn_momentum: float = 0.99,
     dropout: float = 0.0,
     aspp_filters: int = 256,
-    **_ignored: Any,
 ) -> keras.Model:
     """DeepLabV3+; height and width must be multiples of 16 and at least 32."""
     input_shape = check_common(input_shape, num_classes, bn_momentum)

@@ -1,11 +1,19 @@
-"""Model names and their input-size rules, importable without TensorFlow.
+"""Model names, the knobs each model takes, and their input-size rules, importable without TensorFlow.
 
 The builders live in sibling modules and are imported lazily by
 `segpipe.models.build_model`, so validating a config never loads TensorFlow.
+A builder's keyword parameters (after `input_shape` and `num_classes`) are the
+knobs its model takes: `knobs_of` reads them from the builder's signature in its
+source, without importing it, so adding a knob to a builder is the one step that
+lets the config pass it (`ModelConfig.params`) and `build_model` accept it.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 # name -> (module, builder function)
@@ -18,8 +26,39 @@ BUILDERS: dict[str, tuple[str, str]] = {
 
 MODEL_NAMES: tuple[str, ...] = tuple(BUILDERS)
 
+_NOT_KNOBS = ("input_shape", "num_classes")
+
+
+@functools.cache
+def knobs_of(name: str) -> tuple[str, ...]:
+    """The knobs model `name` takes: its builder's parameters after input_shape and num_classes, in order."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+    module, func = BUILDERS[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"model {name!r}: module {module} not found")
+    for node in ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.FunctionDef) and node.name == func:
+            a = node.args
+            if a.vararg or a.kwarg:
+                raise TypeError(f"{module}.{func} must name every knob it takes (no *args or **kwargs)")
+            return tuple(p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs) if p.arg not in _NOT_KNOBS)
+    raise ImportError(f"model {name!r}: {module} defines no function {func}")
+
+
+def check_knobs(name: str, params: dict[str, Any]) -> None:
+    """A ValueError naming every knob in `params` that model `name` does not take, and those it does."""
+    taken = knobs_of(name)
+    unknown = [k for k in params if k not in taken]
+    if unknown:
+        raise ValueError(
+            f"model {name!r} does not take {', '.join(unknown)}; it takes {', '.join(taken) or 'no knobs'}"
+        )
+
+
 # Models that can (unet) or must (deeplabv3plus) sit on a pretrained encoder (`encoders.py`).
-TAKES_ENCODER: tuple[str, ...] = ("unet", "deeplabv3plus")
+TAKES_ENCODER: tuple[str, ...] = tuple(name for name in MODEL_NAMES if "encoder" in knobs_of(name))
 NEEDS_ENCODER: tuple[str, ...] = ("deeplabv3plus",)
 ENCODER_MIN_SIZE = 32  # keras.applications encoders refuse inputs below 32x32
 

@@ -11,8 +11,6 @@ SegNet (VGG16 layout). Inputs: float32 images in [0, 1].
 
 from __future__ import annotations
 
-from typing import Any
-
 import keras
 from keras import layers
 
@@ -42,7 +40,6 @@ def build_segnet(
     depth: int = 4,
     bn_momentum: float = 0.99,
     dropout: float = 0.0,
-    **_ignored: Any,
 ) -> keras.Model:
     """SegNet with `depth` pooling stages; height and width must be multiples of 2**depth."""
     input_shape = check_common(input_shape, num_classes, bn_momentum)

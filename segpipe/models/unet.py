@@ -48,7 +48,6 @@ def build_unet(
     encoder: str | None = None,
     encoder_weights: str | None = None,
     encoder_alpha: float = 1.0,
-    **_ignored: Any,
 ) -> keras.Model:
     """U-Net with `depth` poolings; height and width must be multiples of 2**depth.
 

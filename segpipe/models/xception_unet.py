@@ -10,8 +10,6 @@ absorbs the scale, so any fixed range trains alike).
 
 from __future__ import annotations
 
-from typing import Any
-
 import keras
 from keras import layers
 
@@ -24,7 +22,6 @@ def build_xception_unet(
     num_classes: int = 3,
     *,
     bn_momentum: float = 0.99,
-    **_ignored: Any,
 ) -> keras.Model:
     """Xception-style U-Net; height and width must be multiples of 16."""
     input_shape = check_common(input_shape, num_classes, bn_momentum)

@@ -1,0 +1,73 @@
+"""The named configuration presets: `--preset NAME` (`segpipe.config.build_config`).
+
+Each is a partial `PipelineConfig` as nested dicts; a value given explicitly
+always wins over the preset's, and switching `--model` drops the preset's knobs
+the new model does not take.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Every preset states its length in training images seen (train.budget_images): the same preset
+# costs about the same on the 303-image sample or the 7,390-image dataset. `--epochs` overrides it.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tiny model, tiny images: for tests and smoke runs (seconds). One batch's worth of images:
+    # rounds up to one epoch on any dataset.
+    "tiny": {
+        "model": {"name": "unet", "base_filters": 4, "depth": 2},
+        "train": {"img_size": 32, "batch_size": 4, "budget_images": 4, "warmup_images": 0, "augment": False},
+        "eval": {"batch_size": 4, "gallery_samples": 2, "gallery_worst": 2},
+    },
+    # The pretrained recipe for a CPU: DeepLabV3+ on an ImageNet MobileNetV2 encoder, frozen for the
+    # first 800 images, then fine-tuned at a tenth of the decoder's learning rate; 8,000 images seen.
+    # Chosen on the validation split (benchmarks/results/recipe-selection.json). Without internet:
+    # --set model.encoder_weights=FILE or a primed $KERAS_HOME (README).
+    "cpu-quick": {
+        "model": {"name": "deeplabv3plus", "encoder": "mobilenetv2", "encoder_weights": "imagenet",
+                  "aspp_rates": (6, 12, 18), "bn_momentum": 0.9},
+        "train": {
+            "img_size": 160, "batch_size": 8, "budget_images": 8_000, "optimizer": "adam", "learning_rate": 1e-3,
+            "warmup_images": 272, "schedule": "cosine", "loss": "sce+dice", "augment": True,
+            "freeze_encoder_images": 800, "encoder_lr_multiplier": 0.1,
+            "aug_max_scale": 1.5, "aug_max_rotation": 20.0, "aug_brightness": 0.15, "aug_contrast": 0.3,
+            "early_stopping_patience": 0, "mixed_precision": "auto", "ema_momentum": 0.99,
+        },
+        "eval": {"tta_flip": True},
+    },
+    # The from-scratch U-Net (cpu-quick before pretrained encoders), for machines without the weights:
+    # 54,400 images = 200 epochs of the sample's 272-image epochs. bfloat16 where the CPU has it,
+    # averaged weights, strong augmentation and mirrored test-time predictions.
+    "cpu-scratch": {
+        "model": {"name": "unet", "base_filters": 16, "depth": 4, "bn_momentum": 0.9},
+        "train": {
+            "img_size": 128, "batch_size": 8, "budget_images": 54_400, "optimizer": "adam", "learning_rate": 1e-3,
+            "warmup_images": 272, "schedule": "cosine", "loss": "sce+dice", "augment": True,
+            "aug_max_scale": 1.5, "aug_max_rotation": 20.0, "aug_brightness": 0.15, "aug_contrast": 0.3,
+            "early_stopping_patience": 0, "mixed_precision": "auto", "ema_momentum": 0.99,
+        },
+        "eval": {"tta_flip": True},
+    },
+    # The Keras example's own recipe: 25 epochs of the sample's 288-image epochs (9 batches of 32).
+    "keras-example": {
+        "model": {"name": "xception_unet", "bn_momentum": 0.99},
+        "train": {
+            "img_size": 160, "batch_size": 32, "budget_images": 7_200, "optimizer": "adam", "learning_rate": 1e-4,
+            "warmup_images": 0, "schedule": "constant", "loss": "sce", "augment": False,
+            "early_stopping_patience": 0,
+        },
+    },
+    # For a GPU: DeepLabV3+ on an ImageNet MobileNetV2 (the same encoder code as cpu-quick), AdamW,
+    # about 60 passes over the official trainval split's ~3,300 training images.
+    "full": {
+        "model": {"name": "deeplabv3plus", "encoder": "mobilenetv2", "encoder_weights": "imagenet",
+                  "aspp_rates": (6, 12, 18), "bn_momentum": 0.99},
+        "train": {
+            "img_size": 320, "batch_size": 32, "budget_images": 200_000, "optimizer": "adamw",
+            "learning_rate": 5e-4, "weight_decay": 1e-4, "warmup_images": 6_400, "schedule": "cosine",
+            "loss": "sce+dice", "augment": True, "freeze_encoder_images": 10_000, "encoder_lr_multiplier": 0.1,
+            "early_stopping_patience": 15, "mixed_precision": "float16",
+        },
+        "eval": {"batch_size": 32},
+    },
+}
