@@ -305,7 +305,7 @@ def inference() -> str:
         ratios = " | ".join(n2(by[b]["vs_batch_1"]) for b in sizes[1:])
         rows.append(f"| `{what}` | {cells} | {ratios} |")
     return "\n".join([f"Model: {d['model']}, {d['img_size']} px. `predict`: {d['predict_inputs']}; `evaluate`: the "
-                      f"{d['evaluate_split']} split. {d['timing']}; model loading {d['model_load_s_median']:.2f} s.",
+                      f"{d['evaluate_split']} split. Timing: {d['timing']}; model loading {d['model_load_s_median']:.2f} s.",
                       "", *rows, "", provenance(d, name)])
 
 
