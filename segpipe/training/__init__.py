@@ -47,33 +47,15 @@ check and train_summary.json). Keras private attributes stay in `segpipe.kerasco
 """
 
 from segpipe.runs import run_id_for
-from segpipe.training.callbacks import (
-    AtomicBackupAndRestore,
-    AveragedWeights,
-    BestModelCheckpoint,
-    BudgetProgress,
-    LearningRateLogger,
-    ResumableEarlyStopping,
-)
+from segpipe.training.callbacks import (AtomicBackupAndRestore, AveragedWeights, BestModelCheckpoint, BudgetProgress,
+                                        LearningRateLogger, ResumableEarlyStopping)
 from segpipe.training.check import inference_check
 from segpipe.training.loop import train
 from segpipe.training.model import set_encoder_trainable
 from segpipe.training.optimizers import FineTuneAdam, FineTuneAdamW, build_optimizer
 from segpipe.training.precision import PRECISION_POLICIES, cpu_has_native_bfloat16, precision_policy
-from segpipe.training.run_dir import (
-    BACKUP_DIR,
-    BEST_FILE,
-    CONFIG_FILE,
-    HISTORY_FILE,
-    LINEAGE_FILE,
-    MODEL_FILE,
-    MONITOR,
-    NUM_CLASSES,
-    SUMMARY_FILE,
-    TENSORBOARD_DIR,
-    TrainResult,
-    read_history,
-)
+from segpipe.training.run_dir import (BACKUP_DIR, BEST_FILE, CONFIG_FILE, HISTORY_FILE, LINEAGE_FILE, MODEL_FILE,
+                                      MONITOR, NUM_CLASSES, SUMMARY_FILE, TENSORBOARD_DIR, TrainResult, read_history)
 from segpipe.training.schedule import WarmupCosineDecay
 
 __all__ = [
