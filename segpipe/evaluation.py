@@ -25,7 +25,6 @@ Labels are 0 pet, 1 background, 2 border (= trimap - 1).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,151 +33,20 @@ from typing import Any
 import numpy as np
 
 from segpipe.data import NUM_CLASSES
-from segpipe.fsutil import atomic_write_json, sha256_file
+# input_size and predict_probs: importable from here too, as before ensemble.py held them
+from segpipe.ensemble import (  # noqa: F401
+    PathLike,
+    ensemble_probs,
+    input_size,
+    labels_at,
+    load_models,
+    model_records,
+    model_sizes,
+    predict_probs,
+    resize_image,
+)
+from segpipe.fsutil import atomic_write_json
 from segpipe.metrics import COLLAPSE_THRESHOLD, ConfusionAccumulator, markdown_table, per_image_iou
-
-PathLike = str | os.PathLike[str]
-
-
-# --------------------------------------------------------------------------- models
-
-
-def load_models(paths: Sequence[PathLike]) -> list[Any]:
-    """Load `.keras` models (compile=False); a clear error names any missing or unreadable file.
-
-    Every model must take one image input of fixed size (B, H, W, 3) and output
-    (B, h, w, 3) softmax probabilities.
-    """
-    import keras
-
-    import segpipe.models.layers  # noqa: F401  (registers segpipe's custom layers for deserialisation)
-
-    paths = [Path(p) for p in paths]
-    if not paths:
-        raise ValueError("need at least one model path; got none")
-    models = []
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"model file {path} does not exist (expected a .keras file)")
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as exc:  # keras raises many types for corrupt or foreign files
-            raise ValueError(
-                f"cannot load model {path} (expected a .keras file): {type(exc).__name__}: {exc}"
-            ) from exc
-        input_size(model, name=str(path))
-        out = model.output_shape
-        if isinstance(out, list) or len(out) != 4 or out[-1] != NUM_CLASSES:
-            raise ValueError(
-                f"model {path} must output (batch, height, width, {NUM_CLASSES}) probabilities; got {out}"
-            )
-        models.append(model)
-    return models
-
-
-def input_size(model: Any, name: str | None = None) -> tuple[int, int]:
-    """(height, width) a model takes, from `model.input_shape` (must be (None, H, W, 3) with H, W fixed)."""
-    shape = model.input_shape
-    if isinstance(shape, list) or len(shape) != 4 or shape[-1] != 3 or shape[1] is None or shape[2] is None:
-        raise ValueError(
-            f"model {name or model.name} must take one RGB image input of fixed size (batch, H, W, 3); got {shape}"
-        )
-    return int(shape[1]), int(shape[2])
-
-
-def model_sizes(models: Sequence[Any]) -> list[tuple[int, int]]:
-    """The distinct input sizes of `models`, first member's first (the "model resolution")."""
-    sizes: list[tuple[int, int]] = []
-    for m in models:
-        if (s := input_size(m)) not in sizes:
-            sizes.append(s)
-    return sizes
-
-
-def model_records(paths: Sequence[PathLike]) -> list[dict[str, str]]:
-    """[{path, sha256}] of model files, for metrics and lineage."""
-    return [{"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for p in paths]
-
-
-# --------------------------------------------------------------------------- pixels
-
-
-def resize_image(image: Any, size: tuple[int, int]) -> Any:
-    """uint8 HxWx3 -> float32 [0, 1] at `size`, like the training input pipeline (bilinear, antialiased, rounded)."""
-    import tensorflow as tf
-
-    x = tf.image.resize(image, size, method="bilinear", antialias=True)
-    x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
-    return tf.cast(x, tf.float32) / 255.0
-
-
-def resize_probs(probs: Any, size: tuple[int, int]) -> np.ndarray:
-    """Probability map(s) (..., h, w, C) resized bilinear to `size` (a no-op at the same size)."""
-    import tensorflow as tf
-
-    probs = np.asarray(probs, dtype=np.float32)
-    if tuple(probs.shape[-3:-1]) == tuple(size):
-        return probs
-    return tf.image.resize(probs, size, method="bilinear", antialias=True).numpy()
-
-
-def labels_at(probs: Any, size: tuple[int, int]) -> np.ndarray:
-    """argmax labels (HxW int64) of an (h, w, C) probability map resized to `size`."""
-    return resize_probs(probs, size).argmax(axis=-1).astype(np.int64)
-
-
-def _member_probs(model: Any, batch: np.ndarray, flip: bool) -> np.ndarray:
-    """One member's softmax output for `batch`; with `flip`, averaged with its output on the mirrored batch."""
-    probs = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
-    if flip:
-        mirrored = np.asarray(model.predict_on_batch(batch[:, :, ::-1]), dtype=np.float32)
-        probs = 0.5 * (probs + mirrored[:, :, ::-1])
-    return probs
-
-
-def _ensemble(
-    models: Sequence[Any], inputs: dict[tuple[int, int], np.ndarray], out_size: tuple[int, int], flip: bool = False
-) -> np.ndarray:
-    """Mean of the members' softmax outputs at `out_size`; `inputs` holds the batch at each member's size."""
-    total = None
-    for model in models:
-        probs = resize_probs(_member_probs(model, inputs[input_size(model)], flip), out_size)
-        sums = probs.sum(axis=-1)
-        if not np.allclose(sums, 1.0, atol=1e-3):
-            raise ValueError(
-                f"model {model.name} does not output softmax probabilities (channel sums range "
-                f"{sums.min():.3f}..{sums.max():.3f}); ensembles average probabilities"
-            )
-        total = probs if total is None else total + probs
-    assert total is not None
-    return total / len(models)
-
-
-def predict_probs(models: Sequence[Any], images: Any, flip: bool = False) -> np.ndarray:
-    """Ensemble probabilities (B, H, W, C) for a batch of float32 [0, 1] images (B, H, W, 3).
-
-    Each member gets the batch resized (bilinear) to its own input size; its
-    output is resized back to H x W; the result is the average.
-    """
-    import tensorflow as tf
-
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be a float32 batch (B, H, W, 3) in [0, 1]; got shape {images.shape}")
-    size = tuple(images.shape[1:3])
-    inputs = {
-        s: images if s == size else tf.image.resize(images, s, method="bilinear", antialias=True).numpy()
-        for s in model_sizes(models)
-    }
-    return _ensemble(models, inputs, size, flip)  # type: ignore[arg-type]
-
-
-def predict_labels(models: Sequence[Any], images: Sequence[np.ndarray], flip: bool = False) -> list[np.ndarray]:
-    """HxW labels (0..2) for uint8 RGB images of any sizes, each at its own original size; one batch."""
-    sizes = model_sizes(models)
-    inputs = {s: np.stack([np.asarray(resize_image(img, s)) for img in images]) for s in sizes}
-    probs = _ensemble(models, inputs, sizes[0], flip)
-    return [labels_at(p, img.shape[:2]) for p, img in zip(probs, images)]
 
 
 # --------------------------------------------------------------------------- dataset predictions
@@ -223,7 +91,7 @@ def _predict_split(
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     for batch in _batches(ds.as_numpy_iterator(), batch_size):
         inputs = {s: np.stack([b[f"x{i}"] for b in batch]) for i, s in enumerate(sizes)}
-        probs = _ensemble(models, inputs, primary, flip)
+        probs = ensemble_probs(models, inputs, primary, flip)
         for b, p in zip(batch, probs):
             truth = b["mask"][..., 0].astype(np.int64) - 1
             yield {

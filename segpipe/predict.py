@@ -212,7 +212,8 @@ def predict_paths(
     flip: bool = False,
 ) -> PredictReport:
     """Predict a mask (and an overlay) for every image in `inputs`; see the module doc for the outputs."""
-    from segpipe.evaluation import check_batch_size, load_models, model_records, model_sizes, predict_labels
+    from segpipe.ensemble import load_models, model_records, model_sizes, predict_labels
+    from segpipe.evaluation import check_batch_size
 
     check_batch_size(batch_size)
     out = Path(out_dir)

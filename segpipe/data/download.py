@@ -12,7 +12,7 @@ complete, verified `.part` into place. The parts live in their own modules:
 - `download_errors`: the errors and `is_transient`.
 
 Their public names are re-exported here, so `segpipe.data.download` stays the
-one import for the stage.
+one import for the stage; `segpipe.data.dataset.DOWNLOAD_MODULES` lists the modules.
 """
 
 from __future__ import annotations
