@@ -78,6 +78,12 @@ def test_one_definition_of_the_augmentation_knobs_and_the_collapse_threshold():
     assert train.augment_options() == DEFAULTS
     assert [k.field for k in KNOBS] == [f for f in type(train).model_fields if f.startswith("aug_")]
     assert build_config(None, {}).eval.collapse_threshold == COLLAPSE_THRESHOLD
+    from segpipe.data.augment_knobs import check_options
+
+    with pytest.raises(ValueError, match=r"0 <= contrast < 1 \(got 1\.0\)"):
+        check_options({"contrast": 1.0, "hue": 10.0})
+    with pytest.raises(ValueError, match="unknown augment option.*rotation; expected some of max_scale"):
+        check_options({"rotation": 3.0})
 
 
 def test_content_params_exclude_location_and_speed():

@@ -349,3 +349,15 @@ def test_progress_bar_only_when_asked(server, payload, tmp_path, capsys):
     fetch(server, tmp_path / "b", None, progress=True)
     err = capsys.readouterr().err
     assert f"{NAME}: 0.3/0.3 MB 100.0%" in err and "MB/s" in err and err.endswith("\n")
+
+
+def test_the_stage_modules_are_listed_and_their_names_importable_from_download():
+    import importlib
+
+    from segpipe.data import dataset, download
+
+    for module in dataset.DOWNLOAD_MODULES:
+        importlib.import_module(module)
+    assert {"ChecksumMismatchError", "Source", "download_archive", "resolve_source", "source_fingerprint",
+            "verify_archive", "is_transient", "expected_digests"} <= set(download.__all__)
+    assert all(hasattr(download, name) for name in download.__all__)
