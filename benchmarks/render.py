@@ -151,7 +151,7 @@ def input_pipeline() -> str:
                 cells.append("—")
                 continue
             t = d["targets"].get(f"{mode}_{key}")
-            shortfall = f"missed by {t['target'] - v:.2f}" if t and not t["met"] else "met"
+            shortfall = f"missed by {fmt(t['target'] - v).rstrip('x%')}" if t and not t["met"] else "met"
             cells.append(fmt(v) + (f" ({shortfall})" if t else ""))
         targets.append(f"| {label} | {' | '.join(cells)} |")
     lines += [*targets, "", provenance(d, name)]
