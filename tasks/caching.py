@@ -17,8 +17,6 @@ forces one fresh run instead of returning a stale result.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
 from segpipe.data.dataset import DATASET_MODULES, DOWNLOAD_MODULES, VALIDATE_MODULES
 from segpipe.data.download import TransientDownloadError, is_transient, resolve_source, source_fingerprint
 from segpipe.data.tfrecords import shard_name
-from segpipe.fsutil import digest_json, sha256_file
+from segpipe.fsutil import digest_json, sha256_file, source_digest
 from segpipe.layout import COMPLETE_MARKER, MANIFEST, WorkDir
 from segpipe.models.registry import BUILDERS
 from segpipe.runs import run_id_for
@@ -57,35 +55,17 @@ class Content(CachePolicy):
 
 @dataclass
 class LibrarySource(CachePolicy):
-    """Key = digest of the source files of library modules (dotted names; a package stands for all its
-    modules): a change to the code a task calls recomputes exactly the stages it affects (`TASK_SOURCE`
-    covers the task's own source)."""
+    """Key = digest of the source files of library modules (dotted names; a package: every file in it, as
+    `segpipe.fsutil.source_digest` reads them): a change to the code a task calls recomputes exactly the
+    stages it affects (`TASK_SOURCE` covers the task's own source)."""
 
     modules: tuple[str, ...] = ()
     _digest: str | None = field(default=None, repr=False)
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: TaskInputs, flow_parameters: Any, **kwargs: Any) -> str:
         if self._digest is None:
-            self._digest = library_digest(*self.modules)
+            self._digest = source_digest(*self.modules)
         return self._digest
-
-
-def library_digest(*modules: str) -> str:
-    """sha256 over the source files of `modules` (dotted names; a package: every file in it); nothing is imported."""
-    h = hashlib.sha256()
-    for path in sorted({path for module in modules for path in _source_files(module)}):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def _source_files(module: str) -> list[Path]:
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(f"no source for module {module!r}")
-    if spec.submodule_search_locations:
-        return [p for folder in spec.submodule_search_locations for p in Path(folder).rglob("*.py")]
-    return [Path(spec.origin)]
 
 
 @dataclass
@@ -210,7 +190,7 @@ def _manifest_written(inputs: TaskInputs) -> bool:
 def train_run_dir(work_dir: str, dataset_key: str, model: ModelConfig, train_config: TrainConfig) -> Path:
     """WORK/runs/<run-id>: the run's name is a content key too, over the same code as `TRAIN_CACHE`."""
     cfg = PipelineConfig(model=model, train=train_config)
-    return WorkDir.at(work_dir).run(run_id_for(cfg, dataset_key, library_digest(*TRAIN_MODULES)))
+    return WorkDir.at(work_dir).run(run_id_for(cfg, dataset_key, source_digest(*TRAIN_MODULES)))
 
 
 def _trained(inputs: TaskInputs) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
+from segpipe.metrics import COLLAPSE_THRESHOLD
 from tasks.caching import EVALUATE_CACHE, GALLERY_CACHE
 from tasks.data import DatasetRef
 
@@ -16,7 +17,7 @@ from tasks.data import DatasetRef
 @task(name="evaluate", cache_policy=EVALUATE_CACHE)
 def evaluate_task(
     model_paths: list[str], dataset: DatasetRef, split: str, out_path: str, batch_size: int = 8,
-    collapse_threshold: float = 0.98, tta_flip: bool = False,
+    collapse_threshold: float = COLLAPSE_THRESHOLD, tta_flip: bool = False,
 ) -> dict[str, Any]:
     """Score the model (or the ensemble) on one split; writes metrics.json and a Markdown artifact."""
     from segpipe.evaluation import evaluate, metrics_markdown, write_metrics
