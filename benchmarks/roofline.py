@@ -710,6 +710,33 @@ def ablations(peaks: dict[str, Any], steps: int, rounds: int, xla: bool, profile
             "ratios_vs_baseline": ratios, "shares_of_baseline_step_cpu": shares, "profile": prof}
 
 
+def precision_check(names: list[str], steps: int, rounds: int) -> dict[str, Any]:
+    """For each preset whose policy here is mixed_bfloat16: its step in mixed_bfloat16 and in float32,
+    interleaved in one process (ratio: float32 images per CPU-second over bfloat16's)."""
+    import keras
+
+    out: dict[str, Any] = {"load_before": load()}
+    for name in names:
+        cfg = preset_config(name)
+        _, measured_policy = policy_for(cfg.train.mixed_precision)
+        if measured_policy != "mixed_bfloat16":
+            continue
+        ds, _ = synthetic_dataset(cfg.train.img_size, cfg.train.batch_size)
+        b = cfg.train.batch_size
+        vs = [fit_variant("mixed_bfloat16", compiled_model(cfg, "mixed_bfloat16"), ds, b),
+              fit_variant("float32", compiled_model(cfg, "float32"), ds, b)]
+        run_rounds(vs, steps, rounds, warm_steps=2, label=f"precision {name}")
+        summ = {v.name: v.summary() for v in vs}
+        out[name] = {"variants": summ,
+                     "float32_over_bfloat16_images_per_cpu_s": rnd(
+                         summ["float32"]["images_per_cpu_s"] / summ["mixed_bfloat16"]["images_per_cpu_s"], 3),
+                     "float32_over_bfloat16_images_per_s": rnd(
+                         summ["float32"]["images_per_s"] / summ["mixed_bfloat16"]["images_per_s"], 3)}
+        keras.backend.clear_session(free_memory=False)
+    out["load_after"] = load()
+    return out
+
+
 def candidates(abl: dict[str, Any]) -> list[dict[str, Any]]:
     """Speed-up candidates from the ablations: knob, preset change, images per CPU-second before/after."""
     v = abl["variants"]
@@ -743,8 +770,43 @@ def candidates(abl: dict[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- markdown
 
 
+def _one_line(error: str, limit: int = 200) -> str:
+    """An error message for a table cell: XLA's own reason when there is one, on one line, no pipes."""
+    import re
+
+    text = " ".join(error.split()).replace("|", "/")
+    why = re.search(r"(Seen floating point types.*?disallowed|UNIMPLEMENTED[^.]*|Resource exhausted[^.]*|"
+                    r"out of memory[^.]*)", text)
+    text = f"{text.split(':')[0]}: {why.group(1)}" if why else text
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _f(x: Any, fmt: str = "{:.2f}") -> str:
     return "–" if x is None else fmt.format(x)
+
+
+def summary_sentence(result: dict[str, Any]) -> str:
+    """What the figures above say, computed from them (so the text and the tables cannot disagree)."""
+    parts = []
+    q = result.get("presets", {}).get(DEFAULT_PRESET, {})
+    abl = result.get("ablations", {})
+    shares = abl.get("profile", {}).get("share_of_op_time", {})
+    if q.get("fraction_of_peak_per_cpu_s") is not None:
+        parts.append(f"{DEFAULT_PRESET} reaches {q['fraction_of_peak_per_cpu_s']:.0%} of the {q.get('peak_key', 'dense conv')} roof per "
+                     f"CPU-second ({q.get('depthwise_flop_share', 0):.0%} of its FLOPs are depthwise).")
+    if shares:
+        conv, dw = shares.get("conv (fwd+bwd)", 0.0), shares.get("depthwise conv (fwd+bwd)", 0.0)
+        parts.append(f"Dense convolutions take {conv:.0%} of its op time and depthwise ones {dw:.0%}; the rest is "
+                     f"memory-bound: element-wise ops, reshapes and reductions {shares.get('element-wise, reshapes, reductions', 0):.0%} "
+                     f"(Keras 3's BatchNormalization is unfused element-wise arithmetic, forward and backward), "
+                     f"casts {shares.get('casts (bfloat16)', 0):.0%}, resizes {shares.get('resize / upsampling', 0):.0%}, "
+                     f"the optimizer {shares.get('optimizer: Adam + variables', 0):.0%}.")
+    ratios = abl.get("ratios_vs_baseline", {})
+    best = max(((k, v["images_per_cpu_s"]) for k, v in ratios.items() if v.get("images_per_cpu_s")),
+               key=lambda kv: kv[1], default=None)
+    if best:
+        parts.append(f"Best candidate measured: {best[0]} at {best[1]:.2f}x images per CPU-second.")
+    return " ".join(parts)
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -770,25 +832,26 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append("")
     presets = result.get("presets", {})
     if presets:
-        lines += ["| preset | model | size, batch | dtype measured | train-step GFLOP (3x fwd) | depthwise FLOP share "
-                  "| step wall s | step CPU s | achieved GFLOP/s | roof GFLOP/s | fraction of peak "
-                  "| GFLOP per CPU-s | roof per CPU-s | fraction (CPU-s) | images / CPU-s |",
-                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["Roofline per preset: train-step FLOPs = 3x the forward pass (TensorFlow's profiler on the frozen "
+                  "graph, depthwise convolutions counted per layer); fraction of peak = GFLOP per CPU-second of the "
+                  "step over the dense 3x3 conv probe's at the step's dtype (per CPU-second on both sides, so the "
+                  "changing load of the shared machine cancels; the wall-clock figures are in the JSON).", "",
+                  "| preset | model | size, batch | dtype measured | train-step GFLOP | depthwise FLOP share "
+                  "| step wall s | step CPU s | GFLOP per CPU-s | roof per CPU-s | fraction of peak | images / CPU-s |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, p in presets.items():
             if "error" in p:
-                lines.append(f"| {name} | – | – | – | – | – | – | – | – | – | failed: {p['error'][:60]} | – | – | – | – |")
+                lines.append(f"| {name} | – | – | – | – | – | – | – | – | – | failed: {_one_line(p['error'])} | – |")
                 continue
             model = p["model"] + (f" / {p['encoder']}" if p.get("encoder") else "")
             batch = str(p["batch_size"]) + (f" (preset: {p['preset_batch_size']})"
                                              if p.get("preset_batch_size", p["batch_size"]) != p["batch_size"] else "")
             lines.append(
                 f"| {name} | {model} | {p['img_size']}, {batch} | {p['policy_measured']} | "
-                f"{p['train_step_flops'] / 1e9:.1f} | {_f(p.get('depthwise_flop_share'), '{:.1%}')} | "
+                f"{p['train_step_flops'] / 1e9:.3g} | {_f(p.get('depthwise_flop_share'), '{:.1%}')} | "
                 f"{_f(p['step_wall_s'], '{:.3f}')} | {_f(p['step_cpu_s'], '{:.3f}')} | "
-                f"{_f(p['achieved_gflops_wall'], '{:.1f}')} | {_f(p['peak_gflops'], '{:.0f}')} | "
-                f"{_f(p['fraction_of_peak'], '{:.1%}')} | {_f(p.get('achieved_gflops_per_cpu_s'), '{:.1f}')} | "
-                f"{_f(p.get('peak_gflops_per_cpu_s'), '{:.0f}')} | {_f(p.get('fraction_of_peak_per_cpu_s'), '{:.1%}')} | "
-                f"{_f(p['images_per_cpu_s'])} |")
+                f"{_f(p.get('achieved_gflops_per_cpu_s'), '{:.1f}')} | {_f(p.get('peak_gflops_per_cpu_s'), '{:.0f}')} | "
+                f"{_f(p.get('fraction_of_peak_per_cpu_s'), '{:.1%}')} | {_f(p['images_per_cpu_s'])} |")
         lines.append("")
     abl = result.get("ablations", {})
     prof = abl.get("profile", {})
@@ -815,7 +878,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {k} | {v.get('note', '')} | {_f(v['step_wall_s'], '{:.3f}')} | "
                          f"{_f(v['step_cpu_s'], '{:.3f}')} | {_f(v['images_per_cpu_s'])} | {ratio_s} |")
         for k, why in abl.get("failed", {}).items():
-            lines.append(f"| {k} | failed: {why[:80]} | – | – | – | – |")
+            lines.append(f"| {k} | failed: {_one_line(why)} | – | – | – | – |")
         lines.append("")
     cands = result.get("candidates", [])
     if cands:
@@ -827,8 +890,19 @@ def render_markdown(result: dict[str, Any]) -> str:
                          f"{_f(c['images_per_cpu_s_after'])} | {_f(c['ratio_images_per_cpu_s'], '{:.2f}x')} | "
                          f"{_f(c['ratio_images_per_s'], '{:.2f}x')} | {c['quality']} |")
         lines.append("")
-    if result.get("conclusion"):
-        lines += [result["conclusion"], ""]
+    prec = {k: v for k, v in result.get("precision", {}).items() if isinstance(v, dict) and "variants" in v}
+    if prec:
+        lines += ["bfloat16 against float32 per preset (interleaved in one run; images per CPU-second):", "",
+                  "| preset | mixed_bfloat16 | float32 | float32 / bfloat16 | (images/s) |", "|---|---:|---:|---:|---:|"]
+        for name, v in prec.items():
+            lines.append(f"| {name} | {_f(v['variants']['mixed_bfloat16']['images_per_cpu_s'])} | "
+                         f"{_f(v['variants']['float32']['images_per_cpu_s'])} | "
+                         f"{_f(v['float32_over_bfloat16_images_per_cpu_s'], '{:.2f}x')} | "
+                         f"{_f(v['float32_over_bfloat16_images_per_s'], '{:.2f}x')} |")
+        lines.append("")
+    conclusion = summary_sentence(result)
+    if conclusion:
+        lines += [conclusion, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -865,6 +939,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--full-batch", type=int, default=8,
                    help="batch for the full preset (its own 32 at 320 px takes > 16 GB here); 0: the preset's")
     p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--only-precision", action="store_true",
+                   help="run only the bfloat16-vs-float32 check of every bfloat16 preset and add it to --out")
     p.add_argument("--quick", action="store_true", help="a smoke run: short probes, one round, few steps")
     p.add_argument("--out", default=str(RESULT_PATH))
     args = p.parse_args(argv)
@@ -872,6 +948,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.probe_s, args.rounds, args.matmul_n, args.ablation_steps, args.profile_steps = 0.5, 1, 1024, 2, 2
 
     t0, c0 = time.perf_counter(), cpu_seconds()
+    if args.only_precision:
+        out_path = Path(args.out)
+        result = json.loads(out_path.read_text()) if out_path.is_file() else {}
+        check = precision_check(args.presets or preset_names(), PRESET_STEPS["cpu-quick"], args.rounds)
+        check.update({"command": " ".join([sys.executable, *sys.argv]), "commit": git_commit(),
+                      "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (
+                          time.perf_counter() - t0))), "wall_s": rnd(time.perf_counter() - t0, 1)})
+        result["precision"] = check
+        out_path.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(check, indent=2))
+        return result
     machine = {"cpu_model": cpu_model(), "cores": os.cpu_count(), "load_before": load(),
                "bf16_flags": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f"}),
                "python": platform.python_version()}

@@ -68,7 +68,8 @@ def test_op_groups(roofline):
 def _fake_result(names):
     preset = {"model": "unet", "encoder": None, "img_size": 32, "batch_size": 4, "policy_measured": "float32",
               "train_step_flops": 4.1e7, "depthwise_flop_share": 0.0, "step_wall_s": 0.03, "step_cpu_s": 0.012,
-              "achieved_gflops_wall": 1.3, "peak_gflops": 200.0, "fraction_of_peak": 0.0065, "images_per_cpu_s": 333.3}
+              "achieved_gflops_wall": 1.3, "peak_gflops": 200.0, "fraction_of_peak": 0.0065, "images_per_cpu_s": 333.3,
+              "achieved_gflops_per_cpu_s": 3.8, "peak_gflops_per_cpu_s": 235.0, "fraction_of_peak_per_cpu_s": 0.016}
     variant = {"note": "x", "step_wall_s": 1.0, "step_cpu_s": 0.5, "images_per_cpu_s": 16.0, "images_per_s": 8.0}
     return {
         "machine": {"cpu_model": "Test CPU", "cores": 2, "load_before": [1.0, 1, 1], "load_after": [2.0, 2, 2]},
@@ -90,12 +91,12 @@ def _fake_result(names):
 def test_render_has_a_row_per_preset_and_the_tables(roofline):
     names = ["tiny", "cpu-quick", "cpu-scratch", "keras-example", "full"]
     result = _fake_result(names)
-    result["presets"]["full"] = {"error": "ResourceExhaustedError: out of memory"}
+    result["presets"]["full"] = {"error": "ResourceExhaustedError: out of memory\n | more"}
     text = roofline.render_markdown(result)
     rows = [line for line in text.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in names]
     assert [r.split("|")[1].strip() for r in rows] == names
-    assert "0.7%" in rows[0]  # the fraction of peak
-    assert "failed" in rows[-1]
+    assert "1.6%" in rows[0]  # the fraction of peak per CPU-second
+    assert "failed" in rows[-1] and rows[-1].count("|") == 13  # one line, no stray pipes
     assert "| casts (bfloat16) | 10.0% |" in text
     assert "1.50x" in text and "Test CPU" in text
     assert text.endswith("\n")
