@@ -23,10 +23,10 @@ import tensorflow as tf
 from segpipe import distribute
 from segpipe.budget import TrainingPlan
 from segpipe.config import PipelineConfig
+from segpipe.data import NUM_CLASSES  # noqa: F401  (re-exported: what every run's model predicts)
 from segpipe.fsutil import atomic_write_json, atomic_write_text, code_version, read_json, sha256_file
 from segpipe.layout import MANIFEST
 
-NUM_CLASSES = 3  # what every run's model predicts: the three classes of the trimap
 MONITOR = "val_mean_iou"  # what best.json and model.keras are chosen by
 CONFIG_FILE = "config.json"
 LINEAGE_FILE = "lineage.json"
