@@ -737,6 +737,84 @@ def precision_check(names: list[str], steps: int, rounds: int) -> dict[str, Any]
     return out
 
 
+def head_first(model: Any) -> Any:
+    """DeepLabV3+ with its 1x1 classifier before the last x4 bilinear upsampling instead of after it: the same
+    layers and weights (shared), the same function - a 1x1 convolution and a bilinear resize (weights summing
+    to 1) commute - but the resize, its bfloat16 cast and clip, and their gradients run on 3 channels, not 256."""
+    import keras
+
+    up = model.get_layer("output_upsample4")
+    logits = model.get_layer("head_logits")(up.input)
+    with dtype_policy(model.get_layer("head_logits").dtype_policy.name):
+        resized = keras.layers.UpSampling2D(up.size, interpolation=up.interpolation, name="logits_upsample4")(logits)
+    return keras.Model(model.inputs, model.get_layer("head_softmax")(resized), name=model.name + "_head_first")
+
+
+def head_first_check(steps: int, rounds: int) -> dict[str, Any]:
+    """cpu-quick as built against its head-first twin (`head_first`), in mixed_bfloat16 and float32,
+    interleaved; plus the largest output difference of the twins (same weights) on one batch."""
+    import numpy as np
+
+    from segpipe.losses import build_loss
+
+    cfg = preset_config(DEFAULT_PRESET)
+    t = cfg.train
+    ds, (x, _) = synthetic_dataset(t.img_size, t.batch_size)
+    out: dict[str, Any] = {"load_before": load(), "preset": DEFAULT_PRESET}
+    variants = []
+    for policy in ("mixed_bfloat16", "float32"):
+        base = compiled_model(cfg, policy)
+        with dtype_policy(policy):
+            twin = head_first(base)
+        a = np.asarray(base(x, training=False), dtype=np.float64)
+        b = np.asarray(twin(x, training=False), dtype=np.float64)
+        out[f"max_abs_output_difference_{policy}"] = float(np.max(np.abs(a - b)))
+        out[f"argmax_agreement_{policy}"] = float(np.mean(a.argmax(-1) == b.argmax(-1)))
+        twin.compile(optimizer=base.optimizer.__class__.from_config(base.optimizer.get_config()),
+                     loss=build_loss(t.loss, num_classes=NUM_CLASSES, dice_weight=t.dice_weight,
+                                     focal_gamma=t.focal_gamma, class_weights=t.class_weights),
+                     metrics=_metrics())
+        variants += [fit_variant(f"as_built_{policy}", base, ds, t.batch_size),
+                     fit_variant(f"head_first_{policy}", twin, ds, t.batch_size)]
+    run_rounds(variants, steps, rounds, warm_steps=2, label="head-first")
+    summ = {v.name: v.summary() for v in variants}
+    base_ips = summ["as_built_mixed_bfloat16"]["images_per_cpu_s"]
+    out["variants"] = summ
+    out["ratios_vs_as_built_bfloat16"] = {k: rnd(v["images_per_cpu_s"] / base_ips, 3) for k, v in summ.items()}
+    out["load_after"] = load()
+    return out
+
+
+def _metrics() -> list[Any]:
+    import keras
+
+    return [keras.metrics.MeanIoU(num_classes=NUM_CLASSES, sparse_y_pred=False, name="mean_iou"),
+            keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy")]
+
+
+def head_first_candidates(hf: dict[str, Any]) -> list[dict[str, Any]]:
+    v = hf["variants"]
+    base = v["as_built_mixed_bfloat16"]
+    out = []
+    for key, knob, change, quality in (
+        ("head_first_mixed_bfloat16", "1x1 head before the last x4 upsampling (model code)",
+         "segpipe/models/deeplabv3plus.py: softmax_head's Conv2D before output_upsample4",
+         f"the same function (largest output difference {hf['max_abs_output_difference_mixed_bfloat16']:.1e})"),
+        ("as_built_float32", "mixed_precision off (float32)", "cpu-quick: mixed_precision = 'off'",
+         "float32 maths (the reference precision): not lower"),
+        ("head_first_float32", "head first + float32", "both of the above",
+         f"the same function in float32 (largest output difference "
+         f"{hf['max_abs_output_difference_float32']:.1e}): not lower"),
+    ):
+        out.append({"variant": key, "knob": knob, "preset_change": change, "quality": quality,
+                    "images_per_cpu_s_before": base["images_per_cpu_s"],
+                    "images_per_cpu_s_after": v[key]["images_per_cpu_s"],
+                    "ratio_images_per_cpu_s": rnd(v[key]["images_per_cpu_s"] / base["images_per_cpu_s"], 3),
+                    "ratio_images_per_s": rnd(v[key]["images_per_s"] / base["images_per_s"], 3),
+                    "measured_in": "head_first"})
+    return out
+
+
 def candidates(abl: dict[str, Any]) -> list[dict[str, Any]]:
     """Speed-up candidates from the ablations: knob, preset change, images per CPU-second before/after."""
     v = abl["variants"]
@@ -805,7 +883,11 @@ def summary_sentence(result: dict[str, Any]) -> str:
     best = max(((k, v["images_per_cpu_s"]) for k, v in ratios.items() if v.get("images_per_cpu_s")),
                key=lambda kv: kv[1], default=None)
     if best:
-        parts.append(f"Best candidate measured: {best[0]} at {best[1]:.2f}x images per CPU-second.")
+        parts.append(f"Best knob measured in the ablations: {best[0]} at {best[1]:.2f}x images per CPU-second.")
+    hf = result.get("head_first", {}).get("ratios_vs_as_built_bfloat16", {})
+    if hf:
+        k, v = max(hf.items(), key=lambda kv: kv[1])
+        parts.append(f"With the head before the last upsampling (a model change): {k} at {v:.2f}x.")
     return " ".join(parts)
 
 
@@ -882,7 +964,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append("")
     cands = result.get("candidates", [])
     if cands:
-        lines += ["Speed-up candidates for the default preset (same run; images per CPU-second):", "",
+        lines += ["Speed-up candidates for the default preset (images per CPU-second, each against the as-built "
+                  "baseline timed in the same interleaved run):", "",
                   "| knob | preset change | before | after | ratio | ratio (images/s) | quality |",
                   "|---|---|---:|---:|---:|---:|---|"]
         for c in cands:
@@ -899,6 +982,19 @@ def render_markdown(result: dict[str, Any]) -> str:
                          f"{_f(v['variants']['float32']['images_per_cpu_s'])} | "
                          f"{_f(v['float32_over_bfloat16_images_per_cpu_s'], '{:.2f}x')} | "
                          f"{_f(v['float32_over_bfloat16_images_per_s'], '{:.2f}x')} |")
+        lines.append("")
+    hf = result.get("head_first", {})
+    if hf.get("variants"):
+        lines += [f"{hf.get('preset', DEFAULT_PRESET)} as built (1x1 head after the last x4 bilinear upsampling) against "
+                  "the head-first twin (the same layers and weights, the head before the upsampling: the same "
+                  "function, the resize on 3 channels instead of 256), interleaved in one run; largest output "
+                  f"difference {_f(hf.get('max_abs_output_difference_float32'), '{:.1e}')} (float32), "
+                  f"{_f(hf.get('max_abs_output_difference_mixed_bfloat16'), '{:.1e}')} (bfloat16):", "",
+                  "| variant | step wall s | step CPU s | images / CPU-s | ratio to as built, bfloat16 |",
+                  "|---|---:|---:|---:|---:|"]
+        for k, v in hf["variants"].items():
+            lines.append(f"| {k} | {_f(v['step_wall_s'], '{:.3f}')} | {_f(v['step_cpu_s'], '{:.3f}')} | "
+                         f"{_f(v['images_per_cpu_s'])} | {_f(hf['ratios_vs_as_built_bfloat16'].get(k), '{:.2f}x')} |")
         lines.append("")
     conclusion = summary_sentence(result)
     if conclusion:
@@ -941,6 +1037,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-ablations", action="store_true")
     p.add_argument("--only-precision", action="store_true",
                    help="run only the bfloat16-vs-float32 check of every bfloat16 preset and add it to --out")
+    p.add_argument("--only-head-first", action="store_true",
+                   help="run only cpu-quick against its head-first twin (bf16 and fp32) and add it to --out")
     p.add_argument("--quick", action="store_true", help="a smoke run: short probes, one round, few steps")
     p.add_argument("--out", default=str(RESULT_PATH))
     args = p.parse_args(argv)
@@ -948,14 +1046,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.probe_s, args.rounds, args.matmul_n, args.ablation_steps, args.profile_steps = 0.5, 1, 1024, 2, 2
 
     t0, c0 = time.perf_counter(), cpu_seconds()
-    if args.only_precision:
+    if args.only_precision or args.only_head_first:
         out_path = Path(args.out)
         result = json.loads(out_path.read_text()) if out_path.is_file() else {}
-        check = precision_check(args.presets or preset_names(), PRESET_STEPS["cpu-quick"], args.rounds)
+        if args.only_precision:
+            check = precision_check(args.presets or preset_names(), PRESET_STEPS["cpu-quick"], args.rounds)
+        else:
+            check = head_first_check(args.ablation_steps, args.rounds)
         check.update({"command": " ".join([sys.executable, *sys.argv]), "commit": git_commit(),
                       "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (
                           time.perf_counter() - t0))), "wall_s": rnd(time.perf_counter() - t0, 1)})
-        result["precision"] = check
+        result["precision" if args.only_precision else "head_first"] = check
         out_path.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(check, indent=2))
         return result
@@ -982,9 +1083,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     names = args.presets or preset_names()
     # the big ones last: the ablations of the default preset matter more than the GPU preset's CPU figure
-    order = [n for n in names if n != "full"] + (["ablations"] if not args.no_ablations else []) + \
-        [n for n in names if n == "full"]
+    order = [n for n in names if n != "full"] + (
+        ["ablations", "precision", "head_first"] if not args.no_ablations else []) + [n for n in names if n == "full"]
     for name in order:
+        if name == "precision":
+            result["precision"] = precision_check(names, PRESET_STEPS["cpu-quick"], args.rounds)
+            save()
+            continue
+        if name == "head_first":
+            result["head_first"] = head_first_check(args.ablation_steps, args.rounds)
+            result["candidates"] = candidates(result["ablations"]) + head_first_candidates(result["head_first"])
+            save()
+            continue
         if name == "ablations":
             result["ablations"] = ablations(peaks, args.ablation_steps, args.rounds, not args.no_xla,
                                             args.profile_steps)

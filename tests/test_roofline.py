@@ -107,3 +107,22 @@ def test_machine_aliases_for_the_provenance_line(roofline):
     m = result["machine"]
     assert m["cpus"] == 2 and m["load_average_start"][0] == 1.0 and m["load_average_end"][0] == 2.0
     assert m["peak_matmul_gflops_float32"] == 100.0
+
+
+def test_head_first_twin_computes_the_same_function(roofline):
+    """The 1x1 head moved before the last bilinear x4 upsampling: same weights, same outputs (to rounding)."""
+    import numpy as np
+
+    cfg = roofline.preset_config("cpu-quick", {"train.img_size": 64, "model.encoder_alpha": 0.35})
+    with roofline.dtype_policy("float32"):
+        model = roofline.build_preset_model(cfg)
+        twin = roofline.head_first(model)
+    head = model.get_layer("head_logits")
+    kernel, _ = head.get_weights()
+    rng = np.random.default_rng(0)
+    head.set_weights([rng.normal(size=kernel.shape).astype("float32"), np.array([0.3, -0.2, 0.1], "float32")])
+    x = rng.uniform(size=(2, 64, 64, 3)).astype("float32")
+    a, b = np.asarray(model(x, training=False)), np.asarray(twin(x, training=False))
+    assert twin.count_params() == model.count_params()
+    assert a.std() > 0.01  # not a trivial (uniform) output
+    np.testing.assert_allclose(a, b, atol=1e-5)
