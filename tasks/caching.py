@@ -28,7 +28,7 @@ from prefect.logging import get_logger
 from prefect.tasks import exponential_backoff
 
 from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
-from segpipe.data.dataset import DATASET_MODULES, DOWNLOAD_MODULES, VALIDATE_MODULES
+from segpipe.data.dataset import DATASET_MODULES, DOWNLOAD_MODULES, INPUT_MODULES, VALIDATE_MODULES
 from segpipe.data.download import TransientDownloadError, is_transient, resolve_source, source_fingerprint
 from segpipe.data.tfrecords import shard_name
 from segpipe.fsutil import digest_json, sha256_file, source_digest
@@ -130,11 +130,11 @@ def task_code(*modules: str) -> CachePolicy:
 # The data stages' lists are the library's own (segpipe.data.dataset); a package stands for all its modules.
 EXTRACT_MODULES = ("segpipe.data.extract",)
 TRAIN_MODULES = (
-    "segpipe.training", "segpipe.budget", "segpipe.runs", "segpipe.losses", "segpipe.data.input",
+    "segpipe.training", "segpipe.budget", "segpipe.runs", "segpipe.losses", "segpipe.loss_registry", *INPUT_MODULES,
     "segpipe.kerascompat", "segpipe.distribute", "segpipe.models.registry", "segpipe.models.layers",
     "segpipe.models.encoders", "segpipe.models.weights", *sorted({module for module, _ in BUILDERS.values()}),
 )
-EVAL_MODULES = ("segpipe.evaluation", "segpipe.metrics", "segpipe.data.input", "segpipe.data.tfrecords")
+EVAL_MODULES = ("segpipe.evaluation", "segpipe.ensemble", "segpipe.metrics", *INPUT_MODULES)
 GALLERY_MODULES = (*EVAL_MODULES, "segpipe.gallery")
 
 
