@@ -1,0 +1,204 @@
+"""One handler per `segpipe` command (`COMMANDS`): set the runtime up, run the command's flow, print
+what it wrote. Each handler gets the parsed flags and the validated config and returns the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from cli.errors import CliError
+from cli.options import source_given
+from cli.parser import debug_enabled
+from segpipe.config import PipelineConfig
+from segpipe.layout import ENV_WORK_DIR, WorkDir
+
+# Commands whose flows run TensorFlow in this process (shards, training, inference).
+TENSORFLOW_COMMANDS = {"prepare", "train", "evaluate", "gallery", "predict", "run", "retrain"}
+
+
+def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Path:
+    """Set Prefect up for WORK and start its ephemeral server out of the terminal's reach (`cli.env`);
+    with `in_process` (flows run here, not by a runner), for the rest of the command: no flow-run
+    heartbeats on the ephemeral API (`cli.env.local_run_settings`). TensorFlow starts first, its
+    native start-up noise filtered (`cli.quiet`)."""
+    from cli.env import configure_prefect, ensure_prefect_home, local_run_settings, start_local_server
+
+    try:
+        ensure_prefect_home()
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    work = WorkDir.at(args.work_dir).root
+    configure_prefect(work, refresh=getattr(args, "refresh", False), result_storage=getattr(args, "result_storage", None))
+    if in_process and args.command in TENSORFLOW_COMMANDS:
+        from cli.quiet import tensorflow_started_quietly
+
+        tensorflow_started_quietly(debug=debug_enabled(args))
+    start_local_server()
+    if not debug_enabled(args):
+        from cli.quiet import one_line_tracebacks_on_the_console
+
+        args.cleanup.enter_context(one_line_tracebacks_on_the_console())
+    if in_process:
+        args.run_started = args.cleanup.enter_context(local_run_settings())
+    return work
+
+
+def cmd_config(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    print(cfg.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace, cfg: PipelineConfig | None) -> int:
+    work = WorkDir.at(args.work_dir)
+    rows = work.complete_datasets()
+    if not rows:
+        print(f"no prepared dataset under {work.datasets}")
+        return 0
+    for key, manifest in rows:
+        counts = {s: v.get("num_examples") for s, v in manifest.get("splits", {}).items()}
+        print(f"{key}  created {manifest.get('created_at')}  {counts}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    work = _prepare_runtime(args)
+    from flows.prepare_data import download_data_flow
+
+    archives = download_data_flow(config=cfg, work_dir=str(work))
+    for name, archive in archives.items():
+        print(f"{name}: {archive.path} sha256 {archive.sha256}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    work = _prepare_runtime(args)
+    from flows.prepare_data import prepare_data_flow
+
+    ref = prepare_data_flow(config=cfg, work_dir=str(work))
+    counts = ", ".join(f"{name} {n}" for name, n in ref.num_examples.items())
+    print(f"dataset {ref.dataset_key}: {counts}")
+    print(f"dataset written to {ref.path}")
+    print(f"validation report: {Path(ref.path) / 'validation.md'}")
+    return 0
+
+
+def _model_paths(args: argparse.Namespace) -> list[str]:
+    missing = [str(p) for p in args.model_paths if not p.is_file()]
+    if missing:
+        raise CliError(f"--model: no such model file: {', '.join(missing)} (expected a saved .keras model)")
+    return [str(p.resolve()) for p in args.model_paths]
+
+
+
+def cmd_train(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    work = _prepare_runtime(args)
+    from flows.train import train_flow
+
+    trained = train_flow(config=cfg, work_dir=str(work), dataset_key=args.dataset)
+    print(f"run {trained.run_id}: best val mean IoU {trained.best_val_mean_iou} at epoch {trained.best_epoch}")
+    print(f"model written to {trained.model_path}")
+    print(f"run directory: {trained.run_dir}")
+    return 0
+
+
+def _scoring_args(args: argparse.Namespace, cfg: PipelineConfig) -> tuple[list[str], dict[str, Any], str | None]:
+    """What `evaluate` and `gallery` share: model paths, the flow keywords, and `--out` made absolute."""
+    models = _model_paths(args)
+    work = _prepare_runtime(args)
+    kwargs = {"config": cfg, "work_dir": str(work), "dataset_key": args.dataset,
+              "prepare_source": source_given(args)}
+    return models, kwargs, str(Path(args.out).resolve()) if args.out else None
+
+
+def cmd_evaluate(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    models, kwargs, out = _scoring_args(args, cfg)
+    from flows.evaluate import evaluate_flow
+
+    result = evaluate_flow(models, out_path=out, **kwargs)
+    m = result["metrics"]
+    print(f"{m['n_images']} images, split {cfg.eval.split}, at original resolution:")
+    print(f"  mean IoU {m['mean_iou']:.4f}  pixel accuracy {m['pixel_accuracy']:.4f}  "
+          f"foreground IoU {m['foreground_iou']:.4f}  dice {m['dice']:.4f}")
+    for warning in m.get("warnings", []):
+        print(f"  WARNING: {warning}")
+    print(f"metrics written to {result['metrics_path']}")
+    return 0
+
+
+def cmd_gallery(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    models, kwargs, out = _scoring_args(args, cfg)
+    from flows.evaluate import gallery_flow
+
+    index = gallery_flow(models, out_dir=out, **kwargs)
+    print(f"gallery written to {index}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    models = _model_paths(args)
+    _prepare_runtime(args)
+    from flows.predict import predict_flow
+
+    report = predict_flow(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size, cfg.eval.tta_flip)
+    print(f"{len(report['written'])} masks written to {args.out} (values: 1 pet, 2 background, 3 border)")
+    for failure in report["failed"]:
+        print(f"  could not read {failure['input']}: {failure['error']}", file=sys.stderr)
+    return 1 if report["failed"] and not report["written"] else 0
+
+
+def cmd_run(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    work = _prepare_runtime(args)
+    from flows.pipeline import pipeline
+
+    out = pipeline(config=cfg, work_dir=str(work))
+    _print_pipeline(out, cfg)
+    return 0
+
+
+def _print_pipeline(out: Any, cfg: PipelineConfig) -> None:
+    print(f"dataset:  {out.dataset.path}")
+    print(f"run:      {out.trained.run_dir}")
+    print(f"model:    {out.trained.model_path}")
+    print(f"metrics:  {out.metrics_path} ({cfg.eval.split} mean IoU {out.metrics['mean_iou']:.4f})")
+    for warning in out.metrics.get("warnings", []):
+        print(f"  WARNING: {warning}")
+    print(f"gallery:  {out.gallery}")
+
+
+def cmd_retrain(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    work = _prepare_runtime(args)
+    from flows.pipeline import retrain
+
+    decision = retrain(config=cfg, work_dir=str(work))
+    print(("PROMOTED: " if decision["promoted"] else "CHAMPION KEPT: ") + decision["reason"])
+    print(f"champion: {decision['champion']}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    work = _prepare_runtime(args, in_process=False)  # a runner runs the flows, heartbeats on
+    os.environ[ENV_WORK_DIR] = str(work)
+    from deployments.serve import serve_deployments
+
+    print(f"serving pets-pipeline and scheduled-retrain ({args.cron}, {args.timezone}); outputs under {work}")
+    serve_deployments(cfg, cron=args.cron, timezone=args.timezone)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
+    "serve": cmd_serve,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "gallery": cmd_gallery,
+    "predict": cmd_predict,
+    "run": cmd_run,
+    "retrain": cmd_retrain,
+    "config": cmd_config,
+    "datasets": cmd_datasets,
+    "download": cmd_download,
+    "prepare": cmd_prepare,
+}
+
