@@ -21,6 +21,9 @@ How images are predicted:
   size with the trimap resized there (nearest neighbour), as during training.
 
 Labels are 0 pet, 1 background, 2 border (= trimap - 1).
+
+Somewhat over 300 lines, for a reason: evaluating a split and re-predicting the gallery's images share
+one streaming prediction (`_predict_split`); they stay beside it.
 """
 
 from __future__ import annotations
@@ -173,15 +176,8 @@ def evaluate(
     manifest, expected = _split_size(dataset_dir, split)
     models = load_models(model_paths)
     sizes = model_sizes(models)
-    original, at_model = ConfusionAccumulator(NUM_CLASSES), ConfusionAccumulator(NUM_CLASSES)
-    per_image: list[dict[str, Any]] = []
-    items: list[dict[str, Any]] = []
-    for r in _predict_split(models, dataset_dir, split, batch_size=batch_size, flip=flip):
-        original.update(r["truth"], r["pred"])
-        at_model.update(r["truth_model"], r["pred_model"])
-        per_image.append({"id": r["id"], "iou": per_image_iou(r["truth"], r["pred"])})
-        if keep_for_gallery is not None and keep_for_gallery(r["id"]):
-            items.append({k: r[k] for k in ("id", "image", "truth", "pred")} | {"iou": per_image[-1]["iou"]})
+    predictions = _predict_split(models, dataset_dir, split, batch_size=batch_size, flip=flip)
+    original, at_model, per_image, items = _accumulate(predictions, keep_for_gallery)
     n = len(per_image)
     if n == 0:
         raise ValueError(f"split {split!r} of {dataset_dir} yielded no examples: nothing to evaluate")
@@ -189,14 +185,6 @@ def evaluate(
     top = {**original.scores(collapse_threshold=collapse_threshold), "n_images": n, "resolution": "original"}
     model_res = {**at_model.scores(collapse_threshold=collapse_threshold), "n_images": n, "resolution": "model",
                  "img_size": list(sizes[0])}
-    warnings = [w for w in [collapse_warning(top)] if w]
-    if n != expected:
-        warnings.append(f"the manifest lists {expected} examples in split {split!r} but {n} were read")
-    if len(sizes) > 1:
-        warnings.append(
-            f"ensemble members take different input sizes {[list(s) for s in sizes]}; model-resolution "
-            f"scores are at the first member's size {list(sizes[0])}"
-        )
     metrics = {
         **top,
         "at_model_resolution": model_res,
@@ -204,9 +192,42 @@ def evaluate(
         "tta": "flip" if flip else None,
         "models": model_records(model_paths),
         "dataset_key": manifest.get("dataset_key", Path(dataset_dir).name),
-        "warnings": warnings,
+        "warnings": _warnings(top, split, expected, sizes),
     }
     return EvaluationResult(metrics=metrics, per_image=per_image, items=items)
+
+
+def _accumulate(
+    predictions: Iterable[dict[str, Any]], keep_for_gallery: Callable[[str], bool] | None
+) -> tuple[ConfusionAccumulator, ConfusionAccumulator, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The confusion matrices at original and model resolution, each image's IoU, and the gallery's images."""
+    original, at_model = ConfusionAccumulator(NUM_CLASSES), ConfusionAccumulator(NUM_CLASSES)
+    per_image: list[dict[str, Any]] = []
+    items: list[dict[str, Any]] = []
+    for r in predictions:
+        original.update(r["truth"], r["pred"])
+        at_model.update(r["truth_model"], r["pred_model"])
+        per_image.append({"id": r["id"], "iou": per_image_iou(r["truth"], r["pred"])})
+        if keep_for_gallery is not None and keep_for_gallery(r["id"]):
+            items.append(_gallery_item(r, per_image[-1]["iou"]))
+    return original, at_model, per_image, items
+
+
+def _gallery_item(r: dict[str, Any], iou: float) -> dict[str, Any]:
+    return {k: r[k] for k in ("id", "image", "truth", "pred")} | {"iou": iou}
+
+
+def _warnings(top: dict[str, Any], split: str, expected: int, sizes: Sequence[Any]) -> list[str]:
+    """A collapsed prediction, a split shorter or longer than its manifest says, an ensemble of mixed sizes."""
+    warnings = [w for w in [collapse_warning(top)] if w]
+    if top["n_images"] != expected:
+        warnings.append(f"the manifest lists {expected} examples in split {split!r} but {top['n_images']} were read")
+    if len(sizes) > 1:
+        warnings.append(
+            f"ensemble members take different input sizes {[list(s) for s in sizes]}; model-resolution "
+            f"scores are at the first member's size {list(sizes[0])}"
+        )
+    return warnings
 
 
 def write_metrics(result_or_metrics: EvaluationResult | dict[str, Any], out_path: PathLike) -> Path:
@@ -269,9 +290,7 @@ def collect_items(
     found: dict[str, dict[str, Any]] = {}
     for r in _predict_split(models, dataset_dir, split, batch_size=batch_size, ids=wanted, flip=flip):
         if r["id"] not in found:
-            found[r["id"]] = {k: r[k] for k in ("id", "image", "truth", "pred")} | {
-                "iou": per_image_iou(r["truth"], r["pred"])
-            }
+            found[r["id"]] = _gallery_item(r, per_image_iou(r["truth"], r["pred"]))
     missing = [i for i in wanted if i not in found]
     if missing:
         raise ValueError(f"ids not found in split {split!r} of {dataset_dir}: {missing[:10]}")

@@ -32,9 +32,10 @@ two batches are held in memory. Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain, count
@@ -212,7 +213,7 @@ def predict_paths(
     flip: bool = False,
 ) -> PredictReport:
     """Predict a mask (and an overlay) for every image in `inputs`; see the module doc for the outputs."""
-    from segpipe.ensemble import load_models, model_records, model_sizes, predict_labels
+    from segpipe.ensemble import load_models, predict_labels
     from segpipe.evaluation import check_batch_size
 
     check_batch_size(batch_size)
@@ -220,36 +221,56 @@ def predict_paths(
     pairs, failed = find_inputs(inputs, out)
     models = load_models(model_paths)
     report = PredictReport(out_dir=out, failed=failed)
-    pending: list[tuple[Path, Path, np.ndarray]] = []
-    # PNG encoding and writing (~40% of the time, mostly the overlay) run in writer threads
-    # (Pillow releases the GIL) while the next batch is read and predicted; results are
-    # collected in input order, and at most one batch waits to be written.
+    with _writers(out, overlay, batch_size, report.written) as write:
+        for batch in _loaded_batches(pairs, batch_size, report.failed):
+            write(batch, predict_labels(models, [image for _, _, image in batch], flip))
+    report.summary = _write_summary(report, model_paths, models)
+    return report
+
+
+def _loaded_batches(
+    pairs: Sequence[tuple[Path, Path]], batch_size: int, failed: list[dict[str, str]]
+) -> Iterator[list[tuple[Path, Path, np.ndarray]]]:
+    """(input, relative output name, image) in batches of `batch_size`; an unreadable image joins `failed`."""
+    batch: list[tuple[Path, Path, np.ndarray]] = []
+    for src, rel in pairs:
+        try:
+            batch.append((src, rel, load_image(src)))
+        except (ValueError, OSError) as exc:
+            failed.append({"input": str(src), "error": str(exc)})
+            continue
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@contextlib.contextmanager
+def _writers(out: Path, overlay: bool, keep: int, written: list[dict[str, Any]]) -> Iterator[Callable[..., None]]:
+    """`write(batch, labels)`: PNG encoding and writing (~40% of the time, mostly the overlay) run in writer
+    threads (Pillow releases the GIL) while the next batch is read and predicted; results join `written`
+    in input order, and at most one batch (`keep` images) waits to be written."""
     writing: deque[tuple[Path, Future[dict[str, str | None]]]] = deque()
 
     def collect(keep: int) -> None:
         while len(writing) > keep:
-            src, written = writing.popleft()
-            report.written.append({"input": str(src), **written.result()})
+            src, result = writing.popleft()
+            written.append({"input": str(src), **result.result()})
 
-    with ThreadPoolExecutor(max_workers=WRITER_THREADS) as writers:
+    with ThreadPoolExecutor(max_workers=WRITER_THREADS) as pool:
 
-        def flush() -> None:
-            for (src, rel, image), labels in zip(pending, predict_labels(models, [p[2] for p in pending], flip)):
-                writing.append((src, writers.submit(_write_outputs, out, rel, image, labels, overlay)))
-            pending.clear()
-            collect(keep=batch_size)
+        def write(batch: list[tuple[Path, Path, np.ndarray]], labels: Sequence[np.ndarray]) -> None:
+            for (src, rel, image), lab in zip(batch, labels):
+                writing.append((src, pool.submit(_write_outputs, out, rel, image, lab, overlay)))
+            collect(keep)
 
-        for src, rel in pairs:
-            try:
-                pending.append((src, rel, load_image(src)))
-            except (ValueError, OSError) as exc:
-                report.failed.append({"input": str(src), "error": str(exc)})
-                continue
-            if len(pending) == batch_size:
-                flush()
-        if pending:
-            flush()
+        yield write
         collect(keep=0)
+
+
+def _write_summary(report: PredictReport, model_paths: Sequence[PathLike], models: Sequence[Any]) -> Path:
+    from segpipe.ensemble import model_records, model_sizes
 
     summary = {
         **report.to_dict(),
@@ -257,5 +278,4 @@ def predict_paths(
         "img_size": [list(s) for s in model_sizes(models)],
         "mask_values": {str(k): v for k, v in MASK_VALUES.items()},
     }
-    report.summary = atomic_write_json(out / SUMMARY, summary)
-    return report
+    return atomic_write_json(report.out_dir / SUMMARY, summary)

@@ -63,6 +63,15 @@ def make_split(
     ids missing from it count as listed nowhere. `test_fraction` is used only
     in random mode, `holdout_breeds` only in breed mode.
     """
+    _check_arguments(examples_ids, mode, val_fraction, test_fraction, seed)
+    if mode == "official":
+        return _official_split(examples_ids, lists, val_fraction, seed)
+    if mode == "breed":
+        return _breed_split(examples_ids, holdout_breeds, val_fraction, seed)
+    return _random_split(examples_ids, val_fraction, test_fraction, seed)
+
+
+def _check_arguments(examples_ids: list[str], mode: str, val_fraction: float, test_fraction: float, seed: int) -> None:
     if mode not in MODES:
         raise ValueError(f"split mode must be one of {', '.join(MODES)}, got {mode!r}")
     _check_fraction("val_fraction", val_fraction)
@@ -73,24 +82,26 @@ def make_split(
     if dupes:
         raise ValueError(f"duplicate example ids: {', '.join(dupes[:5])}")
 
-    if mode == "official":
-        member = {i: lists.get(i, frozenset()) for i in examples_ids}
-        test = _shuffled((i for i, m in member.items() if "test" in m), seed)
-        trainval = _shuffled((i for i, m in member.items() if "trainval" in m and "test" not in m), seed)
-        unassigned = sorted(i for i, m in member.items() if "test" not in m and "trainval" not in m)
-        if not trainval and not test:
-            raise ValueError(
-                f"official split: none of the {len(member)} valid ids is listed in trainval.txt or test.txt, "
-                "so every split would be empty; list them there, or use --split random"
-            )
-        # An empty trainval.txt is a held-out set (or new data) to score: train and val stay empty, and
-        # only training refuses it (`require_train_split`).
-        n_val = _take(len(trainval), val_fraction, keep=1)
-        return {"train": trainval[n_val:], "val": trainval[:n_val], "test": test, "unassigned": unassigned}
 
-    if mode == "breed":
-        return _breed_split(examples_ids, holdout_breeds, val_fraction, seed)
+def _official_split(
+    examples_ids: list[str], lists: Mapping[str, frozenset[str]], val_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    member = {i: lists.get(i, frozenset()) for i in examples_ids}
+    test = _shuffled((i for i, m in member.items() if "test" in m), seed)
+    trainval = _shuffled((i for i, m in member.items() if "trainval" in m and "test" not in m), seed)
+    unassigned = sorted(i for i, m in member.items() if "test" not in m and "trainval" not in m)
+    if not trainval and not test:
+        raise ValueError(
+            f"official split: none of the {len(member)} valid ids is listed in trainval.txt or test.txt, "
+            "so every split would be empty; list them there, or use --split random"
+        )
+    # An empty trainval.txt is a held-out set (or new data) to score: train and val stay empty, and
+    # only training refuses it (`require_train_split`).
+    n_val = _take(len(trainval), val_fraction, keep=1)
+    return {"train": trainval[n_val:], "val": trainval[:n_val], "test": test, "unassigned": unassigned}
 
+
+def _random_split(examples_ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
     if val_fraction + test_fraction >= 1.0:
         raise ValueError(
             f"val_fraction + test_fraction must be < 1 for a random split, got {val_fraction} + {test_fraction}"
