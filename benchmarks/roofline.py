@@ -737,25 +737,23 @@ def precision_check(names: list[str], steps: int, rounds: int) -> dict[str, Any]
     return out
 
 
-def head_first(model: Any) -> Any:
-    """DeepLabV3+ with its 1x1 classifier before the last x4 bilinear upsampling instead of after it: the same
-    layers and weights (shared), the same function - a 1x1 convolution and a bilinear resize (weights summing
-    to 1) commute - but the resize, its bfloat16 cast and clip, and their gradients run on 3 channels, not 256."""
-    import keras
-
-    up = model.get_layer("output_upsample4")
-    logits = model.get_layer("head_logits")(up.input)
-    with dtype_policy(model.get_layer("head_logits").dtype_policy.name):
-        resized = keras.layers.UpSampling2D(up.size, interpolation=up.interpolation, name="logits_upsample4")(logits)
-    return keras.Model(model.inputs, model.get_layer("head_softmax")(resized), name=model.name + "_head_first")
+def head_first_pair(policy: str, overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """cpu-quick compiled with its last x4 bilinear resize on the decoder's 256 features, then the 1x1 head
+    (`model.upsample_logits=false`, the layout before that knob), and its head-first twin (the default:
+    the 1x1 head, then the resize on 3 logits), with the same weights: the same function, since a 1x1
+    convolution and a bilinear resize (weights summing to 1) commute."""
+    over = dict(overrides or {})
+    base = compiled_model(preset_config(DEFAULT_PRESET, {**over, "model.upsample_logits": False}), policy)
+    twin = compiled_model(preset_config(DEFAULT_PRESET, {**over, "model.upsample_logits": True}), policy)
+    twin.set_weights(base.get_weights())
+    return base, twin
 
 
 def head_first_check(steps: int, rounds: int) -> dict[str, Any]:
-    """cpu-quick as built against its head-first twin (`head_first`), in mixed_bfloat16 and float32,
-    interleaved; plus the largest output difference of the twins (same weights) on one batch."""
+    """cpu-quick with the resize before the head ("as_built": the layout before `model.upsample_logits`)
+    against its head-first twin (`head_first_pair`), in mixed_bfloat16 and float32, interleaved; plus the
+    largest output difference of the twins (same weights) on one batch."""
     import numpy as np
-
-    from segpipe.losses import build_loss
 
     cfg = preset_config(DEFAULT_PRESET)
     t = cfg.train
@@ -763,17 +761,11 @@ def head_first_check(steps: int, rounds: int) -> dict[str, Any]:
     out: dict[str, Any] = {"load_before": load(), "preset": DEFAULT_PRESET}
     variants = []
     for policy in ("mixed_bfloat16", "float32"):
-        base = compiled_model(cfg, policy)
-        with dtype_policy(policy):
-            twin = head_first(base)
+        base, twin = head_first_pair(policy)
         a = np.asarray(base(x, training=False), dtype=np.float64)
         b = np.asarray(twin(x, training=False), dtype=np.float64)
         out[f"max_abs_output_difference_{policy}"] = float(np.max(np.abs(a - b)))
         out[f"argmax_agreement_{policy}"] = float(np.mean(a.argmax(-1) == b.argmax(-1)))
-        twin.compile(optimizer=base.optimizer.__class__.from_config(base.optimizer.get_config()),
-                     loss=build_loss(t.loss, num_classes=NUM_CLASSES, dice_weight=t.dice_weight,
-                                     focal_gamma=t.focal_gamma, class_weights=t.class_weights),
-                     metrics=_metrics())
         variants += [fit_variant(f"as_built_{policy}", base, ds, t.batch_size),
                      fit_variant(f"head_first_{policy}", twin, ds, t.batch_size)]
     run_rounds(variants, steps, rounds, warm_steps=2, label="head-first")

@@ -88,6 +88,10 @@ class ModelConfig(_Section):
     aspp_rates: tuple[int, ...] = (6, 12, 18)
     bn_momentum: float = Field(0.9, gt=0.0, lt=1.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    upsample_logits: bool = Field(
+        True, description="deeplabv3plus: the last x4 resize on the logits (True) or on the decoder's features "
+        "before the 1x1 head (False); the same function, True is cheaper"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -31,7 +31,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "warmup_images": 272, "schedule": "cosine", "loss": "sce+dice", "augment": True,
             "freeze_encoder_images": 800, "encoder_lr_multiplier": 0.1,
             "aug_max_scale": 1.5, "aug_max_rotation": 20.0, "aug_brightness": 0.15, "aug_contrast": 0.3,
-            "early_stopping_patience": 0, "mixed_precision": "auto", "ema_momentum": 0.99,
+            # float32, not bfloat16: MobileNetV2's depthwise convolutions, ReLU6 and unfused batch norms
+            # gain nothing from bfloat16 and pay its casts (1.27x the images per CPU-second in float32,
+            # benchmarks/roofline.py); the U-Net of cpu-scratch is the other way round.
+            "early_stopping_patience": 0, "mixed_precision": "off", "ema_momentum": 0.99,
         },
         "eval": {"tta_flip": True},
     },

@@ -286,3 +286,24 @@ def test_deeplab_resnet50_builds_trains_and_round_trips(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path, compile=False)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_deeplab_resizing_the_logits_is_the_same_function_on_3_channels():
+    """upsample_logits (the default) moves the last x4 bilinear resize after the 1x1 head: the same function
+    with the same weights (a 1x1 convolution and a bilinear resize commute), the resize on 3 channels."""
+    import numpy as np
+
+    late = build_model("deeplabv3plus", (32, 32, 3), 3, **TINY["deeplabv3plus"])
+    early = build_model("deeplabv3plus", (32, 32, 3), 3, **TINY["deeplabv3plus"], upsample_logits=False)
+    assert late.get_layer("output_upsample4").output.shape[-1] == 3
+    assert early.get_layer("output_upsample4").output.shape[-1] == 16  # aspp_filters
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(0.0, 0.5, w.shape).astype("float32") if w.ndim > 1 else w for w in early.get_weights()]
+    early.set_weights(weights)
+    late.set_weights(weights)
+    x = rng.random((2, 32, 32, 3)).astype("float32")
+    a, b = np.asarray(early(x, training=False)), np.asarray(late(x, training=False))
+    assert a.std() > 0.05  # far from uniform: a real comparison
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    with pytest.raises(ValueError, match="upsample_logits must be true or false"):
+        build_model("deeplabv3plus", (32, 32, 3), 3, **TINY["deeplabv3plus"], upsample_logits="yes")

@@ -110,19 +110,20 @@ def test_machine_aliases_for_the_provenance_line(roofline):
 
 
 def test_head_first_twin_computes_the_same_function(roofline):
-    """The 1x1 head moved before the last bilinear x4 upsampling: same weights, same outputs (to rounding)."""
+    """The 1x1 head before the last bilinear x4 upsampling: same weights, same outputs (to rounding)."""
     import numpy as np
 
-    cfg = roofline.preset_config("cpu-quick", {"train.img_size": 64, "model.encoder_alpha": 0.35})
-    with roofline.dtype_policy("float32"):
-        model = roofline.build_preset_model(cfg)
-        twin = roofline.head_first(model)
+    small = {"train.img_size": 64, "model.encoder_alpha": 0.35}
+    model, twin = roofline.head_first_pair("float32", small)
     head = model.get_layer("head_logits")
     kernel, _ = head.get_weights()
     rng = np.random.default_rng(0)
-    head.set_weights([rng.normal(size=kernel.shape).astype("float32"), np.array([0.3, -0.2, 0.1], "float32")])
+    new_head = [rng.normal(size=kernel.shape).astype("float32"), np.array([0.3, -0.2, 0.1], "float32")]
+    head.set_weights(new_head)
+    twin.get_layer("head_logits").set_weights(new_head)
     x = rng.uniform(size=(2, 64, 64, 3)).astype("float32")
     a, b = np.asarray(model(x, training=False)), np.asarray(twin(x, training=False))
     assert twin.count_params() == model.count_params()
+    assert twin.get_layer("output_upsample4").output.shape[-1] == 3
     assert a.std() > 0.01  # not a trivial (uniform) output
     np.testing.assert_allclose(a, b, atol=1e-5)

@@ -2,8 +2,14 @@
 
     image [0, 1] -> BackbonePreprocess -> encoder -> low-level (/4), high-level (/16) features
     high -> ASPP [1x1 | atrous separable 3x3 at each rate | image pooling] -> concat -> 1x1 -> dropout
-         -> bilinear x4 -> concat with 1x1 (48) projection of low -> 2 x separable 3x3 -> bilinear x4
-         -> 1x1 + float32 softmax
+         -> bilinear x4 -> concat with 1x1 (48) projection of low -> 2 x separable 3x3 -> 1x1 (logits)
+         -> bilinear x4 -> float32 softmax
+
+`upsample_logits` (default True) resizes the logits, not the 256 decoder features before the 1x1 head
+(the paper's order, and segpipe's before `upsample_logits`; False builds it). Both are the same function,
+since a 1x1 convolution and a bilinear resize (weights summing to 1) commute, but the resize, its casts
+and its gradient then run on 3 channels instead of 256: 1.42x the training images per CPU-second in
+mixed_bfloat16 (benchmarks/roofline.py, BENCHMARKS.md "Roofline for training").
 
 The encoder ("mobilenetv2", "resnet50", "efficientnetb0"; see `encoders.ENCODERS`) sits in the
 model as one nested sub-model named "encoder", with its input preprocessing matched to it.
@@ -60,6 +66,7 @@ def build_deeplabv3plus(
     bn_momentum: float = 0.99,
     dropout: float = 0.0,
     aspp_filters: int = 256,
+    upsample_logits: bool = True,
 ) -> keras.Model:
     """DeepLabV3+; height and width must be multiples of 16 and at least 32."""
     input_shape = check_common(input_shape, num_classes, bn_momentum)
@@ -72,6 +79,8 @@ def build_deeplabv3plus(
         raise ValueError(f"aspp_rates must be distinct positive ints, got {aspp_rates!r}")
     if not isinstance(aspp_filters, int) or aspp_filters < 1:
         raise ValueError(f"aspp_filters must be an int >= 1, got {aspp_filters!r}")
+    if not isinstance(upsample_logits, bool):
+        raise ValueError(f"upsample_logits must be true or false, got {upsample_logits!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     check_input_size("deeplabv3plus", input_shape[:2])
@@ -87,7 +96,9 @@ def build_deeplabv3plus(
     x = layers.Concatenate(name="decoder_concat")([x, low])
     x = sep_conv_bn_relu(x, aspp_filters, 3, bn_momentum=bn_momentum, name="decoder_conv1")
     x = sep_conv_bn_relu(x, aspp_filters, 3, bn_momentum=bn_momentum, name="decoder_conv2")
-    x = layers.UpSampling2D(4, interpolation="bilinear", name="output_upsample4")(x)
-
-    outputs = softmax_head(x, num_classes, kernel_size=1)
+    if upsample_logits:
+        outputs = softmax_head(x, num_classes, upsample=4, upsample_name="output_upsample4")
+    else:
+        x = layers.UpSampling2D(4, interpolation="bilinear", name="output_upsample4")(x)
+        outputs = softmax_head(x, num_classes)
     return keras.Model(inputs, outputs, name=f"deeplabv3plus_{encoder}")

@@ -87,9 +87,15 @@ def sep_conv_bn_relu(
     return conv_bn_relu(x, filters, 1, bn_momentum=bn_momentum, name=n("pointwise"))
 
 
-def softmax_head(x: Any, num_classes: int, kernel_size: int = 1, name: str = "head") -> Any:
-    """Per-pixel classifier: Conv2D to `num_classes` logits, then a float32 softmax."""
+def softmax_head(
+    x: Any, num_classes: int, kernel_size: int = 1, name: str = "head", upsample: int = 1,
+    upsample_name: str | None = None,
+) -> Any:
+    """Per-pixel classifier: Conv2D to `num_classes` logits, then (with `upsample` > 1) a bilinear resize of
+    the logits by that factor, then a float32 softmax."""
     x = layers.Conv2D(num_classes, kernel_size, padding="same", name=f"{name}_logits")(x)
+    if upsample > 1:
+        x = layers.UpSampling2D(upsample, interpolation="bilinear", name=upsample_name or f"{name}_upsample")(x)
     return layers.Activation("softmax", dtype="float32", name=f"{name}_softmax")(x)
 
 
