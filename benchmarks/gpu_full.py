@@ -88,7 +88,7 @@ def gpus() -> list[dict]:
 
 def overrides_for(args: argparse.Namespace) -> dict:
     """The `--set` overrides that bound the `full` preset to `--steps` steps, and the user's own."""
-    from cli.main import _parse_value
+    from cli.options import _parse_value
     from segpipe.config import build_config
 
     epochs = args.steps // args.steps_per_epoch

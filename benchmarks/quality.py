@@ -262,7 +262,7 @@ def main() -> int:
         return merge(args.merge, args.plot, args.out)
 
     from cli.env import configure_prefect
-    from cli.main import _parse_value
+    from cli.options import _parse_value
     from segpipe.config import build_config
     from segpipe.layout import WorkDir
 
