@@ -105,7 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _debug_flag(parser, sub=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _stage_commands(sub)
+    _pipeline_commands(sub)
+    return parser
 
+
+def _stage_commands(sub: Any) -> None:
+    """One command per stage: download, prepare, train, evaluate, gallery, predict."""
     p = sub.add_parser("download", help="download and verify the two archives")
     _common(p), _data(p)
     p = sub.add_parser("prepare", help="download → verify → extract → validate → split → TFRecords")
@@ -126,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output directory (default ./predictions)")
     p.add_argument("--batch-size", type=int, default=8)
     _tta(p)
+
+
+def _pipeline_commands(sub: Any) -> None:
+    """The whole pipeline (run, retrain, serve), and the commands that run nothing (config, datasets)."""
     p = sub.add_parser("run", help="the full pipeline: prepare → train → evaluate → gallery")
     _common(p), _data(p), _train(p), _eval(p)
     p = sub.add_parser("retrain", help="the full pipeline, then promote the model only if it beats the champion")
@@ -140,5 +150,4 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="list prepared datasets under WORK")
     _debug_flag(p)
     p.add_argument("--work-dir")
-    return parser
 
