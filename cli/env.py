@@ -239,11 +239,9 @@ def record_interruption(since: datetime, timeout: float = 3.0) -> Interruption:
         TaskRunFilter,
         TaskRunFilterFlowRunId,
     )
-    from prefect.states import Crashed
 
     _drain(timeout / 2)
     deadline = time.monotonic() + timeout
-    marked = 0
     httpx_settings = {"timeout": max(0.5, timeout / 2)}
     with get_client(sync_client=True, httpx_settings=httpx_settings) as client:
         flow_filter = FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since))
@@ -251,33 +249,53 @@ def record_interruption(since: datetime, timeout: float = 3.0) -> Interruption:
         if not flows:
             return Interruption([], [], 0)
         task_filter = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run.id for run in flows]))
-        tasks = client.read_task_runs(task_run_filter=task_filter)
-        while any(_unfinished(t) for t in tasks) and time.monotonic() < deadline - 1.0:
-            time.sleep(0.1)  # the server writes task-run states from events, one by one
-            tasks = client.read_task_runs(task_run_filter=task_filter)
+        tasks = _settled_task_runs(client, task_filter, deadline)
         subflow_wrappers = {f.parent_task_run_id for f in flows if f.parent_task_run_id}
         tasks = [t for t in tasks if t.id not in subflow_wrappers]  # a subflow's own task run is not a stage
         interrupted = [t for t in tasks if _unfinished(t) or (t.state is not None and t.state.is_crashed())]
-        message = "Execution was interrupted (Ctrl-C or SIGTERM)"
-        for run in filter(_unfinished, tasks):
-            client.set_task_run_state(run.id, Crashed(message=message), force=True)
-            marked += 1
-        for run in filter(_unfinished, flows):
-            client.set_flow_run_state(run.id, Crashed(message=message), force=True)
-            marked += 1
+        marked = _mark_crashed(client, tasks, flows)
         flows = client.read_flow_runs(flow_run_filter=flow_filter)
         flow_names = {fid: stage_of_flow(client.read_flow(fid).name) for fid in {f.flow_id for f in flows}}
-        stages = sorted({t.name.rsplit("-", 1)[0] for t in interrupted})
-        if not stages:  # interrupted between tasks: name the innermost flow that did not complete
-            open_flows = [f for f in flows if f.state is None or not f.state.is_completed()]
-            if open_flows:
-                stages = [flow_names[max(open_flows, key=lambda f: f.expected_start_time or since).flow_id]]
     unfinished = [
         (flow_names[f.flow_id], f.name, f.state.name if f.state else "unknown")
         for f in sorted(flows, key=lambda f: f.expected_start_time or since)
         if not (f.state and f.state.is_completed())
     ]
-    return Interruption(stages, unfinished, marked)
+    return Interruption(_stages(interrupted, flows, flow_names, since), unfinished, marked)
+
+
+def _settled_task_runs(client: Any, task_filter: Any, deadline: float) -> list[Any]:
+    """The task runs, read again until none is unfinished or 1 s before `deadline`."""
+    tasks = client.read_task_runs(task_run_filter=task_filter)
+    while any(_unfinished(t) for t in tasks) and time.monotonic() < deadline - 1.0:
+        time.sleep(0.1)  # the server writes task-run states from events, one by one
+        tasks = client.read_task_runs(task_run_filter=task_filter)
+    return tasks
+
+
+def _mark_crashed(client: Any, tasks: list[Any], flows: list[Any]) -> int:
+    """Move every unfinished task and flow run to Crashed (forced); return how many."""
+    from prefect.states import Crashed
+
+    message = "Execution was interrupted (Ctrl-C or SIGTERM)"
+    marked = 0
+    for run in filter(_unfinished, tasks):
+        client.set_task_run_state(run.id, Crashed(message=message), force=True)
+        marked += 1
+    for run in filter(_unfinished, flows):
+        client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+        marked += 1
+    return marked
+
+
+def _stages(interrupted: list[Any], flows: list[Any], flow_names: dict[Any, str], since: datetime) -> list[str]:
+    """The interrupted tasks' stages; interrupted between tasks, the innermost flow that did not complete."""
+    stages = sorted({t.name.rsplit("-", 1)[0] for t in interrupted})
+    if not stages:
+        open_flows = [f for f in flows if f.state is None or not f.state.is_completed()]
+        if open_flows:
+            stages = [flow_names[max(open_flows, key=lambda f: f.expected_start_time or since).flow_id]]
+    return stages
 
 
 def stage_of_flow(flow_name: str) -> str:

@@ -102,9 +102,30 @@ def on_signals(
         return
     reader, writer = socket.socketpair()
     writer.setblocking(False)
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    watch = _signal_watcher(reader, signums, on_repeat, repeat_signums, debounce_s)
+    watcher = threading.Thread(target=watch, name="segpipe-signal-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        writer.close()  # the watcher reads end-of-stream and returns
+        watcher.join(timeout=5)
+        reader.close()
+
+
+def _signal_watcher(
+    reader: socket.socket,
+    signums: tuple[int, ...],
+    on_repeat: Callable[[int], None] | None,
+    repeat_signums: tuple[int, ...],
+    debounce_s: float,
+) -> Callable[[], None]:
+    """The watcher thread's loop: read signal numbers from the wakeup fd until it closes; `request()` on
+    each of `signums`, and `on_repeat` on a repeat (see `on_signals`)."""
     wanted = {int(s) for s in signums}
     repeats = {int(s) for s in repeat_signums}
-    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     first: list[float] = []
 
     def watch() -> None:
@@ -119,12 +140,4 @@ def on_signals(
                     on_repeat(signum)
                 request()
 
-    watcher = threading.Thread(target=watch, name="segpipe-signal-watch", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        signal.set_wakeup_fd(previous)
-        writer.close()  # the watcher reads end-of-stream and returns
-        watcher.join(timeout=5)
-        reader.close()
+    return watch
