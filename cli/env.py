@@ -6,6 +6,9 @@
 - `PREFECT_HOME` is left alone (Prefect's default, ~/.prefect) unless the user set it.
 - Task results and cache records persist under WORK/prefect-results, so caches live and die with WORK.
 - On the ephemeral API, no flow-run heartbeats (`local_run_settings`).
+
+One role (the local Prefect environment: settings, the embedded server, draining at exit), a little over
+300 lines because the server's start and stop belong together.
 """
 
 from __future__ import annotations
