@@ -21,7 +21,7 @@ from segpipe.loss_registry import DEFAULT_LOSS, LOSS_NAMES
 from segpipe.metrics import COLLAPSE_THRESHOLD
 from segpipe.models.encoders import ENCODER_NAMES, ENCODERS
 from segpipe.models.registry import MODEL_NAMES, NEEDS_ENCODER, TAKES_ENCODER, check_input_size, knobs_of
-from segpipe.models.weights import IMAGENET
+from segpipe.models.weights import IMAGENET, no_such_weights_file
 from segpipe.presets import PRESETS
 
 OFFICIAL_SOURCE = "official"
@@ -130,10 +130,7 @@ class ModelConfig(_Section):
             return None
         path = Path(v).expanduser()
         if not path.is_file():
-            raise ValueError(
-                f"no such file {v!r}; expected None, 'imagenet' or the path of a .weights.h5/.h5 file holding "
-                "the encoder's keras.applications weights (include_top=False)"
-            )
+            raise ValueError(no_such_weights_file(v))
         return str(path.resolve())
 
     @model_validator(mode="after")

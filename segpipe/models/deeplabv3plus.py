@@ -23,7 +23,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from segpipe.models.encoders import ENCODER_NAMES, ENCODERS, build_encoder
+from segpipe.models.encoders import ENCODERS, build_encoder, check_encoder_input
 from segpipe.models.layers import (
     BackbonePreprocess,
     check_common,
@@ -70,10 +70,7 @@ def build_deeplabv3plus(
 ) -> keras.Model:
     """DeepLabV3+; height and width must be multiples of 16 and at least 32."""
     input_shape = check_common(input_shape, num_classes, bn_momentum)
-    if encoder not in ENCODERS:
-        raise ValueError(f"encoder must be one of {', '.join(ENCODER_NAMES)}, got {encoder!r}")
-    if input_shape[2] != 3:
-        raise ValueError(f"input_shape must have 3 (RGB) channels for a {encoder} encoder, got {input_shape!r}")
+    check_encoder_input(encoder, input_shape)
     rates = tuple(aspp_rates)
     if not rates or any(not isinstance(r, int) or r < 1 for r in rates) or len(set(rates)) != len(rates):
         raise ValueError(f"aspp_rates must be distinct positive ints, got {aspp_rates!r}")

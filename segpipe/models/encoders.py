@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segpipe.models.weights import no_such_weights_file
+
 STRIDES: tuple[int, ...] = (2, 4, 8, 16, 32)
 
 
@@ -73,6 +75,13 @@ def _spec(name: str) -> EncoderSpec:
     return ENCODERS[name]
 
 
+def check_encoder_input(name: str, input_shape: tuple[int, int, int]) -> None:
+    """What every model on an encoder checks first: a known encoder and RGB input."""
+    _spec(name)
+    if input_shape[2] != 3:
+        raise ValueError(f"input_shape must have 3 (RGB) channels for a {name} encoder, got {input_shape!r}")
+
+
 def build_application(
     name: str, input_shape: tuple[int, int, int], weights: str | None = None, alpha: float = 1.0
 ) -> Any:
@@ -108,10 +117,7 @@ def _imagenet_application(name: str, input_shape: tuple[int, int, int], alpha: f
 
 def _application_from_file(name: str, input_shape: tuple[int, int, int], path: Path, alpha: float) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(
-            f"encoder_weights: no such file {str(path)!r}; expected None, 'imagenet' or the path of a "
-            f".h5/.weights.h5 file holding {name} weights (include_top=False)"
-        )
+        raise FileNotFoundError(f"encoder_weights: {no_such_weights_file(path)}")
     model = build_application(name, input_shape, weights=None, alpha=alpha)
     try:
         model.load_weights(str(path))

@@ -21,7 +21,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from segpipe.models.encoders import ENCODER_NAMES, ENCODERS, build_encoder
+from segpipe.models.encoders import ENCODERS, build_encoder, check_encoder_input
 from segpipe.models.layers import (
     BackbonePreprocess,
     check_common,
@@ -94,14 +94,11 @@ def _unet_on_encoder(
     bn_momentum: float,
     dropout: float,
 ) -> keras.Model:
-    if encoder not in ENCODERS:
-        raise ValueError(f"encoder must be one of {', '.join(ENCODER_NAMES)}, got {encoder!r}")
+    check_encoder_input(encoder, input_shape)
     if not isinstance(base_filters, int) or base_filters < 1:
         raise ValueError(f"base_filters must be an int >= 1, got {base_filters!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if input_shape[2] != 3:
-        raise ValueError(f"input_shape must have 3 (RGB) channels for a {encoder} encoder, got {input_shape!r}")
     check_input_size("unet", input_shape[:2], {"encoder": encoder})
 
     features = build_encoder(encoder, input_shape, encoder_weights, alpha=encoder_alpha)

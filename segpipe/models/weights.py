@@ -20,14 +20,17 @@ IMAGENET = "imagenet"
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
+def no_such_weights_file(path: str | os.PathLike[str]) -> str:
+    """The one message for an `encoder_weights` path that is not a file (config, digest and encoder build)."""
+    return (f"no such file {str(path)!r}; expected None, 'imagenet' or the path of a .weights.h5/.h5 file "
+            "of the encoder's keras.applications weights (include_top=False)")
+
+
 def weights_file_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 of a weights file; FileNotFoundError naming it when it is not a file."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(
-            f"model.encoder_weights: no such file {str(p)!r}; expected None, 'imagenet' or the path of a "
-            ".weights.h5/.h5 file of the encoder's keras.applications weights (include_top=False)"
-        )
+        raise FileNotFoundError(f"model.encoder_weights: {no_such_weights_file(p)}")
     st = p.stat()
     memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if memo not in _DIGESTS:
