@@ -169,7 +169,7 @@ def plot(results: list[dict], path: Path) -> None:
     Results recorded before CPU-seconds were kept are drawn on wall seconds and labelled so."""
     from PIL import Image, ImageDraw
 
-    w, h, left, bottom, top, right = 900, 560, 70, 60, 40, 200
+    w, h, left, bottom, top, right = 1040, 560, 70, 60, 40, 340
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
     wall_only = any(p.get("train_cpu_seconds") is None for r in results for p in r.get("curve", []))
@@ -196,7 +196,7 @@ def plot(results: list[dict], path: Path) -> None:
         if len(pts) > 1:
             d.line(pts, fill=colours[i % len(colours)], width=3)
         d.text((w - right + 6, top + 30 + 18 * i),
-               f"{r['preset']} seed {r.get('train_seed')} ({r['model']}, {r['epochs_completed']} ep)",
+               f"{r.get('source', r['preset'])} seed {r.get('train_seed')} ({r['model']}, {r['epochs_completed']} ep)",
                fill=colours[i % len(colours)])
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
@@ -212,7 +212,7 @@ def merge(paths: list[str], plot_path: str | None, out: str | None) -> int:
         "machine": {**machine(probe=False), "note": "the machine that merged; each run's own is in merged_from"},
         "merged_from": [{"path": p, "command": r.get("command"), "commit": r.get("commit"), "dataset": r["dataset"],
                          "overrides": r["overrides"], "machine": r["machine"]} for p, r in zip(paths, reports)],
-        "results": [res for r in reports for res in r["results"]],
+        "results": [{**res, "source": Path(p).stem} for p, r in zip(paths, reports) for res in r["results"]],
         "target": TARGET,
     }
     report["summary"] = summarise(report["results"])
