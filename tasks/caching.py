@@ -133,9 +133,10 @@ TRAIN_MODULES = (
     "segpipe.training", "segpipe.budget", "segpipe.runs", "segpipe.losses", "segpipe.loss_registry", *INPUT_MODULES,
     "segpipe.kerascompat", "segpipe.distribute", "segpipe.models.registry", "segpipe.models.layers",
     "segpipe.models.encoders", "segpipe.models.weights", *sorted({module for module, _ in BUILDERS.values()}),
+    "segpipe.models.__init__", "segpipe.data.__init__",  # build_model; NUM_CLASSES and the class names
 )
-EVAL_MODULES = ("segpipe.evaluation", "segpipe.ensemble", "segpipe.metrics", *INPUT_MODULES)
-GALLERY_MODULES = (*EVAL_MODULES, "segpipe.gallery")
+EVAL_MODULES = ("segpipe.evaluation", "segpipe.ensemble", "segpipe.metrics", "segpipe.data.__init__", *INPUT_MODULES)
+GALLERY_MODULES = (*EVAL_MODULES, "segpipe.gallery", "segpipe.gallery_pixels", "segpipe.gallery_html")
 
 
 # --------------------------------------------------------------------------- what each artifact check looks at
