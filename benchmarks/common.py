@@ -227,16 +227,6 @@ def timer() -> Iterator[dict[str, float]]:
         t["s"] = time.perf_counter() - start
 
 
-def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
-    """(min seconds, all seconds) of `repeats` calls of `fn`."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times), times
-
-
 def median(xs: Sequence[float]) -> float:
     s = sorted(xs)
     n = len(s)

@@ -329,7 +329,7 @@ def roofline() -> str:
         sys.path.append(str(ROOT / "benchmarks"))
     from benchmarks import roofline as module
 
-    return module.render_markdown(result).rstrip("\n")
+    return module.render_markdown(result).rstrip("\n") + "\n\n" + provenance(result, "roofline.json")
 
 
 def storage_summary() -> str:

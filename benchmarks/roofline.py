@@ -777,13 +777,6 @@ def head_first_check(steps: int, rounds: int) -> dict[str, Any]:
     return out
 
 
-def _metrics() -> list[Any]:
-    import keras
-
-    return [keras.metrics.MeanIoU(num_classes=NUM_CLASSES, sparse_y_pred=False, name="mean_iou"),
-            keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy")]
-
-
 def head_first_candidates(hf: dict[str, Any]) -> list[dict[str, Any]]:
     v = hf["variants"]
     base = v["as_built_mixed_bfloat16"]

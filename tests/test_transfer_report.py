@@ -21,7 +21,7 @@ def test_committed_tables_match_the_committed_results():
     assert "no results yet" not in block
     for name in ("README.md", "BENCHMARKS.md"):
         text = (ROOT / name).read_text()
-        assert report.replace_block(text, block) == text, f"{name}: run benchmarks/transfer_report.py --write"
+        assert report.replace_block(text, block) == text, f"{name}: run benchmarks/render.py --write"
 
 
 def test_every_result_file_records_its_command_commit_and_machine():
