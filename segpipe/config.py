@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from segpipe.data.augment_knobs import KNOBS as AUGMENT_KNOBS
 from segpipe.loss_registry import DEFAULT_LOSS, LOSS_NAMES
-from segpipe.metrics import COLLAPSE_THRESHOLD
+from segpipe.data import COLLAPSE_THRESHOLD
 from segpipe.models.encoders import ENCODER_NAMES, ENCODERS
 from segpipe.models.registry import MODEL_NAMES, NEEDS_ENCODER, TAKES_ENCODER, check_input_size, knobs_of
 from segpipe.models.weights import IMAGENET, no_such_weights_file

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from segpipe.data import NUM_CLASSES
-from segpipe.fsutil import sha256_file
+from segpipe.fsutil import sha256_file_memo
 
 PathLike = str | os.PathLike[str]
 
@@ -83,7 +83,7 @@ def model_sizes(models: Sequence[Any]) -> list[tuple[int, int]]:
 
 def model_records(paths: Sequence[PathLike]) -> list[dict[str, str]]:
     """[{path, sha256}] of model files, for metrics and lineage."""
-    return [{"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for p in paths]
+    return [{"path": str(Path(p).resolve()), "sha256": sha256_file_memo(p)} for p in paths]
 
 
 # --------------------------------------------------------------------------- pixels

@@ -49,7 +49,8 @@ from segpipe.ensemble import (  # noqa: F401
     resize_image,
 )
 from segpipe.fsutil import atomic_write_json
-from segpipe.metrics import COLLAPSE_THRESHOLD, ConfusionAccumulator, markdown_table, per_image_iou
+from segpipe.data import COLLAPSE_THRESHOLD
+from segpipe.metrics import ConfusionAccumulator, markdown_table, per_image_iou
 
 
 # --------------------------------------------------------------------------- dataset predictions

@@ -32,6 +32,20 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = CHUNK) -> str:
     return h.hexdigest()
 
 
+# (resolved path, size, mtime_ns) -> sha256: a memo for this process only, never a key.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file_memo(path: str | os.PathLike[str]) -> str:
+    """`sha256_file`, remembered for this process while the file's size and mtime stay the same: for large
+    files read again and again (model and weights files in every cache key and metrics record)."""
+    st = os.stat(path)
+    memo = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _DIGESTS:
+        _DIGESTS[memo] = sha256_file(path)
+    return _DIGESTS[memo]
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -20,11 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from segpipe.data import CLASS_NAMES
-
-COLLAPSE_THRESHOLD = 0.98
-"""A prediction is flagged collapsed when one class takes at least this share of its pixels (the one default:
-`eval.collapse_threshold`, evaluation and training's check take it from here)."""
+from segpipe.data import CLASS_NAMES, COLLAPSE_THRESHOLD
 BACKGROUND = "background"
 BORDER = "border"
 

@@ -182,7 +182,7 @@ def _save_png(path: Path, pixels: np.ndarray) -> None:
 
 
 def _overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    from segpipe.gallery import overlay
+    from segpipe.gallery_pixels import overlay
 
     return overlay(image, labels, alpha=OVERLAY_ALPHA)
 

@@ -31,7 +31,7 @@ from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
 from segpipe.data.dataset import DATASET_MODULES, DOWNLOAD_MODULES, INPUT_MODULES, VALIDATE_MODULES
 from segpipe.data.download import TransientDownloadError, is_transient, resolve_source, source_fingerprint
 from segpipe.data.tfrecords import shard_name
-from segpipe.fsutil import digest_json, sha256_file, source_digest
+from segpipe.fsutil import digest_json, sha256_file_memo, source_digest
 from segpipe.layout import COMPLETE_MARKER, MANIFEST, WorkDir
 from segpipe.models.registry import BUILDERS
 from segpipe.runs import run_id_for
@@ -156,7 +156,7 @@ def _source_fingerprint(inputs: TaskInputs) -> TaskInputs | None:
 
 def _model_digests(inputs: TaskInputs) -> TaskInputs:
     """Models enter the key by the sha256 of their files, never by their paths."""
-    return {"models": [sha256_file(p) if Path(p).is_file() else f"missing:{p}" for p in inputs["model_paths"]]}
+    return {"models": [sha256_file_memo(p) if Path(p).is_file() else f"missing:{p}" for p in inputs["model_paths"]]}
 
 
 def _downloaded(inputs: TaskInputs) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from segpipe.metrics import COLLAPSE_THRESHOLD
+from segpipe.data import COLLAPSE_THRESHOLD
 from tasks.caching import EVALUATE_CACHE, GALLERY_CACHE
 from tasks.data import DatasetRef
 

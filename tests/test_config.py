@@ -72,7 +72,7 @@ def test_a_model_knob_the_model_does_not_take_fails_before_any_work():
 
 def test_one_definition_of_the_augmentation_knobs_and_the_collapse_threshold():
     from segpipe.data.augment_knobs import DEFAULTS, KNOBS
-    from segpipe.metrics import COLLAPSE_THRESHOLD
+    from segpipe.data import COLLAPSE_THRESHOLD
 
     train = build_config(None, {}).train
     assert train.augment_options() == DEFAULTS

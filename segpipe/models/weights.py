@@ -12,12 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from segpipe.fsutil import sha256_file
+from segpipe.fsutil import sha256_file_memo
 
 IMAGENET = "imagenet"
-
-# (resolved path, size, mtime_ns) -> sha256: a memo for this process only, never a key.
-_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def no_such_weights_file(path: str | os.PathLike[str]) -> str:
@@ -31,11 +28,7 @@ def weights_file_sha256(path: str | os.PathLike[str]) -> str:
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"model.encoder_weights: {no_such_weights_file(p)}")
-    st = p.stat()
-    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _DIGESTS:
-        _DIGESTS[memo] = sha256_file(p)
-    return _DIGESTS[memo]
+    return sha256_file_memo(p)
 
 
 def weights_identity(encoder_weights: str | None) -> Any:

@@ -55,7 +55,7 @@ from segpipe.training.model import set_encoder_trainable
 from segpipe.training.optimizers import FineTuneAdam, FineTuneAdamW, build_optimizer
 from segpipe.training.precision import PRECISION_POLICIES, cpu_has_native_bfloat16, precision_policy
 from segpipe.training.run_dir import (BACKUP_DIR, BEST_FILE, CONFIG_FILE, HISTORY_FILE, LINEAGE_FILE, MODEL_FILE,
-                                      MONITOR, NUM_CLASSES, SUMMARY_FILE, TENSORBOARD_DIR, TrainResult, read_history)
+                                      MONITOR, SUMMARY_FILE, TENSORBOARD_DIR, TrainResult, read_history)
 from segpipe.training.schedule import WarmupCosineDecay
 
 __all__ = [
@@ -63,6 +63,6 @@ __all__ = [
     "ResumableEarlyStopping", "inference_check", "train", "set_encoder_trainable", "FineTuneAdam",
     "FineTuneAdamW", "build_optimizer", "PRECISION_POLICIES", "cpu_has_native_bfloat16", "precision_policy",
     "BACKUP_DIR", "BEST_FILE", "CONFIG_FILE", "HISTORY_FILE", "LINEAGE_FILE", "MODEL_FILE", "MONITOR",
-    "NUM_CLASSES", "SUMMARY_FILE", "TENSORBOARD_DIR", "TrainResult", "read_history", "WarmupCosineDecay",
+    "SUMMARY_FILE", "TENSORBOARD_DIR", "TrainResult", "read_history", "WarmupCosineDecay",
     "run_id_for",
 ]

@@ -14,7 +14,8 @@ from segpipe.budget import TrainingPlan
 from segpipe.config import PipelineConfig
 from segpipe.data.input import eval_dataset
 from segpipe.fsutil import read_json
-from segpipe.training.run_dir import BEST_FILE, HISTORY_FILE, MODEL_FILE, MONITOR, NUM_CLASSES, read_history
+from segpipe.training.run_dir import BEST_FILE, HISTORY_FILE, MODEL_FILE, MONITOR, read_history
+from segpipe.data import NUM_CLASSES
 
 log = logging.getLogger("segpipe.training")
 

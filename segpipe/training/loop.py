@@ -152,15 +152,14 @@ def _fit(
     resumed: int,
     on_epoch_end: EpochHook | None,
     verbose: int | None,
-    strategy: tf.distribute.Strategy | None = None,
+    strategy: tf.distribute.Strategy,
 ) -> str:
-    """Build, compile and fit under `strategy` (default: `distribute.strategy()`), in a frozen-encoder
+    """Build, compile and fit under `strategy` (made first, by `train`), in a frozen-encoder
     phase first when the plan has one, writing into `run_dir`; return why training stopped: completed,
     early_stopping or nan."""
     t = cfg.train
     keras.utils.set_random_seed(t.seed)
     train_ds, val_ds = _datasets(dataset_dir, t)
-    strategy = strategy or distribute.strategy()
     with strategy.scope():
         model, compile_phase = _build_and_compile(cfg, plan)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

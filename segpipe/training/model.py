@@ -11,7 +11,7 @@ from segpipe.budget import TrainingPlan
 from segpipe.config import PipelineConfig
 from segpipe.models.encoders import encoder_of
 from segpipe.training.optimizers import build_optimizer
-from segpipe.training.run_dir import NUM_CLASSES
+from segpipe.data import NUM_CLASSES
 
 
 def _build_and_compile(cfg: PipelineConfig, plan: TrainingPlan) -> tuple[keras.Model, Callable[[bool], None]]:

@@ -23,7 +23,6 @@ import tensorflow as tf
 from segpipe import distribute
 from segpipe.budget import TrainingPlan
 from segpipe.config import PipelineConfig
-from segpipe.data import NUM_CLASSES  # noqa: F401  (re-exported: what every run's model predicts)
 from segpipe.fsutil import atomic_write_json, atomic_write_text, code_version, read_json, sha256_file
 from segpipe.layout import MANIFEST
 
