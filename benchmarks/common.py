@@ -4,9 +4,13 @@ Every benchmark prints ONE JSON object to stdout (progress goes to stderr) and
 compares against its reference in the same run, because the machine (2 cores)
 is shared: absolute figures move with the load, ratios much less. Every JSON
 records where it came from (`Machine.provenance()`): the command that wrote it,
-the commit, and the machine (`machine()`: CPU model, cores, load average before
+the commit, the machine (`machine()`: CPU model, cores, load average before
 and after, and the peak matmul GFLOP/s measured at the start by
-`peak_matmul_gflops()`, so a reader can tell a slow machine from a busy one).
+`peak_matmul_gflops()`, so a reader can tell a slow machine from a busy one), and
+the configurations it ran (`config_record()`: preset, overrides and the sha256 of
+the resolved `PipelineConfig`, so a figure taken with an earlier recipe cannot
+pass for today's; `tests/test_figures.py` compares it with what the preset
+resolves to now).
 `benchmarks/render.py` turns the committed JSON files into the figures of
 README.md and BENCHMARKS.md.
 """
@@ -14,6 +18,7 @@ README.md and BENCHMARKS.md.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -201,9 +206,17 @@ class Machine:
                     "other work competed",
         }
 
-    def provenance(self) -> dict[str, Any]:
-        """`command`, `commit` and `machine` for the top level of a result."""
-        return {"command": self.command, "commit": self.commit, "machine": self.report()}
+    def provenance(self, configs: Sequence[dict[str, Any]] = (), config_note: str = "") -> dict[str, Any]:
+        """`command`, `commit`, `machine` and `configs` (`config_record()` each) for the top level of a result.
+
+        A benchmark that runs no PipelineConfig (a kernel check, synthetic data with model defaults) passes
+        none and says so in `config_note`; the figure test requires one or the other."""
+        if not configs and not config_note:
+            raise ValueError("provenance(): record the configurations run (config_record) or say why there are none")
+        out = {"command": self.command, "commit": self.commit, "machine": self.report(), "configs": list(configs)}
+        if config_note:
+            out["config_note"] = config_note
+        return out
 
 
 def library_versions() -> dict[str, str]:
@@ -211,6 +224,43 @@ def library_versions() -> dict[str, str]:
     import tensorflow as tf
 
     return {"tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def config_json(cfg: Any) -> str:
+    """The resolved PipelineConfig as canonical JSON: `model_dump(mode="json")`, sorted keys, no spaces."""
+    return json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def config_digest(cfg: Any) -> str:
+    """sha256 (hex) of `config_json(cfg)`: what a result records as the configuration it ran."""
+    return hashlib.sha256(config_json(cfg).encode()).hexdigest()
+
+
+def resolve_config(preset: str | None, overrides: dict[str, Any] | None = None) -> Any:
+    """`segpipe.config.build_config(preset, overrides)`: the configuration a recorded run asks for."""
+    from segpipe.config import build_config
+
+    return build_config(preset, dict(overrides or {}))
+
+
+def config_record(preset: str | None, overrides: dict[str, Any] | None = None, *, role: str = "",
+                  cfg: Any = None) -> dict[str, Any]:
+    """What a result records about one configuration it ran: the preset, the overrides (dotted fields, as
+    `build_config` takes them), the sha256 of the resolved config (`config_digest`) and the resolved config.
+
+    `cfg` (when the caller built it already) must be what `build_config(preset, overrides)` resolves to: the
+    record is re-resolved from `preset` and `overrides` and the two digests compared, so a figure test can
+    later resolve the same request with today's presets and compare digests."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    resolved = resolve_config(preset, overrides)
+    if cfg is not None and config_digest(cfg) != config_digest(resolved):
+        raise ValueError(f"config_record({preset!r}, {overrides!r}): the config given is not what they resolve to")
+    record = {"preset": preset, "overrides": overrides, "digest": config_digest(resolved),
+              "resolved": resolved.model_dump(mode="json")}
+    return {"role": role, **record} if role else record
 
 
 # --------------------------------------------------------------------------- timing

@@ -28,6 +28,7 @@ from typing import Any
 from common import (
     Machine,
     add_data_args,
+    config_record,
     emit,
     ensure_dataset,
     extracted_pairs,
@@ -135,7 +136,8 @@ def main() -> None:
         "reference": "batch size 1",
         "results": report,
         "versions": library_versions(),
-        **machine.provenance(),
+        **machine.provenance([config_record("cpu-scratch", role="the model: built untrained from this preset at "
+                                                              "--img-size")]),
     }, args.out)
 
 

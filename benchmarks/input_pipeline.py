@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 from common import (
     Machine,
     add_data_args,
+    config_record,
     emit,
     ensure_dataset,
     extracted_pairs,
@@ -58,6 +59,8 @@ from common import (
     median,
     r,
 )
+
+CONSUMPTION_OVERRIDES = {"model.encoder_weights": "none"}  # speed does not depend on the weights
 
 TARGET_VS_PER_FILE = 3.0
 TARGET_VS_TRAINING = 50.0
@@ -162,7 +165,7 @@ def training_consumption(dataset_dir: Path, epochs: int = 2) -> dict[str, Any]:
     from segpipe.budget import training_plan
     from segpipe.training import build_optimizer, precision_policy
 
-    cfg = build_config("cpu-quick", {"model.encoder_weights": "none"})  # speed does not depend on the weights
+    cfg = build_config("cpu-quick", CONSUMPTION_OVERRIDES)
     t = cfg.train
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(precision_policy(t.mixed_precision))
@@ -322,7 +325,8 @@ def main() -> None:
         "training_consumption": consumption,
         "targets": targets,
         "versions": library_versions(),
-        **machine.provenance(),
+        **machine.provenance([config_record("cpu-quick", CONSUMPTION_OVERRIDES,
+                                            role="training consumption (the model and recipe timed)")]),
     }, args.out)
 
 

@@ -34,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, Machine, emit, log, median, r, run_measured
+from common import ROOT, Machine, config_record, emit, log, median, r, run_measured
 
 TARGET_RERUN_SHARE = 0.10
 # The library functions the Prefect tasks call: the stage work.
@@ -175,6 +175,19 @@ def pipeline_run(argv: list[str], env: dict[str, str], tmp: Path, label: str) ->
     return out
 
 
+def cli_config_record(argv: list[str]) -> dict:
+    """`config_record` of what `segpipe <argv>` runs: the preset and the overrides its flags make
+    (cli.options's flag tables), checked against the CLI's own `config_from_args`."""
+    from cli.options import DATA_FLAGS, EVAL_FLAGS, TRAIN_FLAGS, config_from_args
+    from cli.parser import build_parser
+
+    args = build_parser().parse_args(argv)
+    overrides = {field: (str(v) if isinstance(v, Path) else v)
+                 for flags in (DATA_FLAGS, TRAIN_FLAGS, EVAL_FLAGS) for attr, field in flags.items()
+                 if (v := getattr(args, attr, None)) is not None}
+    return config_record(args.preset, overrides, cfg=config_from_args(args), role=f"segpipe {' '.join(argv[:3])}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny")
@@ -231,6 +244,7 @@ def main() -> None:
         log(f"no-op flow: {noop['wall_s_median']} s")
 
         argv = ["run", "--preset", args.preset, "--source", str(source), "--work-dir", str(work)]
+        run_config = cli_config_record(argv)
         first = pipeline_run(argv, env, tmp, "first run")
         rerun = pipeline_run(argv, env, tmp, "cached rerun")
         noop_after = median([run_measured(this("--child-noop", str(work)), env=env)["wall_s"]
@@ -252,7 +266,7 @@ def main() -> None:
         "target": {"rerun_vs_first": TARGET_RERUN_SHARE, "met": share < TARGET_RERUN_SHARE,
                    "note": "a tiny dataset trains in seconds, so the ratio is dominated by process and Prefect "
                            "start-up; rerun_minus_noop_flow_s is what the cached pipeline itself costs"},
-        **machine.provenance(),
+        **machine.provenance([run_config]),
     }, args.out)
 
 

@@ -211,7 +211,8 @@ def main() -> None:
             "peak_rss_flat": {"sizes": args.n, "growth_mb": r(rss_growth) if rss_growth is not None else None,
                               "met": rss_growth is not None and rss_growth < 50},
         },
-        **machine.provenance(),
+        **machine.provenance(config_note="runs no PipelineConfig: validate_dataset and write_split_shards with "
+                                         "the workers and shard size recorded above"),
     }, args.out)
 
 

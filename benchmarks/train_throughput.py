@@ -223,7 +223,9 @@ def main() -> None:
                   "(threads)",
         "reference": ref,
         "groups": groups,
-        **machine.provenance(),
+        **machine.provenance(config_note="runs no PipelineConfig: each model with segpipe.config.ModelConfig's "
+                                         "defaults, compiled as training compiles it, at the size and batch "
+                                         "recorded above (model_params)"),
     }, args.out)
 
 

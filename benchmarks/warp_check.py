@@ -104,7 +104,8 @@ def main() -> None:
         "cpu_ms_per_image_160": cost,
         "cpu_ratio_kernel_over_xla": r(cost["ImageProjectiveTransformV3"] / cost["xla_gather_warp"], 2),
         "versions": library_versions(),
-        **machine.provenance(),
+        **machine.provenance(config_note="runs no PipelineConfig: the warp function against the kernel on "
+                                         "fixed transforms (cases)"),
     }, args.out)
 
 
