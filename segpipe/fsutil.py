@@ -172,40 +172,6 @@ def code_version() -> str:
         return __version__
 
 
-def source_digest(*modules: Any) -> str:
-    """sha256 over the source files of the given modules (objects or dotted names, not imported).
-
-    A package counts as every .py file below its directory. A content key for code: a change to
-    any of these files changes the digest.
-    """
-    h = hashlib.sha256()
-    for mod in modules:
-        for name, path in _source_files(mod):
-            h.update(name.encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def _source_files(mod: Any) -> list[tuple[str, Path]]:
-    """(name, path) of each source file of a module (its file's name) or package (paths below it)."""
-    import importlib.util
-
-    if isinstance(mod, str):
-        spec = importlib.util.find_spec(mod)
-        if spec is None or spec.origin is None:
-            raise ModuleNotFoundError(f"no source for module {mod!r}")
-        path = Path(spec.origin)
-        package = spec.submodule_search_locations is not None
-    else:
-        path = Path(mod.__file__)
-        package = hasattr(mod, "__path__")
-    if not package:
-        return [(path.name, path)]
-    root = path.parent
-    return [(f"{root.name}/{p.relative_to(root)}", p) for p in sorted(root.rglob("*.py"))
-            if "__pycache__" not in p.parts]
-
-
 def tempdir_beside(path: str | os.PathLike[str]) -> Path:
     """A fresh temporary directory in the parent of `path` (same file system, so rename is atomic)."""
     target = Path(path)

@@ -5,7 +5,8 @@ the retry settings of the tasks that retry (`DOWNLOAD_RETRY`, `TRAIN_RETRY`); th
 
 Every cache key is a digest of *content*: archive digests, dataset keys,
 configuration values and the source code of the task (Prefect's `TASK_SOURCE`) and of the
-library modules it calls (`LibrarySource`). Paths and modification times never enter a key:
+library modules it calls (`LibrarySource`): a stage names its entry modules, `task_code(*entry_modules)`,
+and `segpipe.codekeys.code_key` covers every segpipe module they can import, read from the import graph. Paths and modification times never enter a key:
 Prefect's `INPUTS` is used minus every path input where the inputs that matter are plain values;
 `Content` names the inputs that enter where an input is an object that also carries a path
 (an `Archive`, a `DatasetRef`, a `ModelConfig` with a weights file) and enters by its content.
@@ -28,13 +29,13 @@ from prefect.logging import get_logger
 from prefect.tasks import exponential_backoff
 
 from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
-from segpipe.data.dataset import DATASET_MODULES, DOWNLOAD_MODULES, INPUT_MODULES, VALIDATE_MODULES
+from segpipe.codekeys import code_key
+from segpipe.data.dataset import DATASET_ENTRY, DOWNLOAD_ENTRY, VALIDATE_ENTRY
 from segpipe.data.download import TransientDownloadError, is_transient, resolve_source, source_fingerprint
 from segpipe.data.tfrecords import shard_name
-from segpipe.fsutil import digest_json, sha256_file_memo, source_digest
+from segpipe.fsutil import digest_json, sha256_file_memo
 from segpipe.layout import COMPLETE_MARKER, MANIFEST, WorkDir
-from segpipe.models.registry import BUILDERS
-from segpipe.runs import run_id_for
+from segpipe.runs import TRAIN_ENTRY, run_id_for
 
 TaskInputs = dict[str, Any]
 
@@ -55,16 +56,16 @@ class Content(CachePolicy):
 
 @dataclass
 class LibrarySource(CachePolicy):
-    """Key = digest of the source files of library modules (dotted names; a package: every file in it, as
-    `segpipe.fsutil.source_digest` reads them): a change to the code a task calls recomputes exactly the
-    stages it affects (`TASK_SOURCE` covers the task's own source)."""
+    """Key = `segpipe.codekeys.code_key(modules)`: the source of every segpipe module the entry modules can
+    import, so a change to the code a task calls recomputes exactly the stages it affects (`TASK_SOURCE`
+    covers the task's own source)."""
 
     modules: tuple[str, ...] = ()
     _digest: str | None = field(default=None, repr=False)
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: TaskInputs, flow_parameters: Any, **kwargs: Any) -> str:
         if self._digest is None:
-            self._digest = source_digest(*self.modules)
+            self._digest = code_key(self.modules)
         return self._digest
 
 
@@ -120,23 +121,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def task_code(*modules: str) -> CachePolicy:
-    """The code a task runs: its own source and that of the library modules it calls."""
-    return TASK_SOURCE + LibrarySource(modules=modules)
+def task_code(*entry_modules: str) -> CachePolicy:
+    """The code a task runs: its own source and every segpipe module its entry modules can import."""
+    return TASK_SOURCE + LibrarySource(modules=entry_modules)
 
 
 # --------------------------------------------------------------------------- the library code of each stage
 
-# The data stages' lists are the library's own (segpipe.data.dataset); a package stands for all its modules.
-EXTRACT_MODULES = ("segpipe.data.extract",)
-TRAIN_MODULES = (
-    "segpipe.training", "segpipe.budget", "segpipe.runs", "segpipe.losses", "segpipe.loss_registry", *INPUT_MODULES,
-    "segpipe.kerascompat", "segpipe.distribute", "segpipe.models.registry", "segpipe.models.layers",
-    "segpipe.models.encoders", "segpipe.models.weights", *sorted({module for module, _ in BUILDERS.values()}),
-    "segpipe.models.__init__", "segpipe.data.__init__",  # build_model; NUM_CLASSES and the class names
-)
-EVAL_MODULES = ("segpipe.evaluation", "segpipe.ensemble", "segpipe.metrics", "segpipe.data.__init__", *INPUT_MODULES)
-GALLERY_MODULES = (*EVAL_MODULES, "segpipe.gallery", "segpipe.gallery_pixels", "segpipe.gallery_html")
+# Each stage names its entry modules; its code key is the closure under segpipe's imports (segpipe.codekeys).
+# The data stages' entries are the library's own (segpipe.data.dataset), train's is the run id's (segpipe.runs).
+EXTRACT_ENTRY = ("segpipe.data.extract",)
+EVALUATE_ENTRY = ("segpipe.evaluation",)
+GALLERY_ENTRY = ("segpipe.evaluation", "segpipe.gallery")
 
 
 # --------------------------------------------------------------------------- what each artifact check looks at
@@ -191,7 +187,7 @@ def _manifest_written(inputs: TaskInputs) -> bool:
 def train_run_dir(work_dir: str, dataset_key: str, model: ModelConfig, train_config: TrainConfig) -> Path:
     """WORK/runs/<run-id>: the run's name is a content key too, over the same code as `TRAIN_CACHE`."""
     cfg = PipelineConfig(model=model, train=train_config)
-    return WorkDir.at(work_dir).run(run_id_for(cfg, dataset_key, source_digest(*TRAIN_MODULES)))
+    return WorkDir.at(work_dir).run(run_id_for(cfg, dataset_key, code_key(TRAIN_ENTRY)))
 
 
 def _trained(inputs: TaskInputs) -> bool:
@@ -205,37 +201,37 @@ def _trained(inputs: TaskInputs) -> bool:
 # data (tasks/data.py)
 DOWNLOAD_CACHE = Derived(
     key=ArtifactCheck(
-        key=Content(names=("name", "fingerprint")) + task_code(*DOWNLOAD_MODULES), outputs_ok=_downloaded
+        key=Content(names=("name", "fingerprint")) + task_code(*DOWNLOAD_ENTRY, "segpipe.layout"), outputs_ok=_downloaded
     ),
     derive=_source_fingerprint,
 )
 VERIFY_CACHE = ArtifactCheck(
-    key=Content(names=("archive",)) + task_code(*DOWNLOAD_MODULES), outputs_ok=_archive_on_disk
+    key=Content(names=("archive",)) + task_code(*DOWNLOAD_ENTRY), outputs_ok=_archive_on_disk
 )
 EXTRACT_CACHE = ArtifactCheck(
-    key=INPUTS - "archive_path" - "work_dir" + task_code(*EXTRACT_MODULES), outputs_ok=_extracted
+    key=INPUTS - "archive_path" - "work_dir" + task_code(*EXTRACT_ENTRY), outputs_ok=_extracted
 )
-VALIDATE_CACHE = INPUTS - "images_root" - "annotations_root" - "workers" + task_code(*VALIDATE_MODULES)
-SPLIT_CACHE = INPUTS - "report" + task_code(*DATASET_MODULES)
+VALIDATE_CACHE = INPUTS - "images_root" - "annotations_root" - "workers" + task_code(*VALIDATE_ENTRY)
+SPLIT_CACHE = INPUTS - "report" + task_code(*DATASET_ENTRY)
 WRITE_SHARDS_CACHE = ArtifactCheck(
-    key=Content(names=("split_name", "plan")) + task_code(*DATASET_MODULES), outputs_ok=_split_shards_exist
+    key=Content(names=("split_name", "plan")) + task_code(*DATASET_ENTRY), outputs_ok=_split_shards_exist
 )
 WRITE_MANIFEST_CACHE = ArtifactCheck(
-    key=Content(names=("plan", "digests")) + task_code(*DATASET_MODULES), outputs_ok=_manifest_written
+    key=Content(names=("plan", "digests")) + task_code(*DATASET_ENTRY), outputs_ok=_manifest_written
 )
 LOCATE_DATASET_CACHE = NO_CACHE  # it only reads what is on disk
 
 # training (tasks/training.py); the eval section (the collapse threshold) does not enter: it changes only
 # the `collapsed` flag of a new run's train_summary.json, not the task's result
 TRAIN_CACHE = ArtifactCheck(
-    key=Content(names=("dataset", "model", "train_config")) + task_code(*TRAIN_MODULES), outputs_ok=_trained
+    key=Content(names=("dataset", "model", "train_config")) + task_code(*TRAIN_ENTRY), outputs_ok=_trained
 )
 
 # evaluation (tasks/evaluation.py)
 EVALUATE_CACHE = Derived(
     key=ArtifactCheck(
         key=Content(names=("models", "dataset", "split", "collapse_threshold", "tta_flip"))
-        + task_code(*EVAL_MODULES),
+        + task_code(*EVALUATE_ENTRY),
         outputs_ok=lambda i: Path(i["out_path"]).is_file(),
     ),
     derive=_model_digests,
@@ -243,7 +239,7 @@ EVALUATE_CACHE = Derived(
 GALLERY_CACHE = Derived(
     key=ArtifactCheck(
         key=Content(names=("models", "dataset", "split", "n_sample", "n_worst", "seed", "per_image", "tta_flip"))
-        + task_code(*GALLERY_MODULES),
+        + task_code(*GALLERY_ENTRY),
         outputs_ok=lambda i: (Path(i["out_dir"]) / "index.html").is_file(),
     ),
     derive=_model_digests,

@@ -1,43 +1,33 @@
-"""Dataset identity: the content key of a prepared dataset, and the code each data stage depends on.
+"""Dataset identity: the content key of a prepared dataset, and the entry modules of the data stages.
 
-The module lists below are the one record of which library modules make up each
-data stage: the dataset key digests `CODE_MODULES`, and the task layer's cache
-keys import these lists rather than naming modules themselves.
+A stage's code is named by its entry modules only; `segpipe.codekeys` reads the rest from the import
+graph (every segpipe module they can import), so a module split off another joins the key by itself.
+The dataset key covers `CONTENT_ENTRY`'s code; the task layer's cache keys name these entries.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from segpipe.fsutil import digest_json, source_digest
+from segpipe.codekeys import code_key
+from segpipe.fsutil import digest_json
 
-DOWNLOAD_MODULES: tuple[str, ...] = (
-    "segpipe.data.download", "segpipe.data.sources", "segpipe.data.checksums", "segpipe.data.fetch",
-    "segpipe.data.progress", "segpipe.data.download_errors",
-)
+DOWNLOAD_ENTRY: tuple[str, ...] = ("segpipe.data.download",)
 """The download (and verify) stage."""
 
-VALIDATE_MODULES: tuple[str, ...] = (
-    "segpipe.data.validate", "segpipe.data.lists", "segpipe.data.images", "segpipe.data.names",
-)
+VALIDATE_ENTRY: tuple[str, ...] = ("segpipe.data.validate",)
 """Validation: which pairs decode, and what is known about each."""
 
-CODE_MODULES: tuple[str, ...] = (*VALIDATE_MODULES, "segpipe.data.split", "segpipe.data.tfrecords", "segpipe.data.spec")
+CONTENT_ENTRY: tuple[str, ...] = (*VALIDATE_ENTRY, "segpipe.data.split", "segpipe.data.tfrecords")
 """The library code that decides a dataset's content (part of the dataset key)."""
 
-DATASET_MODULES: tuple[str, ...] = (*CODE_MODULES, "segpipe.data.dataset")
-"""Everything the stages that write a dataset (split, shards, manifest) depend on, the key itself included."""
-
-INPUT_MODULES: tuple[str, ...] = (
-    "segpipe.data.input", "segpipe.data.augment", "segpipe.data.augment_knobs", "segpipe.data.tfrecords",
-    "segpipe.data.spec",
-)
-"""The input pipeline that training and evaluation read a dataset through."""
+DATASET_ENTRY: tuple[str, ...] = (*CONTENT_ENTRY, "segpipe.data.dataset")
+"""The stages that write a dataset (split, shards, manifest), the key itself included."""
 
 
 def data_code_digest() -> str:
     """Digest of the library code that decides a dataset's content."""
-    return source_digest(*CODE_MODULES)
+    return code_key(CONTENT_ENTRY)
 
 
 def dataset_key(archives: dict[str, str], params: dict[str, Any]) -> str:

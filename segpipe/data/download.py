@@ -12,7 +12,8 @@ complete, verified `.part` into place. The parts live in their own modules:
 - `download_errors`: the errors and `is_transient`.
 
 Their public names are re-exported here, so `segpipe.data.download` stays the
-one import for the stage; `segpipe.data.dataset.DOWNLOAD_MODULES` lists the modules.
+one import for the stage, and the stage's code key (`segpipe.data.dataset.DOWNLOAD_ENTRY`) reaches them all
+through the import graph.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training: a config and a prepared dataset in, a run directory out.
 
-    run_dir = work.run(run_id_for(cfg, dataset_key, code_version()))
+    run_dir = work.run(run_id_for(cfg, dataset_key))   # the code: every module training can import
     result = train(cfg, dataset_dir, run_dir)
 
 A run directory holds
