@@ -32,11 +32,18 @@ def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Pa
         raise CliError(str(exc)) from None
     work = WorkDir.at(args.work_dir).root
     configure_prefect(work, refresh=getattr(args, "refresh", False), result_storage=getattr(args, "result_storage", None))
+    from cli import server  # the background Prefect server (reused, or starting while TensorFlow loads)
+
+    starting = server.for_command()
+    if starting is not None:
+        args.cleanup.callback(starting.close)
     if in_process and args.command in TENSORFLOW_COMMANDS:
         from cli.quiet import tensorflow_started_quietly
 
         tensorflow_started_quietly(debug=debug_enabled(args))
-    start_local_server()
+    if starting is not None:
+        server.ready(starting)
+    start_local_server()  # the embedded one, when no API URL is set (SEGPIPE_PREFECT_SERVER=embedded)
     if not debug_enabled(args):
         from cli.quiet import one_line_tracebacks_on_the_console
 
@@ -178,6 +185,35 @@ def cmd_retrain(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    """`segpipe server start|status|stop`: the background Prefect server of PREFECT_HOME (`cli.server`)."""
+    from cli import server
+
+    home = server.prefect_home()
+    if args.action == "stop":
+        stopped = server.stop(home)
+        print(f"stopped the local Prefect server ({stopped.describe()})" if stopped
+              else f"no local Prefect server running for PREFECT_HOME={home}")
+        return 0
+    own = server.configured_api_url()
+    if own:
+        print(f"PREFECT_API_URL is set ({own}): segpipe commands use that server, not a local one")
+    elif server.mode() == "embedded":
+        print(f"{server.MODE_ENV}=embedded: each command starts and stops Prefect's embedded server")
+    if args.action == "start":
+        state = server.ensure(home)
+    else:
+        verdict = server.check(home)
+        state = verdict.state if verdict.reusable else None
+        if state is None:
+            print(f"no local Prefect server running for PREFECT_HOME={home}"
+                  + (f" ({verdict.why})" if verdict.why else ""))
+            return 1
+    print(f"local Prefect server running: {state.api_url} ({state.describe()}, PREFECT_HOME={state.prefect_home}, "
+          f"since {state.started_at}; log {state.log})")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     work = _prepare_runtime(args, in_process=False)  # a runner runs the flows, heartbeats on
     os.environ[ENV_WORK_DIR] = str(work)
@@ -190,6 +226,7 @@ def cmd_serve(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "serve": cmd_serve,
+    "server": cmd_server,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "gallery": cmd_gallery,

@@ -1,6 +1,8 @@
 """Prefect environment for local runs, set before Prefect is imported.
 
-- No API URL configured → Prefect's embedded ephemeral API on SQLite (no server to start).
+- No API URL configured → segpipe's local Prefect server, started in the background once and reused
+  (`cli.server`); with `SEGPIPE_PREFECT_SERVER=embedded`, Prefect's embedded ephemeral API on SQLite,
+  started and stopped by each command (below).
 - Analytics off: the server's, and the client's (`DO_NOT_TRACK=1`; Prefect prints a notice about it
   on a terminal otherwise).
 - `PREFECT_HOME` is left alone (Prefect's default, ~/.prefect) unless the user set it.
@@ -60,24 +62,32 @@ def configure_prefect(work: Path, *, refresh: bool = False, result_storage: str 
 
 @contextlib.contextmanager
 def local_run_settings() -> Iterator[datetime]:
-    """Flows run in this process on the ephemeral API: turn flow-run heartbeats off.
+    """Flows run in this process on the ephemeral API or segpipe's background server: turn flow-run
+    heartbeats off.
 
     Heartbeats let a server notice a crashed run; the ephemeral server stops with
-    this process, so nobody would read them, and each flow run's end waits up to
-    a second for the heartbeat thread (about 2.5 s of a cached `segpipe run`;
-    BENCHMARKS.md, section 5). With a real server (`PREFECT_API_URL` set) they
-    stay on. Enter after `configure_prefect`: this imports Prefect. Yields when
-    the command's runs started (for `record_interruption`).
+    this process and the background server (`cli.server`) runs no service that
+    reads them, and each flow run's end waits up to a second for the heartbeat
+    thread (about 2.5 s of a cached `segpipe run`; BENCHMARKS.md, section 5). With
+    the user's own server (`PREFECT_API_URL` set) they stay on. Enter after
+    `configure_prefect`: this imports Prefect. Yields when the command's runs
+    started (for `record_interruption`).
     """
     from prefect.settings import get_current_settings, temporary_settings
 
+    from cli.server import local_api_url
+
     started = datetime.now(timezone.utc)
-    if get_current_settings().api.url:  # PREFECT_API_URL, a profile, or a test harness
+    url = get_current_settings().api.url
+    if url and url != local_api_url():  # the user's PREFECT_API_URL, a profile, or a test harness
         yield started
         return
     with temporary_settings(updates={"flows.heartbeat_frequency": None}):
         yield started
-    _wait_for_task_run_records(started)
+    if url:  # segpipe's background server (`cli.server`): it stays up, send it what is still queued
+        _drain(5.0)
+    else:
+        _wait_for_task_run_records(started)
 
 
 def _wait_for_task_run_records(since: datetime, timeout: float = 5.0, settle: float = 0.15) -> None:

@@ -150,4 +150,8 @@ def _pipeline_commands(sub: Any) -> None:
     p = sub.add_parser("datasets", help="list prepared datasets under WORK")
     _debug_flag(p)
     p.add_argument("--work-dir")
+    p = sub.add_parser("server", help="the local Prefect server that commands start once and reuse: start, status, stop")
+    _debug_flag(p)
+    p.add_argument("action", choices=["start", "status", "stop"],
+                   help="start it (if not running), say whether it runs and where, or stop it")
 

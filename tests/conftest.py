@@ -21,6 +21,11 @@ os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("SEGPIPE_WORK_DIR", None)
+# CLI commands (in-process and in subprocesses) start and stop Prefect's embedded server, as before the
+# background server (cli.server); tests of that server use `local_server_homes`, which stops what they started.
+os.environ["SEGPIPE_PREFECT_SERVER"] = "embedded"
+os.environ.pop("SEGPIPE_SERVER_PORT", None)
+_LOCAL_SERVER_HOMES: list[Path] = []
 
 
 @pytest.fixture(scope="session")
@@ -32,12 +37,49 @@ def prefect_api():
         yield
 
 
+@pytest.fixture
+def local_server_homes(tmp_path):
+    """Makes fresh PREFECT_HOME folders (`make("name")`) for tests of segpipe's background Prefect server;
+    whatever server a command started for one is stopped after the test (and, should that fail, at the
+    end of the session)."""
+    made: list[Path] = []
+
+    def make(name: str = "prefect-home") -> Path:
+        home = tmp_path / name
+        home.mkdir()
+        made.append(home)
+        _LOCAL_SERVER_HOMES.append(home)
+        return home
+
+    yield make
+    for home in made:
+        _stop_local_server(home)
+
+
+def _stop_local_server(home: Path) -> None:
+    """Stop every Prefect server process whose PREFECT_HOME is `home` (recorded in state.json or not)."""
+    from cli import server
+
+    wanted = f"PREFECT_HOME={home.resolve()}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted in environ and server.is_prefect_server(int(proc.name)):
+            server.stop_process(int(proc.name))
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Stop an ephemeral Prefect server that a test started in this process (the CLI run in-process)
     now, while pytest's streams are open: at interpreter exit Prefect's "Stopping temporary server"
     log line would go to a closed capture file and print a "Logging error" traceback."""
     import sys
 
+    for home in _LOCAL_SERVER_HOMES:
+        _stop_local_server(home)
     server = sys.modules.get("prefect.server.api.server")
     if server is not None:
         server.SubprocessASGIServer().stop()  # the process's one ephemeral server (Prefect's own fixtures stop it so)
