@@ -50,7 +50,7 @@ def main() -> int:
     p.add_argument("--out")
     args = p.parse_args()
 
-    from benchmarks.common import emit
+    from benchmarks.common import command_line, config_record, emit
     from benchmarks.quality import commit, machine
     from segpipe.budget import training_plan
     from segpipe.config import build_config
@@ -73,9 +73,10 @@ def main() -> int:
     estimate = sample_cpu + (official_val_images - sample_val_images) * fwd
     result = {
         "benchmark": "transfer-official-estimate",
-        "command": " ".join(["benchmarks/official_estimate.py", *sys.argv[1:]]),
+        "command": command_line(),
         "commit": commit(),
         "machine": {**started, "load_average_after": machine()["load_average"]},
+        "configs": [config_record("cpu-quick", role="the training plan (train section) estimated")],
         "from": args.quality,
         "sample": {"train": splits["train"], "val": splits["val"], "plan": sample_plan.to_json(),
                    "train_cpu_seconds_mean": round(sample_cpu, 1), "val_images_scored": sample_val_images},

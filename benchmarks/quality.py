@@ -8,16 +8,24 @@
 Trains each preset x seed on ../shared/pets-sample and scores images training never
 saw. `--split random` (default) holds out a seeded part of the sample
 (`--test-fraction`); `--split breed --holdout-breed Bengal` holds out a whole breed.
-Recipes are chosen on the validation split (`best_val_mean_iou`), never on these
-held-out figures. After every epoch the best model so far (what the pipeline would
-ship at that moment) is scored on the held-out images at model resolution, for the
-time to reach a held-out mean IoU of 0.70 (scoring time excluded); the final figures
-are at original resolution. `summary` gives each preset's mean and spread (min, max)
-over the seeds. Training time is recorded twice: wall seconds, and CPU-seconds of the
-process tree (`resource.getrusage` of this process and its children), which do not
-stretch when other work shares the machine; "quality per CPU-minute" (the plot) uses
-the CPU-seconds. A cached training result is never reported. `--set` applies to every preset (a field a preset's model does not
-take, such as encoder_weights for the scratch U-Net, is dropped for that preset).
+
+Nothing reads the held-out split before training ends. While training runs, the epoch
+hook records each epoch's training time and validation mean IoU and keeps a copy of
+every new best model training saves (chosen on validation) under
+`<run>-checkpoints/`; nothing stops on held-out data (`--stop-after-cpu-seconds`
+stops on a training CPU budget). After training, each kept checkpoint is scored once
+on the held-out split at model resolution: the time-to-quality curve and the time to
+a held-out mean IoU of 0.70 are computed from it afterwards (the validation curve's
+own time to 0.70 is beside it). The final figures are the final model's at original
+resolution. Recipes are chosen on validation figures only
+(`benchmarks/recipe_selection.py`). `summary` gives each preset's mean and spread
+(min, max) over the seeds. Training time is recorded twice: wall seconds, and
+CPU-seconds of the process tree (`resource.getrusage` of this process and its
+children), which do not stretch when other work shares the machine; checkpoint
+copies are excluded. A cached training result is never reported. `--set` applies to
+every preset (a field a preset's model does not take, such as encoder_weights for the
+scratch U-Net, is dropped for that preset). Every run records the configuration it
+ran (`config`: preset, overrides, sha256 of the resolved config).
 Prints one JSON object, with the command, the commit and the machine.
 """
 
@@ -79,81 +87,108 @@ def cpu_seconds() -> float:
     return common.cpu_seconds_tree()
 
 
-def _first(curve: list[dict], key: str, level: float = 0.70) -> float | None:
-    """`key` at the first epoch whose best model scored at least `level` held-out mean IoU (model resolution)."""
-    return next((p[key] for p in curve if p["held_out_mean_iou"] >= level), None)
+def _first(curve: list[dict], key: str, level: float = 0.70, on: str = "held_out_mean_iou") -> float | None:
+    """`key` at the first epoch whose best model so far scored at least `level` on `on` (default: the held-out
+    mean IoU at model resolution, scored after training ended; `best_val_mean_iou` for the validation curve)."""
+    return next((p[key] for p in curve if p.get(on) is not None and p[on] >= level), None)
 
 
-class ReachedTarget(Exception):
-    """Raised from the epoch hook of a `--stop-at-held-out` run once the held-out mean IoU reaches it."""
+class BudgetSpent(Exception):
+    """Raised from the epoch hook once a run's training CPU-seconds reach `--stop-after-cpu-seconds`."""
 
 
-def train_and_score(cfg, dataset, run_dir: Path, stop_at: float | None = None,
-                    give_up_cpu_s: float | None = None) -> dict:
-    """Train `cfg` into `run_dir`; score on the held-out split. With `stop_at`, training stops at the first
-    epoch whose best model reaches that held-out mean IoU (a time-to-target measurement of a long recipe)."""
+def _score_checkpoints(curve: list[dict], dataset_dir: Path) -> None:
+    """After training: each kept checkpoint (the best model so far at an epoch) scored once on the held-out split
+    at model resolution, written into the curve points that it was the best model of."""
+    from segpipe import evaluation
+
+    scores: dict[str, dict] = {}
+    for point in curve:
+        path = point.pop("checkpoint")
+        if path is None:  # no best model saved yet at this epoch
+            point["held_out_mean_iou"] = point["held_out_foreground_iou"] = None
+            continue
+        if path not in scores:
+            m = evaluation.evaluate([Path(path)], dataset_dir, "test", batch_size=8).metrics
+            scores[path] = m["at_model_resolution"]
+        point["held_out_mean_iou"] = scores[path]["mean_iou"]
+        point["held_out_foreground_iou"] = scores[path]["foreground_iou"]
+
+
+def train_and_score(cfg, dataset, run_dir: Path, stop_after_cpu_s: float | None = None) -> dict:
+    """Train `cfg` into `run_dir`; only then touch the held-out split.
+
+    While training runs, the epoch hook reads nothing but training's own files and the validation figure: it
+    records the training time and validation mean IoU of each epoch and, when training saved a new best model
+    (chosen on validation), keeps a copy of it under `<run_dir>-checkpoints/`. With `stop_after_cpu_s`
+    training stops once its CPU-seconds reach that budget (a time-to-quality run of a long recipe; nothing
+    stops on held-out data). After training ends, every kept checkpoint is scored on the held-out split
+    (`_score_checkpoints`: the time-to-quality curve) and the final model at original resolution."""
     from segpipe import evaluation, training
 
-    best_file, curve, state = run_dir / "best.json", [], {"eval_s": 0.0, "eval_cpu_s": 0.0, "best": None, "score": None}
+    dataset_dir = Path(dataset.path)
+    best_file, curve = run_dir / "best.json", []
+    kept_dir = run_dir.with_name(run_dir.name + "-checkpoints")
+    shutil.rmtree(kept_dir, ignore_errors=True)
+    kept_dir.mkdir(parents=True)
+    state: dict = {"copy_s": 0.0, "copy_cpu_s": 0.0, "best": None, "kept": None, "best_val": None}
     started, cpu_started = time.monotonic(), cpu_seconds()
 
     def on_epoch_end(epoch: int, logs: dict) -> None:
         t0, c0 = time.monotonic(), cpu_seconds()
         best = best_file.read_text() if best_file.is_file() else None
-        if best != state["best"]:  # a new best model: score it on the held-out images
-            state["best"] = best
-            m = evaluation.evaluate([run_dir / "model.keras"], Path(dataset.path), "test", batch_size=8).metrics
-            state["score"] = m["at_model_resolution"]
-        train_s = t0 - started - state["eval_s"]
-        curve.append({"epoch": epoch + 1, "train_seconds": round(train_s, 1),
-                      "train_cpu_seconds": round(c0 - cpu_started - state["eval_cpu_s"], 1),
-                      "held_out_mean_iou": state["score"]["mean_iou"],
-                      "held_out_foreground_iou": state["score"]["foreground_iou"],
-                      "val_mean_iou": logs.get("val_mean_iou")})
-        state["eval_s"] += time.monotonic() - t0
-        state["eval_cpu_s"] += cpu_seconds() - c0
+        if best != state["best"]:  # training saved a new best model (on validation): keep a copy for afterwards
+            state["best"], state["best_val"] = best, json.loads(best)["value"] if best else None
+            state["kept"] = kept_dir / f"epoch-{epoch + 1:03d}.keras"
+            shutil.copy2(run_dir / "model.keras", state["kept"])
+        curve.append({"epoch": epoch + 1, "train_seconds": round(t0 - started - state["copy_s"], 1),
+                      "train_cpu_seconds": round(c0 - cpu_started - state["copy_cpu_s"], 1),
+                      "val_mean_iou": logs.get("val_mean_iou"), "best_val_mean_iou": state["best_val"],
+                      "checkpoint": str(state["kept"]) if state["kept"] else None})
+        state["copy_s"] += time.monotonic() - t0
+        state["copy_cpu_s"] += cpu_seconds() - c0
         print(f"[quality] epoch {epoch + 1}: {curve[-1]}", file=sys.stderr, flush=True)
-        if stop_at is not None and state["score"]["mean_iou"] >= stop_at:
-            raise ReachedTarget(epoch)
-        if give_up_cpu_s is not None and curve[-1]["train_cpu_seconds"] >= give_up_cpu_s:
-            raise ReachedTarget(epoch)  # not reached within the CPU budget: recorded as such
+        if stop_after_cpu_s is not None and curve[-1]["train_cpu_seconds"] >= stop_after_cpu_s:
+            raise BudgetSpent(epoch)
 
+    stopped = False
     try:
-        result = training.train(cfg, Path(dataset.path), run_dir, on_epoch_end=on_epoch_end, verbose=2)
-    except ReachedTarget:
-        return {"preset": cfg.preset, "model": cfg.model.name, "train_seed": cfg.train.seed,
-                "stopped_at_held_out_mean_iou": stop_at, "gave_up_after_cpu_seconds": give_up_cpu_s,
-                "reached": _first(curve, "train_seconds") is not None, "epochs_completed": len(curve),
-                "train_seconds": curve[-1]["train_seconds"], "train_cpu_seconds": curve[-1]["train_cpu_seconds"],
-                "seconds_to_held_out_070": _first(curve, "train_seconds"),
-                "cpu_seconds_to_held_out_070": _first(curve, "train_cpu_seconds"), "curve": curve}
-    if result.cached:  # the run directory was removed first, so this cannot happen; never report a cached run
+        result = training.train(cfg, dataset_dir, run_dir, on_epoch_end=on_epoch_end, verbose=2)
+    except BudgetSpent:
+        stopped, result = True, None
+    if result is not None and result.cached:  # the run directory was removed first; never report a cached run
         raise SystemExit(f"{run_dir}: training returned a cached result; a benchmark must train")
-    train_seconds = time.monotonic() - started - state["eval_s"]
-    train_cpu_seconds = cpu_seconds() - cpu_started - state["eval_cpu_s"]
-    m = evaluation.evaluate([Path(result.model_path)], Path(dataset.path), "test", batch_size=8,
-                            flip=cfg.eval.tta_flip).metrics
-    plain = (evaluation.evaluate([Path(result.model_path)], Path(dataset.path), "test", batch_size=8).metrics
-             if cfg.eval.tta_flip else m)
+    if not curve:
+        raise SystemExit(f"{run_dir}: training completed no epoch")
+    train_seconds, train_cpu_seconds = curve[-1]["train_seconds"], curve[-1]["train_cpu_seconds"]
+    # training has ended: from here on the held-out split may be read
+    _score_checkpoints(curve, dataset_dir)
+    model_path = run_dir / "model.keras"
+    m = evaluation.evaluate([model_path], dataset_dir, "test", batch_size=8, flip=cfg.eval.tta_flip).metrics
+    plain = evaluation.evaluate([model_path], dataset_dir, "test", batch_size=8).metrics if cfg.eval.tta_flip else m
+    best = json.loads(best_file.read_text())
     return {
         "preset": cfg.preset,
         "model": cfg.model.name,
-        "train_seconds": round(train_seconds, 1),
-        "train_cpu_seconds": round(train_cpu_seconds, 1),
+        "train_seconds": train_seconds,
+        "train_cpu_seconds": train_cpu_seconds,
         "train_seed": cfg.train.seed,
-        "best_val_mean_iou": result.best_val_mean_iou,
+        "stopped_after_cpu_seconds": stop_after_cpu_s if stopped else None,
+        "best_val_mean_iou": best["value"],
         "seconds_to_held_out_070": _first(curve, "train_seconds"),
         "cpu_seconds_to_held_out_070": _first(curve, "train_cpu_seconds"),
-        "epochs_completed": result.epochs_completed,
-        "best_epoch": result.best_epoch + 1,
+        "cpu_seconds_to_val_070": _first(curve, "train_cpu_seconds", on="best_val_mean_iou"),
+        "epochs_completed": len(curve) if result is None else result.epochs_completed,
+        "best_epoch": best["epoch"] + 1,
         "held_out": {k: m[k] for k in ("n_images", "mean_iou", "foreground_iou", "pixel_accuracy", "dice",
                                        "mean_iou_no_border", "iou", "collapsed", "predicted_class_share")},
         "tta": m["tta"],
         "held_out_without_tta": {k: plain[k] for k in ("mean_iou", "foreground_iou", "iou")},
         "held_out_at_model_resolution": {k: m["at_model_resolution"][k] for k in ("mean_iou", "foreground_iou")},
+        "held_out_scored": "after training ended: the final model, and each kept checkpoint for the curve",
         "warnings": m.get("warnings", []),
         "curve": curve,
-        "cached": result.cached,
+        "cached": False,
     }
 
 
@@ -214,6 +249,7 @@ def merge(paths: list[str], plot_path: str | None, out: str | None) -> int:
                          "overrides": r["overrides"], "machine": r["machine"]} for p, r in zip(paths, reports)],
         "results": [{**res, "source": Path(p).stem} for p, r in zip(paths, reports) for res in r["results"]],
         "target": TARGET,
+        "configs": [c for r in reports for c in r.get("configs", [])],
     }
     report["summary"] = summarise(report["results"])
     if len({r["dataset"]["key"] for r in reports}) > 1:
@@ -249,10 +285,9 @@ def main() -> int:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--train-seed", type=int, action="append", help="repeatable: one run per preset and seed")
-    p.add_argument("--stop-at-held-out", type=float, metavar="MEAN_IOU",
-                   help="stop each run once its best model reaches this held-out mean IoU (time to target only)")
-    p.add_argument("--give-up-after-cpu-seconds", type=float, metavar="S",
-                   help="with --stop-at-held-out: stop a run that has not reached it after this many CPU-seconds")
+    p.add_argument("--stop-after-cpu-seconds", type=float, metavar="S",
+                   help="stop each run once its training CPU-seconds reach S (a time-to-quality run of a long "
+                        "recipe); the held-out split is scored only after training ends, as always")
     p.add_argument("--plot", help="write the quality-per-CPU-minute plot (PNG) here")
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--merge", nargs="+", metavar="JSON",
@@ -274,8 +309,10 @@ def main() -> int:
     for item in args.set:
         field, _, value = item.partition("=")
         overrides[field] = _parse_value(value)
-    configs = [build_config(preset, _fitting(preset, overrides) | ({"train.seed": seed} if seed is not None else {}))
-               for preset in (args.preset or ["cpu-quick"]) for seed in (args.train_seed or [None])]
+    requests = [(preset, _fitting(preset, overrides) | ({"train.seed": seed} if seed is not None else {}))
+                for preset in (args.preset or ["cpu-quick"]) for seed in (args.train_seed or [None])]
+    configs = [build_config(preset, over) for preset, over in requests]
+    records = {id(cfg): common.config_record(preset, over, cfg=cfg) for cfg, (preset, over) in zip(configs, requests)}
     # the code measured is the code at the start; the machine's matmul probe runs before any training
     started_machine, started_commit, started_command = machine(), commit(), common.command_line()
 
@@ -287,8 +324,8 @@ def main() -> int:
     for cfg in configs:
         run_dir = work.run(f"quality-{cfg.preset}-{digest_json([dataset.dataset_key, cfg.model_dump(mode='json')])[:10]}")
         shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark measures training: never a cached run
-        results.append(train_and_score(cfg, dataset, run_dir, stop_at=args.stop_at_held_out,
-                                       give_up_cpu_s=args.give_up_after_cpu_seconds))
+        results.append({**train_and_score(cfg, dataset, run_dir, stop_after_cpu_s=args.stop_after_cpu_seconds),
+                        "config": records[id(cfg)]})
     report = {
         "benchmark": "quality",
         "command": started_command,
@@ -300,6 +337,7 @@ def main() -> int:
         "results": results,
         "target": TARGET,
         "machine": {**started_machine, "load_average_after": machine(probe=False)["load_average"]},
+        "configs": [r["config"] for r in results],
     }
     if args.plot:
         plot(results, Path(args.plot))

@@ -5,10 +5,17 @@
     .venv/bin/python benchmarks/render.py --check    # exit 1, naming each block that differs
 
 A block is the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->`; BLOCKS maps each NAME to the
-function that renders it from JSON files written by the benchmark scripts (each JSON records the command
-that wrote it, the commit and the machine, and each block says so). Measured figures appear only inside
-blocks: `tests/test_figures.py` fails when a block differs from what this renders, or when the text
+function that renders it from JSON files written by the benchmark scripts. Measured figures appear only
+inside blocks: `tests/test_figures.py` fails when a block differs from what this renders, or when the text
 outside the blocks quotes a measured-looking number.
+
+Strict provenance (`provenance_problems`): every result a block renders records the command that wrote it,
+a commit that resolves in this repository and was clean (no `+uncommitted`), the machine, and the
+configurations it ran (`configs`: preset, overrides, sha256 of the resolved PipelineConfig; or a
+`config_note` saying it runs none). A result whose configuration digest differs from what its preset
+resolves to today (`config_drift`) renders only when EARLIER_RECIPES labels it as an earlier recipe.
+Results that failed these rules were withdrawn: they left benchmarks/results/ (git history keeps them) and
+WITHDRAWN says which and why.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import difflib
 import json
 import re
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,9 +44,125 @@ if str(ROOT) not in sys.path:
 # --------------------------------------------------------------------------- helpers
 
 
+LOADED: set[str] = set()  # every result file a block has read (tests/test_figures.py checks each one)
+REFUSED: dict[str, list[str]] = {}  # result files load() refused to render, with what they lack
+
+
 def load(name: str) -> dict | None:
+    """A committed result, or None when it is not there or lacks strict provenance (`provenance_problems`):
+    no figure renders from a file without its command, clean commit, machine and configuration."""
     path = RESULTS / name
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    LOADED.add(name)
+    result = json.loads(path.read_text())
+    if problems := provenance_problems(result):
+        REFUSED[name] = problems
+        return None
+    return result
+
+
+# --------------------------------------------------------------------------- provenance rules
+
+# Result files withdrawn by issue 19 (strict provenance, held-out hygiene): removed from benchmarks/results/;
+# `git show 62ee86f:benchmarks/results/NAME` shows each as it was. The reason is what it failed.
+NO_CONFIG = "no configuration digest recorded"
+WITHDRAWN: dict[str, str] = {
+    **{name: "no command, commit or machine recorded (the from-scratch U-Net results of earlier versions); "
+             "their recipe was selected on held-out scores"
+       for name in ("quality.json", "quality-cpu-quick.json", "quality-cpu-quick-160-epochs.json",
+                    "quality-breed.json", "quality-breed-cpu-quick.json", "quality-per-cpu-minute.json")},
+    "quality-breed-cpu-quick-hue-saturation.json": "no command, commit or machine recorded; the hue/saturation "
+                                                   "option was rejected on this held-out breed's score, and the "
+                                                   "file holds no validation figure to re-make that on",
+    "recipe-selection.json (hand-made)": "assembled by hand from training logs that were not committed; "
+                                         "replaced by the output of benchmarks/recipe_selection.py",
+    "transfer-random.json": f"{NO_CONFIG}; scored the held-out split after every epoch during training "
+                            "(the old quality.py)",
+    "transfer-random-quiet.json": f"{NO_CONFIG}; held-out scored during training",
+    "transfer-official-estimate.json": f"{NO_CONFIG}; built on transfer-random.json",
+    "transfer-random-bf16.json": "written at a `+uncommitted` commit; held-out scored during training",
+    "transfer-random-keras-example.json": "written at a `+uncommitted` commit; held-out scored during training",
+    "transfer-random-cpu-scratch-to-070.json": "written at a `+uncommitted` commit; stopped on held-out data "
+                                               "(`--stop-at-held-out`)",
+    **{f"transfer-breed-{b}.json": "written at a `+uncommitted` commit; held-out scored during training"
+       for b in ("Abyssinian", "american_bulldog", "Bengal")},
+    "transfer-quality-per-cpu-minute.json (and .png)": "written at a `+uncommitted` commit, merging the runs "
+                                                       "above",
+    "roofline.json": f"{NO_CONFIG}; its commit was recorded without the `+uncommitted` check; a re-run takes "
+                     "longer than the time there was",
+}
+
+# Results whose configuration digest differs from what their preset resolves to today, rendered as an
+# earlier recipe: file name -> the label the text gives them. Empty: every rendered result ran today's presets.
+EARLIER_RECIPES: dict[str, str] = {}
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+
+def provenance_problems(result: dict) -> list[str]:
+    """What a result lacks of strict provenance (empty: nothing): its command, a clean commit that resolves in
+    this repository, the machine (CPU model, cores), and its configurations (`configs` or a `config_note`)."""
+    problems = []
+    if not result.get("command"):
+        problems.append("no command")
+    commit = str(result.get("commit") or "")
+    if not commit:
+        problems.append("no commit")
+    elif commit.endswith("+uncommitted"):
+        problems.append(f"commit {commit[:10]}+uncommitted: the code it ran is not in the repository")
+    elif _git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        problems.append(f"commit {commit[:10]} does not resolve in this repository")
+    m = result.get("machine") or {}
+    if not m.get("cpu_model") or not (m.get("cpus") or m.get("cores")):
+        problems.append("no machine (CPU model and cores)")
+    configs = result.get("configs")
+    if configs is None or (not configs and not result.get("config_note")):
+        problems.append("no configuration recorded (configs, or a config_note saying it runs none)")
+    for c in configs or []:
+        if not (isinstance(c, dict) and c.get("digest") and "preset" in c and "overrides" in c):
+            problems.append(f"a configuration without preset, overrides and digest: {str(c)[:80]}")
+    return problems
+
+
+def config_drift(result: dict) -> list[str]:
+    """Each recorded configuration whose digest differs from what its preset and overrides resolve to today."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.append(str(ROOT / "benchmarks"))
+    from benchmarks.common import config_digest, resolve_config
+
+    out = []
+    for c in result.get("configs") or []:
+        try:
+            today = config_digest(resolve_config(c["preset"], c["overrides"]))
+        except Exception as exc:  # noqa: BLE001 - a preset or field that no longer exists is drift too
+            out.append(f"{c['preset']}: {c['overrides']} no longer resolves ({exc})")
+            continue
+        if today != c["digest"]:
+            out.append(f"{c['preset']} with {c['overrides']}: ran {c['digest'][:12]}, resolves to {today[:12]} today")
+    return out
+
+
+def config_text(result: dict, name: str) -> str:
+    """The configuration part of a provenance line: each preset run and its digest, or why there is none; an
+    earlier recipe says so (EARLIER_RECIPES)."""
+    configs = result.get("configs") or []
+    if not configs:
+        return f"Configuration: none ({result.get('config_note', 'not recorded')})."
+    seen: dict[str, list[str]] = {}
+    for c in configs:
+        label = f"`{c['preset']}`" + (" with " + ", ".join(f"`{k}={v}`" for k, v in c["overrides"].items()
+                                                            if not k.startswith(("data.source", "train.seed")))
+                                     if any(not k.startswith(("data.source", "train.seed")) for k in c["overrides"])
+                                     else "")
+        seen.setdefault(label, [])
+        if c["digest"][:12] not in seen[label]:
+            seen[label].append(c["digest"][:12])
+    parts = "; ".join(f"{label} (sha256 {', '.join(d)})" for label, d in seen.items())
+    earlier = EARLIER_RECIPES.get(name)
+    return f"Configuration: {parts}" + (f": **an earlier recipe**, {earlier}." if earlier else ".")
 
 
 def n0(x: float) -> str:
@@ -76,19 +200,22 @@ def provenance(result: dict, name: str) -> str:
     start, end = load_range(m)
     load = (f"load average {start:.1f} at the start, {end:.1f} at the end" if start is not None and end is not None
             else "load average not recorded")
-    if not result.get("command") or not m.get("cpu_model"):
-        return (f"`benchmarks/results/{name}`: **recorded before machine info was kept** (no command, commit or "
-                f"CPU model in the file; {m.get('cpus', '?')} cores, {load}); absolute figures in it are not "
-                "comparable with other machines, only its ratios.")
+    problems = provenance_problems(result)
+    if problems:
+        return f"`benchmarks/results/{name}`: **not rendered: {'; '.join(problems)}**."
     probe = m.get("peak_matmul_gflops_float32")
     probe_text = f", fp32 matmul probe {n0(probe)} GFLOP/s at the start" if probe else ""
     commit = (result.get("commit") or "unknown")
     short = commit[:10] + ("+uncommitted" if commit.endswith("+uncommitted") else "")
     return (f"`benchmarks/results/{name}`, written by `{result['command']}` at commit `{short}`. Machine: "
-            f"{m['cpu_model']}, {m.get('cpus')} cores{probe_text}; {load}.")
+            f"{m['cpu_model']}, {m.get('cpus') or m.get('cores')} cores{probe_text}; {load}. "
+            + config_text(result, name))
 
 
 def missing(name: str, command: str) -> str:
+    if name in REFUSED:
+        return (f"Not rendered: `benchmarks/results/{name}` lacks {'; '.join(REFUSED[name])}. `{command}` "
+                "re-measures it.")
     return f"{NOT_MEASURED} `{command}` writes `benchmarks/results/{name}`."
 
 
@@ -312,24 +439,39 @@ def inference() -> str:
 def recipe_selection() -> str:
     name = "recipe-selection.json"
     d = load(name)
+    command = ".venv/bin/python benchmarks/recipe_selection.py --out benchmarks/results/recipe-selection.json"
     if d is None:
-        return missing(name, "(assembled from training logs)")
-    rows = ["| candidate | best validation mean IoU | at epoch | epochs run |", "|---|---:|---:|---:|"]
-    for label, c in d["candidates"].items():
-        rows.append(f"| {label} | {c['best_val_mean_iou']:.3f} | {c['best_val_epoch']} | {c['epochs_run']} |")
-    return "\n".join([f"{d['what'][0].upper()}{d['what'][1:]}.", "", *rows, "",
-                      f"`benchmarks/results/{name}`: **{d['how_made']}** Note recorded with it: {d['note']}."])
+        return missing(name, command)
+    rows = ["| decision | what the preset holds | first decided | re-made on validation |", "|---|---|---|---|"]
+    for c in d["decisions"]:
+        if c["status"] == "decided":
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in c["score"].items())
+            verdict = f"**{c['chosen']}** ({c['on']}: {scores})"
+        else:
+            verdict = "**withdrawn**: " + "; ".join(c["missing"])
+        rows.append(f"| {c['question']} | {c['preset_today']} | {c['first_decided']} | {verdict} |")
+    return "\n".join([f"{d['what'][0].upper()}{d['what'][1:]}.", "", *rows, "", provenance(d, name)])
 
 
 def roofline() -> str:
     result = load("roofline.json")
     if result is None or not (ROOT / "benchmarks" / "roofline.py").is_file():
-        return "Not measured yet: `benchmarks/roofline.py` writes `benchmarks/results/roofline.json`."
+        return ("Not measured with full provenance: `roofline.json` was withdrawn (" + WITHDRAWN["roofline.json"]
+                + "). `.venv/bin/python benchmarks/roofline.py --out benchmarks/results/roofline.json` re-measures it.")
     if str(ROOT / "benchmarks") not in sys.path:  # the scripts import their siblings as `common`, `quality`
         sys.path.append(str(ROOT / "benchmarks"))
     from benchmarks import roofline as module
 
     return module.render_markdown(result).rstrip("\n") + "\n\n" + provenance(result, "roofline.json")
+
+
+def withdrawn() -> str:
+    """BENCHMARKS.md: the result files withdrawn (issue 19) and why; which files are rendered, and from what."""
+    rows = ["| withdrawn result file | why |", "|---|---|"]
+    rows += [f"| `{name}` | {why} |" for name, why in WITHDRAWN.items()]
+    kept = sorted(p.name for p in RESULTS.glob("*.json"))
+    return "\n".join([*rows, "", "Every file still in `benchmarks/results/` has full provenance (command, clean "
+                       "commit, machine, configuration digest): " + ", ".join(f"`{k}`" for k in kept) + "."])
 
 
 def storage_summary() -> str:
@@ -369,6 +511,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "recipe-selection": recipe_selection,
     "roofline": roofline,
     "storage": storage_summary,
+    "withdrawn": withdrawn,
 }
 
 

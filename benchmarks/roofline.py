@@ -119,11 +119,10 @@ def cpu_flags() -> set[str]:
 
 
 def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """HEAD, `+uncommitted` when segpipe/ or benchmarks/ differ from it (`benchmarks.common.git_commit`)."""
+    from benchmarks.common import git_commit as common_git_commit
+
+    return common_git_commit()
 
 
 def policy_for(setting: str) -> tuple[str, str]:
@@ -239,12 +238,14 @@ def peak_per_cpu_s(peaks: dict[str, Any], key: str) -> float | None:
 # --------------------------------------------------------------------------- models and FLOPs
 
 
+# The FLOPs and the speed are those of the architecture; no download of the pretrained weights.
+PRESET_OVERRIDES: dict[str, dict[str, Any]] = {name: {"model.encoder_weights": "none"} for name in ("cpu-quick", "full")}
+
+
 def preset_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
     from segpipe.config import build_config
 
-    # The FLOPs and the speed are those of the architecture; no download of the pretrained weights.
-    over = {"model.encoder_weights": "none"} if name in ("cpu-quick", "full") else {}
-    return build_config(name, {**over, **(overrides or {})})
+    return build_config(name, {**PRESET_OVERRIDES.get(name, {}), **(overrides or {})})
 
 
 def preset_names() -> list[str]:
@@ -786,10 +787,10 @@ def head_first_candidates(hf: dict[str, Any]) -> list[dict[str, Any]]:
          "segpipe/models/deeplabv3plus.py: softmax_head's Conv2D before output_upsample4",
          f"the same function (largest output difference {hf['max_abs_output_difference_mixed_bfloat16']:.1e})"),
         ("as_built_float32", "mixed_precision off (float32)", "cpu-quick: mixed_precision = 'off'",
-         "float32 maths (the reference precision): not lower"),
+         "float32 maths (the reference precision)"),
         ("head_first_float32", "head first + float32", "both of the above",
          f"the same function in float32 (largest output difference "
-         f"{hf['max_abs_output_difference_float32']:.1e}): not lower"),
+         f"{hf['max_abs_output_difference_float32']:.1e})"),
     ):
         out.append({"variant": key, "knob": knob, "preset_change": change, "quality": quality,
                     "images_per_cpu_s_before": base["images_per_cpu_s"],
@@ -798,6 +799,20 @@ def head_first_candidates(hf: dict[str, Any]) -> list[dict[str, Any]]:
                     "ratio_images_per_s": rnd(v[key]["images_per_s"] / base["images_per_s"], 3),
                     "measured_in": "head_first"})
     return out
+
+
+def quality_text(candidate: dict[str, Any]) -> str:
+    """A candidate's quality column: what the change does to the maths, and, for a float32 candidate, the
+    claim `claims.paired_claim` computes from the paired float32/bfloat16 quality results (never a stored
+    "not lower": results written before this strip it)."""
+    text = candidate["quality"].removesuffix(": not lower")
+    if "mixed_precision = 'off'" in candidate["preset_change"] or candidate["variant"].endswith("float32"):
+        from benchmarks.claims import CLAIM_PAIRS, paired_claim
+        from benchmarks.render import load
+
+        base, cand = CLAIM_PAIRS["float32"]
+        text += ": " + paired_claim(load(base), load(cand), (base, cand))
+    return text
 
 
 def candidates(abl: dict[str, Any]) -> list[dict[str, Any]]:
@@ -812,10 +827,10 @@ def candidates(abl: dict[str, Any]) -> list[dict[str, Any]]:
         ("xla_float32", "jit_compile=True, float32", "jit_compile = true, mixed_precision = 'off'",
          "float32 maths (the reference precision)"),
         ("float32_spe8", "float32 + steps_per_execution=8", "mixed_precision = 'off' + steps_per_execution 8",
-         "float32 maths (the reference precision): not lower"),
+         "float32 maths (the reference precision)"),
         ("bare_step", "no fit machinery (bound on what fit's overhead costs)", "none (a reference)", "none"),
         ("float32", "mixed_precision off (float32)", "mixed_precision = 'off'", "float32 maths (the reference "
-         "precision): not lower"),
+         "precision)"),
         ("no_ema", "ema_momentum=None", "drop the EMA", "yes: validation and the saved model use the raw weights"),
     ]
     out = []
@@ -956,7 +971,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         for c in cands:
             lines.append(f"| {c['knob']} | {c['preset_change']} | {_f(c['images_per_cpu_s_before'])} | "
                          f"{_f(c['images_per_cpu_s_after'])} | {_f(c['ratio_images_per_cpu_s'], '{:.2f}x')} | "
-                         f"{_f(c['ratio_images_per_s'], '{:.2f}x')} | {c['quality']} |")
+                         f"{_f(c['ratio_images_per_s'], '{:.2f}x')} | {quality_text(c)} |")
         lines.append("")
     prec = {k: v for k, v in result.get("precision", {}).items() if isinstance(v, dict) and "variants" in v}
     if prec:
@@ -1056,9 +1071,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()})
     log("machine", machine)
     peaks = measure_peaks(args.probe_s, args.rounds, args.matmul_n)
+    from benchmarks.common import config_record
+
+    names = args.presets or preset_names()
     result: dict[str, Any] = {"command": " ".join([sys.executable, *sys.argv]), "commit": git_commit(),
                               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "machine": machine, "peaks": peaks, "presets": {}}
+                              "machine": machine, "peaks": peaks, "presets": {},
+                              "configs": [config_record(n, PRESET_OVERRIDES.get(n, {}), cfg=preset_config(n))
+                                          for n in names]}
     out = Path(args.out) if args.out else None
 
     def save() -> None:  # after every stage: a later stage failing (memory) leaves the earlier ones written
@@ -1066,7 +1086,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(add_machine_aliases(result), indent=2) + "\n")
 
-    names = args.presets or preset_names()
     # the big ones last: the ablations of the default preset matter more than the GPU preset's CPU figure
     order = [n for n in names if n != "full"] + (
         ["ablations", "precision", "head_first"] if not args.no_ablations else []) + [n for n in names if n == "full"]

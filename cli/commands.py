@@ -61,12 +61,39 @@ def cmd_config(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 def cmd_datasets(args: argparse.Namespace, cfg: PipelineConfig | None) -> int:
     work = WorkDir.at(args.work_dir)
     rows = work.complete_datasets()
-    if not rows:
+    from cli.tables import datasets_json, datasets_table
+
+    if args.json:
+        print(datasets_json(rows))
+    elif not rows:
         print(f"no prepared dataset under {work.datasets}")
+    else:
+        print(datasets_table(rows))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, cfg: PipelineConfig | None) -> int:
+    """`segpipe runs`: a table of the runs under WORK; `segpipe runs show RUN`: one run in full."""
+    import json
+
+    from cli.tables import run_text, runs_table
+    from segpipe.run_index import UnknownRunError, list_runs, run_details
+
+    work = WorkDir.at(args.work_dir)
+    if args.runs_action == "show":
+        try:
+            details = run_details(work, args.run_id)
+        except UnknownRunError as exc:
+            raise CliError(str(exc)) from None
+        print(json.dumps(details, indent=2) if args.json else run_text(details))
         return 0
-    for key, manifest in rows:
-        counts = {s: v.get("num_examples") for s, v in manifest.get("splits", {}).items()}
-        print(f"{key}  created {manifest.get('created_at')}  {counts}")
+    records = list_runs(work)
+    if args.json:
+        print(json.dumps([r.to_json() for r in records], indent=2))
+    elif not records:
+        print(f"no run under {work.runs}")
+    else:
+        print(runs_table(records))
     return 0
 
 
@@ -105,7 +132,9 @@ def cmd_train(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     from flows.train import train_flow
 
     trained = train_flow(config=cfg, work_dir=str(work), dataset_key=args.dataset)
-    print(f"run {trained.run_id}: best val mean IoU {trained.best_val_mean_iou} at epoch {trained.best_epoch}")
+    best = "none" if trained.best_val_mean_iou is None else f"{trained.best_val_mean_iou:.4g}"
+    at = "" if trained.best_epoch is None else f" at epoch {trained.best_epoch + 1}"  # 1-based, as the epoch lines
+    print(f"run {trained.run_id}: best val mean IoU {best}{at}")
     print(f"model written to {trained.model_path}")
     print(f"run directory: {trained.run_dir}")
     return 0
@@ -235,6 +264,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "retrain": cmd_retrain,
     "config": cmd_config,
     "datasets": cmd_datasets,
+    "runs": cmd_runs,
     "download": cmd_download,
     "prepare": cmd_prepare,
 }

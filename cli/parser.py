@@ -150,8 +150,23 @@ def _pipeline_commands(sub: Any) -> None:
     p = sub.add_parser("datasets", help="list prepared datasets under WORK")
     _debug_flag(p)
     p.add_argument("--work-dir")
+    p.add_argument("--json", action="store_true", help="print JSON (for scripts) instead of a table")
+    _runs_command(sub)
     p = sub.add_parser("server", help="the local Prefect server that commands start once and reuse: start, status, stop")
     _debug_flag(p)
     p.add_argument("action", choices=["start", "status", "stop"],
                    help="start it (if not running), say whether it runs and where, or stop it")
 
+
+def _runs_command(sub: Any) -> None:
+    """`segpipe runs` (a table of the runs under WORK) and `segpipe runs show RUN` (one run in full)."""
+    p = sub.add_parser("runs", help="list the training runs under WORK (`runs show RUN`: one run in full)")
+    _debug_flag(p)
+    p.add_argument("--work-dir", help=f"work directory (default: ${ENV_WORK_DIR} or ./segpipe-work)")
+    p.add_argument("--json", action="store_true", help="print JSON (for scripts) instead of a table")
+    runs = p.add_subparsers(dest="runs_action", metavar="show RUN")
+    show = runs.add_parser("show", help="one run's configuration, lineage and metrics")
+    show.add_argument("run_id", metavar="RUN", help="a run id (or its unique beginning), as `segpipe runs` lists it")
+    _debug_flag(show)
+    show.add_argument("--work-dir", default=argparse.SUPPRESS, help="work directory")
+    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")

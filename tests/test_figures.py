@@ -1,8 +1,12 @@
 """Figures you can trust: every measured number in README.md and BENCHMARKS.md comes from a committed result.
 
 How: measured figures live only inside rendered blocks (`<!-- NAME:begin -->` ... `<!-- NAME:end -->`),
-and each block must equal what `benchmarks/render.py` renders from the JSON files in benchmarks/results/
-(each of which records the command that wrote it, the commit and the machine). The text outside the blocks
+and each block must equal what `benchmarks/render.py` renders from the JSON files in benchmarks/results/.
+Strict provenance: every file there records the command that wrote it, a clean commit that resolves in
+this repository, the machine, and the configurations it ran (the sha256 of each resolved PipelineConfig);
+a rendered figure whose configuration differs from what its preset resolves to today fails unless the text
+labels it an earlier recipe; quality claims are computed from paired results; recipe-selection.json is what
+`benchmarks/recipe_selection.py` decides from validation figures now. The text outside the blocks
 must not quote a measured-looking number: a ratio ("3.7x"), a share ("2.7%"), a rate ("images/s"), a
 duration ("814 s", "16 minutes"), a size ("27 MB") or a decimal ("0.720"). Numbers that are not
 measurements (configuration values, targets that the rendered tables repeat, version numbers) are either
@@ -54,10 +58,8 @@ LINK_TARGET = re.compile(r"\]\([^)]*\)|https?://\S+")
 
 
 def _render():
-    spec = importlib.util.spec_from_file_location("render", ROOT / "benchmarks" / "render.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks.render, the module the blocks' helpers (transfer_report, roofline) load results through."""
+    return importlib.import_module("benchmarks.render")
 
 
 def stray_figures(text: str) -> list[str]:
@@ -100,24 +102,223 @@ def test_every_rendered_block_is_used_and_every_used_block_is_known():
     assert {"transfer", "roofline"} <= used
 
 
-def test_every_result_a_block_quotes_records_its_command_or_how_it_was_made():
-    """Each JSON in benchmarks/results/ says how it was made: the command (with commit and machine), or, for a
-    file assembled by hand, that it was (`how_made`), or it is labelled as recorded before that was kept."""
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def test_every_result_file_has_full_provenance():
+    """Each JSON in benchmarks/results/: its command, a commit that resolves here with no `+uncommitted`, the
+    machine, and its configurations (or a note that it runs none). Nothing assembled by hand."""
     render = _render()
-    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
-        data = json.loads(path.read_text())
-        if "how_made" in data:
-            assert "command" not in data, f"{path.name}: a hand-made file must not carry a command"
-            continue
-        line = render.provenance(data, path.name)
-        assert ("written by" in line and data.get("commit")) or "recorded before machine info was kept" in line, (
-            f"{path.name}: {line}")
+    files = sorted(RESULTS.glob("*.json"))
+    assert files
+    bad = {p.name: render.provenance_problems(json.loads(p.read_text())) for p in files}
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, f"withdraw (git rm) or re-measure: {bad}"
+    for p in files:
+        assert "how_made" not in json.loads(p.read_text()), f"{p.name}: assembled by hand"
+    assert not [p.name for p in RESULTS.iterdir() if p.suffix not in (".json", ".png")]
 
 
-def test_the_machine_record_has_the_matmul_probe():
+def test_withdrawn_files_left_the_tree():
+    render = _render()
+    names = [n for n in render.WITHDRAWN if n.endswith(".json")]
+    assert names
+    present = [n for n in names if (RESULTS / n).exists()]
+    assert not present, f"withdrawn but still there (re-measured? then drop them from render.WITHDRAWN): {present}"
+
+
+def test_every_rendered_figure_comes_from_a_result_with_full_provenance():
+    render = _render()
+    for name in render.BLOCKS:
+        render.BLOCKS[name]()
+    assert render.LOADED, "no block read a result"
+    assert not render.REFUSED, f"blocks tried to render results without full provenance: {render.REFUSED}"
+    for name in render.LOADED:
+        assert not render.provenance_problems(json.loads((RESULTS / name).read_text())), name
+
+
+def test_a_rendered_figure_runs_what_its_preset_resolves_to_today_or_is_labelled_an_earlier_recipe():
+    render = _render()
+    for name in render.BLOCKS:
+        render.BLOCKS[name]()
+    docs = "\n".join((ROOT / doc).read_text() for doc in DOCS)
+    for name in sorted(render.LOADED):
+        result = json.loads((RESULTS / name).read_text())
+        drift = render.config_drift(result)
+        if name in render.EARLIER_RECIPES:
+            assert drift, f"{name} is labelled an earlier recipe but runs today's presets: drop the label"
+            line = render.provenance(result, name)
+            assert "an earlier recipe" in line and line in docs, f"{name}: the text does not label it: {line}"
+        else:
+            assert not drift, (f"{name} was measured with a configuration its preset no longer resolves to: "
+                               f"re-measure it, or label it in render.EARLIER_RECIPES: {drift}")
+
+
+def test_a_changed_preset_is_caught_and_a_broken_provenance_named(tmp_path):
+    """The checks themselves: a recorded digest that today's resolution does not reproduce is drift; a dirty,
+    unknown or missing commit, a missing command, machine or configuration are each named."""
+    render = _render()
+    common = _common()
+    record = common.config_record("tiny", {"train.seed": 3})
+    clean = {"command": "x", "commit": _head(), "machine": {"cpu_model": "cpu", "cpus": 2}, "configs": [record]}
+    assert render.provenance_problems(clean) == [] and render.config_drift(clean) == []
+    earlier = {**clean, "configs": [{**record, "digest": common.config_digest(
+        common.resolve_config("tiny", {"train.seed": 3, "train.learning_rate": 0.5}))}]}
+    assert render.config_drift(earlier) and "tiny" in render.config_drift(earlier)[0]
+    for broken, words in (({"commit": _head() + "+uncommitted"}, "uncommitted"),
+                          ({"commit": "0" * 40}, "does not resolve"), ({"commit": None}, "no commit"),
+                          ({"command": ""}, "no command"), ({"machine": {}}, "no machine"),
+                          ({"configs": []}, "no configuration")):
+        problems = render.provenance_problems({**clean, **broken})
+        assert len(problems) == 1 and words in problems[0], (broken, problems)
+    assert render.provenance_problems({**clean, "configs": [], "config_note": "runs none"}) == []
+
+
+def test_quality_claims_are_computed_from_the_paired_results():
+    """"not lower" only when the candidate scored at least the baseline on every paired seed."""
+    import importlib
+
+    claims = importlib.import_module("benchmarks.claims")
+
+    def report(scores):
+        return {"results": [{"train_seed": s, "best_val_mean_iou": v, "held_out": {"mean_iou": h}}
+                            for s, (v, h) in enumerate(scores)]}
+
+    bf16 = report([(0.7463, 0.7542), (0.7560, 0.7590), (0.7520, 0.7585)])
+    fp32 = report([(0.7378, 0.7533), (0.7532, 0.7554), (0.7457, 0.7510)])
+    text = claims.paired_claim(bf16, fp32)
+    assert "held-out lower on 3 of 3 seeds" in text and "validation lower on 3 of 3 seeds" in text
+    assert "not lower" not in text
+    assert claims.paired_claim(fp32, bf16).count("not lower on 3 of 3 seeds") == 2
+    mixed = report([(0.7463, 0.7540), (0.7560, 0.7500), (0.7520, 0.7500)])
+    assert "held-out lower on 1 of 3 seeds" in claims.paired_claim(mixed, fp32)
+    assert "not measured" in claims.paired_claim(None, fp32, ("a.json", "b.json"))
+    roofline = importlib.import_module("benchmarks.roofline")
+    column = roofline.quality_text({"variant": "float32", "preset_change": "mixed_precision = 'off'",
+                                    "quality": "float32 maths (the reference precision): not lower"})
+    assert "not lower" not in column.partition(":")[0] and column.endswith(claims.paired_claim(
+        *(importlib.import_module("benchmarks.render").load(n) for n in claims.CLAIM_PAIRS["float32"]),
+        claims.CLAIM_PAIRS["float32"]))
+
+
+def test_recipe_selection_is_what_its_command_decides_from_validation_figures_now():
+    import importlib
+
+    selection = importlib.import_module("benchmarks.recipe_selection")
+    committed = json.loads((RESULTS / "recipe-selection.json").read_text())
+    assert committed["decisions"] == json.loads(json.dumps(selection.decide_all())), (
+        "run .venv/bin/python benchmarks/recipe_selection.py --out benchmarks/results/recipe-selection.json")
+    assert "recipe_selection.py" in committed["command"]
+    assert {d["id"] for d in committed["decisions"]} >= {"cpu-quick-hue-saturation", "cpu-quick-precision"}
+
+
+def test_a_recipe_decision_reads_validation_figures_only(tmp_path, monkeypatch):
+    """Two candidates whose held-out figures disagree with their validation figures: the decision follows
+    validation; a candidate without validation figures withdraws the decision."""
+    import importlib
+
+    selection = importlib.import_module("benchmarks.recipe_selection")
+    head = _head()
+    base = {"command": "q", "commit": head, "machine": {"cpu_model": "cpu", "cpus": 2},
+            "configs": [_common().config_record("tiny")]}
+
+    def write(name, val, held):
+        runs = [{"train_seed": s, "best_val_mean_iou": v, "held_out": {"mean_iou": h}}
+                for s, (v, h) in enumerate(zip(val, held))]
+        (tmp_path / name).write_text(json.dumps({**base, "results": runs}))
+
+    write("a.json", [0.70, 0.71], [0.80, 0.81])
+    write("b.json", [0.72, 0.73], [0.60, 0.61])
+    monkeypatch.setattr(selection, "RESULTS", tmp_path)
+    decision = {"id": "t", "question": "a or b", "preset_today": "a", "first_decided": "by hand",
+                "candidates": {"a": "a.json", "b": "b.json"}}
+    out = selection.decide(decision)
+    assert out["status"] == "decided" and out["chosen"] == "b" and out["chosen_not_lower_on_seeds"] == {"a": 2}
+    (tmp_path / "b.json").write_text(json.dumps({**base, "results": [{"train_seed": 0, "held_out": {"mean_iou": 1}}]}))
+    out = selection.decide(decision)
+    assert out["status"] == "withdrawn" and "validation" in out["missing"][0]
+
+
+def test_quality_benchmark_has_no_held_out_stop():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--stop-at-held-out", "0.7"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and "unrecognized arguments: --stop-at-held-out" in done.stderr
+
+
+@pytest.mark.slow
+def test_quality_benchmark_scores_the_held_out_split_only_after_training_ends(tmp_path, monkeypatch):
+    """A real tiny training run through quality.train_and_score: no evaluation of any split while
+    segpipe.training.train runs; afterwards every curve point has its kept checkpoint's held-out score."""
+    import importlib
+    import types
+
+    from segpipe import evaluation, training
+    from segpipe.config import build_config
+    from tests.synthetic import write_tiny_dataset
+
+    quality = importlib.import_module("benchmarks.quality")
+    ds = write_tiny_dataset(tmp_path / "ds", {"train": 8, "val": 4, "test": 4}, height=32, width=32)
+    cfg = build_config("tiny", {"train.budget_images": 24, "train.early_stopping_patience": 0})
+    state = {"training": False, "calls": []}
+    real_train, real_evaluate = training.train, evaluation.evaluate
+
+    def train(*args, **kw):
+        state["training"] = True
+        try:
+            return real_train(*args, **kw)
+        finally:
+            state["training"] = False
+
+    def evaluate(models, dataset_dir, split, *args, **kw):
+        state["calls"].append((split, state["training"]))
+        return real_evaluate(models, dataset_dir, split, *args, **kw)
+
+    monkeypatch.setattr(training, "train", train)
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
+    out = quality.train_and_score(cfg, types.SimpleNamespace(path=str(ds)), tmp_path / "runs" / "r")
+    assert state["calls"] and all(not during for _, during in state["calls"]), state["calls"]
+    assert {split for split, _ in state["calls"]} == {"test"}
+    assert out["epochs_completed"] == len(out["curve"]) >= 2
+    assert all(p["held_out_mean_iou"] is not None and p["best_val_mean_iou"] is not None for p in out["curve"])
+    assert out["best_val_mean_iou"] == max(p["val_mean_iou"] for p in out["curve"])
+    kept = sorted((tmp_path / "runs" / "r-checkpoints").glob("epoch-*.keras"))
+    assert kept and len(kept) <= len(out["curve"])
+
+
+def _common():
     spec = importlib.util.spec_from_file_location("common", ROOT / "benchmarks" / "common.py")
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)
+    return common
+
+
+def _head() -> str:
+    import subprocess
+
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def test_the_config_digest_is_the_sha256_of_the_resolved_configs_json():
+    import hashlib
+
+    from segpipe.config import build_config
+
+    common = _common()
+    cfg = build_config("cpu-quick", {"train.seed": 1})
+    dumped = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    record = common.config_record("cpu-quick", {"train.seed": 1}, cfg=cfg)
+    assert record["digest"] == hashlib.sha256(dumped.encode()).hexdigest() == common.config_digest(cfg)
+    assert record["resolved"] == cfg.model_dump(mode="json") and record["overrides"] == {"train.seed": 1}
+    assert common.config_record("cpu-quick", {"train.seed": 2})["digest"] != record["digest"]
+    with pytest.raises(ValueError):
+        common.config_record("cpu-quick", {"train.seed": 2}, cfg=cfg)
+
+
+def test_the_machine_record_has_the_matmul_probe():
+    common = _common()
     info = common.machine(probe=True, seconds=0.05)
     assert info["cpu_model"] and info["cpus"] >= 1 and len(info["load_average"]) == 3
     assert info["peak_matmul_gflops_float32"] > 0

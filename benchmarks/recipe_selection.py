@@ -1,0 +1,137 @@
+"""Every recipe decision, re-made from the validation figures of committed results: recipe-selection.json.
+
+    .venv/bin/python benchmarks/recipe_selection.py --out benchmarks/results/recipe-selection.json
+
+DECISIONS lists each choice a preset embodies that was made by comparing trained recipes: the question, what
+the preset holds today, how it was first decided, and the committed result file of each candidate
+(`benchmarks/quality.py` output). `decide` reads those files and decides on their validation figures alone
+(`best_val_mean_iou` of each run, paired by training seed where the seeds match; the mean over the runs
+otherwise); held-out figures are never read. A decision whose evidence is missing - a candidate file that is
+not in benchmarks/results/, one without strict provenance (`render.provenance_problems`), or runs without a
+validation figure - is recorded as `withdrawn`, with what is missing: the preset's setting then rests on no
+committed measurement, and the text says so. The output records the command, commit and machine like every
+benchmark; it runs no PipelineConfig. `tests/test_figures.py` fails when the committed file's decisions
+differ from what `decide` makes of the committed results now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+DECISIONS: list[dict[str, Any]] = [
+    {
+        "id": "cpu-quick-model",
+        "question": "cpu-quick's model: U-Net or DeepLabV3+ on the MobileNetV2 encoder, with or without a frozen "
+                    "encoder phase",
+        "preset_today": "deeplabv3plus on mobilenetv2, encoder frozen for the first images",
+        "first_decided": "on validation figures assembled by hand from training logs that were never committed",
+        "candidates": {
+            "unet-mobilenetv2": "quality-cpu-quick-unet-mobilenetv2.json",
+            "deeplabv3plus-mobilenetv2, frozen phase": "quality-cpu-quick-deeplabv3plus-frozen.json",
+            "deeplabv3plus-mobilenetv2, no frozen phase": "quality-cpu-quick-deeplabv3plus-unfrozen.json",
+        },
+    },
+    {
+        "id": "cpu-quick-hue-saturation",
+        "question": "cpu-quick's augmentation: hue and saturation jitter, or none",
+        "preset_today": "none (train.aug_hue 0, train.aug_saturation 0)",
+        "first_decided": "rejected on a held-out breed's score (Bengal, one of the three behind the breed target)",
+        "candidates": {
+            "no hue/saturation jitter": "quality-cpu-quick-no-hue-saturation.json",
+            "hue/saturation jitter": "quality-cpu-quick-hue-saturation.json",
+        },
+    },
+    {
+        "id": "cpu-quick-precision",
+        "question": "cpu-quick's precision: float32 or mixed bfloat16 (chosen for speed; its quality claimed "
+                    "\"not lower\")",
+        "preset_today": "float32 (train.mixed_precision off)",
+        "first_decided": "for speed on the roofline's measurements; quality compared on held-out figures",
+        "candidates": {
+            "float32": "transfer-random.json",
+            "mixed_bfloat16": "transfer-random-bf16.json",
+        },
+    },
+]
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _problems(report: dict) -> list[str]:
+    from benchmarks.render import provenance_problems
+
+    return provenance_problems(report)
+
+
+def decide(decision: dict[str, Any]) -> dict[str, Any]:
+    """One decision re-made on validation figures, or withdrawn with what is missing."""
+    missing: list[str] = []
+    evidence: dict[str, dict[str, Any]] = {}
+    for label, name in decision["candidates"].items():
+        report = _load(name)
+        if report is None:
+            missing.append(f"{label}: {name} is not in benchmarks/results/")
+            continue
+        if problems := _problems(report):
+            missing.append(f"{label}: {name}: {'; '.join(problems)}")
+            continue
+        runs = report.get("results", [])
+        vals = {r.get("train_seed"): r.get("best_val_mean_iou") for r in runs}
+        if not runs or any(v is None for v in vals.values()):
+            missing.append(f"{label}: {name}: runs without a validation figure (best_val_mean_iou)")
+            continue
+        evidence[label] = {"file": name, "best_val_mean_iou_by_seed": vals,
+                           "mean": round(statistics.fmean(vals.values()), 4)}
+    base = {k: decision[k] for k in ("id", "question", "preset_today", "first_decided")}
+    base["candidates"] = decision["candidates"]
+    if missing:
+        return {**base, "status": "withdrawn", "missing": missing,
+                "verdict": "not decided on validation: the preset's setting rests on no committed measurement"}
+    seeds = set.intersection(*(set(e["best_val_mean_iou_by_seed"]) for e in evidence.values()))
+    paired = len(seeds) > 0 and all(len(e["best_val_mean_iou_by_seed"]) == len(seeds) for e in evidence.values())
+    score = {label: (statistics.fmean(e["best_val_mean_iou_by_seed"][s] for s in sorted(seeds)) if paired
+                     else e["mean"]) for label, e in evidence.items()}
+    chosen = max(score, key=score.get)
+    wins = {label: sum(evidence[chosen]["best_val_mean_iou_by_seed"][s] >= e["best_val_mean_iou_by_seed"][s]
+                       for s in seeds) for label, e in evidence.items() if label != chosen} if paired else {}
+    return {**base, "status": "decided", "on": "validation mean IoU (best_val_mean_iou), "
+            + ("paired by training seed" if paired else "mean over each candidate's runs"),
+            "evidence": evidence, "score": {k: round(v, 4) for k, v in score.items()}, "chosen": chosen,
+            "chosen_not_lower_on_seeds": wins, "seeds": sorted(seeds, key=str)}
+
+
+def decide_all() -> list[dict[str, Any]]:
+    return [decide(d) for d in DECISIONS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="also write the JSON here")
+    args = p.parse_args(argv)
+    from benchmarks.common import Machine, emit
+
+    machine = Machine(probe=False)
+    emit({"benchmark": "recipe-selection",
+          "what": "each recipe decision re-made on the validation figures of committed results "
+                  "(held-out figures are never read); withdrawn where that evidence is missing",
+          "decisions": decide_all(),
+          **machine.provenance(config_note="runs no PipelineConfig: reads committed result files")}, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
