@@ -1,0 +1,173 @@
+"""The graphs an export is made of: the serving model, and the SavedModel's signatures around it.
+
+`serving_model(models, flip)` is a Keras model from uint8 RGB at the model's input size to softmax
+probabilities at that size: scaling to [0, 1], every member (whose own preprocessing is inside it), flip
+test-time augmentation and the ensemble average, computed exactly as `segpipe.ensemble` computes them.
+LiteRT and ONNX are converted from it; the SavedModel wraps it with decoding and resizing
+(`saved_model_archive`), so TF Serving takes encoded images and answers trimaps at their original size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from segpipe.export.runtime import MAX_PIXELS
+
+
+def common_input_size(models: Sequence[Any]) -> tuple[int, int]:
+    """The one input size all members take; a clear error for an ensemble of mixed sizes."""
+    from segpipe.ensemble import model_sizes
+
+    sizes = model_sizes(models)
+    if len(sizes) != 1:
+        shown = ", ".join(f"{h}x{w}" for h, w in sizes)
+        raise ValueError(f"ensemble members take different input sizes ({shown}); an export needs one input size")
+    return sizes[0]
+
+
+def serving_model(models: Sequence[Any], flip: bool) -> Any:
+    """uint8 (B, h, w, 3) -> float32 probabilities (B, h, w, 3): the members averaged, each with flip TTA."""
+    import keras
+    from keras import layers, ops
+
+    size = common_input_size(models)
+    image = keras.Input((*size, 3), dtype="uint8", name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="to_unit_range")(image)
+    mirror = layers.Lambda(lambda t: ops.flip(t, axis=2), name="mirror")
+    members = []
+    for i, model in enumerate(models):
+        probs = _to_size(model(x), size, f"member{i}_resize")
+        if flip:
+            mirrored = mirror(_to_size(model(mirror(x)), size, f"member{i}_mirrored_resize"))
+            probs = layers.Average(name=f"member{i}_flip_tta")([probs, mirrored])
+        members.append(probs)
+    out = members[0] if len(members) == 1 else layers.Average(name="ensemble")(members)
+    out = layers.Activation("linear", dtype="float32", name="probabilities")(out)
+    return keras.Model(image, out, name="pets_segmenter")
+
+
+def _to_size(probs: Any, size: tuple[int, int], name: str) -> Any:
+    from keras import layers
+
+    if tuple(probs.shape[1:3]) == tuple(size):
+        return probs
+    return layers.Resizing(*size, interpolation="bilinear", antialias=True, name=name)(probs)
+
+
+# --------------------------------------------------------------------------- the SavedModel around it
+
+
+def saved_model_archive(model: Any) -> Any:
+    """A `keras.export.ExportArchive` with the four signatures of `runtime.SAVED_MODEL_SIGNATURES`."""
+    import keras
+    import tensorflow as tf
+
+    size = tuple(int(d) for d in model.input_shape[1:3])
+
+    def core(batch: Any) -> Any:
+        return model(batch, training=False)
+
+    def to_input(image: Any) -> Any:
+        x = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+
+    def labels(probs: Any, height: Any, width: Any) -> tuple[Any, Any]:
+        full = tf.image.resize(probs, tf.stack([height, width]), method="bilinear", antialias=True)
+        return tf.cast(tf.argmax(full, axis=-1) + 1, tf.uint8), full
+
+    def from_bytes(images: Any) -> dict[str, Any]:
+        decoded = tf.map_fn(
+            _decode_one, images,
+            fn_output_signature=(tf.TensorSpec([*size, 3], tf.uint8), tf.TensorSpec([2], tf.int32)),
+        )
+        inputs, shapes = decoded
+        probs = core(inputs)
+        heights, widths = shapes[:, 0], shapes[:, 1]
+        max_h, max_w = tf.reduce_max(heights), tf.reduce_max(widths)
+
+        def one(args: Any) -> tuple[Any, Any]:
+            p, h, w = args
+            mask, full = labels(p, h, w)
+            return (tf.pad(mask, [[0, max_h - h], [0, max_w - w]]),
+                    tf.pad(full, [[0, max_h - h], [0, max_w - w], [0, 0]]))
+
+        masks, full = tf.map_fn(
+            one, (probs, heights, widths),
+            fn_output_signature=(tf.TensorSpec([None, None], tf.uint8), tf.TensorSpec([None, None, 3], tf.float32)),
+        )
+        return {"masks": masks, "probabilities": full, "heights": heights, "widths": widths}
+
+    def _decode_one(data: Any) -> tuple[Any, Any]:
+        image = decode_image(data)
+        return to_input(image), tf.shape(image)[:2]
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        lambda images: {k: v for k, v in from_bytes(images).items() if k != "probabilities"},
+        input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+    )
+    archive.add_endpoint(
+        "serving_probabilities", from_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+    )
+
+    def from_float(images: Any) -> dict[str, Any]:
+        image_size = tf.shape(images)[1:3]
+        x = to_input(tf.clip_by_value(images, 0.0, 1.0) * 255.0)
+        full = tf.image.resize(core(x), image_size, method="bilinear", antialias=True)
+        return {"masks": tf.cast(tf.argmax(full, axis=-1) + 1, tf.uint8), "probabilities": full}
+
+    archive.add_endpoint(
+        "serving_float", from_float, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")],
+    )
+    archive.add_endpoint(
+        "model_input", lambda image: {"probabilities": core(image)},
+        input_signature=[tf.TensorSpec([None, *size, 3], tf.uint8, name="image")],
+    )
+    return archive
+
+
+def decode_image(data: Any) -> Any:
+    """uint8 (H, W, 3) of encoded bytes inside the graph, matching Pillow (what `segpipe predict` uses).
+
+    JPEG with the accurate integer DCT (TensorFlow's default, the fast DCT, differs from libjpeg's default in
+    about 1% of pixels); PNG, GIF (first frame) and BMP through `decode_image`, 16-bit reduced to its high
+    byte, alpha dropped, grey replicated. Images over `MAX_PIXELS` are refused from their JPEG or PNG header
+    before decoding. EXIF orientation is not applied (callers with rotated photos decode themselves and use
+    `serving_float`).
+    """
+    import tensorflow as tf
+
+    is_jpeg = tf.io.is_jpeg(data)
+    shape = tf.cond(is_jpeg, lambda: tf.io.extract_jpeg_shape(data)[:2], lambda: _png_shape(data))
+    pixels = tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64)
+    checked = tf.debugging.assert_less_equal(
+        pixels, tf.constant(MAX_PIXELS, tf.int64),
+        message=f"image too large: over {MAX_PIXELS / 1e6:.0f} megapixels",
+    )
+    with tf.control_dependencies([checked]):
+        image = tf.cond(
+            is_jpeg,
+            lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False),
+        )
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _png_shape(data: Any) -> Any:
+    """(height, width) from a PNG's IHDR; (0, 0) for other formats (checked when decoded instead)."""
+    import tensorflow as tf
+
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
+
+    def read() -> Any:
+        header = tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8)
+        b = tf.cast(header, tf.int32)
+        width = b[0] * 16777216 + b[1] * 65536 + b[2] * 256 + b[3]
+        height = b[4] * 16777216 + b[5] * 65536 + b[6] * 256 + b[7]
+        return tf.stack([height, width])
+
+    return tf.cond(is_png & (tf.strings.length(data) >= 24), read, lambda: tf.zeros([2], tf.int32))
