@@ -49,6 +49,9 @@ def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Pa
 
         args.cleanup.enter_context(one_line_tracebacks_on_the_console())
     if in_process:
+        from cli.quiet import progress_in_the_run_logs
+
+        args.cleanup.enter_context(progress_in_the_run_logs())  # progress with an ETA, as the epoch lines
         args.run_started = args.cleanup.enter_context(local_run_settings())
     return work
 

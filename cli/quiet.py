@@ -148,3 +148,61 @@ def _short_exceptions(format_record: Any) -> Any:
             record.exc_info, record.exc_text = saved
 
     return format
+
+
+@contextlib.contextmanager
+def progress_in_the_run_logs() -> Iterator[None]:
+    """The library's progress lines (`segpipe.progress`, plain throttled lines with an ETA) become lines of
+    the task run that reports them, like training's epoch lines: Prefect's run logger sends them to the
+    API (the run's logs in the UI) and to the console. On a terminal, where `segpipe.progress` draws a bar,
+    the console skips the intermediate lines (the bar shows them) and keeps the closing one; any console
+    line first erases the bar. Outside a run the lines go where `segpipe.progress`'s parents send them.
+    Restored on exit.
+    """
+    import logging
+
+    import prefect.main  # noqa: F401 - sets Prefect's logging up, console handler included
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from segpipe import progress
+
+    class ToRunLogger(logging.Handler):
+        """Re-log a progress record on the run logger of the task (or flow) run it was made in."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                logger = get_run_logger()  # the record is emitted in the reporting thread's context
+            except MissingContextError:
+                return
+            logger.log(record.levelno, record.getMessage(),
+                       extra={"progress": getattr(record, "progress", None),
+                              "progress_bar": getattr(record, "progress_bar", False)})
+            record.forwarded_to_run = True  # the console skips the original (`_BarAwareConsole`)
+
+    source = logging.getLogger(progress.LOGGER)
+    forward, console_filter = ToRunLogger(), _BarAwareConsole()
+    consoles = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    source.addHandler(forward)
+    for handler in consoles:
+        handler.addFilter(console_filter)
+    try:
+        yield
+    finally:
+        source.removeHandler(forward)
+        for handler in consoles:
+            handler.removeFilter(console_filter)
+
+
+class _BarAwareConsole:
+    """A filter for Prefect's console handler: skip a progress line the bar already shows, and a
+    `segpipe.progress` record that went to its run's logger instead; erase the bar before any other line."""
+
+    def filter(self, record: Any) -> bool:
+        from segpipe.progress import clear_bar
+
+        if getattr(record, "forwarded_to_run", False) or getattr(record, "progress_bar", False):
+            return False
+        clear_bar()
+        return True

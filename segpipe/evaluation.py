@@ -51,6 +51,7 @@ from segpipe.ensemble import (  # noqa: F401
 from segpipe.fsutil import atomic_write_json
 from segpipe.data import COLLAPSE_THRESHOLD
 from segpipe.metrics import ConfusionAccumulator, markdown_table, per_image_iou
+from segpipe.progress import Progress
 
 
 # --------------------------------------------------------------------------- dataset predictions
@@ -178,7 +179,8 @@ def evaluate(
     models = load_models(model_paths)
     sizes = model_sizes(models)
     predictions = _predict_split(models, dataset_dir, split, batch_size=batch_size, flip=flip)
-    original, at_model, per_image, items = _accumulate(predictions, keep_for_gallery)
+    with Progress("evaluate", expected) as progress:
+        original, at_model, per_image, items = _accumulate(predictions, keep_for_gallery, progress)
     n = len(per_image)
     if n == 0:
         raise ValueError(f"split {split!r} of {dataset_dir} yielded no examples: nothing to evaluate")
@@ -199,9 +201,11 @@ def evaluate(
 
 
 def _accumulate(
-    predictions: Iterable[dict[str, Any]], keep_for_gallery: Callable[[str], bool] | None
+    predictions: Iterable[dict[str, Any]], keep_for_gallery: Callable[[str], bool] | None,
+    progress: Progress | None = None,
 ) -> tuple[ConfusionAccumulator, ConfusionAccumulator, list[dict[str, Any]], list[dict[str, Any]]]:
-    """The confusion matrices at original and model resolution, each image's IoU, and the gallery's images."""
+    """The confusion matrices at original and model resolution, each image's IoU, and the gallery's images;
+    `progress` advances by one per image."""
     original, at_model = ConfusionAccumulator(NUM_CLASSES), ConfusionAccumulator(NUM_CLASSES)
     per_image: list[dict[str, Any]] = []
     items: list[dict[str, Any]] = []
@@ -211,6 +215,8 @@ def _accumulate(
         per_image.append({"id": r["id"], "iou": per_image_iou(r["truth"], r["pred"])})
         if keep_for_gallery is not None and keep_for_gallery(r["id"]):
             items.append(_gallery_item(r, per_image[-1]["iou"]))
+        if progress is not None:
+            progress.advance()
     return original, at_model, per_image, items
 
 
@@ -289,9 +295,11 @@ def collect_items(
     _split_size(dataset_dir, split)
     models = load_models(model_paths)
     found: dict[str, dict[str, Any]] = {}
-    for r in _predict_split(models, dataset_dir, split, batch_size=batch_size, ids=wanted, flip=flip):
-        if r["id"] not in found:
-            found[r["id"]] = _gallery_item(r, per_image_iou(r["truth"], r["pred"]))
+    with Progress("gallery", len(wanted)) as progress:
+        for r in _predict_split(models, dataset_dir, split, batch_size=batch_size, ids=wanted, flip=flip):
+            if r["id"] not in found:
+                found[r["id"]] = _gallery_item(r, per_image_iou(r["truth"], r["pred"]))
+                progress.advance()
     missing = [i for i in wanted if i not in found]
     if missing:
         raise ValueError(f"ids not found in split {split!r} of {dataset_dir}: {missing[:10]}")

@@ -30,6 +30,7 @@ from PIL import Image
 
 from segpipe.fsutil import atomic_path, atomic_write_text, current_umask, tempdir_beside
 from segpipe.gallery_html import index_html
+from segpipe.progress import Progress
 # the pictures: importable from here too, as before gallery_pixels.py held them
 from segpipe.gallery_pixels import (  # noqa: F401
     GAP,
@@ -152,12 +153,14 @@ def render_gallery(
 def _write_tiles(items: list[dict[str, Any]], work: Path) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     """tiles/NNN-<id>.png for every item; its record (id, iou, tag, tile) and pixels."""
     records, tiles = [], []
-    for i, item in enumerate(items):
-        pixels = tile(item["image"], item["truth"], item["pred"])
-        name = f"tiles/{i:03d}-{safe_filename(str(item['id']))}.png"
-        _save_png(work / name, pixels)
-        tiles.append(pixels)
-        records.append({"id": item["id"], "iou": float(item["iou"]), "tag": item["tag"], "tile": name})
+    with Progress("gallery tiles", len(items)) as progress:
+        for i, item in enumerate(items):
+            pixels = tile(item["image"], item["truth"], item["pred"])
+            name = f"tiles/{i:03d}-{safe_filename(str(item['id']))}.png"
+            _save_png(work / name, pixels)
+            tiles.append(pixels)
+            records.append({"id": item["id"], "iou": float(item["iou"]), "tag": item["tag"], "tile": name})
+            progress.advance()
     return records, tiles
 
 

@@ -45,13 +45,13 @@ def train_task(
 
     def log_epoch(epoch: int, logs: dict) -> None:
         progress = logs.pop("progress", f"epoch {epoch + 1}")
-        logger.info("%s: %s", progress, ", ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())))
+        logger.info("%s: %s", progress, ", ".join(f"{k}={v:.4g}" for k, v in sorted(logs.items())))
 
     # verbose=0: the epoch line above (progress, ETA, metrics) is the one a user reads
     result = train(cfg, Path(dataset.path), run_dir, on_epoch_end=log_epoch, verbose=0)
     if result.resumed_from_epoch:
         logger.info("resumed from epoch %d", result.resumed_from_epoch)
-    logger.info("best val mean IoU %s at epoch %s", result.best_val_mean_iou, result.best_epoch)
+    logger.info("best val mean IoU %.4g at epoch %d", result.best_val_mean_iou, result.best_epoch + 1)  # 1-based
     return TrainedModel(
         run_dir.name, str(run_dir), str(result.model_path), dataset.dataset_key, result.epochs_completed,
         result.best_epoch, result.best_val_mean_iou,

@@ -34,6 +34,7 @@ from segpipe.data.images import load_image_rgb, load_trimap_png
 from segpipe.data.validate import Example
 from segpipe.fsutil import atomic_path, atomic_write_json, code_version, file_lock, read_json, sha256_file
 from segpipe.layout import MANIFEST
+from segpipe.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,11 @@ def serialize(example: Example) -> bytes:
     )
 
 
-def write_shard(examples: Sequence[Example], path: str | Path, *, split: str | None = None) -> ShardInfo:
-    """Stream `examples` into a TFRecord at `path` (temp name, renamed when complete)."""
+def write_shard(
+    examples: Sequence[Example], path: str | Path, *, split: str | None = None, progress: Progress | None = None
+) -> ShardInfo:
+    """Stream `examples` into a TFRecord at `path` (temp name, renamed when complete); `progress` advances
+    by one per example written."""
     import tensorflow as tf
 
     path = Path(path)
@@ -133,6 +137,8 @@ def write_shard(examples: Sequence[Example], path: str | Path, *, split: str | N
                     cancel.check(f"writing shard {path.name}")  # the temporary shard is removed
                     writer.write(serialize(example))
                     written += 1
+                    if progress is not None:
+                        progress.advance()
                 writer.flush()
         except tf.errors.OpError as exc:
             raise _shard_write_error(exc, path, written, len(examples)) from exc
@@ -169,8 +175,8 @@ def write_split_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(out_dir.parent / f".{out_dir.name}.{split}.lock"):
         _remove_stale_temps(out_dir, split)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(lambda sp: write_shard(sp[0], sp[1], split=split), zip(plan, paths)))
+        with ThreadPoolExecutor(max_workers=workers) as pool, Progress(f"write-shards {split}", len(examples)) as p:
+            return list(pool.map(lambda sp: write_shard(sp[0], sp[1], split=split, progress=p), zip(plan, paths)))
 
 
 def _remove_stale_temps(out_dir: Path, split: str) -> None:

@@ -29,6 +29,7 @@ from segpipe.data.images import open_image as _open_image  # by this name: tests
 from segpipe.data.lists import LIST_FILES, ListEntry, find_subdir, read_lists
 from segpipe.data.names import breed_of
 from segpipe.fsutil import atomic_write_json, atomic_write_text
+from segpipe.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -216,9 +217,13 @@ def _scan_images(images_dir: Path) -> tuple[dict[str, Path], list[str]]:
 
 
 def _check_pairs(images: dict[str, Path], trimaps_dir: Path, workers: int) -> list[_Checked]:
-    """Decode every image and its trimap, `workers` at a time; results in id order."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda i: _check_pair(i, images[i], trimaps_dir / f"{i}.png"), images))
+    """Decode every image and its trimap, `workers` at a time; results in id order, with progress."""
+    checked: list[_Checked] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool, Progress("validate", len(images)) as progress:
+        for result in pool.map(lambda i: _check_pair(i, images[i], trimaps_dir / f"{i}.png"), images):
+            checked.append(result)
+            progress.advance()
+    return checked
 
 
 def _entries_by_breed(lists: dict[str, ListEntry]) -> dict[str, ListEntry | None]:
