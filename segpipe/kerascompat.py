@@ -7,6 +7,7 @@ API, fenced in this one module.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,3 +80,37 @@ def fit_under_multi_worker_strategy(model: Any) -> None:
     model._maybe_symbolic_build = build_from_local_batch
     model.train_step = vectors(model.train_step)
     model.test_step = vectors(model.test_step)
+
+
+_FETCHED = threading.local()  # per thread: the lists of the `files_fetched_by_keras` blocks open in it
+
+
+@contextlib.contextmanager
+def files_fetched_by_keras() -> Iterator[list[str]]:
+    """The paths Keras' `get_file` returns in this thread inside the block: the files that
+    `keras.applications` then load as ImageNet weights (downloaded, or found in `$KERAS_HOME/models`).
+
+    Keras has no public way to learn which file an application loaded: each application calls
+    `keras.src.utils.file_utils.get_file(...)` through that module's attribute and passes the path
+    straight to `load_weights`. That attribute is wrapped once (the wrapper only records, per thread,
+    while a block is open in that thread) and stays wrapped.
+    """
+    from keras.src.utils import file_utils
+
+    get_file = file_utils.get_file
+    if not getattr(get_file, "_segpipe_records", False):
+
+        def recording_get_file(*args: Any, **kwargs: Any) -> Any:
+            path = get_file(*args, **kwargs)
+            for files in getattr(_FETCHED, "stack", ()):
+                files.append(str(path))
+            return path
+
+        recording_get_file._segpipe_records = True  # type: ignore[attr-defined]
+        file_utils.get_file = recording_get_file
+    files: list[str] = []
+    _FETCHED.stack = [*getattr(_FETCHED, "stack", ()), files]
+    try:
+        yield files
+    finally:
+        _FETCHED.stack = [f for f in _FETCHED.stack if f is not files]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from segpipe.config import ConfigError, build_config
+from segpipe.fsutil import sha256_file
 from segpipe.models import build_model
 from segpipe.models.encoders import ENCODER_NAMES, ENCODERS, STRIDES, build_application, build_encoder, encoder_of
 from segpipe.models.layers import BackbonePreprocess
@@ -188,12 +189,13 @@ def test_switching_a_pretrained_preset_to_a_scratch_model_drops_the_encoder():
 IMAGENET_PROBE = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from segpipe.models.encoders import build_encoder, EncoderWeightsUnavailable
+    from segpipe.models.encoders import build_encoder, EncoderWeightsUnavailable, recording_weights_files
     try:
-        enc = build_encoder("mobilenetv2", (32, 32, 3), "imagenet", alpha=0.35)
+        with recording_weights_files() as loaded:
+            enc = build_encoder("mobilenetv2", (32, 32, 3), "imagenet", alpha=0.35)
     except EncoderWeightsUnavailable as exc:
         print(json.dumps({"error": str(exc)})); sys.exit(0)
-    print(json.dumps({"Conv1": enc.get_layer("Conv1").get_weights()[0].ravel()[:8].tolist()}))
+    print(json.dumps({"Conv1": enc.get_layer("Conv1").get_weights()[0].ravel()[:8].tolist(), "loaded": loaded}))
 """)
 
 
@@ -216,10 +218,15 @@ def test_imagenet_route_is_served_offline_by_a_primed_keras_home(tmp_path):
     models_dir = tmp_path / "keras-home" / "models"
     models_dir.mkdir(parents=True)
     # The legacy file under the name Keras caches for alpha 0.35 (inputs below 96 px use the 224 file).
-    with h5py.File(models_dir / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5", "w") as f:
+    primed = models_dir / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+    with h5py.File(primed, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, src)
+    (models_dir / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5").write_bytes(b"not loaded")
     got = _probe(tmp_path / "keras-home")
     np.testing.assert_allclose(got["Conv1"], src.get_layer("Conv1").get_weights()[0].ravel()[:8])
+    # What lineage.json records: the file Keras loaded, by its bytes.
+    assert got["loaded"] == [{"encoder": "mobilenetv2", "route": "imagenet", "file": primed.name,
+                              "sha256": sha256_file(primed)}]
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 
 from segpipe.budget import training_plan
 from segpipe.config import build_config
-from segpipe.fsutil import read_json
+from segpipe.fsutil import read_json, sha256_file
 from segpipe.models import build_model
 from segpipe.models.encoders import build_application, encoder_of
 from segpipe.training import read_history, run_id_for, train
@@ -182,6 +182,9 @@ def test_runs_killed_in_either_phase_resume_in_that_phase(weights_file, tmp_path
     assert [r["from_epoch"] for r in lineage["resumed_at"]] == [1, 2, 3]
     assert lineage["plan"]["frozen_epochs"] == 2 and lineage["encoder_weights"]["sha256"]
     assert str(weights_file) not in (run_dir / "lineage.json").read_text()
+    # The file each start loaded, by content: the same bytes on every resume, so one record.
+    assert lineage["encoder_weights_files"] == [{"encoder": "mobilenetv2", "route": "file", "file": weights_file.name,
+                                                 "sha256": sha256_file(weights_file)}]
     # The schedule went on across kills and the phase change: 2 steps an epoch, 2 warm-up steps.
     from segpipe.training import WarmupCosineDecay
 

@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import inspect
+import threading
 
+import keras  # pinned: a missing or broken install fails here, never skips
 import numpy as np
-import pytest
 
-keras = pytest.importorskip("keras")
-
-from segpipe.kerascompat import ema_weights_in_model, variable_key  # noqa: E402
+from segpipe.kerascompat import ema_weights_in_model, files_fetched_by_keras, variable_key
+from segpipe.models.encoders import ENCODERS
 
 
 def _trained(optimizer: keras.optimizers.Optimizer) -> keras.Model:
@@ -60,3 +60,39 @@ def test_swap_ema_weights_hooks_swap_the_averages_in_and_back() -> None:
         np.testing.assert_allclose(i, avg, atol=1e-6)  # the averages were in the model inside
         assert not np.allclose(i, r)
         np.testing.assert_allclose(a, r, atol=1e-6)  # and the raw weights are back after
+
+
+def test_applications_fetch_their_weights_through_file_utils_get_file(tmp_path) -> None:
+    """keras.applications look `get_file` up on `keras.src.utils.file_utils` when they load ImageNet
+    weights; `files_fetched_by_keras` sees the file that lookup returns (a primed cache: no download)."""
+    import importlib
+
+    from keras.src.utils import file_utils
+
+    for spec in ENCODERS.values():  # every application segpipe uses
+        module = importlib.import_module(getattr(keras.applications, spec.application).__module__)
+        assert module.file_utils is file_utils and "file_utils.get_file(" in inspect.getsource(module)
+    cached = tmp_path / "models" / "weights_no_top.h5"
+    cached.parent.mkdir()
+    cached.write_bytes(b"primed")
+    seen_elsewhere: list[list[str]] = []
+
+    def other_thread() -> None:  # its fetches are its own
+        with files_fetched_by_keras() as files:
+            file_utils.get_file(cached.name, "http://127.0.0.1:9/unreachable", cache_subdir="models",
+                                cache_dir=str(tmp_path))
+            seen_elsewhere.append(files)
+
+    with files_fetched_by_keras() as outer:
+        with files_fetched_by_keras() as inner:
+            path = file_utils.get_file(cached.name, "http://127.0.0.1:9/unreachable", cache_subdir="models",
+                                       cache_dir=str(tmp_path))
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join()
+        file_utils.get_file(cached.name, "http://127.0.0.1:9/unreachable", cache_subdir="models",
+                            cache_dir=str(tmp_path))
+    assert path == str(cached)
+    assert inner == [str(cached)] and outer == [str(cached)] * 2 and seen_elsewhere == [[str(cached)]]
+    file_utils.get_file(cached.name, "http://127.0.0.1:9/unreachable", cache_subdir="models", cache_dir=str(tmp_path))
+    assert outer == [str(cached)] * 2  # nothing recorded outside a block

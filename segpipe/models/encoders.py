@@ -15,16 +15,22 @@ input to the range the encoder was trained on, inside the model.
 file of the whole keras.applications model built with include_top=False (a
 Keras 3 `.weights.h5` from `save_weights`, or the legacy `.h5` Keras caches).
 
+Which file was actually loaded, by content: `recording_weights_files()` collects, for every encoder
+built inside it, the weights file's name and sha256, for the "imagenet" route too (the file Keras
+found in, or downloaded into, its cache); training writes them into lineage.json.
+
 This module's names are importable without TensorFlow (config validation uses
 them); `build_encoder` imports Keras when called.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from segpipe.models.weights import no_such_weights_file
 
@@ -65,6 +71,32 @@ ENCODER_LAYER = "encoder"  # the nested sub-model's name in every segmentation m
 MIN_INPUT = 32  # keras.applications refuse inputs below 32x32
 
 
+_RECORDING = threading.local()  # per thread: the lists of the `recording_weights_files` blocks open in it
+
+
+@contextlib.contextmanager
+def recording_weights_files() -> Iterator[list[dict[str, str]]]:
+    """Every encoder weights file `build_encoder` loads in this thread inside the block, in load order:
+    {"encoder", "route" ("imagenet" or "file"), "file" (its name, never its path), "sha256" (of the bytes
+    loaded)}."""
+    files: list[dict[str, str]] = []
+    _RECORDING.stack = [*getattr(_RECORDING, "stack", ()), files]
+    try:
+        yield files
+    finally:
+        _RECORDING.stack = [f for f in _RECORDING.stack if f is not files]
+
+
+def _loaded(name: str, route: str, path: str | Path) -> None:
+    from segpipe.fsutil import sha256_file
+
+    stack = getattr(_RECORDING, "stack", ())
+    if stack:
+        record = {"encoder": name, "route": route, "file": Path(path).name, "sha256": sha256_file(path)}
+        for files in stack:
+            files.append(record)
+
+
 class EncoderWeightsUnavailable(RuntimeError):
     """encoder_weights='imagenet' could not be fetched (no internet and no primed cache)."""
 
@@ -102,8 +134,11 @@ def build_application(
 
 
 def _imagenet_application(name: str, input_shape: tuple[int, int, int], alpha: float) -> Any:
+    from segpipe.kerascompat import files_fetched_by_keras
+
     try:
-        return build_application(name, input_shape, weights="imagenet", alpha=alpha)
+        with files_fetched_by_keras() as fetched:
+            app = build_application(name, input_shape, weights="imagenet", alpha=alpha)
     except Exception as exc:  # noqa: BLE001 - urllib/OSError/HTTP errors, whatever Keras' download raised
         raise EncoderWeightsUnavailable(
             f"encoder_weights='imagenet': Keras could not download or find the ImageNet weights of {name} "
@@ -113,6 +148,12 @@ def _imagenet_application(name: str, input_shape: tuple[int, int, int], alpha: f
             f".save_weights(...) on a machine with internet), or copy the file Keras downloads into "
             f"$KERAS_HOME/models/ (default ~/.keras/models/) under the name in the URL above"
         ) from exc
+    if len(fetched) != 1:
+        raise RuntimeError(f"keras.applications.{ENCODERS[name].application} loaded its ImageNet weights from "
+                           f"{len(fetched)} files fetched through keras' get_file, expected 1: "
+                           "segpipe.kerascompat.files_fetched_by_keras no longer sees which file Keras loads")
+    _loaded(name, "imagenet", fetched[0])
+    return app
 
 
 def _application_from_file(name: str, input_shape: tuple[int, int, int], path: Path, alpha: float) -> Any:
@@ -128,6 +169,7 @@ def _application_from_file(name: str, input_shape: tuple[int, int, int], path: P
             f"Expected the weights of keras.applications.{ENCODERS[name].application}(include_top=False"
             f"{', alpha=' + str(alpha) if width else ''})"
         ) from exc
+    _loaded(name, "file", path)
     return model
 
 

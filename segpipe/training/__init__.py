@@ -7,7 +7,8 @@ A run directory holds
 
     config.json          the full PipelineConfig
     lineage.json         dataset key and manifest digest, code version, seed, library versions,
-                         the run identity (encoder weights by sha256, never by path) and the plan
+                         the run identity (encoder weights by sha256, never by path), the plan and
+                         the encoder weights files actually loaded, "imagenet" included (name, sha256)
     model.keras          the best model so far by val_mean_iou (replaced atomically)
     best.json            epoch and score of model.keras
     history.csv          one row per completed epoch (epoch indices are 0-based, as in Keras)

@@ -33,6 +33,7 @@ from segpipe.training.callbacks import (
     LearningRateLogger,
     ResumableEarlyStopping,
 )
+from segpipe.models.encoders import recording_weights_files
 from segpipe.training.check import _summarise
 from segpipe.training.model import _build_and_compile, phases
 from segpipe.training.precision import global_policy, precision_policy
@@ -49,6 +50,7 @@ from segpipe.training.run_dir import (
     _backup_epoch,
     _check_same_run,
     _output_dir,
+    _record_weights_files,
     _result_from_summary,
     _truncate_history,
     _write_lineage,
@@ -160,8 +162,9 @@ def _fit(
     t = cfg.train
     keras.utils.set_random_seed(t.seed)
     train_ds, val_ds = _datasets(dataset_dir, t)
-    with strategy.scope():
+    with strategy.scope(), recording_weights_files() as weights_files:
         model, compile_phase = _build_and_compile(cfg, plan)
+    _record_weights_files(run_dir, weights_files)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         fit_under_multi_worker_strategy(model)  # keras-team/keras#20585
 

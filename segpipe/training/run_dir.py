@@ -128,6 +128,7 @@ def _write_lineage(
         "seed": cfg.train.seed,
         "encoder": cfg.model.encoder,
         "encoder_weights": identity["model"]["encoder_weights"],
+        "encoder_weights_files": old.get("encoder_weights_files", []),  # `_record_weights_files` adds to it
         "plan": plan.to_json(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
@@ -138,6 +139,23 @@ def _write_lineage(
         "started_at": old.get("started_at", now),
         "resumed_at": old.get("resumed_at", []) + ([{"at": now, "from_epoch": resumed}] if resumed else []),
     })
+
+
+def _record_weights_files(run_dir: Path, loaded: list[dict[str, Any]]) -> None:
+    """Add the encoder weights files this start of the run loaded (name and sha256, never the path; see
+    `encoders.recording_weights_files`) to lineage.json's `encoder_weights_files`, in load order.
+
+    Each file appears once: a resume that loads the same bytes adds nothing, one that finds other bytes
+    (the cached ImageNet file replaced) adds them, so the change stays visible."""
+    path = run_dir / LINEAGE_FILE
+    if not loaded or not path.is_file():  # no encoder weights; a worker's scratch directory has no lineage
+        return
+    lineage = read_json(path)
+    files = lineage.get("encoder_weights_files", [])
+    seen = {(f["route"], f["sha256"]) for f in files}
+    new = [f for f in loaded if (f["route"], f["sha256"]) not in seen]
+    if new:
+        atomic_write_json(path, {**lineage, "encoder_weights_files": [*files, *new]})
 
 
 def _result_from_summary(run_dir: Path, summary: dict[str, Any], *, cached: bool) -> TrainResult:
