@@ -221,9 +221,14 @@ def predict_paths(
     pairs, failed = find_inputs(inputs, out)
     models = load_models(model_paths)
     report = PredictReport(out_dir=out, failed=failed)
-    with _writers(out, overlay, batch_size, report.written) as write:
+    from segpipe.progress import Progress
+
+    unreadable = len(report.failed)
+    with _writers(out, overlay, batch_size, report.written) as write, Progress("predict", len(pairs)) as progress:
         for batch in _loaded_batches(pairs, batch_size, report.failed):
             write(batch, predict_labels(models, [image for _, _, image in batch], flip))
+            progress.advance(len(batch) + len(report.failed) - unreadable)  # unreadable files count as done
+            unreadable = len(report.failed)
     report.summary = _write_summary(report, model_paths, models)
     return report
 

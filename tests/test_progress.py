@@ -151,7 +151,7 @@ def test_bar_on_a_terminal_shared_by_stages_at_once_and_erased(capsys, lines):
 
 @pytest.mark.slow
 def test_every_long_stage_reports(tmp_path: Path, lines, monkeypatch):
-    """validate, write-shards, evaluate and the gallery (prediction and tiles) on tiny real data."""
+    """validate, write-shards, evaluate, the gallery (prediction and tiles) and predict on tiny real data."""
     from segpipe.data.tfrecords import write_split_shards
     from segpipe.data.validate import validate_dataset
     from segpipe.evaluation import evaluate, render_evaluation_gallery
@@ -182,6 +182,21 @@ def test_every_long_stage_reports(tmp_path: Path, lines, monkeypatch):
     got = messages(lines)
     assert any(m.startswith("gallery: 3 images in ") for m in got), got
     assert any(m.startswith("gallery tiles: 3 images in ") for m in got), got
+
+    import numpy as np
+    from PIL import Image
+
+    from segpipe.predict import predict_paths
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(images / f"{i}.png")
+    (images / "broken.jpg").write_bytes(b"not an image")  # counts as done: the progress reaches the total
+    lines.clear()
+    report = predict_paths([model], [images], tmp_path / "pred", batch_size=2)
+    assert len(report.written) == 5 and len(report.failed) == 1
+    assert messages(lines)[-1].startswith("predict: 6 images in ")
 
 
 @pytest.mark.slow
