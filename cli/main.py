@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
             raise
         print(f"segpipe {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    if args.command not in ("config", "datasets", "server"):
+    if args.command not in ("config", "datasets", "runs", "server"):
         print(f"done in {time.monotonic() - started:.1f}s", file=sys.stderr)
     return status
 
