@@ -1,0 +1,123 @@
+"""Local start-up: what a command pays before and after its work, with Prefect's embedded server per command
+(`SEGPIPE_PREFECT_SERVER=embedded`, the old way) against segpipe's background server reused (`cli.server`).
+
+    .venv/bin/python benchmarks/local_start.py --out benchmarks/results/local_start.json   # a few minutes
+
+In one run, on a tiny synthetic dataset (`tests.synthetic.make_pets_archives` into a temp dir), each command a
+fresh `segpipe` process:
+
+* `segpipe --help` and `segpipe config` (target: under `0.5` s each);
+* a fully cached `segpipe prepare --preset tiny`, interleaved round by round: embedded server vs the reused
+  background server (target: `3` s or less);
+* the first command on a fresh PREFECT_HOME, both ways (the background one starts the server);
+* `segpipe server status` and `segpipe server stop`.
+
+Prints one JSON object; progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, Machine, config_record, emit, log, median, r, run_measured, segpipe_cmd
+
+TARGET_CACHED_PREPARE_S = 3.0
+TARGET_CLI_S = 0.5
+FINISHED = re.compile(r"\| Task run '[^']+' - Finished in state (\w+)")
+
+
+def child_env(home: Path, mode: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "SEGPIPE_SERVER_PORT")}
+    env.update({"PREFECT_HOME": str(home), "SEGPIPE_PREFECT_SERVER": mode, "PYTHONPATH": str(ROOT)})
+    return env
+
+
+def timed(argv: list[str], home: Path, mode: str, what: str) -> dict[str, Any]:
+    run = run_measured(segpipe_cmd() + argv, env=child_env(home, mode), timeout=900)
+    if run["returncode"] != 0:
+        raise SystemExit(f"{what} failed (exit {run['returncode']}):\n{run['stderr'][-3000:]}")
+    states = FINISHED.findall(run["stderr"])
+    out = {"wall_s": r(run["wall_s"], 2), "cpu_s": r(run["cpu_s"], 2)}
+    if states:
+        out["tasks"] = len(states)
+        out["tasks_cached"] = states.count("Cached")
+    log(f"{what}: {run['wall_s']:.2f} s")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="cached prepares per mode, interleaved")
+    parser.add_argument("--out", help="also write the JSON here")
+    args = parser.parse_args()
+    machine = Machine()
+
+    from tests.synthetic import make_pets_archives
+
+    tmp = Path(tempfile.mkdtemp(prefix="segpipe-local-start-"))
+    src = tmp / "pets"
+    src.mkdir()
+    make_pets_archives(src, n_per_breed=4, include_odd=False)
+    overrides = {"data.source": str(src), "data.split": "random"}
+    prepare = ["prepare", "--preset", "tiny", "--source", str(src), "--split", "random", "--work-dir", str(tmp / "work")]
+    embedded, background, fresh = tmp / "home-embedded", tmp / "home-background", tmp / "home-embedded-fresh"
+
+    try:
+        result = _measure(args, prepare, embedded, background, fresh)
+    finally:
+        from cli import server
+
+        server.stop(background.resolve())  # after a failure too: no server left behind
+    emit({**result, **machine.provenance([config_record("tiny", overrides, role="prepare")])}, args.out)
+
+
+def _measure(args: argparse.Namespace, prepare: list[str], embedded: Path, background: Path,
+             fresh: Path) -> dict[str, Any]:
+    cli = {name: [timed(argv, embedded, "embedded", f"segpipe {' '.join(argv)}")["wall_s"] for _ in range(3)]
+           for name, argv in (("help", ["--help"]), ("config", ["config"]))}
+
+    uncached = timed(prepare, embedded, "embedded", "prepare, uncached (fills the task caches in WORK)")
+    first_background = timed(prepare, background, "background", "prepare, cached, fresh PREFECT_HOME, background "
+                                                                "(starts the server)")
+    first_embedded = timed(prepare, fresh, "embedded", "prepare, cached, fresh PREFECT_HOME, embedded")
+    runs: dict[str, list[dict[str, Any]]] = {"embedded": [], "background": []}
+    for i in range(args.rounds):
+        runs["embedded"].append(timed(prepare, embedded, "embedded", f"round {i + 1}: prepare, cached, embedded"))
+        runs["background"].append(timed(prepare, background, "background",
+                                        f"round {i + 1}: prepare, cached, background server reused"))
+    status = timed(["server", "status"], background, "background", "segpipe server status")
+    stop = timed(["server", "stop"], background, "background", "segpipe server stop")
+
+    cached = {mode: median([x["wall_s"] for x in xs]) for mode, xs in runs.items()}
+    return {
+        "benchmark": "local_start",
+        "what": "wall seconds of fresh `segpipe` processes on a tiny synthetic dataset: a fully cached prepare "
+                "with Prefect's embedded server started per command vs segpipe's background server reused, "
+                "interleaved; the first command on a fresh PREFECT_HOME both ways; --help and config",
+        "cli_s": {name: {"median": median(xs), "runs": xs, "target": TARGET_CLI_S,
+                         "meets_target": median(xs) < TARGET_CLI_S} for name, xs in cli.items()},
+        "prepare_cached_s": {
+            "embedded": {"median": cached["embedded"], "runs": runs["embedded"]},
+            "background_reused": {"median": cached["background"], "runs": runs["background"]},
+            "embedded_over_background": r(cached["embedded"] / cached["background"], 2),
+            "target": TARGET_CACHED_PREPARE_S,
+            "background_meets_target": cached["background"] <= TARGET_CACHED_PREPARE_S,
+        },
+        "first_command_fresh_prefect_home_s": {"embedded": first_embedded, "background_starting_the_server":
+                                               first_background},
+        "prepare_uncached_embedded_s": uncached,
+        "server_status_s": status["wall_s"],
+        "server_stop_s": stop["wall_s"],
+        "rounds": args.rounds,
+        "python": sys.version.split()[0],
+    }
+
+
+if __name__ == "__main__":
+    main()
