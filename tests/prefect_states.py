@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 
-def task_states_since(t0, settle_s: float = 20.0) -> dict[str, list[str]]:
-    """Final state names of the task runs started after t0 (Prefect reports states asynchronously)."""
+def task_states_since(t0, expect=(), deadline_s: float = 60.0) -> dict[str, list[str]]:
+    """Final state names of the task runs started after t0, once Prefect has recorded them.
+
+    Task runs and their states reach the API asynchronously (as events, written one by one), so one read
+    right after a flow returns can miss a task run altogether, not only its last state. Polled, as the CLI
+    does (`cli.env._wait_for_task_run_records`), until every task named in `expect` has a run, no run is
+    unfinished, and two reads in a row agree; at the deadline, what is recorded by then (the caller's
+    asserts then say what is missing).
+    """
     import time
 
-    deadline = time.monotonic() + settle_s
+    deadline = time.monotonic() + deadline_s
+    last = None
     while True:
         states = read_task_states(t0)
-        if time.monotonic() > deadline or not {"Running", "Pending", "Scheduled"} & {
+        recorded = set(expect) <= set(states) and not {"Running", "Pending", "Scheduled"} & {
             s for names in states.values() for s in names
-        }:
+        }
+        if (recorded and states == last) or time.monotonic() > deadline:
             return states
-        time.sleep(0.5)
+        last = states
+        time.sleep(0.25)
 
 
 def read_task_states(t0) -> dict[str, list[str]]:

@@ -83,15 +83,24 @@ def run_download(srv_url: str, work: Path, storage: Path, timeout: float = 5.0, 
         return fetch(return_state=return_state)
 
 
-def download_task_run(flow_state):
-    """The `download` task run of that flow run, as the Prefect API recorded it."""
+def download_task_run(flow_state, deadline_s: float = 60.0):
+    """The `download` task run of that flow run, as the Prefect API recorded it: polled until it is recorded
+    in a final state (task runs and states reach the API asynchronously), then as found at the deadline."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + deadline_s
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
-    (run,) = [r for r in runs if r.name.startswith("download")]
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+            found = [r for r in runs if r.name.startswith("download")]
+            if (found and all(r.state is not None and r.state.is_final() for r in found)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+    (run,) = found
     return run
 
 
