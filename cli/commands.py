@@ -16,7 +16,7 @@ from segpipe.config import PipelineConfig
 from segpipe.layout import ENV_WORK_DIR, WorkDir
 
 # Commands whose flows run TensorFlow in this process (shards, training, inference).
-TENSORFLOW_COMMANDS = {"prepare", "train", "evaluate", "gallery", "predict", "run", "retrain"}
+TENSORFLOW_COMMANDS = {"prepare", "train", "evaluate", "gallery", "predict", "export", "run", "retrain"}
 
 
 def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Path:
@@ -177,7 +177,11 @@ def cmd_gallery(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
-    models = _model_paths(args)
+    missing = [str(p) for p in args.model_paths if not p.exists()]
+    if missing:
+        raise CliError(f"--model: no such file or directory: {', '.join(missing)} "
+                       "(expected a .keras model or an exported SavedModel directory, .tflite or .onnx file)")
+    models = [str(p.resolve()) for p in args.model_paths]
     _prepare_runtime(args)
     from flows.predict import predict_flow
 
@@ -186,6 +190,46 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     for failure in report["failed"]:
         print(f"  could not read {failure['input']}: {failure['error']}", file=sys.stderr)
     return 1 if report["failed"] and not report["written"] else 0
+
+
+def cmd_export(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    from segpipe.export.exporter import check_out_dir
+    from segpipe.export.formats import check_formats
+
+    models = _model_paths(args)
+    try:
+        formats = check_formats(args.export_formats)
+        out = check_out_dir((args.out or Path(models[0]).parent / "export").resolve())
+    except (ValueError, OSError) as exc:
+        raise CliError(f"--format/--out: {exc}") from None
+    work = _prepare_runtime(args)
+    dataset_dir = _export_dataset(args, work, models[0])
+    from flows.export import export_flow
+
+    result = export_flow(models, str(out), str(dataset_dir), cfg.eval.split, list(formats), cfg.eval.tta_flip)
+    print(f"exported to {result['out_dir']}, parity on split {cfg.eval.split} of {dataset_dir.name} "
+          f"(flip TTA {'on' if cfg.eval.tta_flip else 'off'}):")
+    for name, r in result["parity"].items():
+        print(f"  {name:<15} mean IoU {r['mean_iou']:.4f} (Keras {r['reference_mean_iou']:.4f})  "
+              f"{100 * r['pixel_agreement']:.3f}% pixels agree")
+    return 0
+
+
+def _export_dataset(args: argparse.Namespace, work: Path, model: str) -> Path:
+    """The dataset the parity check runs on: --dataset, else the model's run's, else the latest."""
+    from segpipe.export.exporter import source_run
+
+    workdir = WorkDir.at(work)
+    key = args.dataset or source_run(model)["lineage"].get("dataset_key")
+    if key is None:
+        try:
+            key = workdir.latest_dataset()
+        except (FileNotFoundError, ValueError) as exc:
+            raise CliError(f"--dataset: the parity check needs a prepared dataset: {exc}") from None
+    path = workdir.dataset(key)
+    if not (path / "manifest.json").is_file():
+        raise CliError(f"--dataset: no prepared dataset {key!r} under {workdir.datasets} (run `segpipe prepare`)")
+    return path
 
 
 def cmd_run(args: argparse.Namespace, cfg: PipelineConfig) -> int:
@@ -263,6 +307,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "evaluate": cmd_evaluate,
     "gallery": cmd_gallery,
     "predict": cmd_predict,
+    "export": cmd_export,
     "run": cmd_run,
     "retrain": cmd_retrain,
     "config": cmd_config,

@@ -94,9 +94,9 @@ def _tta(p: Any) -> None:
                    help="also predict the mirrored image and average (test-time augmentation)")
 
 
-def _models(p: argparse.ArgumentParser) -> None:
+def _models(p: argparse.ArgumentParser, help: str = "a saved .keras model; repeat for an ensemble (softmax outputs averaged)") -> None:
     p.add_argument("--model", dest="model_paths", action="append", required=True, type=Path, metavar="PATH",
-                   help="a saved .keras model; repeat for an ensemble (softmax outputs averaged)")
+                   help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,10 +127,27 @@ def _stage_commands(sub: Any) -> None:
     p.add_argument("--dataset", help="dataset key under WORK/datasets (default: the latest)")
     p.add_argument("--out", help="gallery directory (default: beside the first model)")
     p = sub.add_parser("predict", help="write trimap masks (1 pet, 2 background, 3 border) and overlays")
-    _common(p), _models(p)
+    _common(p), _models(p, "a saved .keras model (repeat for an ensemble), or one exported model: a SavedModel "
+                           "directory (e.g. WORK/models/serving/pets/N), a .tflite or an .onnx file")
     p.add_argument("paths", nargs="+", type=Path, help="image files or directories")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output directory (default ./predictions)")
     p.add_argument("--batch-size", type=int, default=8)
+    _tta(p)
+    _export_command(sub)
+
+
+def _export_command(sub: Any) -> None:
+    """`segpipe export`: SavedModel, LiteRT and ONNX, each checked for parity in a fresh process."""
+    p = sub.add_parser("export", help="export saved model(s) to SavedModel (TF Serving), LiteRT and ONNX, "
+                                      "each parity-checked against the Keras model")
+    _common(p), _models(p, "a saved .keras model; repeat to export an ensemble as one artifact")
+    p.add_argument("--format", dest="export_formats", default="saved_model,litert,onnx",
+                   help="comma-separated formats: saved_model, litert, onnx (default: all three)")
+    p.add_argument("--out", type=Path, help="output directory (default: export/ beside the first model)")
+    p.add_argument("--dataset", help="dataset key under WORK/datasets for the parity check "
+                                     "(default: the model's own, from its run's lineage; else the latest)")
+    p.add_argument("--split", dest="eval_split", choices=["train", "val", "test"],
+                   help="the split parity is measured on (topped up with val below 30 images)")
     _tta(p)
 
 

@@ -1,4 +1,5 @@
-"""Flows `pipeline` (prepare-data → train → evaluate → gallery) and `retrain` (pipeline → promotion gate)."""
+"""Flows `pipeline` (prepare-data → train → evaluate → gallery) and `retrain` (pipeline → export check →
+promotion gate)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from segpipe.config import PipelineConfig
 from segpipe.layout import resolve_work_dir
 from tasks.data import DatasetRef
 from tasks.evaluation import evaluate_task, gallery_task
+from tasks.export import export_task
 from tasks.promotion import champion_task, promote_task
 from tasks.training import TrainedModel, train_task
 
@@ -47,19 +49,31 @@ def pipeline(config: PipelineConfig = PipelineConfig(), work_dir: str | None = N
 
 @flow(name="retrain")
 def retrain(config: PipelineConfig = PipelineConfig(), work_dir: str | None = None) -> dict[str, Any]:
-    """The pipeline, then the promotion gate: the champion changes only for a better model."""
+    """The pipeline, then the export check and the promotion gate: the champion changes only for a better
+    model (compared on the gate split) whose export loads and keeps parity in a fresh process."""
     work = str(resolve_work_dir(work_dir))
     result = pipeline(config, work)
+    e, p = config.eval, config.promotion
+    run_dir = Path(result.trained.run_dir)
+    candidate = scored_on(result.trained.model_path, result, p.gate_split, run_dir / f"metrics-{p.gate_split}.json", e)
     current = champion_task(work)
-    champion_metrics = None
+    champion_gate = champion_test = None
     if current is not None:
-        e = config.eval
-        champion_metrics = evaluate_task(
-            [current["model_path"]], result.dataset, e.split,
-            str(Path(result.trained.run_dir) / "champion-metrics.json"), e.batch_size, e.collapse_threshold,
-            e.tta_flip,
-        )["metrics"]
-    return promote_task(
-        result.metrics, champion_metrics, result.trained.run_dir, result.trained.model_path,
-        config.promotion.min_mean_iou, work,
+        champion_gate = scored_on(current["model_path"], result, p.gate_split, run_dir / "champion-metrics.json", e)
+        champion_test = scored_on(current["model_path"], result, e.split, run_dir / f"champion-metrics-{e.split}.json", e)
+    exports = export_task(
+        [result.trained.model_path], str(run_dir / "export"), result.dataset.path, e.split, list(p.export_formats),
+        e.tta_flip, raise_on_failure=False,
     )
+    reported = {"split": e.split, "candidate_mean_iou": result.metrics.get("mean_iou"),
+                "champion_mean_iou": None if champion_test is None else champion_test.get("mean_iou")}
+    return promote_task(candidate, champion_gate, str(run_dir), result.trained.model_path, p.min_mean_iou, work,
+                        exports, reported)
+
+
+def scored_on(model_path: str, result: PipelineResult, split: str, out_path: Path, e: Any) -> dict[str, Any]:
+    """A model's metrics on `split` of the run's dataset (the pipeline's own when it scored that model there)."""
+    if model_path == result.trained.model_path and split == e.split:
+        return result.metrics
+    return evaluate_task([model_path], result.dataset, split, str(out_path), e.batch_size, e.collapse_threshold,
+                         e.tta_flip)["metrics"]

@@ -264,6 +264,13 @@ class EvalConfig(_Section):
 
 class PromotionConfig(_Section):
     min_mean_iou: float = Field(0.5, ge=0.0, le=1.0, description="floor a new model must clear")
+    gate_split: Literal["train", "val", "test"] = Field(
+        "val", description="the split champion and challenger are compared on (the test split is only reported)"
+    )
+    export_formats: tuple[Literal["saved_model", "litert", "onnx"], ...] = Field(
+        ("saved_model", "litert", "onnx"), min_length=1,
+        description="formats the challenger is exported to and parity-checked in before the gate decides",
+    )
 
 
 class PipelineConfig(_Section):

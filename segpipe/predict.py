@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from segpipe.fsutil import atomic_path, atomic_write_json
 
@@ -150,27 +150,14 @@ def _unique_stem(rel: Path, used: set[str]) -> Path:
 
 
 def load_image(path: PathLike) -> np.ndarray:
-    """RGB uint8 HxWx3 of an image file, identified by content; ValueError with the reason otherwise."""
-    from segpipe.data.images import to_rgb
+    """RGB uint8 HxWx3 of an image file, identified by content; ValueError with the reason otherwise.
 
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise ValueError("empty file (0 bytes)")
-    try:
-        with Image.open(path) as img:
-            img.seek(0)  # first frame of an animation
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            if upright.mode in ("P", "PA"):
-                upright = upright.convert("RGBA")  # palette (with transparency) -> colours; alpha dropped below
-            rgb = np.asarray(to_rgb(upright), dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise ValueError("not a recognisable image (expected JPEG, PNG, GIF, BMP, WebP or TIFF content)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot decode image: {exc}") from None
-    if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ValueError(f"decoded to an unusable array of shape {rgb.shape}")
-    return rgb
+    The decoding is `segpipe.export.runtime.decode`, the one an exported model's runtime uses too, so a
+    `.keras` model and its exports see the same pixels.
+    """
+    from segpipe.export.runtime import decode
+
+    return decode(Path(path).read_bytes())
 
 
 # --------------------------------------------------------------------------- outputs
@@ -212,25 +199,54 @@ def predict_paths(
     overlay: bool = True,
     flip: bool = False,
 ) -> PredictReport:
-    """Predict a mask (and an overlay) for every image in `inputs`; see the module doc for the outputs."""
-    from segpipe.ensemble import load_models, predict_labels
+    """Predict a mask (and an overlay) for every image in `inputs`; see the module doc for the outputs.
+
+    `model_paths` are `.keras` files (several: an ensemble) or one exported artifact (a SavedModel directory,
+    a `.tflite` or an `.onnx` file from `segpipe export`), whose flip setting is the one it was exported with.
+    """
     from segpipe.evaluation import check_batch_size
 
     check_batch_size(batch_size)
     out = Path(out_dir)
     pairs, failed = find_inputs(inputs, out)
-    models = load_models(model_paths)
+    predict_labels, models = _predictor(model_paths, flip)
     report = PredictReport(out_dir=out, failed=failed)
     from segpipe.progress import Progress
 
     unreadable = len(report.failed)
     with _writers(out, overlay, batch_size, report.written) as write, Progress("predict", len(pairs)) as progress:
         for batch in _loaded_batches(pairs, batch_size, report.failed):
-            write(batch, predict_labels(models, [image for _, _, image in batch], flip))
+            write(batch, predict_labels([image for _, _, image in batch]))
             progress.advance(len(batch) + len(report.failed) - unreadable)  # unreadable files count as done
             unreadable = len(report.failed)
     report.summary = _write_summary(report, model_paths, models)
     return report
+
+
+def _predictor(model_paths: Sequence[PathLike], flip: bool) -> tuple[Callable[[list[np.ndarray]], list[np.ndarray]], Any]:
+    """`labels(images)` (HxW 0..2 at each image's size) for `.keras` models or one exported artifact, and
+    what `_write_summary` records of the models."""
+    from segpipe.export.exporter import exported_artifact
+
+    exported = [p for p in model_paths if exported_artifact(p) is not None]
+    if exported:
+        if len(model_paths) != 1:
+            raise ValueError(
+                f"--model {exported[0]} is an exported model, which holds its whole ensemble: give it alone, "
+                "or give .keras files"
+            )
+        from segpipe.export import runtime
+
+        artifact = runtime.load(exported[0])
+
+        def exported_labels(images: list[np.ndarray]) -> list[np.ndarray]:
+            return [m.astype(np.int64) - 1 for m in runtime.predict_masks(artifact, images)]
+
+        return exported_labels, artifact
+    from segpipe.ensemble import load_models, predict_labels
+
+    models = load_models(model_paths)
+    return (lambda images: predict_labels(models, images, flip)), models
 
 
 def _loaded_batches(
@@ -274,13 +290,15 @@ def _writers(out: Path, overlay: bool, keep: int, written: list[dict[str, Any]])
         collect(keep=0)
 
 
-def _write_summary(report: PredictReport, model_paths: Sequence[PathLike], models: Sequence[Any]) -> Path:
+def _write_summary(report: PredictReport, model_paths: Sequence[PathLike], models: Any) -> Path:
     from segpipe.ensemble import model_records, model_sizes
+    from segpipe.export.exporter import exported_artifact
 
+    exported = exported_artifact(model_paths[0])
     summary = {
         **report.to_dict(),
-        "models": model_records(model_paths),
-        "img_size": [list(s) for s in model_sizes(models)],
+        "models": [exported] if exported else model_records(model_paths),
+        "img_size": [list(models.input_size)] if exported else [list(s) for s in model_sizes(models)],
         "mask_values": {str(k): v for k, v in MASK_VALUES.items()},
     }
     return atomic_write_json(report.out_dir / SUMMARY, summary)

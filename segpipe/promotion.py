@@ -1,11 +1,14 @@
-"""The promotion gate: a new model replaces the champion only when it is better.
+"""The promotion gate: a new model replaces the champion only when it is better, and only when its export
+loads and keeps parity in a fresh process.
 
-    WORK/models/champion/   model.keras, metrics.json, lineage.json, decision.json
+    WORK/models/champion/         model.keras, metrics.json, lineage.json, decision.json, decision.md
+    WORK/models/serving/pets/N/   the champion's verified export (segpipe.export.serving)
 
-Rules (`decide`): the candidate's mean IoU must clear the configured floor, and
-be at least the champion's mean IoU measured on the *same* dataset split
-(the flow re-scores the champion on the candidate's split when the champion
-was scored elsewhere). The first candidate that clears the floor is promoted.
+Rules (`decide`): the candidate's export must have passed its check; its mean IoU must clear the configured
+floor, and be at least the champion's mean IoU measured on the *same* split of the same dataset: the gate
+split (`promotion.gate_split`, validation by default), never the test split the figures are reported on.
+The test figures of both models are reported beside the decision. The first candidate that clears the
+floor is promoted.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ class Decision:
     floor: float
     split: str
     dataset_key: str
+    exports: dict[str, Any] | None = None
+    reported: dict[str, Any] | None = None
 
     def to_markdown(self) -> str:
         verdict = "PROMOTED" if self.promote else "KEPT CHAMPION"
@@ -44,15 +49,42 @@ class Decision:
             f"| champion | {fmt(self.champion_mean_iou)} |",
             f"| floor | {self.floor:.4f} |",
             "",
-            f"Scored on split `{self.split}` of dataset `{self.dataset_key}`.",
+            f"Compared on split `{self.split}` of dataset `{self.dataset_key}`.",
+            *self._reported_lines(),
+            *self._export_lines(),
         ])
 
+    def _reported_lines(self) -> list[str]:
+        if not self.reported:
+            return []
+        fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
+        split = self.reported.get("split")
+        return ["", f"Reported, not used to decide: mean IoU on split `{split}`: candidate "
+                f"{fmt(self.reported.get('candidate_mean_iou'))}, champion {fmt(self.reported.get('champion_mean_iou'))}."]
 
-def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, *, floor: float) -> Decision:
+    def _export_lines(self) -> list[str]:
+        if not self.exports:
+            return []
+        lines = ["", "## Exports", "", "| artifact | mean IoU | Keras mean IoU | pixels agreeing | within bound |",
+                 "|---|---|---|---|---|"]
+        for name, r in (self.exports.get("parity") or {}).items():
+            lines.append(f"| {name} | {r['mean_iou']:.4f} | {r['reference_mean_iou']:.4f} | "
+                         f"{100 * r['pixel_agreement']:.3f}% | {'yes' if r['passed'] else 'NO'} |")
+        if self.exports.get("serving_dir"):
+            lines += ["", f"Serving directory: `{self.exports['serving_dir']}`"]
+        if self.exports.get("error"):
+            lines += ["", f"Export check failed: {self.exports['error']}"]
+        return lines
+
+
+def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, *, floor: float,
+           exports: dict[str, Any] | None = None, reported: dict[str, Any] | None = None) -> Decision:
     """Compare metrics dicts (as written by evaluation) of the candidate and the champion.
 
     `champion` must have been scored on the same dataset split as `candidate`;
-    a mismatch is an error rather than a silent unfair comparison.
+    a mismatch is an error rather than a silent unfair comparison. `exports` is the candidate's export
+    check (`{"ok": bool, "error": str | None, "parity": {...}}`): a failed check keeps the champion.
+    `reported` (test figures of both) is carried into the decision, never used by it.
     """
     split, key = candidate.get("split", "?"), candidate.get("dataset_key", "?")
     cand = candidate.get("mean_iou")
@@ -64,8 +96,10 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, *, floor:
         )
 
     def result(promote: bool, reason: str) -> Decision:
-        return Decision(promote, reason, cand, champ, floor, split, key)
+        return Decision(promote, reason, cand, champ, floor, split, key, exports, reported)
 
+    if exports is not None and not exports.get("ok"):
+        return result(False, f"the candidate's export failed its check ({exports.get('error')}): champion kept")
     if cand is None:
         return result(False, "the candidate has no mean IoU (empty split?): champion kept")
     if candidate.get("collapsed"):

@@ -248,6 +248,8 @@ GALLERY_CACHE = Derived(
 # never cached: inputs are arbitrary files (predict) or the promotion state under WORK (champion, promote)
 PREDICT_CACHE = NO_CACHE
 PROMOTION_CACHE = NO_CACHE
+# never cached: an export is only as good as the fresh-process parity check it runs every time
+EXPORT_CACHE = NO_CACHE
 
 
 # --------------------------------------------------------------------------- retries

@@ -3,6 +3,8 @@ retraining."""
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from segpipe import promotion
+from segpipe.export import serving
 from segpipe.fsutil import read_json
 from segpipe.layout import WorkDir
 from tasks.caching import PROMOTION_CACHE
@@ -26,21 +29,33 @@ def champion_task(work_dir: str) -> dict[str, Any] | None:
 @task(name="promote", cache_policy=PROMOTION_CACHE)
 def promote_task(
     candidate_metrics: dict[str, Any], champion_metrics: dict[str, Any] | None, run_dir: str, model_path: str,
-    floor: float, work_dir: str,
+    floor: float, work_dir: str, exports: dict[str, Any] | None = None, reported: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Decide, install the candidate when it wins, and publish the decision as an artifact."""
+    """Decide, install the candidate (its model and its verified export, as the next serving version) when it
+    wins, and publish the decision as an artifact."""
     logger = get_run_logger()
-    decision = promotion.decide(candidate_metrics, champion_metrics, floor=floor)
+    decision = promotion.decide(candidate_metrics, champion_metrics, floor=floor, exports=exports, reported=reported)
     run = Path(run_dir)
+    work = WorkDir.at(work_dir)
     if decision.promote:
         lineage = {"run_id": run.name, "run_dir": str(run)}
         for name in ("lineage.json", "config.json"):
             if (run / name).is_file():
                 lineage[name.removesuffix(".json")] = read_json(run / name)
-        where = promotion.promote(Path(model_path), candidate_metrics, lineage, decision, WorkDir.at(work_dir).champion)
-        logger.info("%s -> %s", decision.reason, where)
+        version = None
+        if exports is not None and exports.get("out_dir"):
+            version = serving.install_version(exports["out_dir"], serving.serving_root(work.champion.parent))
+            decision = replace(decision, exports={**exports, "serving_dir": str(version)})
+        try:
+            where = promotion.promote(Path(model_path), candidate_metrics, lineage, decision, work.champion)
+        except BaseException:
+            if version is not None:
+                shutil.rmtree(version, ignore_errors=True)
+            raise
+        logger.info("%s -> %s%s", decision.reason, where, f" (serving: {version})" if version else "")
     else:
         logger.warning(decision.reason)
     create_markdown_artifact(markdown=decision.to_markdown(), key="promotion-decision",
                              description="segpipe promotion gate")
-    return {"promoted": decision.promote, "reason": decision.reason, "champion": str(WorkDir.at(work_dir).champion)}
+    return {"promoted": decision.promote, "reason": decision.reason, "champion": str(work.champion),
+            "serving_dir": (decision.exports or {}).get("serving_dir")}

@@ -6,7 +6,8 @@ Everything is written into a temporary directory beside `out_dir`, every artifac
 process (`segpipe.export.parity`), and only then is the directory renamed into place: a failed export
 leaves what was at `out_dir` untouched. `out_dir` then holds:
 
-    saved_model/                  TF Serving (signatures: runtime.SAVED_MODEL_SIGNATURES)
+    saved_model.pb, variables/    the SavedModel, so the directory is a TF Serving version directory
+                                  (signatures: runtime.SAVED_MODEL_SIGNATURES)
     pets-float32.tflite, pets-float16.tflite, pets-int8.tflite     LiteRT
     pets.onnx                     ONNX Runtime
     pets_runtime.py               decoding, resizing and running any of them without segpipe
@@ -26,7 +27,7 @@ from typing import Any
 
 from segpipe.export.formats import FORMATS, WRITERS, Artifact, check_formats
 from segpipe.export.parity import ParityError, ParityResult
-from segpipe.fsutil import atomic_write_json, read_json, sha256_file, tempdir_beside
+from segpipe.fsutil import atomic_write_json, current_umask, read_json, sha256_file, tempdir_beside
 
 PathLike = str | os.PathLike[str]
 MANIFEST = "export.json"
@@ -107,6 +108,7 @@ def export_models(
         manifest = _manifest(model_records(model_paths), served, artifacts, results, reference_score, data,
                              dataset_dir, flip, tmp)
         atomic_write_json(tmp / MANIFEST, manifest)
+        tmp.chmod(0o777 & ~current_umask())  # a temporary directory is private; the export is not
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -177,6 +179,22 @@ def _version(name: str) -> str | None:
 def _files(root: Path) -> dict[str, dict[str, Any]]:
     return {str(p.relative_to(root)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def exported_artifact(path: PathLike) -> dict[str, Any] | None:
+    """{path, format, tta_flip, export sha256} when `path` is an exported model (a SavedModel directory, a
+    `.tflite` or `.onnx` file), else None. The flip setting comes from the export's manifest."""
+    path = Path(path)
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        kind, folder = "saved_model", path
+    elif path.suffix in (".tflite", ".onnx"):
+        kind, folder = ("litert" if path.suffix == ".tflite" else "onnx"), path.parent
+    else:
+        return None
+    manifest = read_json(folder / MANIFEST) if (folder / MANIFEST).is_file() else {}
+    digest = sha256_file(path) if path.is_file() else (manifest.get("files", {}).get("saved_model.pb", {}).get("sha256"))
+    return {"path": str(path.resolve()), "format": kind, "sha256": digest,
+            "tta_flip": manifest.get("contract", {}).get("tta_flip")}
 
 
 def verify_files(out_dir: PathLike) -> list[str]:

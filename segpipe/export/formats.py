@@ -52,7 +52,7 @@ def _quiet() -> Iterator[None]:
 def write_saved_model(model: Any, out: Path) -> list[Artifact]:
     from segpipe.export.graph import saved_model_archive
 
-    path = out / "saved_model"
+    path = out  # saved_model.pb and variables/ at the top: the directory is a TF Serving version directory
     with _quiet():
         saved_model_archive(model).write_out(str(path), verbose=False)
     return [Artifact("saved_model", "saved_model", path)]
