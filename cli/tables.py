@@ -53,7 +53,7 @@ def datasets_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
     for key, manifest in rows:
         params = manifest.get("parameters", {})
         n = {s: v.get("num_examples") for s, v in manifest.get("splits", {}).items()}
-        skipped = manifest.get("validation", {}).get("counts", {}).get("skipped")
+        skipped = manifest.get("validation", {}).get("skipped")  # the validation counts
         body.append([key, when(manifest.get("created_at")), str(params.get("split", DASH)),
                      *(count(n.get(s)) for s in splits), count(skipped)])
     return table(headers, body, right=range(3, 4 + len(splits)))
@@ -84,7 +84,8 @@ def runs_table(records: Sequence[Any]) -> str:
         if r.best_at_epoch is not None:
             best += f" @{r.best_at_epoch}"
         finished = when(r.finished_at) if r.complete else f"unfinished, epoch {r.epochs_completed}/{r.epochs_planned or '?'}"
-        body.append([r.run_id, r.model, r.preset or DASH, (r.dataset_key or DASH)[:8], count(r.images_seen), best,
+        preset = DASH if r.preset is None else r.preset + ("*" if r.preset_changes else "")
+        body.append([r.run_id, r.model, preset, (r.dataset_key or DASH)[:8], count(r.images_seen), best,
                      metric(r.eval_mean_iou) + (f" ({r.eval_split})" if r.eval_split else ""),
                      metric(r.eval_foreground_iou), _champion(r), finished])
     return table(headers, body, right=(4,))
@@ -99,7 +100,8 @@ def run_text(details: dict[str, Any]) -> str:
     lines = [
         f"run {r['run_id']}  ({status})",
         f"  directory        {r['run_dir']}",
-        f"  model            {r['model']}" + (f"  (preset {r['preset']})" if r["preset"] else ""),
+        f"  model            {r['model']}" + (f"  (preset {r['preset']}" + (
+            f", changed: {', '.join(r['preset_changes'])})" if r["preset_changes"] else ")") if r["preset"] else ""),
         f"  dataset          {r['dataset_key'] or DASH}",
         f"  champion         {champion}",
         f"  started          {when(r['started_at'])}",

@@ -39,7 +39,8 @@ class RunRecord:
     run_id: str
     run_dir: str
     model: str  # the model name, with its encoder: "deeplabv3plus+mobilenetv2"
-    preset: str | None
+    preset: str | None  # the preset its model and train sections come from (`nearest_preset`)
+    preset_changes: list[str]  # the fields that differ from that preset
     dataset_key: str | None
     complete: bool  # train_summary.json written
     epochs_completed: int
@@ -134,6 +135,36 @@ def _model_label(config: dict[str, Any], lineage: dict[str, Any]) -> str:
     return f"{name}+{model['encoder']}" if model.get("encoder") else name
 
 
+def _flat(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{k}": json.dumps(v, sort_keys=True) for k, v in values.items()}
+
+
+def nearest_preset(config: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """(the preset whose model and train sections differ least from `config`'s, the dotted fields that differ).
+
+    The name the config records wins; a run's config.json records none (the train task rebuilds the
+    config from its sections), so the presets are compared. None when no preset shares the model name.
+    """
+    from segpipe.config import build_config
+    from segpipe.presets import PRESETS
+
+    given = {**_flat("model", config.get("model") or {}), **_flat("train", config.get("train") or {})}
+    names = [config["preset"]] if config.get("preset") in PRESETS else list(PRESETS)
+    best: tuple[str | None, list[str]] = (None, [])
+    for name in names:
+        try:
+            preset = build_config(name, {"model.name": (config.get("model") or {}).get("name")}).model_dump(mode="json")
+        except ValueError:  # a model this preset cannot take
+            continue
+        if preset["model"]["name"] != (config.get("model") or {}).get("name"):
+            continue
+        wanted = {**_flat("model", preset["model"]), **_flat("train", preset["train"])}
+        changed = sorted(k for k in given.keys() | wanted.keys() if given.get(k) != wanted.get(k))
+        if best[0] is None or len(changed) < len(best[1]):
+            best = (name, changed)
+    return best
+
+
 def run_record(run_dir: Path, champion: str | None = None, former: frozenset[str] | set[str] = frozenset()) -> RunRecord:
     """What `run_dir` holds, as a `RunRecord`."""
     config = _read_json(run_dir / CONFIG_FILE) or {}
@@ -156,7 +187,7 @@ def run_record(run_dir: Path, champion: str | None = None, former: frozenset[str
         run_id=run_dir.name,
         run_dir=str(run_dir),
         model=_model_label(config, lineage),
-        preset=config.get("preset"),
+        **dict(zip(("preset", "preset_changes"), nearest_preset(config))),
         dataset_key=dataset_key,
         complete=summary is not None,
         epochs_completed=epochs,

@@ -72,7 +72,7 @@ def test_runs_table(work, capsys):
     summary = read_json(work["done"] / "train_summary.json")
     metrics = work["metrics"]
     done = by_id[work["done"].name].split()
-    assert done[1:5] == ["unet", "tiny", KEY[:8], f"{summary['images_seen']:,}"]
+    assert done[1:5] == ["unet", "tiny*", KEY[:8], f"{summary['images_seen']:,}"]  # *: tiny, changed
     assert done[5:7] == [f"{summary['best_val_mean_iou']:.4g}", f"@{summary['best_epoch'] + 1}"]  # 1-based
     assert done[7:10] == [f"{metrics['mean_iou']:.4g}", "(test)", f"{metrics['foreground_iou']:.4g}"]
     assert done[10] == "champion"
@@ -91,6 +91,8 @@ def test_runs_json_is_what_the_files_say(work, capsys):
     done, cut = runs[work["done"].name], runs[work["cut"].name]
     summary = read_json(work["done"] / "train_summary.json")
     assert (done["complete"], done["champion"], done["dataset_key"]) == (True, True, KEY)
+    assert (done["preset"], done["preset_changes"]) == ("tiny", ["train.epochs"])  # the fixture's one change
+    assert (cut["preset"], cut["preset_changes"]) == ("tiny", ["train.epochs", "train.seed"])
     assert (done["best_val_mean_iou"], done["best_at_epoch"]) == (summary["best_val_mean_iou"], summary["best_epoch"] + 1)
     assert (done["images_seen"], done["epochs_completed"]) == (summary["images_seen"], summary["epochs_completed"])
     assert (done["eval_mean_iou"], done["eval_foreground_iou"], done["eval_split"]) == (
@@ -110,8 +112,9 @@ def test_runs_show_text_and_json(work, capsys):
     assert f"best val mIoU    {summary['best_val_mean_iou']:.4g} at epoch {summary['best_epoch'] + 1}" in out
     assert f"mean IoU         {work['metrics']['mean_iou']:.4g}" in out
     assert "champion         champion" in out
+    assert "model            unet  (preset tiny, changed: train.epochs)" in out
     assert '"name": "unet"' in out  # the configuration
-    assert f"code_version" in out  # the lineage
+    assert "code_version" in out  # the lineage
 
     status, out, _ = segpipe(capsys, "runs", "--work-dir", str(work["root"].root), "show", done.name, "--json")
     details = json.loads(out)
@@ -144,7 +147,7 @@ def test_datasets_table_and_json(work, capsys):
     assert status == 0 and "{" not in out  # a table, not a Python dict
     header, _, row = out.splitlines()
     assert header.split() == ["DATASET", "CREATED", "(UTC)", "SPLIT", "TRAIN", "VAL", "TEST", "SKIPPED"]
-    assert row.split() == [KEY, "-", "-", "8", "4", "4", "-"]
+    assert row.split() == [KEY, "-", "-", "8", "4", "4", "-"]  # a manifest without created_at, split or validation
     status, out, _ = segpipe(capsys, "datasets", "--work-dir", str(work["root"].root), "--json")
     assert json.loads(out)[0]["num_examples"] == {"train": 8, "val": 4, "test": 4}
 
