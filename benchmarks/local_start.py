@@ -114,6 +114,8 @@ def _measure(args: argparse.Namespace, prepare: list[str], embedded: Path, backg
         "prepare_uncached_embedded_s": uncached,
         "server_status_s": status["wall_s"],
         "server_stop_s": stop["wall_s"],
+        "cpu_s_note": "cpu_s is the command's own CPU time and its waited-for children's: the embedded server's "
+                      "is in it, the detached background server's is not",
         "rounds": args.rounds,
         "python": sys.version.split()[0],
     }
