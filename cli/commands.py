@@ -272,11 +272,14 @@ def cmd_server(args: argparse.Namespace, cfg: PipelineConfig) -> int:
               else f"no local Prefect server running for PREFECT_HOME={home}")
         return 0
     own = server.configured_api_url()
+    embedded = server.mode() == "embedded"
     if own:
         print(f"PREFECT_API_URL is set ({own}): segpipe commands use that server, not a local one")
-    elif server.mode() == "embedded":
+    elif embedded:
         print(f"{server.MODE_ENV}=embedded: each command starts and stops Prefect's embedded server")
     if args.action == "start":
+        if own or embedded:
+            return 0  # no command would use it: nothing started
         state = server.ensure(home)
     else:
         verdict = server.check(home)
