@@ -312,9 +312,10 @@ def synthetic_example(rng: np.random.Generator, height: int, width: int) -> tupl
 
 
 def write_tiny_dataset(
-    root: Path, splits: dict[str, int], *, height: int = 40, width: int = 48, seed: int = 0, key: str = "tiny-ds"
+    root: Path, splits: dict[str, int], *, height: int = 40, width: int = 48, seed: int = 0, key: str = "tiny-ds",
+    image_format: str = "png",
 ) -> Path:
-    """A dataset directory with one PNG-encoded TFRecord shard per split and a manifest.json."""
+    """A dataset directory with one TFRecord shard per split (images PNG- or JPEG-encoded) and a manifest.json."""
     import tensorflow as tf
 
     from segpipe.data.spec import serialize_example
@@ -328,8 +329,9 @@ def write_tiny_dataset(
         with tf.io.TFRecordWriter(str(path)) as writer:
             for i in range(n):
                 image, trimap = synthetic_example(rng, height, width)
+                encoded = _jpeg(Image.fromarray(image)) if image_format == "jpeg" else tf.io.encode_png(image).numpy()
                 writer.write(serialize_example(
-                    image_bytes=tf.io.encode_png(image).numpy(), image_format="png",
+                    image_bytes=encoded, image_format=image_format,
                     mask_png=tf.io.encode_png(trimap[..., None]).numpy(), height=height, width=width,
                     example_id=f"{split}_{i}", class_id=1, species=1, breed_id=1, breed="Abyssinian",
                 ))
