@@ -21,6 +21,7 @@ from segpipe.config import build_config  # noqa: E402
 from segpipe.fsutil import read_json, sha256_file  # noqa: E402
 from segpipe.training import (  # noqa: E402
     PRECISION_POLICIES,
+    AtomicBackupAndRestore,
     AveragedWeights,
     cpu_has_native_bfloat16,
     precision_policy,
@@ -78,10 +79,37 @@ def run(dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         "summary_exists": (run_dir / "train_summary.json").exists(),
         "model_exists": (run_dir / "model.keras").exists(),
     }
+    backup = h5_arrays(run_dir / "backup" / "latest.weights.h5")
+    restored: dict[str, list[np.ndarray]] = {}
+    restore = AtomicBackupAndRestore.on_train_begin
+
+    def restore_and_keep(self, logs=None):  # the state the resumed fit starts from, right after the restore
+        restore(self, logs)
+        restored.setdefault("model", [v.numpy() for v in self.model.weights])
+        restored.setdefault("optimizer", [v.numpy() for v in self.model.optimizer.variables])
+
     second: list[tuple[int, dict]] = []
-    result = train(cfg, dataset_dir, run_dir, on_epoch_end=lambda e, logs: second.append((e, logs)), verbose=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AtomicBackupAndRestore, "on_train_begin", restore_and_keep)
+        result = train(cfg, dataset_dir, run_dir, on_epoch_end=lambda e, logs: second.append((e, logs)), verbose=0)
+    straight_dir = tmp_path_factory.mktemp("runs") / run_dir.name
+    straight = train(cfg, dataset_dir, straight_dir, verbose=0)  # the same run, never interrupted
     return {"cfg": cfg, "run_dir": run_dir, "first": first, "second": second, "interrupted": interrupted,
-            "result": result}
+            "result": result, "backup": backup, "restored": restored, "straight": straight}
+
+
+def h5_arrays(path: Path) -> list[np.ndarray]:
+    """Every array a Keras weights file holds (model variables and optimizer slots)."""
+    import h5py
+
+    arrays: list[np.ndarray] = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda _, item: arrays.append(item[()]) if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def as_multiset(arrays: list[np.ndarray]) -> list[tuple]:
+    return sorted((a.dtype.str, a.shape, np.ascontiguousarray(a).tobytes()) for a in map(np.asarray, arrays))
 
 
 def test_interrupted_run_leaves_a_resumable_state(run: dict) -> None:
@@ -101,6 +129,22 @@ def test_resumed_run_continues_from_the_last_completed_epoch(run: dict) -> None:
     lrs = [row["learning_rate"] for row in result.history]
     expected = WarmupCosineDecay(1e-3, warmup_steps=3, total_steps=9)
     assert lrs == pytest.approx([float(expected(3 * (e + 1))) for e in range(3)], abs=1e-7)
+
+
+def test_the_resumed_fit_starts_from_the_backup_bit_for_bit(run: dict) -> None:
+    """Every model variable and optimizer slot (moments, iteration count) the resumed fit starts from is the
+    backup's, and nothing in the backup is left unrestored."""
+    restored = run["restored"]["model"] + run["restored"]["optimizer"]
+    assert len(run["restored"]["optimizer"]) > len(run["restored"]["model"])  # Adam: 2 moments a variable
+    assert as_multiset(restored) == as_multiset(run["backup"])
+
+
+def test_the_resumed_run_ends_where_the_uninterrupted_run_ends(run: dict) -> None:
+    resumed, straight = run["result"], run["straight"]
+    assert [{k: v for k, v in row.items()} for row in resumed.history] == straight.history  # every logged value
+    assert (resumed.best_epoch, resumed.best_val_mean_iou) == (straight.best_epoch, straight.best_val_mean_iou)
+    weights = lambda path: keras.saving.load_model(path, compile=False).get_weights()  # noqa: E731
+    assert as_multiset(weights(resumed.model_path)) == as_multiset(weights(straight.model_path))
 
 
 def test_run_directory_contents(run: dict, dataset_dir: Path) -> None:

@@ -82,6 +82,7 @@ def training_dataset(
     cache: bool = True,
     repeat: bool = False,
     augment_options: Mapping[str, float] | None = None,
+    skip_batches: int = 0,
 ) -> tf.data.Dataset:
     """Shuffled (and optionally augmented) batches of `split` for `Model.fit`.
 
@@ -94,10 +95,14 @@ def training_dataset(
     replicas and workers.
     `augment_options` (max_scale, max_rotation_degrees, brightness, contrast, hue, saturation) override
     `augment_batch`'s defaults.
+    `skip_batches`: the stream starts after that many batches (their augmentation is never computed), so a
+    run resumed after k epochs reads the batches an uninterrupted run reads from epoch k on.
     """
     from segpipe.data.tfrecords import read_examples
 
     _check_sizes(img_size=img_size, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
+    if skip_batches < 0:
+        raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
     # Split lists are shuffled when written, so shard order only matters when not caching.
     ds = _read(read_examples(dataset_dir, split, shuffle_files=not cache, seed=seed), dataset_dir, split)
     ds = ds.map(lambda ex: _resize_uint8(ex, img_size), num_parallel_calls=AUTOTUNE)
@@ -112,11 +117,11 @@ def training_dataset(
     if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         options = dict(augment_options or {})
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
+        ds = tf.data.Dataset.zip((ds, seeds)).skip(skip_batches).map(
             lambda batch, s: _augmented_batch(batch, s, options), num_parallel_calls=AUTOTUNE
         )
     else:
-        ds = ds.map(_to_model_inputs, num_parallel_calls=AUTOTUNE)
+        ds = ds.skip(skip_batches).map(_to_model_inputs, num_parallel_calls=AUTOTUNE)
     return _shard_by_data(ds.prefetch(AUTOTUNE))
 
 

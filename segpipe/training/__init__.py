@@ -18,7 +18,9 @@ A run directory holds
     train_summary.json   written last: the run is complete once it exists
 
 Because the run id is derived from data + config + code, a killed or retried
-run lands in the same directory and resumes from its last completed epoch;
+run lands in the same directory and resumes from its last completed epoch
+(weights and optimizer state from the backup, and the input stream from the batch
+an uninterrupted run would read next, so it ends where an uninterrupted run ends);
 a complete run is returned without training again.
 
 The run's length comes from its budget of images seen (`segpipe.budget`). A

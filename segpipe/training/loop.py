@@ -161,7 +161,7 @@ def _fit(
     early_stopping or nan."""
     t = cfg.train
     keras.utils.set_random_seed(t.seed)
-    train_ds, val_ds = _datasets(dataset_dir, t)
+    val_ds = eval_dataset(dataset_dir, "val", img_size=t.img_size, batch_size=t.batch_size)
     with strategy.scope(), recording_weights_files() as weights_files:
         model, compile_phase = _build_and_compile(cfg, plan)
     _record_weights_files(run_dir, weights_files)
@@ -175,6 +175,9 @@ def _fit(
             compile_phase(frozen)
         if frozen or plan.frozen_epochs:
             log.info("epochs up to %d: encoder %s", end_epoch, "frozen" if frozen else "fine-tuned")
+        # Each fit starts a new iterator: this one continues the stream where the completed epochs left it,
+        # so a resumed run (and a phase change) reads the batches an uninterrupted run reads.
+        train_ds = _train_dataset(dataset_dir, t, skip_batches=backup.completed_epochs() * plan.steps_per_epoch)
         history = model.fit(
             train_ds, validation_data=val_ds, epochs=end_epoch, initial_epoch=backup.completed_epochs(),
             steps_per_epoch=plan.steps_per_epoch, shuffle=False, callbacks=callbacks,
@@ -186,16 +189,15 @@ def _fit(
     return _stop_reason(losses, early)
 
 
-def _datasets(dataset_dir: Path, t: TrainConfig) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """The training dataset (endless) and the validation one."""
-    # Endless, with steps_per_epoch given to fit: fit then keeps ONE iterator for the whole run instead of
+def _train_dataset(dataset_dir: Path, t: TrainConfig, skip_batches: int) -> tf.data.Dataset:
+    """The training dataset (endless), from batch `skip_batches` of its stream on."""
+    # Endless, with steps_per_epoch given to fit: fit then keeps ONE iterator for the whole phase instead of
     # starting a new one every epoch (each start re-optimises the augmenting map: ~45 ms of CPU per epoch,
     # and the prefetch buffers start empty; see BENCHMARKS.md, input pipeline).
-    train_ds = training_dataset(
+    return training_dataset(
         dataset_dir, img_size=t.img_size, batch_size=t.batch_size, augment=t.augment, seed=t.seed, repeat=True,
-        augment_options=t.augment_options(),
+        augment_options=t.augment_options(), skip_batches=skip_batches,
     )
-    return train_ds, eval_dataset(dataset_dir, "val", img_size=t.img_size, batch_size=t.batch_size)
 
 
 def _callbacks(
