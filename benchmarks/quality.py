@@ -220,14 +220,16 @@ def plot(results: list[dict], path: Path) -> None:
         d.text((x(t) - 10, h - bottom + 6), str(t), fill="black")
     d.text((left + 150, h - 28), ("training seconds, WALL (older results: no CPU-seconds)" if wall_only else
                                   "training CPU-seconds (process tree, scoring excluded)"), fill="black")
-    d.text((left, 12), "held-out mean IoU of the best model so far (model resolution)", fill="black")
+    d.text((left, 12), "held-out mean IoU of the best model so far (model resolution), scored after training",
+           fill="black")
     d.line([(left, y(TARGET["mean_iou"])), (w - right, y(TARGET["mean_iou"]))], fill=(180, 0, 0))
     d.text((left + 6, y(TARGET["mean_iou"]) - 14), f"target {TARGET['mean_iou']:.2f}", fill=(180, 0, 0))
     colours = [(0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (213, 94, 0), (86, 180, 233)]
     for i, r in enumerate(results):
         if not r.get("curve"):
             continue
-        pts = [(x(_x(p)), y(p["held_out_mean_iou"])) for p in r["curve"]]
+        pts = [(x(_x(p)), y(p["held_out_mean_iou"])) for p in r["curve"]
+               if p.get("held_out_mean_iou") is not None]
         if len(pts) > 1:
             d.line(pts, fill=colours[i % len(colours)], width=3)
         d.text((w - right + 6, top + 30 + 18 * i),

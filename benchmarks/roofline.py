@@ -239,7 +239,8 @@ def peak_per_cpu_s(peaks: dict[str, Any], key: str) -> float | None:
 
 
 # The FLOPs and the speed are those of the architecture; no download of the pretrained weights.
-PRESET_OVERRIDES: dict[str, dict[str, Any]] = {name: {"model.encoder_weights": "none"} for name in ("cpu-quick", "full")}
+PRESET_OVERRIDES: dict[str, dict[str, Any]] = {name: {"model.encoder_weights": "none"}
+                                               for name in ("cpu-quick", "full")}
 
 
 def preset_config(name: str, overrides: dict[str, Any] | None = None) -> Any:

@@ -37,6 +37,10 @@ ALLOWED: dict[str, str] = {
     r"EMA weights \(0\.99\)": "cpu-quick's EMA momentum (configuration)",
     r", 0\.1x;": "the full preset's encoder learning-rate multiplier (configuration)",
     r"\(default 0\.5\)": "the promotion gate's default minimum mean IoU (configuration)",
+    r"within 0\.001 mean IoU of the Keras model and\s+≥ 99\.9% of pixels": "the export parity bounds of "
+    "SavedModel, LiteRT float32 and ONNX (configuration: segpipe/export/parity.py)",
+    r"within 0\.005 and ≥ 99\.5%": "LiteRT float16's export parity bound (configuration: segpipe/export/parity.py)",
+    r"within 0\.01\s+and ≥ 99%": "LiteRT int8's export parity bound (configuration: segpipe/export/parity.py)",
 }
 
 MEASURED = re.compile(
@@ -165,6 +169,15 @@ def test_a_changed_preset_is_caught_and_a_broken_provenance_named(tmp_path):
     earlier = {**clean, "configs": [{**record, "digest": common.config_digest(
         common.resolve_config("tiny", {"train.seed": 3, "train.learning_rate": 0.5}))}]}
     assert render.config_drift(earlier) and "tiny" in render.config_drift(earlier)[0]
+    changed = {**clean, "configs": [{**record, "digest": "0" * 64, "resolved": {
+        **record["resolved"], "train": {**record["resolved"]["train"], "learning_rate": 0.5}}}]}
+    assert "train.learning_rate: 0.5 -> " in render.config_drift(changed)[0]
+    assert render.config_drift({**changed, "benchmark": "inference"}), "a model/train change is drift for inference"
+    gate_only = {**clean, "configs": [{**record, "digest": "0" * 64, "resolved": {
+        **record["resolved"], "promotion": {"min_mean_iou": -1.0}}}]}
+    assert render.config_drift(gate_only), "a benchmark not in MEASURED_SECTIONS counts every section"
+    assert render.config_drift({**gate_only, "benchmark": "inference"}) == [], (
+        "inference never runs the promotion gate: a change there alone is not drift")
     for broken, words in (({"commit": _head() + "+uncommitted"}, "uncommitted"),
                           ({"commit": "0" * 40}, "does not resolve"), ({"commit": None}, "no commit"),
                           ({"command": ""}, "no command"), ({"machine": {}}, "no machine"),
