@@ -326,7 +326,8 @@ class Starting:
 
     def __init__(self, home: Path, say: Say):
         self.home, self.say = home, say
-        self.state: ServerState | None = None
+        self.state: ServerState | None = None  # set once the server answers (or is reused)
+        self.pending: ServerState | None = None  # the server being started
         self.process: subprocess.Popen | None = None
         self.port = 0
         self._lock = _locked(home)
@@ -342,7 +343,11 @@ class Starting:
                 env=_server_env(self.home), cwd=state_dir(self.home), stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,  # out of the terminal's reach
             )
-        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # recorded at once: should this command die before the server answers, the next one finds it (ours,
+        # not listening or not answering) and stops it instead of leaving it behind
+        self.pending = ServerState(self.process.pid, port, prefect_version(), str(self.home),
+                                   datetime.now(timezone.utc).isoformat(timespec="seconds"), str(log))
+        _write_state(self.home, self.pending)
 
     def wait(self, timeout: float | None = None) -> ServerState:
         """Until the server answers; a port taken in the meantime means another free port (3 tries)."""
@@ -360,9 +365,7 @@ class Starting:
                 self.spawn(_free_port())
                 continue
             if owns_port(self.process.pid, self.port) and healthy(self.port):
-                self.state = ServerState(self.process.pid, self.port, prefect_version(), str(self.home),
-                                         self.started_at, str(state_dir(self.home) / "server.log"))
-                _write_state(self.home, self.state)
+                self.state = self.pending
                 self._release()
                 return self.state
             time.sleep(0.1)
@@ -372,10 +375,13 @@ class Starting:
 
     def close(self) -> None:
         """Give up: stop a server that never answered, release the lock. Safe to call again."""
-        if self.state is None and self.process is not None and self.process.poll() is None:
-            stop_process(self.process.pid)
-            with contextlib.suppress(Exception):
-                self.process.wait(timeout=1)
+        if self.state is None and self.process is not None:
+            if self.process.poll() is None:
+                stop_process(self.process.pid)
+                with contextlib.suppress(Exception):
+                    self.process.wait(timeout=1)
+            if read_state(self.home) == self.pending:
+                _forget_state(self.home)
         self._release()
 
     def _release(self) -> None:

@@ -289,3 +289,24 @@ def test_ctrl_c_with_the_background_server_records_the_run_and_leaves_the_server
     assert not [r for r in runs["flows"] + runs["tasks"] if r[1] in ("Running", "Pending")], runs
     print(f"Ctrl-C on the background server: exit {rc} {exit_s:.2f} s after the keypress, run Crashed, "
           f"server pid {state.pid} still answering")
+
+
+@pytest.mark.slow
+def test_a_command_killed_while_its_server_starts_leaves_one_server_behind_at_most(local_server_homes):
+    """The record is written as soon as the server is spawned: the next command finds a server that was never
+    confirmed and either reuses it (it answers by then) or stops it; never a second, unrecorded one."""
+    home = local_server_homes()
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "server", "start"], cwd=REPO, env=env_for(home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: server.read_state(home) is not None, timeout=60, proc=proc, what="the server's record")
+        orphan = server.read_state(home)
+        proc.kill()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert server.alive(orphan.pid), "the server outlives the command that started it"
+    state, said = started(home)
+    assert servers_of(home) == [state.pid], said
+    assert state.pid == orphan.pid or ("stopped it, starting a new one" in said and not server.alive(orphan.pid)), said
