@@ -185,7 +185,11 @@ def exported_artifact(path: PathLike) -> dict[str, Any] | None:
     """{path, format, tta_flip, export sha256} when `path` is an exported model (a SavedModel directory, a
     `.tflite` or `.onnx` file), else None. The flip setting comes from the export's manifest."""
     path = Path(path)
-    if path.is_dir() and (path / "saved_model.pb").is_file():
+    if path.is_dir() and not (path / "saved_model.pb").is_file():
+        inside = ", ".join(sorted(p.name for p in path.glob("pets*.*"))) or "no exported model"
+        raise ValueError(f"model {path} is a directory without saved_model.pb ({inside} in it); expected a .keras "
+                         "file, a SavedModel directory, or a .tflite or .onnx file")
+    if path.is_dir():
         kind, folder = "saved_model", path
     elif path.suffix in (".tflite", ".onnx"):
         kind, folder = ("litert" if path.suffix == ".tflite" else "onnx"), path.parent
