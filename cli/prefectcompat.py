@@ -10,7 +10,11 @@ Prefect 3 has no public call for either of these; everything else in segpipe use
   started by a given `popen` instead of `subprocess.Popen` (the server starts its child in
   `SubprocessASGIServer._run_uvicorn_command`, through the `subprocess` module of its own module).
 
-Import this module only after `cli.env.configure_prefect`: it imports Prefect.
+- `EMBEDDED_SERVER_ENV`, `SERVER_APP`: how Prefect launches its embedded server's uvicorn (the private
+  `PREFECT__SERVER_EPHEMERAL`/`PREFECT__SERVER_FINAL` variables that `create_app` reads), which
+  `cli.server` copies to start the same server in the background.
+
+Call its functions only after `cli.env.configure_prefect`: they import Prefect (the constants do not).
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ import logging
 import subprocess
 from collections.abc import Iterator
 from typing import Any, Callable
+
+# What `SubprocessASGIServer._run_uvicorn_command` runs and sets: the app factory, no UI, the embedded
+# server's service set (`PREFECT__SERVER_EPHEMERAL`), and the app built as the final one (`PREFECT__SERVER_FINAL`).
+SERVER_APP = "prefect.server.api.server:create_app"
+EMBEDDED_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
 
 # Prefect's logger names for its two queue services (their "Still processing items" warnings).
 QUEUE_LOGGERS = ("EventsWorker", "APILogWorker")

@@ -41,13 +41,14 @@ from pathlib import Path
 from typing import Callable
 
 from cli.errors import CliError
+from cli.prefectcompat import EMBEDDED_SERVER_ENV, SERVER_APP
 
 MODE_ENV = "SEGPIPE_PREFECT_SERVER"  # "background" (default) or "embedded"
 MODES = ("background", "embedded")
 PORT_ENV = "SEGPIPE_SERVER_PORT"  # the port to try first (else any free port)
 HEALTH_TIMEOUT_S = 3.0
 LOCK_TIMEOUT_S = 180.0
-APP = "prefect.server.api.server:create_app"
+APP = SERVER_APP
 
 Say = Callable[[str], None]
 
@@ -298,11 +299,9 @@ def _locked(home: Path, timeout: float = LOCK_TIMEOUT_S):
 def _server_env(home: Path) -> dict[str, str]:
     """The command's environment for the server, as Prefect's embedded server gets it, minus any API URL."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_KEY")}
+    env.update(EMBEDDED_SERVER_ENV)  # the embedded server's services, no UI: what commands ran on before
     env.update({
         "PREFECT_HOME": str(home),
-        "PREFECT_UI_ENABLED": "0",
-        "PREFECT__SERVER_EPHEMERAL": "1",  # the embedded server's services, no UI (what commands ran on before)
-        "PREFECT__SERVER_FINAL": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": env.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
     })
     return env

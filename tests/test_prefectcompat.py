@@ -58,3 +58,23 @@ def test_the_ephemeral_server_still_starts_uvicorn_through_its_modules_subproces
     assert "env" in kwargs
     for name in ("running", "server_process", "start", "stop"):
         assert hasattr(server, name), f"SubprocessASGIServer.{name} is gone (cli/env.py uses it)"
+
+
+def test_the_background_server_is_launched_as_prefects_embedded_server_is():
+    """`cli.server` starts `SERVER_APP` with `EMBEDDED_SERVER_ENV`, copied from how Prefect launches its embedded
+    server; `create_app` must still read the private variables."""
+    from prefect.server.api import server as server_mod
+
+    from cli.prefectcompat import EMBEDDED_SERVER_ENV, SERVER_APP
+
+    launch = inspect.getsource(server_mod.SubprocessASGIServer._run_uvicorn_command)
+    _, factory = SERVER_APP.split(":")
+    assert f'"{SERVER_APP}"' in launch and getattr(server_mod, factory) is server_mod.create_app, (
+        f"Prefect's embedded server no longer runs {SERVER_APP} (cli/prefectcompat.py: SERVER_APP)")
+    for name, value in EMBEDDED_SERVER_ENV.items():
+        assert f'"{name}": "{value}"' in launch, (
+            f"Prefect's embedded server is no longer started with {name}={value} (cli/prefectcompat.py: "
+            "EMBEDDED_SERVER_ENV)")
+    create_app = inspect.getsource(server_mod.create_app)
+    for name in ("PREFECT__SERVER_EPHEMERAL", "PREFECT__SERVER_FINAL"):
+        assert f'os.getenv("{name}")' in create_app, f"Prefect's create_app no longer reads {name}"
