@@ -310,3 +310,25 @@ def test_a_command_killed_while_its_server_starts_leaves_one_server_behind_at_mo
     state, said = started(home)
     assert servers_of(home) == [state.pid], said
     assert state.pid == orphan.pid or ("stopped it, starting a new one" in said and not server.alive(orphan.pid)), said
+
+
+@pytest.mark.slow
+def test_the_users_api_url_wins_and_the_embedded_mode_starts_no_background_server(local_server_homes, archives,
+                                                                                  tmp_path):
+    users = local_server_homes("users-server")  # stands for the user's own server (a background one, found by URL)
+    theirs, _ = started(users)
+    home = local_server_homes()
+    argv = ["download", "--preset", "tiny", "--source", str(archives)]
+
+    proc = segpipe(home, *argv, "--work-dir", str(tmp_path / "w1"), PREFECT_API_URL=theirs.api_url)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert STARTING not in proc.stderr and f"View at http://127.0.0.1:{theirs.port}/" in proc.stderr
+    wait_for(lambda: ("download-data", "Completed") in recorded_runs(users)["flows"], timeout=30,
+             what="the run recorded on the user's server")
+
+    proc = segpipe(home, *argv, "--work-dir", str(tmp_path / "w2"), SEGPIPE_PREFECT_SERVER="embedded")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert STARTING not in proc.stderr
+    assert ("download-data", "Completed") in recorded_runs(home)["flows"]  # on the embedded server, in home's db
+    assert not (home / "segpipe-server" / "state.json").exists() and servers_of(home) == []
+    assert recorded_runs(users)["flows"].count(("download-data", "Completed")) == 1
