@@ -468,6 +468,40 @@ def inference() -> str:
                       "", *rows, "", provenance(d, name)])
 
 
+SERVING_ROWS = {"keras": "Keras `model.predict` (reference)", "saved_model": "SavedModel (`serving_default`, bytes)",
+                "litert-float32": "LiteRT float32", "litert-float16": "LiteRT float16",
+                "litert-int8": "LiteRT int8 (dynamic range)", "onnx": "ONNX Runtime"}
+
+
+def export_inference() -> str:
+    name = "export_inference.json"
+    d = load(name)
+    if d is None:
+        return missing(name, ".venv/bin/python benchmarks/export_inference.py --model M.keras "
+                             "--out benchmarks/results/export_inference.json")
+    rows = ["| runtime | batch-1 latency ms (vs Keras) | batch 8 images/s (vs Keras) | peak RSS MB (vs Keras) | "
+            "file MB | parity: mean IoU, pixels agreeing |", "|---|---:|---:|---:|---:|---|"]
+    for key, label in SERVING_ROWS.items():
+        x = d["results"][key]
+        par = d["parity"].get(key)
+        parity_cell = (f"{par['mean_iou']:.4f}, {100 * par['pixel_agreement']:.3f}%" if par
+                       else f"{d['parity']['reference_mean_iou']:.4f} (reference)")
+        rows.append(f"| {label} | {n1(x['latency_ms'])} ({ratio(x['speedup_vs_keras'])} faster) | "
+                    f"{n1(x['batch8_images_per_s'])} ({ratio(x['batch8_vs_keras'])}) | {n0(x['peak_rss_mb'])} "
+                    f"({n2(x['rss_vs_keras'])}) | {n2(x['file_mb'])} | {parity_cell} |")
+    t = d["targets"]
+    return "\n".join([
+        f"Model: {d['model']} (flip TTA {'on' if d['tta_flip'] else 'off'}); one {d['image']['size']} JPEG, decode to "
+        f"mask; {d['timing']}; parity on {d['parity']['images']} images of the prepared sample.", "", *rows, "",
+        f"- Fastest export ({SERVING_ROWS[t['fastest_export']]}) against Keras `predict`, batch 1: "
+        f"{ratio(t['fastest_speedup_vs_keras'])} (target 2x: "
+        f"{verdict(t['fastest_speedup_vs_keras'], t['fastest_speedup_target'], unit='x')}).",
+        f"- Peak RSS of the lightest TensorFlow-free runtime ({SERVING_ROWS[t['lightest_tf_free_runtime']]}) against "
+        f"the Keras process: {n2(t['lightest_rss_vs_keras'])} (target at most 0.33: "
+        f"{verdict(t['lightest_rss_vs_keras'], t['rss_target'], at_least=False)}).",
+        "", provenance(d, name)])
+
+
 def recipe_selection() -> str:
     name = "recipe-selection.json"
     d = load(name)
@@ -543,6 +577,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "bfloat16": bfloat16_summary,
     "orchestration": orchestration,
     "inference": inference,
+    "export-inference": export_inference,
     "recipe-selection": recipe_selection,
     "roofline": roofline,
     "storage": storage_summary,
