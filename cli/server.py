@@ -166,7 +166,7 @@ def is_prefect_server(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"uvicorn" in cmdline and APP.encode() in cmdline
+    return APP.encode() in cmdline and any(b"uvicorn" in part for part in cmdline)  # `-m uvicorn` or _WATCHED
 
 
 def owns_port(pid: int, port: int) -> bool:
@@ -320,6 +320,40 @@ def _choose_port(say: Say) -> int:
     return _free_port()
 
 
+WATCH_ENV = "SEGPIPE_SERVER_WATCH_S"  # how often the server checks that its record still names it
+WATCH_S = 30.0
+
+# The server's process: a thread that stops it (SIGTERM, uvicorn's graceful shutdown) once PREFECT_HOME's
+# record has not named it twice in a row (`segpipe server stop` forgot it, another command replaced it, or
+# PREFECT_HOME was deleted: a temporary home, a benchmark's), then uvicorn's own command line, in-process.
+_WATCHED = """
+import json, os, signal, sys, threading, time
+record, period = sys.argv[1], float(sys.argv[2])
+def watch():
+    missed = 0
+    while missed < 2:
+        time.sleep(period)
+        try:
+            with open(record) as f:
+                missed = 0 if json.load(f).get("pid") == os.getpid() else missed + 1
+        except (OSError, ValueError, AttributeError):
+            missed += 1
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=watch, name="segpipe-record-watch", daemon=True).start()
+sys.argv = ["uvicorn", *sys.argv[3:]]
+from uvicorn.main import main
+main()
+"""
+
+
+def _watch_period() -> float:
+    value = os.environ.get(WATCH_ENV, "").strip()
+    try:
+        return float(value) if value else WATCH_S
+    except ValueError:
+        raise CliError(f"{WATCH_ENV}={value!r}: expected seconds") from None
+
+
 class Starting:
     """A server being started: the lock is held until it answers (`wait`) or is given up (`close`)."""
 
@@ -337,7 +371,8 @@ class Starting:
         log = state_dir(self.home) / "server.log"
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(_prefect_root()), "--factory", APP,
+                [sys.executable, "-c", _WATCHED, str(state_dir(self.home) / "state.json"), str(_watch_period()),
+                 "--app-dir", str(_prefect_root()), "--factory", APP,
                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
                 env=_server_env(self.home), cwd=state_dir(self.home), stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,  # out of the terminal's reach

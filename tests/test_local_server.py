@@ -222,8 +222,9 @@ class ForeignListener:
 
 
 @pytest.mark.slow
-def test_a_port_taken_by_another_process_is_never_spoken_to(local_server_homes):
+def test_a_port_taken_by_another_process_is_never_spoken_to(local_server_homes, monkeypatch):
     home = local_server_homes()
+    monkeypatch.setenv("SEGPIPE_SERVER_WATCH_S", "1")  # inherited by the commands, and by their servers
     foreign = ForeignListener()
     try:
         # the port asked for is taken: a free one instead
@@ -244,8 +245,10 @@ def test_a_port_taken_by_another_process_is_never_spoken_to(local_server_homes):
         edit_state(home, pid=os.getpid(), port=foreign.port)
         third, said = started(home)
         assert f"(pid {os.getpid()}, port {foreign.port}, " in said and "is no longer running" in said, said
-        assert "stopped it" not in said and third.pid != os.getpid()
-        assert server.alive(second.pid)  # the record no longer named it: left running, stopped at teardown
+        assert "stopped it" not in said and third.pid != os.getpid() and server.alive(os.getpid())
+        # the server the record no longer names stops by itself (its watch, every second here)
+        wait_for(lambda: not server.alive(second.pid), timeout=60, what="the unrecorded server to stop itself")
+        assert servers_of(home) == [third.pid]
         time.sleep(0.3)
         assert foreign.connections == 0, "a segpipe command connected to a port that is not its server's"
     finally:
@@ -332,3 +335,17 @@ def test_the_users_api_url_wins_and_the_embedded_mode_starts_no_background_serve
     assert ("download-data", "Completed") in recorded_runs(home)["flows"]  # on the embedded server, in home's db
     assert not (home / "segpipe-server" / "state.json").exists() and servers_of(home) == []
     assert recorded_runs(users)["flows"].count(("download-data", "Completed")) == 1
+
+
+@pytest.mark.slow
+def test_a_server_stops_by_itself_once_its_prefect_home_is_gone(local_server_homes, monkeypatch):
+    """A temporary PREFECT_HOME deleted (a test's, a benchmark's) leaves no server running for ever."""
+    import shutil
+
+    monkeypatch.setenv("SEGPIPE_SERVER_WATCH_S", "1")
+    home = local_server_homes()
+    state, _ = started(home)
+    time.sleep(3)  # three checks of a record that names it: it keeps serving
+    assert server.alive(state.pid) and server.healthy(state.port)
+    shutil.rmtree(home)
+    wait_for(lambda: not server.alive(state.pid), timeout=60, what="the server to stop by itself")
