@@ -1,7 +1,8 @@
 """`segpipe serve`: serve the deployments from this process, for one machine without a worker.
 
-The same two deployments as prefect.yaml: `pets-pipeline` (manual runs) and
-`scheduled-retrain` (cron, weekly). Runs execute in subprocesses of this process.
+The same deployments as prefect.yaml: `pets-pipeline` (manual runs), `scheduled-retrain` (cron, weekly) and
+`champion-predict` (batch prediction with the champion's served export). Runs execute in subprocesses of this
+process.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from prefect import serve
 
 from flows.pipeline import pipeline, retrain
+from flows.predict import champion_predict_flow
 from segpipe.config import PipelineConfig
 
 DEFAULT_CRON = "0 3 * * 1"
@@ -27,5 +29,6 @@ def serve_deployments(
             name="scheduled-retrain", parameters=params, tags=["segpipe", "scheduled"],
             schedule=Cron(cron, timezone=timezone),
         ),
+        champion_predict_flow.to_deployment(name="champion-predict", tags=["segpipe"]),
         limit=limit,
     )

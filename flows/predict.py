@@ -1,4 +1,6 @@
-"""Flow `predict-flow` (`predict_flow`): run saved model(s) over image files and directories."""
+"""Flows `predict-flow` (`predict_flow`): run saved or exported model(s) over image files and directories, and
+`champion-predict-flow` (`champion_predict_flow`, deployment `champion-predict`): the same with the champion's
+served export (the highest version under WORK/models/serving/pets/)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.predict import predict_task
+from tasks.predict import champion_export_task, predict_task
 
 
 @flow(name="predict-flow")
@@ -14,3 +16,8 @@ def predict_flow(
     model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8, tta_flip: bool = False
 ) -> dict[str, Any]:
     return predict_task(model_paths, inputs, out_dir, batch_size, tta_flip)
+
+
+@flow(name="champion-predict-flow")
+def champion_predict_flow(inputs: list[str], out_dir: str, work_dir: str | None = None, batch_size: int = 8) -> dict[str, Any]:
+    return predict_task([champion_export_task(work_dir)], inputs, out_dir, batch_size)

@@ -25,3 +25,14 @@ def predict_task(
         logger.warning("could not read %s: %s", failure["input"], failure["error"])
     logger.info("%d masks written to %s", len(report.written), out_dir)
     return {"written": report.written, "failed": report.failed}
+
+
+@task(name="champion-export", cache_policy=PREDICT_CACHE)
+def champion_export_task(work_dir: str | None = None) -> str:
+    """The champion's served export: the highest version under WORK/models/serving/pets/."""
+    from segpipe.export.serving import latest_version, serving_root
+    from segpipe.layout import WorkDir
+
+    version = latest_version(serving_root(WorkDir.at(work_dir).champion.parent))
+    get_run_logger().info("champion export: %s", version)
+    return str(version)

@@ -107,6 +107,7 @@ def test_deploy_all_then_worker_runs_pipeline_and_retrain(server, tmp_path):
     _prefect(env, "work-pool", "create", "segpipe-process", "--type", "process")
     deployed = _prefect(env, "deploy", "--all")
     assert "pets-pipeline" in deployed.stdout and "scheduled-retrain" in deployed.stdout
+    assert "champion-predict" in deployed.stdout
 
     from prefect.client.orchestration import get_client
 
@@ -143,6 +144,19 @@ def test_deploy_all_then_worker_runs_pipeline_and_retrain(server, tmp_path):
             assert decision["promote"] is True and (champion / "model.keras").is_file()
             lineage = json.loads((champion / "lineage.json").read_text())
             assert lineage["run_id"] == runs[0].name
+            assert (work / "models" / "serving" / "pets" / "1" / "saved_model.pb").is_file()
+
+            # Batch prediction with the champion's served export, through its deployment.
+            images = sorted((work / "extracted").rglob("*.jpg"))[:3]
+            predict_params = {"inputs": [str(p) for p in images], "out_dir": str(tmp_path / "served-masks"),
+                              "work_dir": str(work)}
+            out = _prefect(env, "deployment", "run", "champion-predict-flow/champion-predict", "--params",
+                           json.dumps(predict_params), "--job-variable", f"env={json.dumps(job_env)}",
+                           "--watch", "--watch-timeout", "600", timeout=660)
+            assert _flow_run_state(env, out.stdout) == "Completed", out.stdout[-2000:]
+            summary = json.loads((tmp_path / "served-masks" / "predictions.json").read_text())
+            assert summary["n_written"] == 3 and summary["models"][0]["format"] == "saved_model"
+            assert summary["models"][0]["path"] == str((work / "models" / "serving" / "pets" / "1").resolve())
 
             # A worse candidate (an impossible floor) keeps the champion and says why.
             params["config"]["promotion"]["min_mean_iou"] = 0.999

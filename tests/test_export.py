@@ -302,9 +302,12 @@ def test_serving_versions_accumulate_and_a_changed_export_is_refused(exported, t
     from segpipe.export import serving
 
     root = serving.serving_root(tmp_path / "models")
+    with pytest.raises(FileNotFoundError, match="no serving version under .*: `segpipe retrain` promotes"):
+        serving.latest_version(root)
     first = serving.install_version(exported["result"].out_dir, root)
     second = serving.install_version(exported["result"].out_dir, root)
     assert (first.name, second.name) == ("1", "2") and serving.versions(root) == [1, 2]
+    assert serving.latest_version(root) == second
     assert (first / "saved_model.pb").is_file() and (second / "pets.onnx").is_file()
     (second / "pets.onnx").write_bytes(b"tampered")
     with pytest.raises(ValueError, match="pets.onnx: sha256 differs from the manifest"):

@@ -33,6 +33,15 @@ def versions(root: PathLike) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def latest_version(root: PathLike) -> Path:
+    """The directory TF Serving would serve (the highest version); a clear error when there is none."""
+    found = versions(root)
+    if not found:
+        raise FileNotFoundError(f"no serving version under {root}: `segpipe retrain` promotes a champion and "
+                                "installs its export there")
+    return Path(root) / str(found[-1])
+
+
 def install_version(export_dir: PathLike, root: PathLike) -> Path:
     """Copy a verified export into the next version directory under `root`; return it.
 
