@@ -24,14 +24,14 @@ pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _train_tiny_model(path: Path) -> Path:
+def _train_tiny_model(path: Path, seed: int = 0) -> Path:
     """A tiny U-Net trained for a few steps on synthetic pets, so its masks are neither constant nor random."""
     import keras
 
     from segpipe.models import build_model
 
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
     pairs = [synthetic_example(rng, 32, 32) for _ in range(64)]
     x = np.stack([p[0] for p in pairs]).astype("float32") / 255.0
     y = np.stack([p[1] for p in pairs]).astype("int32") - 1
@@ -126,6 +126,21 @@ def test_a_planted_mismatch_fails_the_check_and_installs_nothing(exported, tmp_p
     assert re.search(r"\d+\.\d{3}% of pixels agree \(bound 99\.9%\)", message), message
     assert [p.name for p in out.iterdir()] == ["earlier-export.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directory left behind
+
+
+def test_an_ensemble_exports_as_one_artifact_with_parity(exported, tmp_path):
+    from segpipe.export.exporter import export_models
+
+    other = _train_tiny_model(tmp_path / "other.keras", seed=1)
+    result = export_models([exported["model"], other], tmp_path / "ensemble", dataset_dir=exported["dataset"],
+                           split="test", formats=["onnx"], flip=False)
+    manifest = result.manifest
+    assert manifest["ensemble"] is True and len(manifest["sources"]) == 2
+    assert [a.name for a in result.artifacts] == ["onnx"] and result.parity[0].passed
+    single = export_models([other], tmp_path / "single", dataset_dir=exported["dataset"], split="test",
+                           formats=["onnx"], flip=False)
+    # the ensemble's reference is the averaged Keras models: not either member's
+    assert manifest["parity"]["reference"]["mean_iou"] != single.manifest["parity"]["reference"]["mean_iou"]
 
 
 # --------------------------------------------------------------------------- the SavedModel's signatures
