@@ -21,11 +21,8 @@ def _dataset(config: PipelineConfig, work: str, dataset_key: str | None, prepare
 
 def _score(model_paths: list[str], config: PipelineConfig, dataset: DatasetRef, out_path: str | None) -> dict[str, Any]:
     """The `evaluate` task; metrics land beside the first model unless `out_path` says otherwise."""
-    e = config.eval
-    default = Path(model_paths[0]).resolve().parent / f"metrics-{dataset.dataset_key}-{e.split}.json"
-    return evaluate_task(
-        model_paths, dataset, e.split, out_path or str(default), e.batch_size, e.collapse_threshold, e.tta_flip
-    )
+    default = Path(model_paths[0]).resolve().parent / f"metrics-{dataset.dataset_key}-{config.eval.split}.json"
+    return evaluate_task(model_paths, dataset, config.eval, out_path or str(default))
 
 
 @flow(name="evaluate-flow")
@@ -59,9 +56,7 @@ def gallery_flow(
     work = str(resolve_work_dir(work_dir))
     dataset = _dataset(config, work, dataset_key, prepare_source)
     scored = _score(model_paths, config, dataset, None)
-    e = config.eval
     return gallery_task(
-        model_paths, dataset, e.split, scored["per_image"],
-        out_dir or str(Path(model_paths[0]).resolve().parent / "gallery"),
-        e.gallery_samples, e.gallery_worst, e.gallery_seed, scored["metrics"], e.tta_flip,
+        model_paths, dataset, config.eval, scored["per_image"],
+        out_dir or str(Path(model_paths[0]).resolve().parent / "gallery"), scored["metrics"],
     )

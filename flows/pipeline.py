@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow
 
 from flows.prepare_data import prepare_data_flow
-from segpipe.config import PipelineConfig
+from segpipe.config import EvalConfig, PipelineConfig
 from segpipe.layout import resolve_work_dir
 from tasks.data import DatasetRef
 from tasks.evaluation import evaluate_task, gallery_task
@@ -35,14 +35,9 @@ def pipeline(config: PipelineConfig = PipelineConfig(), work_dir: str | None = N
     dataset = prepare_data_flow(config, work)
     trained = train_task(dataset, config.model, config.train, work, eval_config=config.eval)
     run_dir = Path(trained.run_dir)
-    e = config.eval
-    scored = evaluate_task(
-        [trained.model_path], dataset, e.split, str(run_dir / "metrics.json"), e.batch_size, e.collapse_threshold,
-        e.tta_flip,
-    )
+    scored = evaluate_task([trained.model_path], dataset, config.eval, str(run_dir / "metrics.json"))
     index = gallery_task(
-        [trained.model_path], dataset, e.split, scored["per_image"], str(run_dir / "gallery"),
-        e.gallery_samples, e.gallery_worst, e.gallery_seed, scored["metrics"], e.tta_flip,
+        [trained.model_path], dataset, config.eval, scored["per_image"], str(run_dir / "gallery"), scored["metrics"]
     )
     return PipelineResult(dataset, trained, scored["metrics"], scored["metrics_path"], index)
 
@@ -71,9 +66,8 @@ def retrain(config: PipelineConfig = PipelineConfig(), work_dir: str | None = No
                         exports, reported)
 
 
-def scored_on(model_path: str, result: PipelineResult, split: str, out_path: Path, e: Any) -> dict[str, Any]:
+def scored_on(model_path: str, result: PipelineResult, split: str, out_path: Path, e: EvalConfig) -> dict[str, Any]:
     """A model's metrics on `split` of the run's dataset (the pipeline's own when it scored that model there)."""
     if model_path == result.trained.model_path and split == e.split:
         return result.metrics
-    return evaluate_task([model_path], result.dataset, split, str(out_path), e.batch_size, e.collapse_threshold,
-                         e.tta_flip)["metrics"]
+    return evaluate_task([model_path], result.dataset, e, str(out_path), split=split)["metrics"]

@@ -1,17 +1,30 @@
-"""Run identity, importable without TensorFlow: same data + config + code = same run directory.
+"""Run identity and completeness, importable without TensorFlow: same data + config + code = same run directory.
 
 The code is the train stage's: every segpipe module `segpipe.training` can import (`TRAIN_ENTRY`, read
 from the import graph by `segpipe.codekeys`), so the run id and the train task's cache key cover the
 same source.
+
+    run_dir = train_run_dir(work_dir, dataset_key, cfg.model, cfg.train)   # WORK/runs/<run-id>
+    run_complete(run_dir)                                                 # train_summary.json and model.keras
+
+The names of the run directory's files live here (`segpipe.training.run_dir` writes them and re-exports
+them) so that a complete-run check costs no TensorFlow import.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from segpipe.codekeys import code_key
-from segpipe.config import PipelineConfig
+from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
 from segpipe.fsutil import digest_json
+from segpipe.layout import WorkDir
+
+CONFIG_FILE = "config.json"
+LINEAGE_FILE = "lineage.json"
+SUMMARY_FILE = "train_summary.json"  # written last: the run is complete once it exists
+MODEL_FILE = "model.keras"  # the best model by val_mean_iou
 
 TRAIN_ENTRY: tuple[str, ...] = ("segpipe.training",)
 """The train stage's entry module: its code key covers every segpipe module this can import."""
@@ -35,3 +48,15 @@ def run_id_for(cfg: PipelineConfig, dataset_key: str, code: str | None = None) -
         code = train_code_key()
     digest = digest_json({"dataset_key": dataset_key, **run_identity(cfg), "code": code})
     return f"{cfg.model.name}-{digest[:12]}"
+
+
+def train_run_dir(work_dir: str | Path, dataset_key: str, model: ModelConfig, train_config: TrainConfig) -> Path:
+    """WORK/runs/<run-id> for training `model` with `train_config` on `dataset_key` with today's train code."""
+    cfg = PipelineConfig(model=model, train=train_config)
+    return WorkDir.at(work_dir).run(run_id_for(cfg, dataset_key))
+
+
+def run_complete(run_dir: str | Path) -> bool:
+    """True once training finished in `run_dir`: its summary (written last) and its best model are there."""
+    run_dir = Path(run_dir)
+    return (run_dir / SUMMARY_FILE).is_file() and (run_dir / MODEL_FILE).is_file()

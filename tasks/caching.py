@@ -1,7 +1,7 @@
-"""Cache policies and retry rules: the one place where Prefect caching is decided.
+"""Cache policies: the one place where Prefect caching is decided.
 
-Every task's cache policy is a named constant below (`DOWNLOAD_CACHE`, `TRAIN_CACHE`, ...), and so are
-the retry settings of the tasks that retry (`DOWNLOAD_RETRY`, `TRAIN_RETRY`); the tasks only name them.
+Every task's cache policy is a named constant below (`DOWNLOAD_CACHE`, `TRAIN_CACHE`, ...); the tasks only
+name them. Retry settings are in `tasks/retries.py`.
 
 Every cache key is a digest of *content*: archive digests, dataset keys,
 configuration values and the source code of the task (Prefect's `TASK_SOURCE`) and of the
@@ -13,7 +13,9 @@ Prefect's `INPUTS` is used minus every path input where the inputs that matter a
 
 A cached result is only trusted while the artifact it points at is still on
 disk (`ArtifactCheck`): when the artifact is gone (someone deleted part of WORK) the policy
-forces one fresh run instead of returning a stale result.
+forces one fresh run instead of returning a stale result. Whether an artifact is complete is the
+library's call, beside the code that writes it (`segpipe.data.tfrecords.split_shards_complete`,
+`dataset_complete`, `segpipe.runs.run_complete`); this module only says which check each task's cache trusts.
 """
 
 from __future__ import annotations
@@ -26,16 +28,14 @@ from typing import Any, Callable
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
 from prefect.logging import get_logger
-from prefect.tasks import exponential_backoff
 
-from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
 from segpipe.codekeys import code_key
 from segpipe.data.dataset import DATASET_ENTRY, DOWNLOAD_ENTRY, VALIDATE_ENTRY
-from segpipe.data.download import TransientDownloadError, is_transient, resolve_source, source_fingerprint
-from segpipe.data.tfrecords import shard_name
+from segpipe.data.download import TransientDownloadError, resolve_source, source_fingerprint
+from segpipe.data.tfrecords import dataset_complete, split_shards_complete
 from segpipe.fsutil import digest_json, sha256_file_memo
-from segpipe.layout import COMPLETE_MARKER, MANIFEST, WorkDir
-from segpipe.runs import TRAIN_ENTRY, run_id_for
+from segpipe.layout import COMPLETE_MARKER, WorkDir
+from segpipe.runs import TRAIN_ENTRY, run_complete, train_run_dir
 
 TaskInputs = dict[str, Any]
 
@@ -155,6 +155,21 @@ def _model_digests(inputs: TaskInputs) -> TaskInputs:
     return {"models": [sha256_file_memo(p) if Path(p).is_file() else f"missing:{p}" for p in inputs["model_paths"]]}
 
 
+def _scoring(inputs: TaskInputs) -> TaskInputs:
+    """What the evaluate task's result depends on: the models' bytes and the eval section's fields that
+    change the scores (not `batch_size`); `split` overrides the section's split where given."""
+    e = inputs["eval_config"]
+    return {**_model_digests(inputs), "split": inputs.get("split") or e.split,
+            "collapse_threshold": e.collapse_threshold, "tta_flip": e.tta_flip}
+
+
+def _gallery_choice(inputs: TaskInputs) -> TaskInputs:
+    """What the gallery task's pictures depend on: the models' bytes and the eval section's gallery fields."""
+    e = inputs["eval_config"]
+    return {**_model_digests(inputs), "split": e.split, "n_sample": e.gallery_samples, "n_worst": e.gallery_worst,
+            "seed": e.gallery_seed, "tta_flip": e.tta_flip}
+
+
 def _downloaded(inputs: TaskInputs) -> bool:
     return (WorkDir.at(inputs["work_dir"]).downloads / inputs["name"]).is_file()
 
@@ -171,29 +186,16 @@ def _split_shards_exist(inputs: TaskInputs) -> bool:
     plan = inputs["plan"]
     if not plan.splits.get(inputs["split_name"]):
         return True  # an empty split has no shards
-    d = WorkDir.at(inputs["work_dir"]).dataset(plan.dataset_key)
-    found = sorted(p.name for p in d.glob(f"{inputs['split_name']}-*-of-*.tfrecord"))
-    if not found:
-        return False
-    total = int(found[0].rsplit("-of-", 1)[1].split(".")[0])
-    expected = {shard_name(inputs["split_name"], i, total) for i in range(total)}
-    return expected <= set(found)  # every shard of the split, not just one
+    return split_shards_complete(WorkDir.at(inputs["work_dir"]).dataset(plan.dataset_key), inputs["split_name"])
 
 
 def _manifest_written(inputs: TaskInputs) -> bool:
-    return (WorkDir.at(inputs["work_dir"]).dataset(inputs["plan"].dataset_key) / MANIFEST).is_file()
-
-
-def train_run_dir(work_dir: str, dataset_key: str, model: ModelConfig, train_config: TrainConfig) -> Path:
-    """WORK/runs/<run-id>: the run's name is a content key too, over the same code as `TRAIN_CACHE`."""
-    cfg = PipelineConfig(model=model, train=train_config)
-    return WorkDir.at(work_dir).run(run_id_for(cfg, dataset_key, code_key(TRAIN_ENTRY)))
+    return dataset_complete(WorkDir.at(inputs["work_dir"]).dataset(inputs["plan"].dataset_key))
 
 
 def _trained(inputs: TaskInputs) -> bool:
-    dataset_key = inputs["dataset"].dataset_key
-    run_dir = train_run_dir(inputs["work_dir"], dataset_key, inputs["model"], inputs["train_config"])
-    return (run_dir / "train_summary.json").is_file() and (run_dir / "model.keras").is_file()
+    return run_complete(train_run_dir(inputs["work_dir"], inputs["dataset"].dataset_key, inputs["model"],
+                                      inputs["train_config"]))
 
 
 # --------------------------------------------------------------------------- the cache policy of each task
@@ -227,14 +229,15 @@ TRAIN_CACHE = ArtifactCheck(
     key=Content(names=("dataset", "model", "train_config")) + task_code(*TRAIN_ENTRY), outputs_ok=_trained
 )
 
-# evaluation (tasks/evaluation.py)
+# evaluation (tasks/evaluation.py): the eval section enters by the fields that change the result (`_scoring`,
+# `_gallery_choice`), so a change to another field (the batch size, the gallery's fields for evaluate) keeps the key
 EVALUATE_CACHE = Derived(
     key=ArtifactCheck(
         key=Content(names=("models", "dataset", "split", "collapse_threshold", "tta_flip"))
         + task_code(*EVALUATE_ENTRY),
         outputs_ok=lambda i: Path(i["out_path"]).is_file(),
     ),
-    derive=_model_digests,
+    derive=_scoring,
 )
 GALLERY_CACHE = Derived(
     key=ArtifactCheck(
@@ -242,7 +245,7 @@ GALLERY_CACHE = Derived(
         + task_code(*GALLERY_ENTRY),
         outputs_ok=lambda i: (Path(i["out_dir"]) / "index.html").is_file(),
     ),
-    derive=_model_digests,
+    derive=_gallery_choice,
 )
 
 # never cached: inputs are arbitrary files (predict) or the promotion state under WORK (champion, promote)
@@ -250,39 +253,3 @@ PREDICT_CACHE = NO_CACHE
 PROMOTION_CACHE = NO_CACHE
 # never cached: an export is only as good as the fresh-process parity check it runs every time
 EXPORT_CACHE = NO_CACHE
-
-
-# --------------------------------------------------------------------------- retries
-
-# Retries: exponential backoff with jitter, transient errors only.
-DOWNLOAD_RETRIES = 4
-DOWNLOAD_RETRY_DELAYS = exponential_backoff(backoff_factor=2)(DOWNLOAD_RETRIES)
-RETRY_JITTER = 0.5
-
-
-def retry_if_transient(is_transient: Callable[[BaseException], bool]):
-    """A Prefect `retry_condition_fn` that retries only when `is_transient(exception)`."""
-
-    def condition(task: Any, task_run: Any, state: Any) -> bool:
-        try:
-            exc = state.result(raise_on_failure=False)
-        except Exception as err:  # noqa: BLE001 - the state itself could not be read
-            exc = err
-        return isinstance(exc, BaseException) and is_transient(exc)
-
-    return condition
-
-
-def training_failure_is_transient(exc: BaseException) -> bool:
-    """Bad configuration or data is not retried; anything else (OOM, a killed worker, NaN) is, once."""
-    return not isinstance(exc, (ValueError, TypeError, FileNotFoundError, KeyError))
-
-
-# `@task(..., **DOWNLOAD_RETRY)`: the keywords of Prefect's `task` decorator.
-DOWNLOAD_RETRY: dict[str, Any] = {
-    "retries": DOWNLOAD_RETRIES, "retry_delay_seconds": DOWNLOAD_RETRY_DELAYS, "retry_jitter_factor": RETRY_JITTER,
-    "retry_condition_fn": retry_if_transient(is_transient),
-}
-TRAIN_RETRY: dict[str, Any] = {
-    "retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": retry_if_transient(training_failure_is_transient),
-}

@@ -24,7 +24,6 @@ from segpipe.data.validate import validate_dataset, write_validation
 from segpipe.layout import MANIFEST, WorkDir
 from tasks.caching import (
     DOWNLOAD_CACHE,
-    DOWNLOAD_RETRY,
     EXTRACT_CACHE,
     LOCATE_DATASET_CACHE,
     SPLIT_CACHE,
@@ -33,6 +32,7 @@ from tasks.caching import (
     WRITE_MANIFEST_CACHE,
     WRITE_SHARDS_CACHE,
 )
+from tasks.retries import DOWNLOAD_RETRY
 
 
 @dataclass(frozen=True)

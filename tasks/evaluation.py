@@ -9,23 +9,25 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from segpipe.data import COLLAPSE_THRESHOLD
+from segpipe.config import EvalConfig
 from tasks.caching import EVALUATE_CACHE, GALLERY_CACHE
 from tasks.data import DatasetRef
 
 
 @task(name="evaluate", cache_policy=EVALUATE_CACHE)
 def evaluate_task(
-    model_paths: list[str], dataset: DatasetRef, split: str, out_path: str, batch_size: int = 8,
-    collapse_threshold: float = COLLAPSE_THRESHOLD, tta_flip: bool = False,
+    model_paths: list[str], dataset: DatasetRef, eval_config: EvalConfig, out_path: str, split: str | None = None,
 ) -> dict[str, Any]:
-    """Score the model (or the ensemble) on one split; writes metrics.json and a Markdown artifact."""
+    """Score the model (or the ensemble) on `split` (default `eval_config.split`) with the eval section's batch
+    size, collapse threshold and flip TTA; writes metrics.json and a Markdown artifact."""
     from segpipe.evaluation import evaluate, metrics_markdown, write_metrics
 
     logger = get_run_logger()
+    e = eval_config
+    split = split or e.split
     result = evaluate(
-        [Path(p) for p in model_paths], Path(dataset.path), split, batch_size=batch_size,
-        collapse_threshold=collapse_threshold, flip=tta_flip,
+        [Path(p) for p in model_paths], Path(dataset.path), split, batch_size=e.batch_size,
+        collapse_threshold=e.collapse_threshold, flip=e.tta_flip,
     )
     metrics = result.metrics
     write_metrics(metrics, Path(out_path))
@@ -44,16 +46,17 @@ def evaluate_task(
 
 @task(name="gallery", cache_policy=GALLERY_CACHE)
 def gallery_task(
-    model_paths: list[str], dataset: DatasetRef, split: str, per_image: list[dict], out_dir: str,
-    n_sample: int = 8, n_worst: int = 8, seed: int = 0, metrics: dict[str, Any] | None = None,
-    tta_flip: bool = False,
+    model_paths: list[str], dataset: DatasetRef, eval_config: EvalConfig, per_image: list[dict], out_dir: str,
+    metrics: dict[str, Any] | None = None,
 ) -> str:
-    """Seeded sample + worst-K images by IoU: contact sheets and a self-contained index.html."""
+    """Seeded sample + worst-K images by IoU on `eval_config.split` (`gallery_samples`, `gallery_worst`,
+    `gallery_seed`, `tta_flip`): contact sheets and a self-contained index.html."""
     from segpipe.evaluation import render_evaluation_gallery
 
+    e = eval_config
     index = render_evaluation_gallery(
-        [Path(p) for p in model_paths], Path(dataset.path), split, Path(out_dir),
-        n_sample=n_sample, n_worst=n_worst, seed=seed, per_image=per_image, metrics=metrics, flip=tta_flip,
+        [Path(p) for p in model_paths], Path(dataset.path), e.split, Path(out_dir), n_sample=e.gallery_samples,
+        n_worst=e.gallery_worst, seed=e.gallery_seed, per_image=per_image, metrics=metrics, flip=e.tta_flip,
     )
     get_run_logger().info("gallery: %s", index)
     create_link_artifact(link=Path(index).resolve().as_uri(), link_text="prediction gallery", key="gallery")

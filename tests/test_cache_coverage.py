@@ -23,7 +23,7 @@ import pytest
 import tasks.caching as caching
 from segpipe.codekeys import ROOT, code_key, module_closure
 from segpipe.data import dataset as data_stages
-from segpipe.runs import TRAIN_ENTRY, run_id_for, train_code_key
+from segpipe.runs import TRAIN_ENTRY, run_id_for, train_code_key, train_run_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -119,26 +119,51 @@ def test_every_code_keyed_policy_is_a_known_stage():
     assert code_policies()["TRAIN_CACHE"] == TRAIN_ENTRY  # the run id and the train key cover the same code
 
 
+def segpipe_names_used(fn) -> set[str]:
+    """The segpipe modules that own the globals `fn` (and the functions nested in it) names."""
+    import types
+
+    def names(code: types.CodeType) -> set[str]:
+        return set(code.co_names).union(*(names(c) for c in code.co_consts if isinstance(c, types.CodeType)))
+
+    called: set[str] = set()
+    for ref in names(fn.__code__):
+        obj = fn.__globals__.get(ref)
+        owner = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
+        if isinstance(owner, str) and owner.split(".")[0] == "segpipe":
+            called.add(owner)
+    return called
+
+
+def artifact_checks(policy) -> list:
+    """The `outputs_ok` functions of the `ArtifactCheck`s inside a (compound, derived) cache policy."""
+    found = [policy.outputs_ok] if isinstance(policy, caching.ArtifactCheck) else []
+    for child in (getattr(policy, "key", None), *getattr(policy, "policies", ())):
+        if child is not None:
+            found += artifact_checks(child)
+    return found
+
+
+@pytest.mark.parametrize("policy", sorted(TASKS))
+def test_the_key_covers_the_library_code_its_artifact_check_calls(policy):
+    """An "is the artifact complete" check is library code (beside what writes the artifact): a change to it
+    changes the key of the stage whose cache trusts it."""
+    called = set().union(*(segpipe_names_used(check) for check in artifact_checks(getattr(caching, policy))))
+    if policy in ("WRITE_SHARDS_CACHE", "WRITE_MANIFEST_CACHE", "TRAIN_CACHE"):
+        assert called - {"segpipe.layout"}, f"{policy}'s check should call the library's completeness check"
+    assert sorted(called - set(module_closure(code_policies()[policy]))) == []
+
+
 @pytest.mark.parametrize("policy", sorted(TASKS))
 def test_the_key_covers_every_segpipe_module_the_task_calls(policy):
     """What the task function references (names it uses, lazy imports in it) lies in its key's closure."""
     import ast
     import importlib
     import inspect
-    import types
 
     module, name = TASKS[policy]
     fn = getattr(importlib.import_module(module), name).fn
-    called: set[str] = set()
-
-    def names(code: types.CodeType) -> set[str]:
-        return set(code.co_names).union(*(names(c) for c in code.co_consts if isinstance(c, types.CodeType)))
-
-    for ref in names(fn.__code__):
-        obj = fn.__globals__.get(ref)
-        owner = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
-        if isinstance(owner, str) and owner.split(".")[0] == "segpipe":
-            called.add(owner)
+    called = segpipe_names_used(fn)
     for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(fn)))):
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "segpipe":
             called.add(node.module)
@@ -198,7 +223,7 @@ def test_the_run_id_covers_the_train_closure():
     cfg = build_config("tiny", {})
     assert train_code_key() == code_key(TRAIN_ENTRY)
     assert run_id_for(cfg, "ds") == run_id_for(cfg, "ds", code_key(TRAIN_ENTRY))
-    assert caching.train_run_dir("/w", "ds", cfg.model, cfg.train).name == run_id_for(cfg, "ds")
+    assert train_run_dir("/w", "ds", cfg.model, cfg.train).name == run_id_for(cfg, "ds")
 
 
 # --------------------------------------------------------------------------- an edit moves exactly the keys it should

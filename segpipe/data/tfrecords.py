@@ -62,6 +62,27 @@ def shard_name(split: str, index: int, total: int) -> str:
     return f"{split}-{index:05d}-of-{total:05d}.tfrecord"
 
 
+_SHARD_FILE = re.compile(r"(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5,})-of-(?P<total>\d{5,})\.tfrecord")
+
+
+def split_shards_complete(dataset_dir: str | Path, split: str) -> bool:
+    """True when every shard `write_split_shards` writes for `split` is in `dataset_dir` (all N of
+    `<split>-i-of-N`, not just one), read from the file names alone: no manifest needed, none read.
+    A split with no shard on disk is not complete (an empty split writes none: callers know it is empty)."""
+    totals: dict[int, set[str]] = {}
+    for path in Path(dataset_dir).glob(f"{glob.escape(split)}-*-of-*.tfrecord"):
+        m = _SHARD_FILE.fullmatch(path.name)
+        if m and m["split"] == split:
+            totals.setdefault(int(m["total"]), set()).add(path.name)
+    return any({shard_name(split, i, total) for i in range(total)} <= names for total, names in totals.items())
+
+
+def dataset_complete(dataset_dir: str | Path) -> bool:
+    """True once `write_manifest` ran for `dataset_dir` (it writes the manifest last); `verify_dataset`
+    checks the shards against it."""
+    return (Path(dataset_dir) / MANIFEST).is_file()
+
+
 def estimate_bytes(example: Example) -> int:
     """Rough serialized size: file sizes, or half the raw RGB size for images converted to PNG."""
     image = example.image_path.stat().st_size

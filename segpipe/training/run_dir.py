@@ -25,12 +25,10 @@ from segpipe.budget import TrainingPlan
 from segpipe.config import PipelineConfig
 from segpipe.fsutil import atomic_write_json, atomic_write_text, code_version, read_json, sha256_file
 from segpipe.layout import MANIFEST
+# The names a complete-run check reads live TensorFlow-free in segpipe.runs, beside that check (`run_complete`).
+from segpipe.runs import CONFIG_FILE, LINEAGE_FILE, MODEL_FILE, SUMMARY_FILE
 
 MONITOR = "val_mean_iou"  # what best.json and model.keras are chosen by
-CONFIG_FILE = "config.json"
-LINEAGE_FILE = "lineage.json"
-SUMMARY_FILE = "train_summary.json"
-MODEL_FILE = "model.keras"
 BEST_FILE = "best.json"
 HISTORY_FILE = "history.csv"
 BACKUP_DIR = "backup"
