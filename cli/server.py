@@ -403,9 +403,11 @@ class Starting:
                 self._release()
                 return self.state
             time.sleep(0.1)
+        code = self.process.poll()
         self.close()
-        raise CliError(f"the local Prefect server did not start within {timeout:g} s "
-                       f"(see {state_dir(self.home) / 'server.log'})")
+        what = (f"exited (status {code}) before it answered" if code is not None
+                else f"did not answer within {timeout:g} s")
+        raise CliError(f"the local Prefect server {what} (see {state_dir(self.home) / 'server.log'})")
 
     def close(self) -> None:
         """Give up: stop a server that never answered, release the lock. Safe to call again."""
@@ -503,8 +505,8 @@ def for_command(say: Say = _stderr) -> Starting | None:
         return None
     try:
         starting = begin(say=say)
-    except CliError as exc:
-        say(f"{exc}; this command uses Prefect's embedded server")
+    except (CliError, OSError) as exc:
+        say(f"no local Prefect server: {exc}; this command uses Prefect's embedded server")
         return None
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{starting.port or starting.state.port}/api"
     return starting
@@ -516,9 +518,9 @@ def ready(starting: Starting, say: Say = _stderr) -> ServerState | None:
     global _in_use
     try:
         state = starting.wait()
-    except CliError as exc:
+    except (CliError, OSError) as exc:
         os.environ.pop("PREFECT_API_URL", None)
-        say(f"{exc}; this command uses Prefect's embedded server")
+        say(f"no local Prefect server: {exc}; this command uses Prefect's embedded server")
         return None
     os.environ["PREFECT_API_URL"] = state.api_url
     _in_use = state

@@ -283,7 +283,8 @@ def test_ctrl_c_with_the_background_server_records_the_run_and_leaves_the_server
     assert exit_s < 10, f"exit took {exit_s:.1f} s after Ctrl-C"
     lines = [m for m in map(INTERRUPT_LINE.search, out.splitlines()) if m]
     assert len(lines) == 1 and lines[0]["stages"] == "download", out[-3000:]
-    assert re.fullmatch(r"(; Prefect recorded download-data run '[\w-]+' as Crashed)+", lines[0]["recorded"]), lines[0][0]
+    recorded = lines[0]["recorded"]
+    assert re.fullmatch(r"(; Prefect recorded download-data run '[\w-]+' as Crashed)+", recorded), lines[0][0]
     assert "Traceback" not in out and "Connection refused" not in out, out[-3000:]
 
     assert server.alive(state.pid) and server.healthy(state.port), "Ctrl-C must not stop the shared server"
@@ -349,3 +350,16 @@ def test_a_server_stops_by_itself_once_its_prefect_home_is_gone(local_server_hom
     assert server.alive(state.pid) and server.healthy(state.port)
     shutil.rmtree(home)
     wait_for(lambda: not server.alive(state.pid), timeout=60, what="the server to stop by itself")
+
+
+@pytest.mark.slow
+def test_when_no_server_can_be_started_the_command_says_so_and_runs_on_the_embedded_one(local_server_homes,
+                                                                                         archives, tmp_path):
+    home = local_server_homes()
+    (home / "segpipe-server").write_text("a file where the server's folder goes")
+    proc = segpipe(home, "download", "--preset", "tiny", "--source", str(archives), "--work-dir", str(tmp_path / "w"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notice = [line for line in proc.stderr.splitlines() if line.startswith("segpipe: no local Prefect server:")]
+    assert len(notice) == 1 and str(home / "segpipe-server") in notice[0], proc.stderr[-3000:]
+    assert notice[0].endswith("; this command uses Prefect's embedded server") and "Traceback" not in proc.stderr
+    assert ("download-data", "Completed") in recorded_runs(home)["flows"] and servers_of(home) == []
