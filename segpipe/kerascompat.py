@@ -35,6 +35,38 @@ def ema_weights_in_model(swap: Any) -> Iterator[None]:
         swap.on_test_end()
 
 
+def fit_reads_one_iterator(model: Any) -> None:
+    """Let `model.fit` under a distribution strategy read its training data through one iterator only.
+
+    Before the first step of every `fit` under a strategy (MirroredStrategy, MultiWorkerMirroredStrategy),
+    Keras 3's TensorFlow trainer (`_maybe_symbolic_build`, through 3.15 at least) opens an iterator of its
+    own over the training dataset, reads one batch from it only to learn its shapes, drops it, and then
+    opens the iterator it trains on. A dataset shuffled with `reshuffle_each_iteration` (or augmented from
+    `Dataset.random(rerandomize_each_iteration=True)`) draws the seeds of every new pass from one
+    generator shared by all its iterators, and the dropped iterator's prefetch threads may still start
+    the stream's next epoch, drawing a seed, before the training iterator starts. Which permutation a
+    process then trains on depends on timing: two workers of one job trained on different permutations
+    (tests/test_distributed.py). Here the model is built from the dataset's element spec (zeros of
+    those shapes), so `fit` opens only the iterator it trains on, as it does without a strategy.
+
+    Call on a model built and compiled under its strategy, before `fit`.
+    """
+    import tensorflow as tf
+
+    strategy = model.distribute_strategy
+
+    def zeros(spec: Any) -> Any:
+        return tf.zeros([1 if d is None else d for d in spec.shape], spec.dtype)
+
+    def build_from_element_spec(iterator: Any = None, data_batch: Any = None) -> None:
+        if iterator is not None:  # Keras' TFEpochIterator; its data adapter holds the dataset given to fit
+            data_batch = tf.nest.map_structure(zeros, iterator.data_adapter.get_tf_dataset().element_spec)
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = build_from_element_spec
+
+
 def fit_under_multi_worker_strategy(model: Any) -> None:
     """Let `model.fit` (and its validation) run under MultiWorkerMirroredStrategy with several workers.
 
@@ -43,7 +75,8 @@ def fit_under_multi_worker_strategy(model: Any) -> None:
     - before the first step (`_maybe_symbolic_build`) it reduces the first distributed batch over
       all replicas with `strategy.reduce("MEAN", batch)`, only to learn its shapes, which fails for a
       batch of several tensors such as (images, labels): "Attempt to convert a value (PerReplica...)
-      with an unsupported type". One replica's part has the same shapes: the model is built from it;
+      with an unsupported type". The model is built from the dataset's element spec instead, without
+      reading a batch (`fit_reads_one_iterator`);
     - after each step it reduces every logged value over the workers with
       `strategy.reduce("MEAN", value, axis=0)`, which fails for the scalars that `train_step` and
       `test_step` return ("Invalid reduction dimension 0 for input with 0 dimensions"). The steps
@@ -54,20 +87,7 @@ def fit_under_multi_worker_strategy(model: Any) -> None:
     """
     import tensorflow as tf
 
-    strategy = model.distribute_strategy
-    build = model._maybe_symbolic_build
-
-    def local(value: Any) -> Any:
-        if isinstance(value, tf.distribute.DistributedValues):
-            return strategy.experimental_local_results(value)[0]
-        return value
-
-    def build_from_local_batch(iterator: Any = None, data_batch: Any = None) -> None:
-        if iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(local, next(batches))
-                break
-        build(data_batch=data_batch)
+    fit_reads_one_iterator(model)
 
     def vectors(step: Any) -> Any:
         def step_with_vector_outputs(data: Any) -> Any:
@@ -77,7 +97,6 @@ def fit_under_multi_worker_strategy(model: Any) -> None:
 
         return step_with_vector_outputs
 
-    model._maybe_symbolic_build = build_from_local_batch
     model.train_step = vectors(model.train_step)
     model.test_step = vectors(model.test_step)
 

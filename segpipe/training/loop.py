@@ -22,7 +22,7 @@ from segpipe.config import PipelineConfig, TrainConfig
 from segpipe.data.input import eval_dataset, num_examples, training_dataset
 from segpipe.data.split import require_train_split
 from segpipe.fsutil import atomic_write_json, file_lock, read_json
-from segpipe.kerascompat import fit_under_multi_worker_strategy
+from segpipe.kerascompat import fit_reads_one_iterator, fit_under_multi_worker_strategy
 from segpipe.layout import MANIFEST
 from segpipe.runs import run_identity as _identity
 from segpipe.training.callbacks import (
@@ -167,6 +167,8 @@ def _fit(
     _record_weights_files(run_dir, weights_files)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         fit_under_multi_worker_strategy(model)  # keras-team/keras#20585
+    elif isinstance(strategy, tf.distribute.MirroredStrategy):
+        fit_reads_one_iterator(model)  # the batches a run trains on do not depend on timing
 
     callbacks, early, backup = _callbacks(t, run_dir, plan, on_epoch_end)
     losses: list[float] = []
