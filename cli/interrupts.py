@@ -34,10 +34,11 @@ def exit_now(signum: int) -> None:
     """A second Ctrl-C: stop at once, without recording the run (called from `cancel`'s watcher thread,
     so it works even while the main thread is busy or blocked)."""
     from cli.env import server_pid
+    from cli.quiet import terminal_fd
 
-    with contextlib.suppress(Exception):
-        os.write(2, b"\nsegpipe: interrupted again: stopping now, without recording the run's state "
-                    b"(completed work is kept; run the same command again to resume)\n")
+    with contextlib.suppress(Exception):  # to the real stderr: fd 2 may be the native-noise filter's pipe
+        os.write(terminal_fd(), b"\nsegpipe: interrupted again: stopping now, without recording the run's state "
+                                b"(completed work is kept; run the same command again to resume)\n")
     pid = server_pid()
     if pid is not None:
         with contextlib.suppress(OSError):

@@ -28,6 +28,10 @@ __all__ = ["COMMANDS", "CliError", "build_parser", "config_from_args", "debug_en
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
+    if argv is None and in_main_thread and not debug_enabled(args):  # the `segpipe` command itself
+        from cli.quiet import filter_native_stderr
+
+        filter_native_stderr()  # TensorFlow's native noise off fd 2 for the whole command, before any thread
     from segpipe import cancel
 
     cancel.clear()

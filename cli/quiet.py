@@ -1,4 +1,4 @@
-"""Keep TensorFlow's native start-up chatter off the user's terminal (unless `--debug`).
+"""Keep TensorFlow's native chatter off the user's terminal (unless `--debug`).
 
 TensorFlow 2.21 logs through absl. Everything it logs while its shared libraries
 load, before it calls `absl::InitializeLog()`, goes to stderr whatever
@@ -16,15 +16,30 @@ it replays every captured line to the real stderr except the known start-up nois
 (`NOISE`); anything else, a real problem included, still reaches the user. The
 cuInit line is noise only where no NVIDIA driver is loaded: with one, it means the
 GPU will not be used, and it is shown.
+
+The same libraries log later too, on fd 2, at any point of a command: training DeepLabV3+ on a
+CPU logs "oneDNN supports DT_INT32 only on platforms with AVX-512" at ERROR level, a fallback
+notice, well after start-up. So the `segpipe` command filters fd 2 for its whole run (`filter_native_stderr`,
+from `cli.main`): fd 2 becomes a pipe read by a small filter process forked at the very start,
+which drops `is_noise` lines and passes everything else on to the real stderr at once. Python's
+own `sys.stderr` writes to the real stderr directly (a dup of it), so it stays a terminal
+(`isatty()`) for the progress bars and Prefect's console, and nothing Python prints waits on the
+filter. A process, not a thread: what native code writes just before it aborts still reaches the
+user, and an `os._exit` (a second Ctrl-C, `cli.interrupts.exit_now`) loses nothing in flight.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import io
 import os
 import re
+import select
+import signal
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,13 +101,186 @@ def native_stderr_filtered() -> Iterator[None]:
         os.close(saved)
 
 
+class _Filter:
+    """The running fd-2 filter of this process (`filter_native_stderr`)."""
+
+    def __init__(self, pid: int, terminal: int):
+        self.pid, self.terminal = pid, terminal  # the filter process; a dup of the real stderr
+
+
+_filter: _Filter | None = None
+
+# After the command, how long to wait for the filter to pass on the last lines (it ends at once unless
+# a child process the command started still holds fd 2).
+FILTER_EXIT_WAIT_S = 3.0
+
+
+def filter_native_stderr() -> bool:
+    """From now to the end of the process, drop TensorFlow's known noise (`is_noise`) from file descriptor 2.
+
+    Forks a filter process that reads a pipe now installed as fd 2 and writes every other line to
+    the real stderr as soon as it is complete (a partial line after 0.1 s without more output, or up
+    to its last carriage return). `sys.stderr` is pointed at a duplicate of the real stderr, so Python's
+    output (progress bars, Prefect's console) goes there directly and is still a terminal on a terminal.
+    Child processes started later inherit the pipe as their stderr and are filtered too. The filter
+    ignores SIGINT and SIGTERM (the terminal signals the whole process group; the command decides what
+    a signal does) and ends when every writer of the pipe has closed it: at exit, the command closes
+    its end and waits for it (`FILTER_EXIT_WAIT_S`), so the last lines come before the shell's prompt;
+    after `os._exit` or a crash, it still passes on what is left.
+
+    Call once, at the start of the command, before any thread is started and before Prefect configures
+    its console. Returns False, doing nothing, where it cannot apply: already filtering, more than
+    one thread, no fork, or no usable stderr.
+    """
+    global _filter
+    import threading
+
+    if _filter is not None or not hasattr(os, "fork") or threading.active_count() > 1:
+        return False
+    try:
+        if sys.stderr is None or sys.stderr.fileno() != 2:
+            return False
+        terminal = os.dup(2)  # not inheritable
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return False
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(OSError, AttributeError):  # room for bursts while the filter is busy (Linux)
+        import fcntl
+
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # none may reach the child before it ignores them
+    try:
+        pid = os.fork()
+        if pid == 0:  # the filter process
+            try:
+                for sig in stop_signals:
+                    signal.signal(sig, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+                _detach_child_fds(keep=(read_end, terminal))
+                _filter_lines(read_end, terminal, driver_loaded=nvidia_driver_loaded())
+            finally:
+                os._exit(0)
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        os.close(terminal)
+        return False
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+    os.close(read_end)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    previous = sys.stderr
+    sys.stderr = io.TextIOWrapper(io.FileIO(terminal, "w", closefd=False), encoding=previous.encoding,
+                                  errors=previous.errors, line_buffering=True, write_through=True)
+    _filter = _Filter(pid, terminal)
+    atexit.register(_finish_filter)  # registered first, so it runs last: after Prefect's exit handlers
+    return True
+
+
+def filtering() -> bool:
+    """True while `filter_native_stderr` filters this process's fd 2."""
+    return _filter is not None
+
+
+def terminal_fd() -> int:
+    """Where a message must go that nothing may delay or drop: the real stderr (2 when not filtering).
+
+    For a line written just before `os._exit` (`cli.interrupts.exit_now`)."""
+    return _filter.terminal if _filter is not None else 2
+
+
+def _finish_filter() -> None:
+    """At exit: close this process's end of the pipe (fd 2 is the real stderr again) and let the filter
+    pass on what is left; wait for it to end, at most `FILTER_EXIT_WAIT_S`."""
+    global _filter
+    state, _filter = _filter, None
+    if state is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(OSError):
+        os.dup2(state.terminal, 2)
+    deadline = time.monotonic() + FILTER_EXIT_WAIT_S
+    while True:
+        try:
+            done, _ = os.waitpid(state.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: it has ended
+            return
+        if done or time.monotonic() >= deadline:
+            return
+        time.sleep(0.005)
+
+
+def _detach_child_fds(keep: tuple[int, ...]) -> None:
+    """In the filter process: hold no file of the command's but `keep` (its stdin, stdout and the pipe's
+    write end least of all: the pipe would never end, a reader of stdout would wait for the filter)."""
+    try:
+        open_fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        open_fds = list(range(256))
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd not in keep:
+            os.dup2(devnull, fd)
+    for fd in open_fds:
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _filter_lines(source: int, sink: int, *, driver_loaded: bool, idle_s: float = 0.1) -> None:
+    """Copy `source` to `sink` until end of file, without the lines that are `is_noise`."""
+    pending = b""
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(sink, view):]
+
+    def noise(line: bytes) -> bool:
+        try:
+            return is_noise(line.decode("utf-8", "replace"), driver_loaded=driver_loaded)
+        except Exception:  # noqa: BLE001 - never lose a line to a bug in the filter
+            return False
+
+    try:
+        while True:
+            if pending:
+                ready, _, _ = select.select([source], [], [], idle_s)
+                if not ready:  # a partial line and nothing more for a while: a prompt, or a process dying
+                    write(pending)
+                    pending = b""
+                    continue
+            data = os.read(source, 1 << 16)
+            if not data:
+                break
+            *lines, pending = (pending + data).split(b"\n")
+            kept = b"".join(line + b"\n" for line in lines if not noise(line))
+            if b"\r" in pending:  # another process's progress bar: redrawn in place, never a whole line
+                cut = pending.rindex(b"\r") + 1
+                kept, pending = kept + pending[:cut], pending[cut:]
+            if kept:
+                write(kept)
+        if pending and not noise(pending):
+            write(pending)
+    except OSError:  # the real stderr is gone (the terminal closed): nothing left to write to
+        return
+
+
 def tensorflow_started_quietly(debug: bool = False) -> None:
     """Import TensorFlow and list its devices now, with the native start-up noise filtered out.
 
     Lists physical devices only: logical devices (memory growth, virtual CPUs) can still be
-    configured afterwards. With `debug`, nothing is filtered.
+    configured afterwards. With `debug`, nothing is filtered. Where `filter_native_stderr` filters the
+    whole process, the lines are filtered there, as they come, instead of captured and replayed here.
     """
-    if debug:
+    if debug or filtering():  # nothing to filter, or `filter_native_stderr` already does, as lines come
         import tensorflow as tf
 
         tf.config.list_physical_devices()

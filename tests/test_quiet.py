@@ -1,18 +1,23 @@
-"""What a user sees: TensorFlow's native start-up noise is filtered (real problems are not), one-line
-errors unless `--debug`, Prefect's tracebacks shortened on the console only."""
+"""What a user sees: TensorFlow's native noise is filtered, at start-up and for the whole command (real
+problems are not, and reach the user as they come), one-line errors unless `--debug`, Prefect's
+tracebacks shortened on the console only."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from cli import main as cli_main
-from cli.quiet import is_noise, native_stderr_filtered
+from cli.quiet import _filter_lines, is_noise, native_stderr_filtered
+from tests.faults import REPO, wait_for
+from tests.terminal import Terminal
 
 # Lines TensorFlow 2.21 printed on this project's CPU machines, on every command, before the fix.
 SEEN = [
@@ -27,6 +32,9 @@ SEEN = [
     "To enable the following instructions: AVX2 AVX512F AVX512_VNNI AVX512_BF16 AVX_VNNI FMA, in other "
     "operations, rebuild TensorFlow with the appropriate compiler flags.",
 ]
+# Logged later, during a command (training DeepLabV3+ on a CPU), at ERROR level.
+LATE = ["E0000 00:00:1796188017.846595     986 util.cc:131] oneDNN supports DT_INT32 only on platforms with "
+        "AVX-512. Falling back to the default Eigen-based implementation if present."]
 CUINIT = ("E0000 00:00:1796065294.316464    5395 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
           "Failed call to cuInit: UNKNOWN ERROR (303)")
 REAL = [
@@ -39,7 +47,7 @@ REAL = [
 
 
 def test_known_startup_lines_are_noise_and_nothing_else_is():
-    assert [line for line in SEEN if not is_noise(line)] == []
+    assert [line for line in SEEN + LATE if not is_noise(line)] == []
     assert is_noise(CUINIT, driver_loaded=False)  # no NVIDIA driver: the GPU was never an option
     assert not is_noise(CUINIT, driver_loaded=True)  # with a driver, "GPU will not be used" is a real problem
     assert [line for line in REAL if is_noise(line)] == []
@@ -52,6 +60,53 @@ def test_the_filter_drops_noise_written_by_native_code_and_keeps_the_rest(capfd)
     err = capfd.readouterr().err.splitlines()
     assert [line for line in err if line != "python's own stderr"] == [REAL[0], "a plain line"]
     assert "python's own stderr" in err
+
+
+def test_the_filter_loop_passes_on_all_but_noise_partial_lines_and_carriage_returns_included():
+    """`_filter_lines`, the filter process's loop, on a real pipe: whole noise lines dropped, everything
+    else kept in order; a partial line passed on once nothing more comes, and up to a carriage return
+    at once (another process's progress bar); what is left at end of file passed on."""
+    source_r, source_w = os.pipe()
+    sink_r, sink_w = os.pipe()
+    os.write(source_w, ("\n".join([SEEN[0], REAL[0], LATE[0], "a plain line"]) + "\n").encode())
+    os.write(source_w, b"50%\r60%\r7")
+    os.write(source_w, b"0%")  # no newline: passed on after the idle wait
+    os.close(source_w)
+    _filter_lines(source_r, sink_w, driver_loaded=False, idle_s=0.05)
+    os.close(sink_w)
+    out = b""
+    while chunk := os.read(sink_r, 1 << 16):
+        out += chunk
+    os.close(source_r), os.close(sink_r)
+    assert out.decode() == f"{REAL[0]}\na plain line\n50%\r60%\r70%"
+
+
+# A real `segpipe` process (`cli.main.main()`, the console script's entry) whose `datasets` command is
+# replaced by one that starts TensorFlow only now, in the middle of the command: TensorFlow's own
+# native start-up lines, the cuInit error included, are late native noise, as the oneDNN line logged
+# in training is. It then logs a real absl ERROR line natively (`tf.print` to the error log), says
+# whether Python's stderr is a terminal, and waits for the test's go.
+LATE_TENSORFLOW = """
+import os, sys, time
+from pathlib import Path
+from cli import main as cli_main
+
+def late_tensorflow(args, cfg):
+    import tensorflow as tf
+
+    tf.config.list_physical_devices()
+    tf.print("segpipe test: a native error line", output_stream=tf.compat.v1.logging.error)
+    print(f"segpipe test: python's stderr is a terminal: {sys.stderr.isatty()}", file=sys.stderr)
+    go = Path(os.environ["SEGPIPE_TEST_GO"])
+    deadline = time.monotonic() + 120
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return 0
+
+cli_main.COMMANDS["datasets"] = late_tensorflow
+sys.argv = ["segpipe", "datasets", *sys.argv[1:]]
+sys.exit(cli_main.main())
+"""
 
 
 QUIET_IMPORT = """
@@ -87,6 +142,76 @@ def test_tensorflow_starts_without_its_noise_unless_debug(debug, plain_start):
         assert [line for line in kept if is_noise(line)], quiet.stderr  # --debug shows everything
     else:
         assert kept == ["after the import"], quiet.stderr
+
+
+NATIVE_ERROR = re.compile(r"^E\d{4} [\d:.]+\s+\d+ logging_ops\.cc:\d+\] segpipe test: a native error line$")
+
+
+def late_env(go: Path) -> dict[str, str]:
+    env = {**ENV, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "SEGPIPE_TEST_GO": str(go)}
+    env.pop("SEGPIPE_DEBUG", None)
+    return env
+
+
+@pytest.mark.slow
+def test_native_noise_logged_late_is_filtered_and_a_real_native_error_comes_at_once(tmp_path):
+    """On a terminal: TensorFlow's native lines logged in the middle of the command are filtered, the
+    native error line reaches the terminal while the command still runs, and Python's stderr is still
+    the terminal (the progress bars' `isatty()`)."""
+    go = tmp_path / "go"
+    term = Terminal([sys.executable, "-c", LATE_TENSORFLOW], late_env(go))
+    try:
+        wait_for(lambda: "segpipe test: a native error line" in term.output and "is a terminal" in term.output,
+                 timeout=180, proc=term.proc, what="the native error line while the command runs")
+        assert term.proc.poll() is None  # still waiting for `go`: the line came as it was logged
+        go.touch()
+        rc = term.wait(timeout=60)
+    finally:
+        term.close()
+    lines = term.drain().splitlines()
+    assert rc == 0, lines
+    assert "segpipe test: python's stderr is a terminal: True" in lines, lines
+    assert [line for line in lines if NATIVE_ERROR.match(line)], lines
+    assert [line for line in lines if is_noise(line)] == [], lines
+
+
+@pytest.mark.slow
+def test_debug_shows_the_late_native_noise(plain_start, tmp_path):
+    """The same command with --debug: nothing filtered, so the noise the test above must not show was
+    really logged (and this machine's TensorFlow does log it: `plain_start`)."""
+    go = tmp_path / "go"
+    go.touch()
+    done = subprocess.run([sys.executable, "-c", LATE_TENSORFLOW, "--debug"], capture_output=True, text=True,
+                          env=late_env(go), timeout=180, cwd=REPO)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 0, done.stderr
+    assert [line for line in lines if is_noise(line)], done.stderr
+    assert [line for line in lines if NATIVE_ERROR.match(line)], done.stderr
+
+
+LAST_WORDS = """
+import os, sys
+from cli import main as cli_main
+
+NOISE_LINE = sys.argv[1]
+
+def last_words(args, cfg):
+    os.write(2, NOISE_LINE.encode() + b"\\nsegpipe test: last words\\n")  # fd 2, as native code writes
+    os._exit(7)  # no exit handler, no flush: as a second Ctrl-C (cli.interrupts.exit_now) or a crash
+
+cli_main.COMMANDS["datasets"] = last_words
+sys.argv = ["segpipe", "datasets"]
+sys.exit(cli_main.main())
+"""
+
+
+def test_lines_written_just_before_os_exit_still_arrive_filtered(tmp_path):
+    """The filter is a process of its own: what was written to fd 2 just before `os._exit` still arrives,
+    noise dropped; and the filter does not outlive the command's stderr (the run below returns)."""
+    done = subprocess.run([sys.executable, "-c", LAST_WORDS, LATE[0]], capture_output=True, text=True,
+                          env={**late_env(tmp_path / "unused"), "SEGPIPE_TEST_GO": ""}, timeout=120, cwd=REPO)
+    assert done.returncode == 7
+    assert done.stderr == "segpipe test: last words\n"
 
 
 def test_errors_are_one_line_unless_debug(monkeypatch, capsys):
