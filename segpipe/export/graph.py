@@ -36,7 +36,8 @@ def serving_model(models: Sequence[Any], flip: bool) -> Any:
     x = layers.Rescaling(1.0 / 255.0, name="to_unit_range")(image)
     mirror = layers.Lambda(lambda t: ops.flip(t, axis=2), name="mirror")
     members = []
-    for i, model in enumerate(models):
+    for i, member in enumerate(models):
+        model = keras.Model(member.input, member.output, name=f"member{i}")  # members may share a name
         probs = _to_size(model(x), size, f"member{i}_resize")
         if flip:
             mirrored = mirror(_to_size(model(mirror(x)), size, f"member{i}_mirrored_resize"))
