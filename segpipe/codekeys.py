@@ -21,6 +21,7 @@ editing one file) gives that copy's key.
 from __future__ import annotations
 
 import ast
+import threading
 import hashlib
 import re
 from pathlib import Path
@@ -75,12 +76,16 @@ def _nodes(tree: ast.AST) -> Iterable[ast.AST]:
             todo += ast.iter_child_nodes(node)
 
 
+_PARSE_LOCK = threading.Lock()
+
+
 def direct_imports(name: str, root: Path = ROOT) -> set[str]:
     """The segpipe modules that module `name` imports (see the module doc for what counts)."""
     path = module_file(name, root)
     if path is None:
         raise ModuleNotFoundError(f"no source for module {name!r} under {root}")
-    tree = ast.parse(path.read_bytes(), filename=str(path))
+    with _PARSE_LOCK:  # CPython 3.11's ast.parse is not safe in threads ("AST constructor recursion depth mismatch")
+        tree = ast.parse(path.read_bytes(), filename=str(path))
     is_package = path.name == "__init__.py"
     named: set[str] = set()  # statements: must resolve
     maybe: set[str] = set()  # `from x import y` names and string constants: modules only where they are
