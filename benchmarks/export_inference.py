@@ -90,7 +90,6 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=True,
                    help="export with flip TTA (cpu-quick's setting; default on)")
-    p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
     machine = Machine()
 
