@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib.abc
 import io
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,7 @@ class LiteRTModel(Model):
     def __init__(self, path: Path) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path))
+        self.interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.input_size = (int(self.input["shape"][1]), int(self.input["shape"][2]))
