@@ -486,12 +486,17 @@ def export_inference() -> str:
         par = d["parity"].get(key)
         parity_cell = (f"{par['mean_iou']:.4f}, {100 * par['pixel_agreement']:.3f}%" if par
                        else f"{d['parity']['reference_mean_iou']:.4f} (reference)")
+        if key == "keras":
+            rows.append(f"| {label} | {n1(x['latency_ms'])} | {n1(x['batch8_images_per_s'])} | {n0(x['peak_rss_mb'])} | "
+                        f"{n2(x['file_mb'])} | {parity_cell} |")
+            continue
         rows.append(f"| {label} | {n1(x['latency_ms'])} ({ratio(x['speedup_vs_keras'])} faster) | "
                     f"{n1(x['batch8_images_per_s'])} ({ratio(x['batch8_vs_keras'])}) | {n0(x['peak_rss_mb'])} "
                     f"({n2(x['rss_vs_keras'])}) | {n2(x['file_mb'])} | {parity_cell} |")
     t = d["targets"]
     return "\n".join([
-        f"Model: {d['model']} (flip TTA {'on' if d['tta_flip'] else 'off'}); one {d['image']['size']} JPEG, decode to "
+        f"Model: {d['model']} (sha256 `{d['model_sha256'][:12]}`, flip TTA {'on' if d['tta_flip'] else 'off'}); "
+        f"one {d['image']['size']} JPEG, decode to "
         f"mask; {d['timing']}; parity on {d['parity']['images']} images of the prepared sample.", "", *rows, "",
         f"- Fastest export ({SERVING_ROWS[t['fastest_export']]}) against Keras `predict`, batch 1: "
         f"{ratio(t['fastest_speedup_vs_keras'])} (target 2x: "
