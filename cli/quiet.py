@@ -57,6 +57,8 @@ NOISE: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
     r"^(\S+ )?TF-TRT Warning: Could not find TensorRT$",
     # at the first integer op of a model on a CPU without AVX-512 (a fallback notice, not a problem)
     _PREFIX + r"util\.cc:\d+\] oneDNN supports DT_INT32 only on platforms with AVX-512",
+    # the LiteRT converter (segpipe export) reading Keras 3's graph: an attribute its op registry lacks, ignored
+    _PREFIX + r"node_def_util\.cc:\d+\] NodeDef mentions attribute Truncate which is not in the op definition",
 ))
 _NO_DRIVER_NOISE = re.compile(_PREFIX + r"cuda_(platform|driver|executor)\.cc:\d+\] failed call to cuInit: ")
 

@@ -34,7 +34,12 @@ SEEN = [
 ]
 # Logged later, during a command (training DeepLabV3+ on a CPU), at ERROR level.
 LATE = ["E0000 00:00:1796188017.846595     986 util.cc:131] oneDNN supports DT_INT32 only on platforms with "
-        "AVX-512. Falling back to the default Eigen-based implementation if present."]
+        "AVX-512. Falling back to the default Eigen-based implementation if present.",
+        # while `segpipe export` converts to LiteRT
+        "E0000 00:00:1796190230.957966   10106 node_def_util.cc:682] NodeDef mentions attribute Truncate which is "
+        "not in the op definition: Op<name=Identity; signature=input:T -> output:T; attr=T:type> This may be "
+        "expected if your graph generating binary is newer  than this binary. Unknown attributes will be ignored. "
+        "NodeDef: {{node unnamed}}"]
 CUINIT = ("E0000 00:00:1796065294.316464    5395 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
           "Failed call to cuInit: UNKNOWN ERROR (303)")
 REAL = [
