@@ -290,6 +290,7 @@ def cmd_server(args: argparse.Namespace, cfg: PipelineConfig) -> int:
             return 1
     print(f"local Prefect server running: {state.api_url} ({state.describe()}, PREFECT_HOME={state.prefect_home}, "
           f"since {state.started_at}; log {state.log})")
+    print(f"Prefect UI: {state.api_url.removesuffix('/api')}")
     return 0
 
 

@@ -296,10 +296,14 @@ def _locked(home: Path, timeout: float = LOCK_TIMEOUT_S):
 # --------------------------------------------------------------------------- starting one
 
 
-def _server_env(home: Path) -> dict[str, str]:
+def _server_env(home: Path, port: int) -> dict[str, str]:
     """The command's environment for the server, as Prefect's embedded server gets it, minus any API URL."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_KEY")}
-    env.update(EMBEDDED_SERVER_ENV)  # the embedded server's services, no UI: what commands ran on before
+    env.update(EMBEDDED_SERVER_ENV)  # how Prefect launches its embedded server...
+    # ...but with Prefect's UI: a long-lived local server is where a user looks at runs (`segpipe server status`
+    # prints its address). Prefect serves the UI only from a server not marked ephemeral.
+    env.pop("PREFECT__SERVER_EPHEMERAL", None)
+    env.update({"PREFECT_UI_ENABLED": "1", "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"})
     env.update({
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": env.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
@@ -374,7 +378,7 @@ class Starting:
                 [sys.executable, "-c", _WATCHED, str(state_dir(self.home) / "state.json"), str(_watch_period()),
                  "--app-dir", str(_prefect_root()), "--factory", APP,
                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-                env=_server_env(self.home), cwd=state_dir(self.home), stdin=subprocess.DEVNULL, stdout=out,
+                env=_server_env(self.home, port), cwd=state_dir(self.home), stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,  # out of the terminal's reach
             )
         # recorded at once: should this command die before the server answers, the next one finds it (ours,

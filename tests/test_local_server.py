@@ -139,6 +139,14 @@ def test_two_commands_starting_at_once_start_one_server_and_both_run_on_it(local
 
     status = segpipe(home, "server", "status")
     assert status.returncode == 0 and f"(pid {state.pid}, port {state.port}, " in status.stdout, status.stdout
+    # the server serves Prefect's UI, pointed at its own API (not the default port 4200)
+    assert f"Prefect UI: http://127.0.0.1:{state.port}\n" in status.stdout
+    import httpx
+
+    page = httpx.get(f"http://127.0.0.1:{state.port}/", timeout=30)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    ui_settings = httpx.get(f"http://127.0.0.1:{state.port}/ui-settings", timeout=30).json()
+    assert ui_settings["api_url"] == f"http://127.0.0.1:{state.port}/api", ui_settings
     stop = segpipe(home, "server", "stop")
     assert stop.returncode == 0 and stop.stdout.startswith(f"stopped the local Prefect server (pid {state.pid},")
     assert not server.alive(state.pid) and servers_of(home) == []
