@@ -258,6 +258,8 @@ def cmd_retrain(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     decision = retrain(config=cfg, work_dir=str(work))
     print(("PROMOTED: " if decision["promoted"] else "CHAMPION KEPT: ") + decision["reason"])
     print(f"champion: {decision['champion']}")
+    if decision.get("serving_dir"):
+        print(f"serving:  {decision['serving_dir']} (SavedModel for TF Serving, LiteRT and ONNX, parity-checked)")
     return 0
 
 
