@@ -807,7 +807,7 @@ def quality_text(candidate: dict[str, Any]) -> str:
     claim `claims.paired_claim` computes from the paired float32/bfloat16 quality results (never a stored
     "not lower": results written before this strip it)."""
     text = candidate["quality"].removesuffix(": not lower")
-    if "mixed_precision = 'off'" in candidate["preset_change"] or candidate["variant"].endswith("float32"):
+    if "mixed_precision = 'off'" in candidate["preset_change"] or candidate.get("variant", "").endswith("float32"):
         from benchmarks.claims import CLAIM_PAIRS, paired_claim
         from benchmarks.render import load
 

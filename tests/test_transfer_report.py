@@ -28,8 +28,16 @@ def test_every_result_file_records_its_command_commit_and_machine():
     report = _report()
     names = [report.RANDOM, report.KERAS, report.SCRATCH, report.OFFICIAL, report.QUIET,
              *(report.BREED.format(b) for b in report.BREEDS)]
+    from benchmarks.render import WITHDRAWN
+
+    block = report.render()
     for name in names:
+        if not (ROOT / "benchmarks" / "results" / name).is_file():
+            # withdrawn by issue 19 (git history keeps it, WITHDRAWN says why) or not measured yet: the block
+            # must not pretend otherwise
+            assert name in WITHDRAWN or name not in block, f"benchmarks/results/{name} is missing"
+            continue
         data = report.load(name)
-        assert data is not None, f"benchmarks/results/{name} is missing"
+        assert data is not None, f"benchmarks/results/{name} lacks its provenance"
         assert "benchmarks/" in data["command"] and data["commit"]
         assert data["machine"]["cpus"] and data["machine"]["cpu_model"] and "load_average_after" in data["machine"]
