@@ -21,7 +21,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The pretrained recipe for a CPU: DeepLabV3+ on an ImageNet MobileNetV2 encoder, frozen for the
     # first 800 images, then fine-tuned at a tenth of the decoder's learning rate; 8,000 images seen.
-    # Chosen on the validation split (benchmarks/results/recipe-selection.json). Without internet:
+    # Its recipe decisions were withdrawn for re-making on validation figures (benchmarks/recipe_selection.py,
+    # benchmarks/results/recipe-selection.json says which and why). Without internet:
     # --set model.encoder_weights=FILE or a primed $KERAS_HOME (README).
     "cpu-quick": {
         "model": {"name": "deeplabv3plus", "encoder": "mobilenetv2", "encoder_weights": "imagenet",

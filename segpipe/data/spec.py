@@ -15,7 +15,7 @@
 | mask/encoded     | bytes  | the trimap as a single-channel 8-bit PNG, values 1 pet,         |
 |                  |        | 2 background, 3 border; same height and width as the image     |
 
-Shards hold original-size images (see README "TFRecords" for the trade-off);
+Shards hold original-size images (see docs/data.md, "TFRecord feature spec", for the trade-off);
 the input pipeline resizes. Read with plain tf.data:
 
     ds = tf.data.TFRecordDataset(files).map(segpipe.data.spec.parse_example)
