@@ -77,8 +77,6 @@ WITHDRAWN: dict[str, str] = {
                                                    "file holds no validation figure to re-make that on",
     "recipe-selection.json (hand-made)": "assembled by hand from training logs that were not committed; "
                                          "replaced by the output of benchmarks/recipe_selection.py",
-    "transfer-random.json": f"{NO_CONFIG}; scored the held-out split after every epoch during training "
-                            "(the old quality.py)",
     "transfer-random-quiet.json": f"{NO_CONFIG}; held-out scored during training",
     "transfer-official-estimate.json": f"{NO_CONFIG}; built on transfer-random.json",
     "transfer-random-bf16.json": "written at a `+uncommitted` commit; held-out scored during training",
