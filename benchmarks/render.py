@@ -273,6 +273,28 @@ def _cell(mode: dict | None) -> str:
     return f"{n0(mode['images_per_s'])} ({mode['cpu_ms_per_image']:.2f})"
 
 
+def quality_summary() -> str:
+    """README's one-paragraph answer to "how good": cpu-quick's held-out figures (BENCHMARKS.md section 4 has
+    the table, the targets and the provenance)."""
+    name = "transfer-random.json"
+    d = load(name)
+    if d is None:
+        return missing(name, ".venv/bin/python benchmarks/quality.py --preset cpu-quick --train-seed 0 "
+                             "--train-seed 1 --train-seed 2 --out benchmarks/results/transfer-random.json")
+    s = d["summary"]["cpu-quick"]
+
+    def spread(key: str, fmt: Callable = lambda v: f"{v:.3f}") -> str:
+        x = s[key]
+        return f"{fmt(x['mean'])} ({fmt(x['min'])}–{fmt(x['max'])})"
+
+    m = d["machine"]
+    return (f"`cpu-quick` over {s['runs']} training seeds, scored once after training on held-out images of "
+            f"`../shared/pets-sample`'s random split at original resolution: mean IoU {spread('held_out.mean_iou')}, "
+            f"foreground IoU {spread('held_out.foreground_iou')}; {spread('train_cpu_seconds', n0)} CPU-s of "
+            f"training on {m['cpu_model']}, {m.get('cpus') or m.get('cores')} cores "
+            f"(`benchmarks/results/{name}`; the table, targets and provenance: BENCHMARKS.md section 4).")
+
+
 def input_pipeline() -> str:
     name = "input_pipeline.json"
     d = load(name)
@@ -573,6 +595,7 @@ def storage_summary() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "transfer": transfer,
+    "quality-summary": quality_summary,
     "input-pipeline": input_pipeline,
     "warp-check": warp_check,
     "tfrecord-conversion": tfrecord_conversion,
