@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from cli.errors import CliError
-from cli.options import source_given
-from cli.parser import debug_enabled
+from segpipe_app.cli.errors import CliError
+from segpipe_app.cli.options import source_given
+from segpipe_app.cli.parser import debug_enabled
 from segpipe.config import PipelineConfig
 from segpipe.layout import ENV_WORK_DIR, WorkDir
 
@@ -24,7 +24,7 @@ def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Pa
     with `in_process` (flows run here, not by a runner), for the rest of the command: no flow-run
     heartbeats on the ephemeral API (`cli.env.local_run_settings`). TensorFlow starts first, its
     native start-up noise filtered (`cli.quiet`)."""
-    from cli.env import configure_prefect, ensure_prefect_home, local_run_settings, start_local_server
+    from segpipe_app.cli.env import configure_prefect, ensure_prefect_home, local_run_settings, start_local_server
 
     try:
         ensure_prefect_home()
@@ -32,24 +32,24 @@ def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Pa
         raise CliError(str(exc)) from None
     work = WorkDir.at(args.work_dir).root
     configure_prefect(work, refresh=getattr(args, "refresh", False), result_storage=getattr(args, "result_storage", None))
-    from cli import server  # the background Prefect server (reused, or starting while TensorFlow loads)
+    from segpipe_app.cli import server  # the background Prefect server (reused, or starting while TensorFlow loads)
 
     starting = server.for_command()
     if starting is not None:
         args.cleanup.callback(starting.close)
     if in_process and args.command in TENSORFLOW_COMMANDS:
-        from cli.quiet import tensorflow_started_quietly
+        from segpipe_app.cli.quiet import tensorflow_started_quietly
 
         tensorflow_started_quietly(debug=debug_enabled(args))
     if starting is not None:
         server.ready(starting)
     start_local_server()  # the embedded one, when no API URL is set (SEGPIPE_PREFECT_SERVER=embedded)
     if not debug_enabled(args):
-        from cli.quiet import one_line_tracebacks_on_the_console
+        from segpipe_app.cli.quiet import one_line_tracebacks_on_the_console
 
         args.cleanup.enter_context(one_line_tracebacks_on_the_console())
     if in_process:
-        from cli.quiet import progress_in_the_run_logs
+        from segpipe_app.cli.quiet import progress_in_the_run_logs
 
         args.cleanup.enter_context(progress_in_the_run_logs())  # progress with an ETA, as the epoch lines
         args.run_started = args.cleanup.enter_context(local_run_settings())
@@ -64,7 +64,7 @@ def cmd_config(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 def cmd_datasets(args: argparse.Namespace, cfg: PipelineConfig | None) -> int:
     work = WorkDir.at(args.work_dir)
     rows = work.complete_datasets()
-    from cli.tables import datasets_json, datasets_table
+    from segpipe_app.cli.tables import datasets_json, datasets_table
 
     if args.json:
         print(datasets_json(rows))
@@ -79,8 +79,8 @@ def cmd_runs(args: argparse.Namespace, cfg: PipelineConfig | None) -> int:
     """`segpipe runs`: a table of the runs under WORK; `segpipe runs show RUN`: one run in full."""
     import json
 
-    from cli.tables import run_text, runs_table
-    from segpipe.run_index import UnknownRunError, list_runs, run_details
+    from segpipe_app.cli.tables import run_text, runs_table
+    from segpipe.runs.index import UnknownRunError, list_runs, run_details
 
     work = WorkDir.at(args.work_dir)
     if args.runs_action == "show":
@@ -102,7 +102,7 @@ def cmd_runs(args: argparse.Namespace, cfg: PipelineConfig | None) -> int:
 
 def cmd_download(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     work = _prepare_runtime(args)
-    from flows.prepare_data import download_data_flow
+    from segpipe_app.flows.prepare_data import download_data_flow
 
     archives = download_data_flow(config=cfg, work_dir=str(work))
     for name, archive in archives.items():
@@ -112,7 +112,7 @@ def cmd_download(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 def cmd_prepare(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     work = _prepare_runtime(args)
-    from flows.prepare_data import prepare_data_flow
+    from segpipe_app.flows.prepare_data import prepare_data_flow
 
     ref = prepare_data_flow(config=cfg, work_dir=str(work))
     counts = ", ".join(f"{name} {n}" for name, n in ref.num_examples.items())
@@ -132,7 +132,7 @@ def _model_paths(args: argparse.Namespace) -> list[str]:
 
 def cmd_train(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     work = _prepare_runtime(args)
-    from flows.train import train_flow
+    from segpipe_app.flows.train import train_flow
 
     trained = train_flow(config=cfg, work_dir=str(work), dataset_key=args.dataset)
     best = "none" if trained.best_val_mean_iou is None else f"{trained.best_val_mean_iou:.4g}"
@@ -154,7 +154,7 @@ def _scoring_args(args: argparse.Namespace, cfg: PipelineConfig) -> tuple[list[s
 
 def cmd_evaluate(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     models, kwargs, out = _scoring_args(args, cfg)
-    from flows.evaluate import evaluate_flow
+    from segpipe_app.flows.evaluate import evaluate_flow
 
     result = evaluate_flow(models, out_path=out, **kwargs)
     m = result["metrics"]
@@ -169,7 +169,7 @@ def cmd_evaluate(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 def cmd_gallery(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     models, kwargs, out = _scoring_args(args, cfg)
-    from flows.evaluate import gallery_flow
+    from segpipe_app.flows.evaluate import gallery_flow
 
     index = gallery_flow(models, out_dir=out, **kwargs)
     print(f"gallery written to {index}")
@@ -183,7 +183,7 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
                        "(expected a .keras model or an exported SavedModel directory, .tflite or .onnx file)")
     models = [str(p.resolve()) for p in args.model_paths]
     _prepare_runtime(args)
-    from flows.predict import predict_flow
+    from segpipe_app.flows.predict import predict_flow
 
     report = predict_flow(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size, cfg.eval.tta_flip)
     print(f"{len(report['written'])} masks written to {args.out} (values: 1 pet, 2 background, 3 border)")
@@ -204,7 +204,7 @@ def cmd_export(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         raise CliError(f"--format/--out: {exc}") from None
     work = _prepare_runtime(args)
     dataset_dir = _export_dataset(args, work, models[0])
-    from flows.export import export_flow
+    from segpipe_app.flows.export import export_flow
 
     result = export_flow(models, str(out), str(dataset_dir), cfg.eval.split, list(formats), cfg.eval.tta_flip)
     print(f"exported to {result['out_dir']}, parity on split {cfg.eval.split} of {dataset_dir.name} "
@@ -234,7 +234,7 @@ def _export_dataset(args: argparse.Namespace, work: Path, model: str) -> Path:
 
 def cmd_run(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     work = _prepare_runtime(args)
-    from flows.pipeline import pipeline
+    from segpipe_app.flows.pipeline import pipeline
 
     out = pipeline(config=cfg, work_dir=str(work))
     _print_pipeline(out, cfg)
@@ -253,7 +253,7 @@ def _print_pipeline(out: Any, cfg: PipelineConfig) -> None:
 
 def cmd_retrain(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     work = _prepare_runtime(args)
-    from flows.pipeline import retrain
+    from segpipe_app.flows.pipeline import retrain
 
     decision = retrain(config=cfg, work_dir=str(work))
     print(("PROMOTED: " if decision["promoted"] else "CHAMPION KEPT: ") + decision["reason"])
@@ -265,7 +265,7 @@ def cmd_retrain(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 def cmd_server(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     """`segpipe server start|status|stop`: the background Prefect server of PREFECT_HOME (`cli.server`)."""
-    from cli import server
+    from segpipe_app.cli import server
 
     home = server.prefect_home()
     if args.action == "stop":
@@ -299,7 +299,7 @@ def cmd_server(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 def cmd_serve(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     work = _prepare_runtime(args, in_process=False)  # a runner runs the flows, heartbeats on
     os.environ[ENV_WORK_DIR] = str(work)
-    from deployments.serve import serve_deployments
+    from segpipe_app.deployments.serve import serve_deployments
 
     print(f"serving pets-pipeline and scheduled-retrain ({args.cron}, {args.timezone}); outputs under {work}")
     serve_deployments(cfg, cron=args.cron, timezone=args.timezone)

@@ -75,7 +75,7 @@ def local_run_settings() -> Iterator[datetime]:
     """
     from prefect.settings import get_current_settings, temporary_settings
 
-    from cli.server import local_api_url
+    from segpipe_app.cli.server import local_api_url
 
     started = datetime.now(timezone.utc)
     url = get_current_settings().api.url
@@ -110,7 +110,7 @@ def _wait_for_task_run_records(since: datetime, timeout: float = 5.0, settle: fl
         TaskRunFilterFlowRunId,
     )
 
-    from cli.prefectcompat import drain
+    from segpipe_app.cli.prefectcompat import drain
 
     drain(timeout, logs=False, suppress_errors=False)
     deadline = time.monotonic() + timeout
@@ -170,7 +170,7 @@ def _detached_server_class() -> Any:
     """
     global _server_class
     if _server_class is None:
-        from cli.prefectcompat import server_class_started_by
+        from segpipe_app.cli.prefectcompat import server_class_started_by
 
         _server_class = server_class_started_by(_detached_popen)
     return _server_class
@@ -218,7 +218,7 @@ def stop_local_server() -> None:
 
 
 def _drain(timeout: float) -> None:
-    from cli.prefectcompat import drain
+    from segpipe_app.cli.prefectcompat import drain
 
     drain(timeout)
 

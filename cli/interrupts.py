@@ -33,8 +33,8 @@ def terminate(signum: int, frame: Any) -> None:
 def exit_now(signum: int) -> None:
     """A second Ctrl-C: stop at once, without recording the run (called from `cancel`'s watcher thread,
     so it works even while the main thread is busy or blocked)."""
-    from cli.env import server_pid
-    from cli.quiet import terminal_fd
+    from segpipe_app.cli.env import server_pid
+    from segpipe_app.cli.quiet import terminal_fd
 
     with contextlib.suppress(Exception):  # to the real stderr: fd 2 may be the native-noise filter's pipe
         os.write(terminal_fd(), b"\nsegpipe: interrupted again: stopping now, without recording the run's state "
@@ -111,7 +111,7 @@ def _record_and_stop_server(run_started: Any, debug: bool) -> tuple[list[str], s
     local Prefect server stopped, if this command started one."""
     import traceback
 
-    from cli.env import record_interruption, server_pid, stop_local_server
+    from segpipe_app.cli.env import record_interruption, server_pid, stop_local_server
 
     stages: list[str] = []
     recorded = ""

@@ -15,11 +15,11 @@ import sys
 import threading
 import time
 
-from cli.commands import COMMANDS
-from cli.errors import CliError
-from cli.interrupts import exit_now, exit_without_finalizing, interrupted, Interrupts, is_interrupt, terminate
-from cli.options import config_from_args
-from cli.parser import build_parser, debug_enabled
+from segpipe_app.cli.commands import COMMANDS
+from segpipe_app.cli.errors import CliError
+from segpipe_app.cli.interrupts import exit_now, exit_without_finalizing, interrupted, Interrupts, is_interrupt, terminate
+from segpipe_app.cli.options import config_from_args
+from segpipe_app.cli.parser import build_parser, debug_enabled
 from segpipe.config import ConfigError
 
 __all__ = ["COMMANDS", "CliError", "build_parser", "config_from_args", "debug_enabled", "main"]
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
     if argv is None and in_main_thread and not debug_enabled(args):  # the `segpipe` command itself
-        from cli.quiet import filter_native_stderr
+        from segpipe_app.cli.quiet import filter_native_stderr
 
         filter_native_stderr()  # TensorFlow's native noise off fd 2 for the whole command, before any thread
     from segpipe import cancel

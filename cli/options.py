@@ -10,8 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from cli.errors import CliError
-from cli.parser import DEFAULT_PRESET
+from segpipe_app.cli.errors import CliError
+from segpipe_app.cli.parser import DEFAULT_PRESET
 from segpipe.config import PipelineConfig, build_config
 
 # flag -> dotted config field
@@ -36,7 +36,8 @@ EVAL_FLAGS = {
 }
 
 
-def _parse_value(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
+    """A `--set FIELD=VALUE` value: JSON when it parses (numbers, booleans, null, lists), else the string."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
@@ -55,7 +56,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         field, sep, value = item.partition("=")
         if not sep or not field:
             raise CliError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set train.epochs=3")
-        overrides[field.strip()] = _parse_value(value)
+        overrides[field.strip()] = parse_value(value)
     for flags in (DATA_FLAGS, TRAIN_FLAGS, EVAL_FLAGS):
         for attr, field in flags.items():
             value = getattr(args, attr, None)

@@ -40,8 +40,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from cli.errors import CliError
-from cli.prefectcompat import EMBEDDED_SERVER_ENV, SERVER_APP
+from segpipe_app.cli.errors import CliError
+from segpipe_app.cli.prefectcompat import EMBEDDED_SERVER_ENV, SERVER_APP
 
 MODE_ENV = "SEGPIPE_PREFECT_SERVER"  # "background" (default) or "embedded"
 MODES = ("background", "embedded")

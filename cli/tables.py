@@ -75,7 +75,7 @@ def _champion(r: Any) -> str:
 
 
 def runs_table(records: Sequence[Any]) -> str:
-    """One line per run (`segpipe.run_index.RunRecord`), oldest first."""
+    """One line per run (`segpipe.runs.index.RunRecord`), oldest first."""
     headers = ["RUN", "MODEL", "PRESET", "DATASET", "IMAGES", "BEST VAL mIoU", "EVAL mIoU", "EVAL FG IoU",
                "CHAMPION", "FINISHED (UTC)"]
     body = []

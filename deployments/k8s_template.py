@@ -15,7 +15,7 @@ with these additions, so every default variable and placeholder stays as the wor
 
 Regenerate the file after upgrading prefect-kubernetes (a test fails while it is stale):
 
-    python -m deployments.k8s_template > deployments/k8s-base-job-template.json
+    python -m segpipe_app.deployments.k8s_template > deployments/k8s-base-job-template.json
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from prefect import serve
 
-from flows.pipeline import pipeline, retrain
-from flows.predict import champion_predict_flow
+from segpipe_app.flows.pipeline import pipeline, retrain
+from segpipe_app.flows.predict import champion_predict_flow
 from segpipe.config import PipelineConfig
 
 DEFAULT_CRON = "0 3 * * 1"

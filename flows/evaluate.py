@@ -8,11 +8,11 @@ from typing import Any
 
 from prefect import flow
 
-from flows.prepare_data import prepare_data_flow
+from segpipe_app.flows.prepare_data import prepare_data_flow
 from segpipe.config import PipelineConfig
 from segpipe.layout import resolve_work_dir
-from tasks.data import DatasetRef, locate_dataset_task
-from tasks.evaluation import evaluate_task, gallery_task
+from segpipe_app.tasks.data import DatasetRef, locate_dataset_task
+from segpipe_app.tasks.evaluation import evaluate_task, gallery_task
 
 
 def _dataset(config: PipelineConfig, work: str, dataset_key: str | None, prepare_source: bool) -> DatasetRef:

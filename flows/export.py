@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.export import export_task
+from segpipe_app.tasks.export import export_task
 
 
 @flow(name="export-flow")

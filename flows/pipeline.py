@@ -9,14 +9,14 @@ from typing import Any
 
 from prefect import flow
 
-from flows.prepare_data import prepare_data_flow
+from segpipe_app.flows.prepare_data import prepare_data_flow
 from segpipe.config import EvalConfig, PipelineConfig
 from segpipe.layout import resolve_work_dir
-from tasks.data import DatasetRef
-from tasks.evaluation import evaluate_task, gallery_task
-from tasks.export import export_task
-from tasks.promotion import champion_task, promote_task
-from tasks.training import TrainedModel, train_task
+from segpipe_app.tasks.data import DatasetRef
+from segpipe_app.tasks.evaluation import evaluate_task, gallery_task
+from segpipe_app.tasks.export import export_task
+from segpipe_app.tasks.promotion import champion_task, promote_task
+from segpipe_app.tasks.training import TrainedModel, train_task
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.predict import champion_export_task, predict_task
+from segpipe_app.tasks.predict import champion_export_task, predict_task
 
 
 @flow(name="predict-flow")

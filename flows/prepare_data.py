@@ -7,7 +7,7 @@ from prefect import flow
 from segpipe.config import PipelineConfig
 from segpipe.data import ARCHIVES
 from segpipe.layout import resolve_work_dir
-from tasks.data import (
+from segpipe_app.tasks.data import (
     Archive,
     DatasetRef,
     download_task,

@@ -6,8 +6,8 @@ from prefect import flow
 
 from segpipe.config import PipelineConfig
 from segpipe.layout import resolve_work_dir
-from tasks.data import locate_dataset_task
-from tasks.training import TrainedModel, train_task
+from segpipe_app.tasks.data import locate_dataset_task
+from segpipe_app.tasks.training import TrainedModel, train_task
 
 
 @flow(name="train-flow")

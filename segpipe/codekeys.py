@@ -1,7 +1,7 @@
 """Code keys from the import graph: the segpipe modules a stage can run, and one digest of their source.
 
-    code_key(("segpipe.evaluation",))      # sha256 over every segpipe module segpipe.evaluation can import
-    module_closure(("segpipe.training",))  # ("segpipe", "segpipe.budget", ..., "segpipe.training.schedule")
+    code_key(("segpipe.evaluation.evaluate",))      # sha256 over every segpipe module segpipe.evaluation.evaluate can import
+    module_closure(("segpipe.training",))  # ("segpipe", "segpipe.config.budget", ..., "segpipe.training.schedule")
 
 A stage's code is the closure of its entry modules under segpipe's own imports, read from the source
 (`ast`), never by importing it, so a key costs neither TensorFlow nor Prefect. An edge is

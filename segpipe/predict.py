@@ -8,7 +8,7 @@ Outputs, for an input `<stem>.<ext>`:
                              holding TRIMAP VALUES: 1 pet, 2 background, 3 border
                              (model labels + 1, as in the Oxford-IIIT Pet trimaps)
     out/<stem>_overlay.png   the predicted classes blended over the input (RGB; colours of
-                             `segpipe.gallery.PALETTE`: pet orange, background blue, border yellow)
+                             `segpipe.gallery.render.PALETTE`: pet orange, background blue, border yellow)
     out/predictions.json     what was written and what failed (with the reason), the models used
 
 Inputs are files or directories. Directories are searched recursively for
@@ -169,7 +169,7 @@ def _save_png(path: Path, pixels: np.ndarray) -> None:
 
 
 def _overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    from segpipe.gallery_pixels import overlay
+    from segpipe.gallery.pixels import overlay
 
     return overlay(image, labels, alpha=OVERLAY_ALPHA)
 
@@ -204,7 +204,7 @@ def predict_paths(
     `model_paths` are `.keras` files (several: an ensemble) or one exported artifact (a SavedModel directory,
     a `.tflite` or an `.onnx` file from `segpipe export`), whose flip setting is the one it was exported with.
     """
-    from segpipe.evaluation import check_batch_size
+    from segpipe.evaluation.evaluate import check_batch_size
 
     check_batch_size(batch_size)
     out = Path(out_dir)
@@ -243,7 +243,7 @@ def _predictor(model_paths: Sequence[PathLike], flip: bool) -> tuple[Callable[[l
             return [m.astype(np.int64) - 1 for m in runtime.predict_masks(artifact, images)]
 
         return exported_labels, artifact
-    from segpipe.ensemble import load_models, predict_labels
+    from segpipe.evaluation.ensemble import load_models, predict_labels
 
     models = load_models(model_paths)
     return (lambda images: predict_labels(models, images, flip)), models
@@ -291,7 +291,7 @@ def _writers(out: Path, overlay: bool, keep: int, written: list[dict[str, Any]])
 
 
 def _write_summary(report: PredictReport, model_paths: Sequence[PathLike], models: Any) -> Path:
-    from segpipe.ensemble import model_records, model_sizes
+    from segpipe.evaluation.ensemble import model_records, model_sizes
     from segpipe.export.exporter import exported_artifact
 
     exported = exported_artifact(model_paths[0])

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from segpipe.budget import format_duration
+from segpipe.config.budget import format_duration
 
 LOGGER = "segpipe.progress"
 log = logging.getLogger(LOGGER)

@@ -15,7 +15,7 @@ A cached result is only trusted while the artifact it points at is still on
 disk (`ArtifactCheck`): when the artifact is gone (someone deleted part of WORK) the policy
 forces one fresh run instead of returning a stale result. Whether an artifact is complete is the
 library's call, beside the code that writes it (`segpipe.data.tfrecords.split_shards_complete`,
-`dataset_complete`, `segpipe.runs.run_complete`); this module only says which check each task's cache trusts.
+`dataset_complete`, `segpipe.runs.naming.run_complete`); this module only says which check each task's cache trusts.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from segpipe.data.download import TransientDownloadError, resolve_source, source
 from segpipe.data.tfrecords import dataset_complete, split_shards_complete
 from segpipe.fsutil import digest_json, sha256_file_memo
 from segpipe.layout import COMPLETE_MARKER, WorkDir
-from segpipe.runs import TRAIN_ENTRY, run_complete, train_run_dir
+from segpipe.runs.naming import TRAIN_ENTRY, run_complete, train_run_dir
 
 TaskInputs = dict[str, Any]
 
@@ -129,10 +129,10 @@ def task_code(*entry_modules: str) -> CachePolicy:
 # --------------------------------------------------------------------------- the library code of each stage
 
 # Each stage names its entry modules; its code key is the closure under segpipe's imports (segpipe.codekeys).
-# The data stages' entries are the library's own (segpipe.data.dataset), train's is the run id's (segpipe.runs).
+# The data stages' entries are the library's own (segpipe.data.dataset), train's is the run id's (segpipe.runs.naming).
 EXTRACT_ENTRY = ("segpipe.data.extract",)
-EVALUATE_ENTRY = ("segpipe.evaluation",)
-GALLERY_ENTRY = ("segpipe.evaluation", "segpipe.gallery")
+EVALUATE_ENTRY = ("segpipe.evaluation.evaluate",)
+GALLERY_ENTRY = ("segpipe.evaluation.evaluate", "segpipe.gallery.render")
 
 
 # --------------------------------------------------------------------------- what each artifact check looks at

@@ -22,7 +22,7 @@ from segpipe.data.split import make_split, write_split
 from segpipe.data.tfrecords import verify_dataset, write_manifest, write_split_shards
 from segpipe.data.validate import validate_dataset, write_validation
 from segpipe.layout import MANIFEST, WorkDir
-from tasks.caching import (
+from segpipe_app.tasks.caching import (
     DOWNLOAD_CACHE,
     EXTRACT_CACHE,
     LOCATE_DATASET_CACHE,
@@ -32,7 +32,7 @@ from tasks.caching import (
     WRITE_MANIFEST_CACHE,
     WRITE_SHARDS_CACHE,
 )
-from tasks.retries import DOWNLOAD_RETRY
+from segpipe_app.tasks.retries import DOWNLOAD_RETRY
 
 
 @dataclass(frozen=True)

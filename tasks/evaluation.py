@@ -10,8 +10,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from segpipe.config import EvalConfig
-from tasks.caching import EVALUATE_CACHE, GALLERY_CACHE
-from tasks.data import DatasetRef
+from segpipe_app.tasks.caching import EVALUATE_CACHE, GALLERY_CACHE
+from segpipe_app.tasks.data import DatasetRef
 
 
 @task(name="evaluate", cache_policy=EVALUATE_CACHE)
@@ -20,7 +20,7 @@ def evaluate_task(
 ) -> dict[str, Any]:
     """Score the model (or the ensemble) on `split` (default `eval_config.split`) with the eval section's batch
     size, collapse threshold and flip TTA; writes metrics.json and a Markdown artifact."""
-    from segpipe.evaluation import evaluate, metrics_markdown, write_metrics
+    from segpipe.evaluation.evaluate import evaluate, metrics_markdown, write_metrics
 
     logger = get_run_logger()
     e = eval_config
@@ -51,7 +51,7 @@ def gallery_task(
 ) -> str:
     """Seeded sample + worst-K images by IoU on `eval_config.split` (`gallery_samples`, `gallery_worst`,
     `gallery_seed`, `tta_flip`): contact sheets and a self-contained index.html."""
-    from segpipe.evaluation import render_evaluation_gallery
+    from segpipe.evaluation.evaluate import render_evaluation_gallery
 
     e = eval_config
     index = render_evaluation_gallery(

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.caching import EXPORT_CACHE
+from segpipe_app.tasks.caching import EXPORT_CACHE
 
 
 @task(name="export", cache_policy=EXPORT_CACHE)

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from tasks.caching import PREDICT_CACHE
+from segpipe_app.tasks.caching import PREDICT_CACHE
 
 
 @task(name="predict", cache_policy=PREDICT_CACHE)

@@ -11,11 +11,11 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from segpipe import promotion
+from segpipe.runs import promotion
 from segpipe.export import serving
 from segpipe.fsutil import read_json
 from segpipe.layout import WorkDir
-from tasks.caching import PROMOTION_CACHE
+from segpipe_app.tasks.caching import PROMOTION_CACHE
 
 
 @task(name="champion", cache_policy=PROMOTION_CACHE)

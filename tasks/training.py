@@ -9,10 +9,10 @@ from prefect import get_run_logger, task
 
 from segpipe.config import EvalConfig, ModelConfig, PipelineConfig, TrainConfig
 from segpipe.data.split import require_train_split
-from segpipe.runs import train_run_dir
-from tasks.caching import TRAIN_CACHE
-from tasks.data import DatasetRef
-from tasks.retries import TRAIN_RETRY
+from segpipe.runs.naming import train_run_dir
+from segpipe_app.tasks.caching import TRAIN_CACHE
+from segpipe_app.tasks.data import DatasetRef
+from segpipe_app.tasks.retries import TRAIN_RETRY
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def local_server_homes(tmp_path):
 
 def _stop_local_server(home: Path) -> None:
     """Stop every Prefect server process whose PREFECT_HOME is `home` (recorded in state.json or not)."""
-    from cli import server
+    from segpipe_app.cli import server
 
     wanted = f"PREFECT_HOME={home.resolve()}".encode()
     for proc in Path("/proc").iterdir():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from segpipe.budget import format_duration, progress_line, training_plan
+from segpipe.config.budget import format_duration, progress_line, training_plan
 from segpipe.config import PRESETS, ConfigError, build_config
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-import tasks.caching as caching
+import segpipe_app.tasks.caching as caching
 from segpipe.codekeys import ROOT, code_key, module_closure
 from segpipe.data import dataset as data_stages
-from segpipe.runs import TRAIN_ENTRY, run_id_for, train_code_key, train_run_dir
+from segpipe.runs.naming import TRAIN_ENTRY, run_id_for, train_code_key, train_run_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -190,7 +190,7 @@ def test_evaluate_and_gallery_run_no_segpipe_module_their_keys_miss(tmp_path):
     model = tmp_path / "unet.keras"
     build_model("unet", (32, 32, 3), 3, base_filters=4, depth=2).save(model)
     imported = imported_in_fresh_interpreter(textwrap.dedent(f"""
-        from segpipe.evaluation import evaluate, render_evaluation_gallery
+        from segpipe.evaluation.evaluate import evaluate, render_evaluation_gallery
         result = evaluate([{str(model)!r}], {str(dataset)!r}, "val", batch_size=2)
         render_evaluation_gallery([{str(model)!r}], {str(dataset)!r}, "val", {str(tmp_path / "gallery")!r},
                                   n_sample=1, n_worst=1, seed=0, per_image=result.per_image)
@@ -213,7 +213,7 @@ def test_train_runs_no_segpipe_module_its_key_misses(tmp_path):
         train(cfg, {str(dataset)!r}, {str(tmp_path / "run")!r}, verbose=0)
     """))
     assert (tmp_path / "run" / "train_summary.json").is_file()
-    assert {"segpipe.losses", "segpipe.models.layers"} <= imported
+    assert {"segpipe.training.losses", "segpipe.models.layers"} <= imported
     assert sorted(imported - set(module_closure(TRAIN_ENTRY))) == []
 
 
@@ -257,7 +257,7 @@ def test_editing_the_models_layers_changes_the_evaluate_gallery_and_train_keys(p
 
 def test_editing_the_gallery_html_leaves_the_train_key(package_copy):
     before = stage_keys(package_copy)
-    after = edited(package_copy, "segpipe/gallery_html.py")
+    after = edited(package_copy, "segpipe/gallery/html.py")
     changed = {name for name in before if before[name] != after[name]}
     assert "GALLERY_CACHE" in changed
     assert "TRAIN_CACHE" not in changed and "DATASET_KEY" not in changed and "DOWNLOAD_CACHE" not in changed

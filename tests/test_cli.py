@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from cli.main import main
+from segpipe_app.cli.main import main
 
 
 def run_cli(*args, env=None):
@@ -78,7 +78,7 @@ def test_datasets_lists_nothing_in_empty_work(tmp_path, capsys):
 
 def test_prefect_home_is_created_with_its_parents_or_named_in_the_error(tmp_path, monkeypatch, capsys):
     """Prefect creates PREFECT_HOME but not its parents; without them its server fails after a 90 s time-out."""
-    from cli.env import ensure_prefect_home
+    from segpipe_app.cli.env import ensure_prefect_home
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "a" / "b" / "home"))
     assert ensure_prefect_home() == tmp_path / "a" / "b" / "home" and (tmp_path / "a" / "b" / "home").is_dir()

@@ -71,14 +71,14 @@ def test_a_model_knob_the_model_does_not_take_fails_before_any_work():
 
 
 def test_one_definition_of_the_augmentation_knobs_and_the_collapse_threshold():
-    from segpipe.data.augment_knobs import DEFAULTS, KNOBS
-    from segpipe.data import COLLAPSE_THRESHOLD
+    from segpipe.config.augment import DEFAULTS, KNOBS
+    from segpipe.config import COLLAPSE_THRESHOLD
 
     train = build_config(None, {}).train
     assert train.augment_options() == DEFAULTS
     assert [k.field for k in KNOBS] == [f for f in type(train).model_fields if f.startswith("aug_")]
     assert build_config(None, {}).eval.collapse_threshold == COLLAPSE_THRESHOLD
-    from segpipe.data.augment_knobs import check_options
+    from segpipe.config.augment import check_options
 
     with pytest.raises(ValueError, match=r"0 <= contrast < 1 \(got 1\.0\)"):
         check_options({"contrast": 1.0, "hue": 10.0})

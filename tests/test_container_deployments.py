@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deployments import k8s_template
+from segpipe_app.deployments import k8s_template
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deployments"
@@ -66,7 +66,7 @@ def test_template_file_is_prefect_kubernetes_default_plus_ours():
     from prefect_kubernetes.worker import KubernetesWorker
 
     assert TEMPLATE == k8s_template.build(), (
-        "deployments/k8s-base-job-template.json is stale: python -m deployments.k8s_template > "
+        "deployments/k8s-base-job-template.json is stale: python -m segpipe_app.deployments.k8s_template > "
         "deployments/k8s-base-job-template.json")
     default = KubernetesWorker.get_default_base_job_template()
     assert set(default["variables"]["properties"]) <= set(TEMPLATE["variables"]["properties"])

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from segpipe.distribute import ClusterTask, cluster_task, is_chief
+from segpipe.training.distribute import ClusterTask, cluster_task, is_chief
 from segpipe.fsutil import read_json
 from segpipe.training import read_history
 from tests.synthetic import write_tiny_dataset

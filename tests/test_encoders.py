@@ -21,7 +21,7 @@ from segpipe.fsutil import sha256_file
 from segpipe.models import build_model
 from segpipe.models.encoders import ENCODER_NAMES, ENCODERS, STRIDES, build_application, build_encoder, encoder_of
 from segpipe.models.layers import BackbonePreprocess
-from segpipe.runs import run_id_for
+from segpipe.runs.naming import run_id_for
 
 REPO = Path(__file__).resolve().parent.parent
 DECODERS = ("unet", "deeplabv3plus")
@@ -237,7 +237,7 @@ def test_imagenet_without_internet_or_cache_says_how_to_supply_a_file(tmp_path):
 
 
 def test_training_task_cache_key_sees_the_weights_digest_not_the_path(weights_file, tmp_path):
-    from tasks.caching import _plain
+    from segpipe_app.tasks.caching import _plain
 
     path, _ = weights_file
     moved = tmp_path / "moved.weights.h5"
@@ -248,7 +248,7 @@ def test_training_task_cache_key_sees_the_weights_digest_not_the_path(weights_fi
 
 
 def test_cli_default_preset_is_the_pretrained_cpu_quick(capsys):
-    from cli.main import main
+    from segpipe_app.cli.main import main
 
     assert main(["config"]) == 0
     cfg = json.loads(capsys.readouterr().out)

@@ -1,4 +1,4 @@
-"""Tests for segpipe.evaluation with hand-built models whose predictions are known exactly.
+"""Tests for segpipe.evaluation.evaluate with hand-built models whose predictions are known exactly.
 
 Synthetic images encode their trimap in colour (pet red, background green,
 border blue, in blocks aligned to the resize factors), and a 1x1 Conv2D with
@@ -19,11 +19,11 @@ from PIL import Image
 import keras
 import tensorflow as tf
 
-from segpipe import evaluation  # noqa: E402
+from segpipe.evaluation import evaluate as evaluation  # noqa: E402
 from segpipe.data import spec  # noqa: E402
 from segpipe.data.tfrecords import ShardInfo, write_manifest  # noqa: E402
 from segpipe.fsutil import read_json, sha256_file  # noqa: E402
-from segpipe.metrics import confusion_matrix  # noqa: E402
+from segpipe.evaluation.metrics import confusion_matrix  # noqa: E402
 
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)  # pet, background, border
 # Original (height, width) of the test images. Band edges fall on model-pixel edges and the scale is

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from segpipe.budget import training_plan
+from segpipe.config.budget import training_plan
 from segpipe.config import build_config
 from segpipe.fsutil import read_json, sha256_file
 from segpipe.models import build_model

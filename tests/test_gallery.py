@@ -1,4 +1,4 @@
-"""Tests for segpipe.gallery: palette, overlay arithmetic, selection, files and HTML safety."""
+"""Tests for segpipe.gallery.render: palette, overlay arithmetic, selection, files and HTML safety."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe import gallery
-from segpipe.gallery import LEGEND, PALETTE, colorize, overlay, render_gallery, safe_filename, select_items, tile
-from segpipe.metrics import confusion_matrix, per_image_iou, scores
+from segpipe.gallery import render as gallery
+from segpipe.gallery.render import LEGEND, PALETTE, colorize, overlay, render_gallery, safe_filename, select_items, tile
+from segpipe.evaluation.metrics import confusion_matrix, per_image_iou, scores
 
 MALICIOUS = "<script>alert(1)</script>"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import server
+from segpipe_app.cli import server
 from tests.faults import REPO, child_env, wait_for
 from tests.terminal import Terminal, recorded_runs
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from segpipe.config import TrainConfig
-from segpipe.losses import (
+from segpipe.training.losses import (
     LOSS_NAMES,
     CombinedLoss,
     FocalLoss,

@@ -1,4 +1,4 @@
-"""Tests for segpipe.metrics: hand-computed values, Keras agreement, edge cases."""
+"""Tests for segpipe.evaluation.metrics: hand-computed values, Keras agreement, edge cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from segpipe.metrics import (
+from segpipe.evaluation.metrics import (
     ConfusionAccumulator,
     confusion_matrix,
     markdown_table,

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from segpipe.config import ModelConfig
-from segpipe.losses import build_loss
+from segpipe.training.losses import build_loss
 from segpipe.models import MODEL_NAMES, build_model
 from segpipe.models.encoders import build_application
 from segpipe.models.layers import BackbonePreprocess, MaxPoolingWithArgmax2D, MaxUnpooling2D

@@ -37,7 +37,7 @@ def _run(flow, cfg, work):
 
 
 def test_pipeline_outputs_then_cached_then_only_evaluation_recomputed(prefect_api, source, tmp_path):
-    from flows.pipeline import pipeline
+    from segpipe_app.flows.pipeline import pipeline
 
     work = tmp_path / "work"
     first = _run(pipeline, _config(source), work)
@@ -82,11 +82,11 @@ def test_the_configured_collapse_threshold_reaches_training(flow_name, prefect_a
 
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    import flows.pipeline
-    import flows.train
+    import segpipe_app.flows.pipeline
+    import segpipe_app.flows.train
     from segpipe import training
     from segpipe.config import EvalConfig
-    from tasks.data import DatasetRef
+    from segpipe_app.tasks.data import DatasetRef
 
     seen = []
 

@@ -13,7 +13,7 @@ import keras
 
 from segpipe import predict  # noqa: E402
 from segpipe.fsutil import read_json  # noqa: E402
-from segpipe.gallery import overlay  # noqa: E402
+from segpipe.gallery.render import overlay  # noqa: E402
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)  # pet, background, border for the colour model
 

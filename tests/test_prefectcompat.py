@@ -20,7 +20,7 @@ def test_the_event_and_log_queues_can_still_be_drained_with_a_timeout():
         assert callable(drain_all), f"Prefect's {worker.__name__}.drain_all is gone (cli/prefectcompat.py: drain)"
         inspect.signature(drain_all).bind(timeout=1.0, at_exit=False)
 
-    from cli.prefectcompat import drain
+    from segpipe_app.cli.prefectcompat import drain
 
     drain(0.5)  # nothing buffered: returns at once
     drain(0.5, logs=False, suppress_errors=False)
@@ -34,7 +34,7 @@ def test_the_ephemeral_server_still_starts_uvicorn_through_its_modules_subproces
     )
     assert server_mod.subprocess is subprocess, "Prefect's server module no longer uses `subprocess` by that name"
 
-    from cli.prefectcompat import server_class_started_by
+    from segpipe_app.cli.prefectcompat import server_class_started_by
 
     calls = []
 
@@ -65,7 +65,7 @@ def test_the_background_server_is_launched_as_prefects_embedded_server_is():
     server; `create_app` must still read the private variables."""
     from prefect.server.api import server as server_mod
 
-    from cli.prefectcompat import EMBEDDED_SERVER_ENV, SERVER_APP
+    from segpipe_app.cli.prefectcompat import EMBEDDED_SERVER_ENV, SERVER_APP
 
     launch = inspect.getsource(server_mod.SubprocessASGIServer._run_uvicorn_command)
     _, factory = SERVER_APP.split(":")

@@ -38,7 +38,7 @@ def archives(tmp_path_factory):
 def _run(config_overrides, work, storage):
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    from flows.prepare_data import prepare_data_flow
+    from segpipe_app.flows.prepare_data import prepare_data_flow
     from segpipe.config import build_config
 
     with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(storage)}):
@@ -159,8 +159,8 @@ def test_data_cache_keys_come_from_content_never_from_paths(tmp_path):
     parameter changes it."""
     from types import SimpleNamespace
 
-    from tasks import caching
-    from tasks.data import Archive, DatasetPlan, extract_task, split_task, validate_task, verify_task, write_shards_task
+    from segpipe_app.tasks import caching
+    from segpipe_app.tasks.data import Archive, DatasetPlan, extract_task, split_task, validate_task, verify_task, write_shards_task
 
     def key(policy, task, **inputs):
         return policy.compute_key(task_ctx=SimpleNamespace(task=task, result_store=None), inputs=inputs,

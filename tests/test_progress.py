@@ -154,7 +154,7 @@ def test_every_long_stage_reports(tmp_path: Path, lines, monkeypatch):
     """validate, write-shards, evaluate, the gallery (prediction and tiles) and predict on tiny real data."""
     from segpipe.data.tfrecords import write_split_shards
     from segpipe.data.validate import validate_dataset
-    from segpipe.evaluation import evaluate, render_evaluation_gallery
+    from segpipe.evaluation.evaluate import evaluate, render_evaluation_gallery
     from tests.synthetic import make_pets_tree
 
     monkeypatch.setattr(progress_module, "MIN_INTERVAL", 0.0)  # every stage here takes a second or two
@@ -209,7 +209,7 @@ def test_cli_routes_progress_lines_into_the_task_runs_logs(monkeypatch):
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogHandler
 
-    from cli.quiet import progress_in_the_run_logs
+    from segpipe_app.cli.quiet import progress_in_the_run_logs
 
     monkeypatch.setattr(progress_module, "MIN_INTERVAL", 0.0)
 
@@ -245,7 +245,7 @@ def test_cli_routes_progress_lines_into_the_task_runs_logs(monkeypatch):
 
 
 def test_console_filter_skips_what_the_bar_shows_and_clears_the_bar_first(capsys):
-    from cli.quiet import _BarAwareConsole
+    from segpipe_app.cli.quiet import _BarAwareConsole
 
     clock = Clock()
     p = Progress("evaluate", 10, bar=True, clock=clock)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from segpipe.promotion import champion_info, decide, promote
+from segpipe.runs.promotion import champion_info, decide, promote
 
 
 def metrics(miou, split="test", key="k1", collapsed=False):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cli import main as cli_main
-from cli.quiet import _filter_lines, is_noise, native_stderr_filtered
+from segpipe_app.cli import main as cli_main
+from segpipe_app.cli.quiet import _filter_lines, is_noise, native_stderr_filtered
 from tests.faults import REPO, wait_for
 from tests.terminal import Terminal
 
@@ -94,7 +94,7 @@ def test_the_filter_loop_passes_on_all_but_noise_partial_lines_and_carriage_retu
 LATE_TENSORFLOW = """
 import os, sys, time
 from pathlib import Path
-from cli import main as cli_main
+from segpipe_app.cli import main as cli_main
 
 def late_tensorflow(args, cfg):
     import tensorflow as tf
@@ -115,7 +115,7 @@ sys.exit(cli_main.main())
 
 
 QUIET_IMPORT = """
-    from cli.quiet import tensorflow_started_quietly
+    from segpipe_app.cli.quiet import tensorflow_started_quietly
     tensorflow_started_quietly(debug={debug})
     import os
     os.write(2, b"after the import\\n")
@@ -199,7 +199,7 @@ def test_debug_shows_the_late_native_noise(plain_start, tmp_path):
 
 LAST_WORDS = """
 import os, sys
-from cli import main as cli_main
+from segpipe_app.cli import main as cli_main
 
 NOISE_LINE = sys.argv[1]
 
@@ -244,7 +244,7 @@ def test_errors_are_one_line_unless_debug(monkeypatch, capsys):
 def test_prefect_tracebacks_are_one_line_on_the_console_only():
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    from cli.quiet import one_line_tracebacks_on_the_console
+    from segpipe_app.cli.quiet import one_line_tracebacks_on_the_console
 
     with one_line_tracebacks_on_the_console():
         (console,) = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]

@@ -79,7 +79,7 @@ def test_files_follow_the_users_umask(two_processes):
 def test_two_prefect_flows_at_once_on_one_work_dir(prefect_api, archives, tmp_path):
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    from flows.prepare_data import prepare_data_flow
+    from segpipe_app.flows.prepare_data import prepare_data_flow
     from segpipe.config import build_config
     from segpipe.data.tfrecords import verify_dataset
 

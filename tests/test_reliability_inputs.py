@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from segpipe_app.cli.main import main
 from segpipe.data.extract import ArchiveError, UnsafeArchiveError, extract_archive
 from tests.faults import decoded_contents, leftover_temps, sha
 from tests.httpserver import LoopbackServer
@@ -29,7 +29,7 @@ SECRET = "s3cr3t-pa55"
 def run_prepare_flow(source: str, work: Path, storage: Path, **overrides):
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    from flows.prepare_data import prepare_data_flow
+    from segpipe_app.flows.prepare_data import prepare_data_flow
     from segpipe.config import build_config
 
     with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(storage)}):

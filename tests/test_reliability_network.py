@@ -73,7 +73,7 @@ def run_download(srv_url: str, work: Path, storage: Path, timeout: float = 5.0, 
     from prefect import flow
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    from tasks.data import download_task
+    from segpipe_app.tasks.data import download_task
 
     @flow(name="reliability-download")
     def fetch():

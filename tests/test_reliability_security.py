@@ -121,7 +121,7 @@ def test_link_planted_at_a_lock_file_creates_nothing_outside(tmp_path, outside):
 def test_gallery_honours_the_umask(tmp_path):
     """Under umask 027 the gallery is not world-readable: its directories are rwxr-x---
     (it was always 0755 before) and its files at most rw-r-----."""
-    from segpipe.gallery import render_gallery
+    from segpipe.gallery.render import render_gallery
     from tests.test_gallery import make_item
 
     previous = os.umask(0o027)

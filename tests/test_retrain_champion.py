@@ -36,7 +36,7 @@ def _config(source: Path, **dotted):
 def _retrain(cfg, work: Path) -> dict:
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    from flows.pipeline import retrain
+    from segpipe_app.flows.pipeline import retrain
 
     with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(work / "prefect-results")}):
         return retrain(config=cfg, work_dir=str(work))
@@ -44,7 +44,7 @@ def _retrain(cfg, work: Path) -> dict:
 
 def test_retrain_promotes_first_then_keeps_a_better_champion_rescored_on_a_new_dataset(prefect_api, tmp_path,
                                                                                       monkeypatch):
-    from segpipe import evaluation
+    from segpipe.evaluation import evaluate as evaluation
     from segpipe.export import parity
     from segpipe.predict import predict_paths
 

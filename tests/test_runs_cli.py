@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from segpipe_app.cli.main import main
 from segpipe.config import build_config
 from segpipe.fsutil import read_json
 from segpipe.layout import WorkDir
@@ -27,8 +27,8 @@ class Interrupt(Exception):
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from segpipe.evaluation import evaluate, write_metrics
-    from segpipe.promotion import decide, promote
+    from segpipe.evaluation.evaluate import evaluate, write_metrics
+    from segpipe.runs.promotion import decide, promote
     from segpipe.training import run_id_for, train
     from tests.synthetic import write_tiny_dataset
 
@@ -162,7 +162,7 @@ def test_runs_loads_neither_tensorflow_nor_prefect(work):
 
 
 def test_file_names_match_the_run_directory_layout():
-    from segpipe import run_index
+    from segpipe.runs import index as run_index
     from segpipe.training import run_dir
 
     assert (run_index.CONFIG_FILE, run_index.LINEAGE_FILE, run_index.SUMMARY_FILE, run_index.HISTORY_FILE,

@@ -16,7 +16,7 @@ import pytest
 
 import keras  # noqa: E402  (a broken install fails here instead of skipping)
 
-from segpipe.budget import training_plan  # noqa: E402
+from segpipe.config.budget import training_plan  # noqa: E402
 from segpipe.config import build_config  # noqa: E402
 from segpipe.fsutil import read_json, sha256_file  # noqa: E402
 from segpipe.training import (  # noqa: E402

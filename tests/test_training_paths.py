@@ -49,7 +49,7 @@ def test_focal_loss_and_class_weights_go_from_the_config_through_train(dataset_d
     configured gamma and class weights, and the validation loss Keras recorded for the epoch is that
     loss of the saved weights on the validation images (and not what cross-entropy or unweighted focal
     loss would give)."""
-    from segpipe import losses
+    from segpipe.training import losses
     from segpipe.training import train
 
     weights = [1.0, 0.25, 4.0]
@@ -117,8 +117,8 @@ def test_the_train_task_retry_resumes_from_its_backup(prefect_api, dataset_dir, 
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
     from segpipe import training
-    from tasks.data import DatasetRef
-    from tasks.training import train_task
+    from segpipe_app.tasks.data import DatasetRef
+    from segpipe_app.tasks.training import train_task
 
     cfg = build_config("tiny", {"train.epochs": 4, "train.early_stopping_patience": 0})
     real_train = training.train

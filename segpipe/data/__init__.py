@@ -9,9 +9,4 @@ CLASS_NAMES: tuple[str, ...] = ("pet", "background", "border")
 NUM_CLASSES: int = len(CLASS_NAMES)
 """The number of classes every model predicts: the one definition (training, evaluation and the losses import it)."""
 
-COLLAPSE_THRESHOLD: float = 0.98
-"""A model whose predictions give one class at least this share of all pixels has collapsed (metrics,
-evaluation, the post-training check and `eval.collapse_threshold`'s default); here, not in
-`segpipe.metrics`, so the config and the CLI import it without numpy."""
-
 ARCHIVES: tuple[str, ...] = ("images.tar.gz", "annotations.tar.gz")

@@ -5,7 +5,7 @@ example in it gets its own random transform. Image and mask always go through
 the very same geometric transform (bilinear for the image, nearest for the mask,
 so no new label values appear). Batches are augmented whole, in one XLA-compiled
 warp (see benchmarks/input_pipeline.py). The knobs, their names, defaults and
-ranges are in `segpipe.data.augment_knobs`.
+ranges are in `segpipe.config.augment`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 
 import tensorflow as tf
 
-from segpipe.data.augment_knobs import DEFAULTS, check_options
+from segpipe.config.augment import DEFAULTS, check_options
 
 
 def _affine_transforms(
@@ -60,7 +60,7 @@ def _reflect(coord: tf.Tensor, size: int) -> tf.Tensor:
 
 
 @tf.function(jit_compile=True)
-def _warp_batch(images: tf.Tensor, labels: tf.Tensor, transforms: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def warp_batch(images: tf.Tensor, labels: tf.Tensor, transforms: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Warp (B, H, W, C) images bilinear (to float32) and (B, H, W, 1) labels nearest by (B, 8) affine transforms.
 
     The same result as `tf.raw_ops.ImageProjectiveTransformV3` with fill_mode REFLECT
@@ -90,6 +90,9 @@ def _warp_batch(images: tf.Tensor, labels: tf.Tensor, transforms: tf.Tensor) -> 
     top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx
     bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx
     return top * (1.0 - fy) + bottom * fy, out_labels
+
+
+_warp_batch = warp_batch  # its earlier name (segpipe.data.input re-exports it; BENCHMARKS.md names it)
 
 
 @tf.function(jit_compile=True)
@@ -152,7 +155,7 @@ def augment_batch(
     if flip or max_scale > 1 or max_rotation_degrees > 0:
         transforms = _affine_transforms(u, height, width, flip=flip, max_scale=max_scale,
                                         max_rotation_degrees=max_rotation_degrees)
-        images, labels = _warp_batch(images, labels, transforms)  # float32, same scale as the input
+        images, labels = warp_batch(images, labels, transforms)  # float32, same scale as the input
     images = tf.cast(images, tf.float32) / 255.0 if was_uint8 else tf.cast(images, tf.float32)
     if brightness > 0 or contrast > 0:
         delta = (2.0 * u[:, 5] - 1.0) * brightness
@@ -185,7 +188,7 @@ def augment(
     within 1 +- that (1: down to grey). `flip=False`, `max_scale=1`,
     `max_rotation_degrees=0`, `brightness=0`, `contrast=0`, `hue=0`,
     `saturation=0` turn the respective step off. `options`: `augment_batch`'s keywords
-    (`segpipe.data.augment_knobs`); each left out takes its default. (A batch of one for `augment_batch`.)
+    (`segpipe.config.augment`); each left out takes its default. (A batch of one for `augment_batch`.)
     """
     if image.shape.rank != 3 or label.shape.rank != 3:
         raise ValueError(

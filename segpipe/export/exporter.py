@@ -86,7 +86,7 @@ def export_models(
 
     Raises `ParityError` (nothing installed) when an artifact fails to load or is outside its bound.
     """
-    from segpipe.ensemble import load_models, model_records
+    from segpipe.evaluation.ensemble import load_models, model_records
     from segpipe.export import parity
     from segpipe.export.graph import serving_model
 

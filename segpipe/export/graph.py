@@ -2,7 +2,7 @@
 
 `serving_model(models, flip)` is a Keras model from uint8 RGB at the model's input size to softmax
 probabilities at that size: scaling to [0, 1], every member (whose own preprocessing is inside it), flip
-test-time augmentation and the ensemble average, computed exactly as `segpipe.ensemble` computes them.
+test-time augmentation and the ensemble average, computed exactly as `segpipe.evaluation.ensemble` computes them.
 LiteRT and ONNX are converted from it; the SavedModel wraps it with decoding and resizing
 (`saved_model_archive`), so TF Serving takes encoded images and answers trimaps at their original size.
 """
@@ -17,7 +17,7 @@ from segpipe.export.runtime import MAX_PIXELS
 
 def common_input_size(models: Sequence[Any]) -> tuple[int, int]:
     """The one input size all members take; a clear error for an ensemble of mixed sizes."""
-    from segpipe.ensemble import model_sizes
+    from segpipe.evaluation.ensemble import model_sizes
 
     sizes = model_sizes(models)
     if len(sizes) != 1:

@@ -101,7 +101,7 @@ def _raw_examples(dataset_dir: str | os.PathLike[str], split: str) -> Any:
 
 def reference_labels(models: Sequence[Any], blobs: Sequence[bytes], flip: bool, batch_size: int = 8) -> list[np.ndarray]:
     """Trimaps (1..3) of the Keras model(s), run as `segpipe predict` runs them."""
-    from segpipe.ensemble import predict_labels
+    from segpipe.evaluation.ensemble import predict_labels
     from segpipe.export.runtime import decode
 
     labels: list[np.ndarray] = []
@@ -140,7 +140,7 @@ def run_worker(artifact: Artifact, blobs: Sequence[bytes], runtime: Path, batch_
 
 def score(labels: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict[str, Any]:
     """Mean IoU, foreground IoU and per-class IoU of trimaps (1..3) against the truth, at original size."""
-    from segpipe.metrics import ConfusionAccumulator
+    from segpipe.evaluation.metrics import ConfusionAccumulator
 
     acc = ConfusionAccumulator(3)
     for lab, truth in zip(labels, truths):

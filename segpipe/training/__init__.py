@@ -23,7 +23,7 @@ run lands in the same directory and resumes from its last completed epoch
 an uninterrupted run would read next, so it ends where an uninterrupted run ends);
 a complete run is returned without training again.
 
-The run's length comes from its budget of images seen (`segpipe.budget`). A
+The run's length comes from its budget of images seen (`segpipe.config.budget`). A
 model on a pretrained encoder can keep the encoder frozen for the first
 `train.freeze_encoder_images` (whole epochs; its BatchNormalization then runs
 in inference mode) and fine-tune it afterwards at `train.encoder_lr_multiplier`
@@ -31,7 +31,7 @@ times the learning rate. The optimizer is built once over every variable that
 will ever train, so unfreezing keeps the decoder's optimizer state and a resume
 in either phase restores the same variables.
 
-Training runs under `segpipe.distribute.strategy()`: one device, MirroredStrategy over
+Training runs under `segpipe.training.distribute.strategy()`: one device, MirroredStrategy over
 several, or MultiWorkerMirroredStrategy over the worker processes that TF_CONFIG names.
 `train.batch_size` is the global batch in every case. With several workers, every worker
 calls `train` with the same arguments (the run directory on a volume they all see); only the
@@ -49,7 +49,7 @@ phase), `optimizers` and `schedule` (the learning rate), `precision` (mixed prec
 check and train_summary.json). Keras private attributes stay in `segpipe.kerascompat`.
 """
 
-from segpipe.runs import run_id_for
+from segpipe.runs.naming import run_id_for
 from segpipe.training.callbacks import (AtomicBackupAndRestore, AveragedWeights, BestModelCheckpoint, BudgetProgress,
                                         LearningRateLogger, ResumableEarlyStopping)
 from segpipe.training.check import inference_check

@@ -14,7 +14,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from segpipe.budget import TrainingPlan, progress_line
+from segpipe.config.budget import TrainingPlan, progress_line
 from segpipe.fsutil import atomic_write_json, read_json
 from segpipe.kerascompat import ema_weights_in_model
 from segpipe.training.run_dir import BACKUP_METADATA, BACKUP_WEIGHTS, MONITOR, _backup_epoch

@@ -10,7 +10,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from segpipe.budget import TrainingPlan
+from segpipe.config.budget import TrainingPlan
 from segpipe.config import PipelineConfig
 from segpipe.data.input import eval_dataset
 from segpipe.fsutil import read_json
@@ -34,7 +34,7 @@ def inference_check(
     Catches the failure where BN moving statistics never caught up and the
     model predicts (nearly) one class at inference, whatever it did in training.
     """
-    from segpipe.metrics import ConfusionAccumulator
+    from segpipe.evaluation.metrics import ConfusionAccumulator
 
     model = keras.saving.load_model(model_path, compile=False)
     acc = ConfusionAccumulator(NUM_CLASSES)

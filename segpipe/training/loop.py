@@ -16,15 +16,15 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from segpipe import distribute
-from segpipe.budget import TrainingPlan, training_plan
+from segpipe.training import distribute
+from segpipe.config.budget import TrainingPlan, training_plan
 from segpipe.config import PipelineConfig, TrainConfig
 from segpipe.data.input import eval_dataset, num_examples, training_dataset
 from segpipe.data.split import require_train_split
 from segpipe.fsutil import atomic_write_json, file_lock, read_json
 from segpipe.kerascompat import fit_reads_one_iterator, fit_under_multi_worker_strategy
 from segpipe.layout import MANIFEST
-from segpipe.runs import run_identity as _identity
+from segpipe.runs.naming import run_identity as _identity
 from segpipe.training.callbacks import (
     AtomicBackupAndRestore,
     AveragedWeights,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import keras
 
-from segpipe.budget import TrainingPlan
+from segpipe.config.budget import TrainingPlan
 from segpipe.config import PipelineConfig
 from segpipe.models.encoders import encoder_of
 from segpipe.training.optimizers import build_optimizer
@@ -20,7 +20,7 @@ def _build_and_compile(cfg: PipelineConfig, plan: TrainingPlan) -> tuple[keras.M
     The optimizer is built here over every variable that will ever train, so a
     phase change keeps its state and a backup holds the same variables in both phases.
     """
-    from segpipe.losses import build_loss
+    from segpipe.training.losses import build_loss
     from segpipe.models import build_model
 
     t = cfg.train

@@ -7,7 +7,7 @@ from typing import Any
 
 import keras
 
-from segpipe.budget import TrainingPlan
+from segpipe.config.budget import TrainingPlan
 from segpipe.config import TrainConfig
 from segpipe.kerascompat import variable_key
 from segpipe.training.schedule import WarmupCosineDecay

@@ -20,13 +20,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from segpipe import distribute
-from segpipe.budget import TrainingPlan
+from segpipe.training import distribute
+from segpipe.config.budget import TrainingPlan
 from segpipe.config import PipelineConfig
 from segpipe.fsutil import atomic_write_json, atomic_write_text, code_version, read_json, sha256_file
 from segpipe.layout import MANIFEST
-# The names a complete-run check reads live TensorFlow-free in segpipe.runs, beside that check (`run_complete`).
-from segpipe.runs import CONFIG_FILE, LINEAGE_FILE, MODEL_FILE, SUMMARY_FILE
+# The names a complete-run check reads live TensorFlow-free in segpipe.runs.naming, beside that check (`run_complete`).
+from segpipe.runs.naming import CONFIG_FILE, LINEAGE_FILE, MODEL_FILE, SUMMARY_FILE
 
 MONITOR = "val_mean_iou"  # what best.json and model.keras are chosen by
 BEST_FILE = "best.json"

@@ -1,4 +1,4 @@
-"""One typed configuration for the whole pipeline, with named presets (`segpipe/presets.py`).
+"""One typed configuration for the whole pipeline, with named presets (`segpipe/config/presets.py`).
 
 Flows take a `PipelineConfig` as their parameter, the CLI builds one from
 `--preset` plus flag overrides, and every invalid value fails here, before
@@ -16,15 +16,28 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from segpipe.data.augment_knobs import KNOBS as AUGMENT_KNOBS
-from segpipe.loss_registry import DEFAULT_LOSS, LOSS_NAMES
-from segpipe.data import COLLAPSE_THRESHOLD
+from segpipe.config.augment import KNOBS as AUGMENT_KNOBS
 from segpipe.models.encoders import ENCODER_NAMES, ENCODERS
 from segpipe.models.registry import MODEL_NAMES, NEEDS_ENCODER, TAKES_ENCODER, check_input_size, knobs_of
 from segpipe.models.weights import IMAGENET, no_such_weights_file
-from segpipe.presets import PRESETS
+from segpipe.config.presets import PRESETS
 
 OFFICIAL_SOURCE = "official"
+
+LOSSES: dict[str, str] = {
+    "sce": "per-pixel cross-entropy",
+    "dice": "soft Dice",
+    "sce+dice": "cross-entropy + dice_weight x soft Dice",
+    "focal": "focal loss (focal_gamma; 0 = cross-entropy)",
+}
+"""The losses `model.loss` accepts, by name; `segpipe.training.losses.build_loss` builds each one (it checks
+at import that it builds exactly these)."""
+LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
+DEFAULT_LOSS = "sce+dice"
+
+COLLAPSE_THRESHOLD: float = 0.98
+"""A model whose predictions give one class at least this share of all pixels has collapsed (metrics,
+evaluation, the post-training check); `eval.collapse_threshold`'s default."""
 
 
 class _Section(BaseModel):
@@ -171,7 +184,7 @@ class ModelConfig(_Section):
         return {**self.model_dump(mode="json"), "encoder_weights": weights_identity(self.encoder_weights)}
 
 
-_AugmentFields: type[_Section] = create_model(  # train.aug_*: one field per knob of segpipe.data.augment_knobs
+_AugmentFields: type[_Section] = create_model(  # train.aug_*: one field per knob of segpipe.config.augment
     "_AugmentFields", __base__=_Section, __module__=__name__,
     **{k.field: (float, Field(k.default, description=k.description, **k.config_bounds())) for k in AUGMENT_KNOBS},
 )
@@ -180,7 +193,7 @@ _AugmentFields: type[_Section] = create_model(  # train.aug_*: one field per kno
 class TrainConfig(_AugmentFields):  # type: ignore[misc, valid-type]
     """How to train. The run's length is a budget of training images seen (`budget_images`), so a
     recipe costs about the same on 300 or 7,390 images; epochs are derived from the dataset size
-    (`segpipe/budget.py`). `epochs` overrides the budget when given."""
+    (`segpipe/config/budget.py`). `epochs` overrides the budget when given."""
 
     img_size: int = Field(128, ge=16, le=2048)
     batch_size: int = Field(8, ge=1, le=4096)
@@ -204,7 +217,7 @@ class TrainConfig(_AugmentFields):  # type: ignore[misc, valid-type]
         False, description="keep the encoder's BatchNormalization in inference mode after unfreezing too"
     )
     schedule: Literal["cosine", "constant"] = "cosine"
-    loss: Literal[LOSS_NAMES] = Field(DEFAULT_LOSS, description="one of segpipe.loss_registry.LOSS_NAMES")
+    loss: Literal[LOSS_NAMES] = Field(DEFAULT_LOSS, description="one of segpipe.config.LOSS_NAMES")
     dice_weight: float = Field(1.0, ge=0.0)
     focal_gamma: float = Field(2.0, ge=0.0)
     class_weights: tuple[float, float, float] | None = Field(
@@ -212,7 +225,7 @@ class TrainConfig(_AugmentFields):  # type: ignore[misc, valid-type]
     )
     augment: bool = True
     # aug_max_scale, aug_max_rotation, aug_brightness, aug_contrast, aug_hue, aug_saturation: from
-    # segpipe.data.augment_knobs, through _AugmentFields
+    # segpipe.config.augment, through _AugmentFields
     early_stopping_patience: int = Field(10, ge=0, description="0 disables early stopping")
     mixed_precision: Literal["off", "float16", "bfloat16", "auto"] = Field(
         "off",

@@ -14,7 +14,7 @@ are averaged with these weights.
 
 The losses are `keras.losses.Loss` subclasses registered as serialisable
 under the "segpipe" package: a model compiled with them saves to `.keras`
-and loads with `compile=True` once `segpipe.losses` is imported (with
+and loads with `compile=True` once `segpipe.training.losses` is imported (with
 `compile=False` it loads without it).
 """
 
@@ -26,7 +26,7 @@ import keras
 from keras import ops
 
 from segpipe.data import NUM_CLASSES
-from segpipe.loss_registry import LOSS_NAMES
+from segpipe.config import LOSS_NAMES
 
 EPSILON = 1e-7
 
@@ -220,7 +220,7 @@ _BUILDERS: dict[str, Any] = {  # name -> (weights, num_classes, dice_weight, foc
     "focal": lambda w, n, dice, gamma: focal_loss(gamma, w),
 }
 if tuple(_BUILDERS) != LOSS_NAMES:
-    raise RuntimeError(f"segpipe.losses builds {tuple(_BUILDERS)} but segpipe.loss_registry names {LOSS_NAMES}")
+    raise RuntimeError(f"segpipe.training.losses builds {tuple(_BUILDERS)} but segpipe.config names {LOSS_NAMES}")
 
 
 def build_loss(
@@ -231,7 +231,7 @@ def build_loss(
     focal_gamma: float = 2.0,
     class_weights: Sequence[float] | None = None,
 ) -> keras.losses.Loss:
-    """The loss named as in `TrainConfig.loss`: one of `segpipe.loss_registry.LOSS_NAMES`."""
+    """The loss named as in `TrainConfig.loss`: one of `segpipe.config.LOSS_NAMES`."""
     weights = _check_weights(class_weights, num_classes)
     if name not in _BUILDERS:
         raise ValueError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {name!r}")

@@ -1,6 +1,6 @@
 """Prediction galleries: colourised masks, overlays, contact sheets and a static HTML page.
 
-The pictures are drawn in `segpipe.gallery_pixels`, the page in `segpipe.gallery_html`; this module picks
+The pictures are drawn in `segpipe.gallery.pixels`, the page in `segpipe.gallery.html`; this module picks
 the images (`select_items`) and writes the gallery (`render_gallery`).
 
 Pure numpy + Pillow (no TensorFlow). `render_gallery` writes:
@@ -29,10 +29,10 @@ import numpy as np
 from PIL import Image
 
 from segpipe.fsutil import atomic_path, atomic_write_text, current_umask, tempdir_beside
-from segpipe.gallery_html import index_html
+from segpipe.gallery.html import index_html
 from segpipe.progress import Progress
 # the pictures: importable from here too, as before gallery_pixels.py held them
-from segpipe.gallery_pixels import (  # noqa: F401
+from segpipe.gallery.pixels import (  # noqa: F401
     GAP,
     LEGEND,
     MIN_PANEL,

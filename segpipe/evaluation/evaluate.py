@@ -37,7 +37,7 @@ import numpy as np
 
 from segpipe.data import NUM_CLASSES
 # input_size and predict_probs: importable from here too, as before ensemble.py held them
-from segpipe.ensemble import (  # noqa: F401
+from segpipe.evaluation.ensemble import (  # noqa: F401
     PathLike,
     ensemble_probs,
     input_size,
@@ -49,8 +49,8 @@ from segpipe.ensemble import (  # noqa: F401
     resize_image,
 )
 from segpipe.fsutil import atomic_write_json
-from segpipe.data import COLLAPSE_THRESHOLD
-from segpipe.metrics import ConfusionAccumulator, markdown_table, per_image_iou
+from segpipe.config import COLLAPSE_THRESHOLD
+from segpipe.evaluation.metrics import ConfusionAccumulator, markdown_table, per_image_iou
 from segpipe.progress import Progress
 
 
@@ -167,7 +167,7 @@ def evaluate(
     """Score a model (or the ensemble of several) on `split` of the dataset in `dataset_dir`.
 
     `metrics` holds the ORIGINAL-resolution scores at the top level
-    (`segpipe.metrics.scores` keys plus n_images and resolution="original"),
+    (`segpipe.evaluation.metrics.scores` keys plus n_images and resolution="original"),
     `at_model_resolution` (the same keys, resolution="model", img_size [h, w]),
     split, models [{path, sha256}], dataset_key and warnings.
     `keep_for_gallery(id)` selects the images whose pixels are kept in `items`.
@@ -322,8 +322,8 @@ def render_evaluation_gallery(
     flip: bool = False,
 ) -> Path:
     """Pick the `n_worst` lowest-IoU and `n_sample` random images from `per_image`, predict just
-    those and write a gallery to `out_dir` (see `segpipe.gallery.render_gallery`); return index.html."""
-    from segpipe.gallery import render_gallery, select_items
+    those and write a gallery to `out_dir` (see `segpipe.gallery.render.render_gallery`); return index.html."""
+    from segpipe.gallery.render import render_gallery, select_items
 
     selected = select_items(per_image, n_sample, n_worst, seed)
     collected = collect_items(

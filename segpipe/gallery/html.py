@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from segpipe.gallery_pixels import LEGEND, PANELS
+from segpipe.gallery.pixels import LEGEND, PANELS
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }

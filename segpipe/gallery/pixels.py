@@ -1,6 +1,6 @@
 """The gallery's pictures: colourised masks, overlays, one tile per image and contact sheets (numpy + Pillow).
 
-Pure numpy + Pillow (no TensorFlow); `segpipe.gallery` writes them to disk.
+Pure numpy + Pillow (no TensorFlow); `segpipe.gallery.render` writes them to disk.
 """
 
 from __future__ import annotations

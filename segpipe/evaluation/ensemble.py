@@ -8,7 +8,7 @@ pipeline does (bilinear with antialiasing, rounded to uint8, scaled to [0, 1]);
 an ensemble averages its members' softmax outputs, each resized (bilinear) to
 the size of the first member; with `flip`, every member also predicts the
 mirrored image and its output, mirrored back, joins the average. Used by
-`segpipe.evaluation` (scores) and `segpipe.predict` (masks for new images).
+`segpipe.evaluation.evaluate` (scores) and `segpipe.predict` (masks for new images).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Only JSON and CSV are read (no TensorFlow, no Prefect), and nothing is written. 
 (`segpipe.training.run_dir`) holds `config.json` and `lineage.json` from its start, `history.csv` as epochs
 complete, `train_summary.json` once training is complete, and the metrics `segpipe run` (`metrics.json`) or
 `segpipe evaluate` (`metrics-<dataset key>-<split>.json`) wrote beside its model. The champion is the
-run whose id `WORK/models/champion/lineage.json` names (`segpipe.promotion`); earlier champions are kept
+run whose id `WORK/models/champion/lineage.json` names (`segpipe.runs.promotion`); earlier champions are kept
 under `WORK/models/history/<promoted at>-<run id>/`.
 
 Epochs: the files keep Keras' 0-based index (`best_epoch` in `train_summary.json`); a `RunRecord` says
@@ -146,7 +146,7 @@ def nearest_preset(config: dict[str, Any]) -> tuple[str | None, list[str]]:
     config from its sections), so the presets are compared. None when no preset shares the model name.
     """
     from segpipe.config import build_config
-    from segpipe.presets import PRESETS
+    from segpipe.config.presets import PRESETS
 
     given = {**_flat("model", config.get("model") or {}), **_flat("train", config.get("train") or {})}
     names = [config["preset"]] if config.get("preset") in PRESETS else list(PRESETS)

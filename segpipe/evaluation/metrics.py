@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from segpipe.data import CLASS_NAMES, COLLAPSE_THRESHOLD
+from segpipe.config import COLLAPSE_THRESHOLD
+from segpipe.data import CLASS_NAMES
 BACKGROUND = "background"
 BORDER = "border"
 
@@ -222,7 +223,7 @@ def markdown_table(metrics: dict[str, Any], title: str) -> str:
     required = [k for k, _ in _HEADLINES] + ["iou", "dice_per_class"]
     missing = [k for k in required if k not in metrics]
     if missing:
-        raise ValueError(f"metrics is missing keys {missing}; expected the dict returned by segpipe.metrics.scores")
+        raise ValueError(f"metrics is missing keys {missing}; expected the dict returned by segpipe.evaluation.metrics.scores")
     lines = [f"### {title}", "", "| metric | value |", "|---|---:|"]
     lines += [f"| {label} | {_fmt(metrics[key])} |" for key, label in _HEADLINES]
     share = metrics.get("predicted_class_share") or {}
