@@ -6,7 +6,7 @@
 
 The budget is in images seen, so training costs the same number of training images on the official
 split (3,680 trainval images: about 3,312 train and 368 val with the default 10% validation) as on the
-sample. What changes is validation: the plan (`segpipe.budget.training_plan`) gives the number of
+sample. What changes is validation: the plan (`segpipe.config.budget.training_plan`) gives the number of
 epochs on each split, and every epoch scores the whole val split. This script takes the measured
 training CPU-seconds of the sample runs (which include their own validation passes), measures the CPU
 cost of one validation image (a forward pass of the trained model at the preset's size, on this
@@ -52,7 +52,7 @@ def main() -> int:
 
     from benchmarks.common import command_line, config_record, emit
     from benchmarks.quality import commit, machine
-    from segpipe.budget import training_plan
+    from segpipe.config.budget import training_plan
     from segpipe.config import build_config
 
     report = json.loads(Path(args.quality).read_text())

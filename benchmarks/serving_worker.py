@@ -22,7 +22,7 @@ from pathlib import Path
 def keras_predictor(model_path: Path):  # type: ignore[no-untyped-def]
     import numpy as np
 
-    from segpipe.ensemble import input_size, load_models, resize_probs, resize_image
+    from segpipe.evaluation.ensemble import input_size, load_models, resize_probs, resize_image
     from segpipe.export.runtime import decode
 
     (model,) = load_models([model_path])

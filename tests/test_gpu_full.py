@@ -55,7 +55,7 @@ def test_refuses_without_a_gpu(tmp_path):
 def test_overrides_bound_the_full_preset(gpu_full, tmp_path):
     """The --set names it uses exist in the configuration, and the run is --steps steps with a frozen
     first epoch then fine-tuning, as on the sample's ~212 training images."""
-    from segpipe.budget import training_plan
+    from segpipe.config.budget import training_plan
     from segpipe.config import build_config
 
     weights = tmp_path / "encoder.weights.h5"
