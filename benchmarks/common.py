@@ -65,8 +65,9 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def r(x: float, digits: int = 1) -> float:
-    return round(float(x), digits)
+def r(x: float | None, digits: int = 1) -> float | None:
+    """`x` rounded to `digits` decimals, as a float for the JSON (None stays None: a figure not measured)."""
+    return None if x is None else round(float(x), digits)
 
 
 # --------------------------------------------------------------------------- machine and load
@@ -100,6 +101,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (avx512_bf16, amx_bf16, ...; empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split()}
 
 
 def git_commit() -> str:

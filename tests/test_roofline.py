@@ -1,24 +1,26 @@
-"""benchmarks/roofline.py: FLOP counting (TensorFlow's profiler, depthwise per layer), the op grouping of
-the profile and `render_markdown` (one table row per preset) - without running the measurement."""
+"""benchmarks/roofline.py and its modules: FLOP counting (TensorFlow's profiler, depthwise per layer,
+roofline_models), the op grouping of the profile (roofline_profile), `render_markdown` (one table row per
+preset, roofline_markdown), the machine aliases (roofline) and the head-first twin (roofline_ablations) -
+without running the measurement."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import types
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def roofline():
-    spec = importlib.util.spec_from_file_location("roofline_under_test", ROOT / "benchmarks" / "roofline.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The roofline's functions the tests call, from the modules that hold them."""
+    from benchmarks import roofline, roofline_ablations, roofline_markdown, roofline_models, roofline_profile
+
+    return types.SimpleNamespace(
+        count_forward_flops=roofline_models.count_forward_flops, depthwise_layers=roofline_models.depthwise_layers,
+        depthwise_flops=roofline_models.depthwise_flops, preset_config=roofline_models.preset_config,
+        step_flops=roofline_models.step_flops, op_group=roofline_profile.op_group,
+        render_markdown=roofline_markdown.render_markdown, add_machine_aliases=roofline.add_machine_aliases,
+        head_first_pair=roofline_ablations.head_first_pair)
 
 
 def test_conv_flops_are_2_h_w_cin_cout_k2_b(roofline):
