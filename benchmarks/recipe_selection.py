@@ -7,7 +7,7 @@ the preset holds today, how it was first decided, and the committed result file 
 (`benchmarks/quality.py` output). `decide` reads those files and decides on their validation figures alone
 (`best_val_mean_iou` of each run, paired by training seed where the seeds match; the mean over the runs
 otherwise); held-out figures are never read. A decision whose evidence is missing - a candidate file that is
-not in benchmarks/results/, one without strict provenance (`render.provenance_problems`), or runs without a
+not in benchmarks/results/, one without strict provenance (`render_common.provenance_problems`), or runs without a
 validation figure - is recorded as `withdrawn`, with what is missing: the preset's setting then rests on no
 committed measurement, and the text says so. The output records the command, commit and machine like every
 benchmark; it runs no PipelineConfig. `tests/test_figures.py` fails when the committed file's decisions
@@ -72,7 +72,7 @@ def _load(name: str) -> dict | None:
 
 
 def _problems(report: dict) -> list[str]:
-    from benchmarks.render import provenance_problems
+    from benchmarks.render_common import provenance_problems
 
     return provenance_problems(report)
 

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/render.py --write             # replace them (and every other block) in both files
 
 Every figure in the blocks between `<!-- transfer:begin -->` and `<!-- transfer:end -->` comes from
-the JSON files named in RESULTS (written by `benchmarks/quality.py`, commands recorded inside them);
+the JSON files named in render_quality.py (written by `benchmarks/quality.py`, commands recorded inside them);
 `benchmarks/render.py` renders this block with the others, and `tests/test_figures.py` fails when a
 committed block differs from what renders.
 """
@@ -12,227 +12,16 @@ committed block differs from what renders.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
-RANDOM = "transfer-random.json"  # cpu-quick, 3 training seeds, random split
-BEFORE = "transfer-random-bf16.json"  # the same, with cpu-quick as it was before the roofline (section "Roofline")
-KERAS = "transfer-random-keras-example.json"  # keras-example, same split
-SCRATCH = "transfer-random-cpu-scratch.json"  # cpu-scratch, same split, stopped at a training CPU budget
-OFFICIAL = "transfer-official-estimate.json"  # benchmarks/official_estimate.py
-QUIET = "transfer-random-quiet.json"  # cpu-quick, seed 0 again, timed alone on a quiet machine
-BREEDS = ("Abyssinian", "american_bulldog", "Bengal")
-BREED = "transfer-breed-{}.json"  # cpu-quick, one breed held out
+
+from benchmarks.render_quality import transfer  # noqa: E402
+
 BEGIN, END = "<!-- transfer:begin -->", "<!-- transfer:end -->"
-
-
-def load(name: str) -> dict | None:
-    """A committed result, through `render.load` (which notes every file a block reads, for the figure test)."""
-    from benchmarks.render import load as render_load
-
-    return render_load(name)
-
-
-def spread(values: list[float], digits: int = 3) -> str:
-    """`0.781 (0.770-0.790)` over several runs, `0.781` for one."""
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
-
-
-def seconds(values: list[float | None]) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "not reached"
-    if len(vals) == 1:
-        return f"{vals[0]:,.0f}"
-    return f"{statistics.fmean(vals):,.0f} ({min(vals):,.0f}–{max(vals):,.0f})"
-
-
-def _held_out(results: list[dict], key: str) -> list[float]:
-    return [r["held_out"][key] for r in results if r.get("held_out")]
-
-
-def random_split_table(quick: dict, keras: dict | None, scratch: dict | None, before: dict | None = None) -> list[str]:
-    rows = [
-        "| recipe (runs) | held-out mean IoU | held-out foreground IoU | training s (wall) | training CPU-s | "
-        "wall s to held-out 0.70 | CPU-s to 0.70 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, report in (("`cpu-quick`", quick), ("`cpu-quick` before the roofline (bfloat16, features resized)",
-                                                    before), ("`keras-example`", keras), ("`cpu-scratch`", scratch)):
-        if report is None:
-            continue
-        rs = report["results"]
-        budget = [r["stopped_after_cpu_seconds"] for r in rs if r.get("stopped_after_cpu_seconds")]
-        stop_note = f", stopped at a training budget of {budget[0]:,.0f} CPU-s" if budget else ""
-        rows.append(
-            f"| {label} ({len(rs)} seed{'s' if len(rs) > 1 else ''}: {', '.join(str(r['train_seed']) for r in rs)}"
-            f"{stop_note}) "
-            f"| {spread(_held_out(rs, 'mean_iou'))} "
-            f"| {spread(_held_out(rs, 'foreground_iou'))} "
-            f"| {seconds([r['train_seconds'] for r in rs])} "
-            f"| {seconds([r['train_cpu_seconds'] for r in rs])} "
-            f"| {seconds([r['seconds_to_held_out_070'] for r in rs])} "
-            f"| {seconds([r['cpu_seconds_to_held_out_070'] for r in rs])} |"
-        )
-    return rows
-
-
-def breed_table(reports: dict[str, dict]) -> list[str]:
-    rows = ["| held-out breed (cpu-quick, seed 0) | train images | mean IoU | foreground IoU | training s (wall) |",
-            "|---|---|---|---|---|"]
-    means = []
-    for breed, report in reports.items():
-        (r,) = report["results"]
-        means.append(r["held_out"]["mean_iou"])
-        rows.append(f"| {breed} | {report['dataset']['splits'].get('train', 0)} | {r['held_out']['mean_iou']:.3f} "
-                    f"| {r['held_out']['foreground_iou']:.3f} | {r['train_seconds']:,.0f} |")
-    if means:
-        rows.append(f"| **average of {len(means)}** | | **{statistics.fmean(means):.3f}** | | |")
-    return rows
-
-
-def render() -> str:
-    quick, keras, scratch, before = load(RANDOM), load(KERAS), load(SCRATCH), load(BEFORE)
-    breeds = {b: r for b in BREEDS if (r := load(BREED.format(b))) is not None}
-    if quick is None:
-        from benchmarks.render import WITHDRAWN
-
-        gone = [n for n in (RANDOM, BEFORE, KERAS, "transfer-random-cpu-scratch-to-070.json", QUIET, OFFICIAL,
-                            *(BREED.format(b) for b in BREEDS)) if n in WITHDRAWN]
-        return ("No quality result with full provenance: " + ", ".join(f"`{n}`" for n in gone) + " were withdrawn "
-                "(the reasons are in BENCHMARKS.md, \"Withdrawn and re-measured\"). The commands in README.md, "
-                "\"Quality on real data\", re-measure them with `benchmarks/quality.py`, which now touches the "
-                "held-out split only after training ends and records each run's configuration digest.")
-    lines = [
-        f"Random split of `../shared/pets-sample` (split seed {quick['dataset']['seed']}: "
-        f"{quick['dataset']['splits'].get('train', 0)} train / {quick['dataset']['splits'].get('val', 0)} val / "
-        f"{quick['dataset']['splits'].get('test', 0)} held-out images). Held-out figures at original resolution "
-        "with each preset's own evaluation settings (flip TTA for cpu-quick and cpu-scratch), mean (min–max) over "
-        "the runs; the held-out split was scored only after training ended (the time to 0.70 from kept "
-        "checkpoints). Machine: "
-        f"{quick['machine']['cpu_model']}, {quick['machine']['cpus']} cores, load average "
-        f"{quick['machine']['load_average'][0]:.1f} at the start and {quick['machine']['load_average_after'][0]:.1f} "
-        "at the end (shared with other work: wall times are inflated, CPU-seconds less so).",
-        "",
-        *random_split_table(quick, keras, scratch, before),
-    ]
-    if before:
-        lines += ["", "`cpu-quick` now trains in float32 with DeepLabV3+ resizing its logits, not its features (BENCHMARKS.md, "
-                      "\"Roofline for training\"); the row before the roofline is the same recipe in bfloat16 with the "
-                      "earlier layout, from another run (compare its quality; its times were taken at another load). "
-                      "The breed hold-outs and the quiet timing below were measured with that earlier recipe."]
-    quick_070 = [r["cpu_seconds_to_held_out_070"] for r in quick["results"] if r.get("cpu_seconds_to_held_out_070")]
-    scratch_070 = [r["cpu_seconds_to_held_out_070"] for r in (scratch or {}).get("results", [])
-                   if r.get("cpu_seconds_to_held_out_070")]
-    gave_up = [r["stopped_after_cpu_seconds"] for r in (scratch or {}).get("results", [])
-               if r.get("cpu_seconds_to_held_out_070") is None and r.get("stopped_after_cpu_seconds")]
-    if quick_070 and scratch_070:
-        lines += ["", f"Time to a held-out mean IoU of 0.70, in CPU-seconds: cpu-scratch / cpu-quick = "
-                      f"{statistics.fmean(scratch_070):,.0f} / {statistics.fmean(quick_070):,.0f} = "
-                      f"**{statistics.fmean(scratch_070) / statistics.fmean(quick_070):.1f}x** (target: at least "
-                      f"{quick['target']['speedup_to_070']:g}x; the two were measured in different runs at different "
-                      "loads, CPU-seconds being the figure that load moves least)."]
-    elif quick_070 and gave_up:
-        lines += ["", f"Time to a held-out mean IoU of 0.70, in CPU-seconds: cpu-scratch had not reached it after "
-                      f"{gave_up[0]:,.0f} CPU-seconds (stopped there), cpu-quick took {statistics.fmean(quick_070):,.0f}: "
-                      f"**more than {gave_up[0] / statistics.fmean(quick_070):.1f}x** (target: at least "
-                      f"{quick['target']['speedup_to_070']:g}x; the two were measured in different runs at different "
-                      "loads, CPU-seconds being the figure that load moves least)."]
-    quiet = load(QUIET)
-    if quiet:
-        (q,) = quiet["results"]
-        limit = quiet["target"]["train_seconds"]
-        verdict = "met" if q["train_seconds"] <= limit else f"missed by {q['train_seconds'] - limit:,.0f} s"
-        lines += ["", f"Timed alone (nothing else running; load average {quiet['machine']['load_average'][0]:.1f} at "
-                      f"the start, {quiet['machine']['load_average_after'][0]:.1f} at the end), the "
-                      f"{'earlier cpu-quick recipe (bfloat16, features resized)' if before else 'same cpu-quick recipe'} "
-                      f"(seed {q['train_seed']}) trained in **{q['train_seconds']:,.0f} s** wall "
-                      f"({q['train_cpu_seconds']:,.0f} CPU-s, {q['epochs_completed']} epochs) on "
-                      f"{quiet['machine']['cpu_model']}, {quiet['machine']['cpus']} cores: the "
-                      f"{limit:,} s target is {verdict}. It scored {q['held_out']['mean_iou']:.3f} / "
-                      f"{q['held_out']['foreground_iou']:.3f} on the held-out images, and reached 0.70 after "
-                      f"{q['seconds_to_held_out_070']:,.0f} s."]
-    official = load(OFFICIAL)
-    if official:
-        lines += ["", f"On the official trainval split ({official['official']['train']:,} train / "
-                      f"{official['official']['val']} val) the same budget is {official['official']['plan']['epochs']} "
-                      f"epochs of {official['official']['plan']['images_per_epoch']:,} images (encoder frozen for "
-                      f"{official['official']['plan']['frozen_epochs']}); from the measured costs (the runs above, and "
-                      f"{official['forward_cpu_seconds_per_image'] * 1000:.1f} CPU-ms per validation image measured by "
-                      f"`benchmarks/official_estimate.py`) training takes about "
-                      f"{official['estimated_train_cpu_seconds_official']:,.0f} CPU-seconds there, "
-                      f"{official['ratio_official_to_sample']:.2f}x the sample's (more validation images; the first "
-                      f"pass also decodes {official['official']['train']:,} full-size JPEGs instead of "
-                      f"{official['sample']['train']}, not included)."]
-    if breeds:
-        lines += ["", "Breed hold-out (`--split breed --holdout-breed B`: trained on the two other breeds, scored on "
-                      "every image of B, original resolution, flip TTA):", "", *breed_table(breeds)]
-    lines += ["", *targets_table(quick, breeds, quiet, quick_070, scratch_070, gave_up)]
-    lines += ["", "Each file, the command that wrote it (to the path named in it; copied here unchanged), the "
-                  "commit and the machine:", ""]
-    for name in (RANDOM, BEFORE, KERAS, SCRATCH, QUIET, OFFICIAL, *(BREED.format(b) for b in breeds)):
-        if (data := load(name)) is not None:
-            lines.append(f"* {_provenance(data, name)}")
-    return "\n".join(lines)
-
-
-def _provenance(data: dict, name: str) -> str:
-    from benchmarks.render import provenance
-
-    return provenance(data, name)
-
-
-def targets_table(quick: dict, breeds: dict[str, dict], quiet: dict | None, quick_070: list[float],
-                  scratch_070: list[float], gave_up: list[float]) -> list[str]:
-    """The issue's targets (recorded in each result as `target`) against the figures above: met, or by how much
-    they were missed."""
-    target = quick["target"]
-    rows = ["| target | measured | verdict |", "|---|---|---|"]
-
-    def row(what: str, got: float | None, want: float, fmt: str, at_least: bool = True, unit: str = "") -> None:
-        if got is None:
-            rows.append(f"| {what} | not measured | — |")
-            return
-        ok = got >= want if at_least else got <= want
-        rows.append(f"| {what} | {got:{fmt}}{unit} | " + ("**met**" if ok else
-                    f"**missed** by {abs(want - got):{fmt}}{unit}") + " |")
-
-    means = _held_out(quick["results"], "mean_iou")
-    fgs = _held_out(quick["results"], "foreground_iou")
-    n = len(quick["results"])
-    row(f"held-out mean IoU ≥ {target['mean_iou']:.2f} (cpu-quick, mean of {n})",
-        statistics.fmean(means) if means else None, target["mean_iou"], ".3f")
-    row(f"held-out foreground IoU ≥ {target['foreground_iou']:.2f} (cpu-quick, mean of {n})",
-        statistics.fmean(fgs) if fgs else None, target["foreground_iou"], ".3f")
-    breed_means = [r["held_out"]["mean_iou"] for b in breeds.values() for r in b["results"]]
-    row(f"breed hold-out mean IoU ≥ {target['breed_mean_iou']:.2f} (average of {len(breed_means)})",
-        statistics.fmean(breed_means) if breed_means else None, target["breed_mean_iou"], ".3f")
-    q = quiet["results"][0] if quiet else None
-    row(f"cpu-quick training ≤ {target['train_seconds']:,} s wall (timed alone; the earlier recipe, bfloat16)",
-        q["train_seconds"] if q else None,
-        target["train_seconds"], ",.0f", at_least=False, unit=" s")
-    speedup = target["speedup_to_070"]
-    if quick_070 and scratch_070:
-        row(f"CPU-s to held-out 0.70: cpu-scratch / cpu-quick ≥ {speedup:g}x",
-            statistics.fmean(scratch_070) / statistics.fmean(quick_070), speedup, ".1f", unit="x")
-    elif quick_070 and gave_up:
-        bound = gave_up[0] / statistics.fmean(quick_070)
-        rows.append(f"| CPU-s to held-out 0.70: cpu-scratch / cpu-quick ≥ {speedup:g}x | more than {bound:.1f}x "
-                    f"(cpu-scratch stopped unreached) | " + ("**met**" if bound >= speedup else
-                                                            "not decided (lower bound below the target)") + " |")
-    else:
-        rows.append(f"| CPU-s to held-out 0.70: cpu-scratch / cpu-quick ≥ {speedup:g}x | not measured | — |")
-    return ["Against the targets (recorded in each result file as `target`):", "", *rows]
 
 
 def replace_block(text: str, block: str) -> str:
@@ -252,7 +41,7 @@ def main() -> int:
         from benchmarks import render as render_all
 
         return render_all.main(["--write"])
-    print(render())
+    print(transfer())
     return 0
 
 

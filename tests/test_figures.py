@@ -62,8 +62,14 @@ LINK_TARGET = re.compile(r"\]\([^)]*\)|https?://\S+")
 
 
 def _render():
-    """benchmarks.render, the module the blocks' helpers (transfer_report, roofline) load results through."""
+    """benchmarks.render: the blocks (BLOCKS), and the documents rewritten or checked against them."""
     return importlib.import_module("benchmarks.render")
+
+
+def _rules():
+    """benchmarks.render_common, the module every block loads results through: the provenance rules, WITHDRAWN,
+    EARLIER_RECIPES, and the files the blocks read (LOADED) or refused (REFUSED)."""
+    return importlib.import_module("benchmarks.render_common")
 
 
 def stray_figures(text: str) -> list[str]:
@@ -112,10 +118,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 def test_every_result_file_has_full_provenance():
     """Each JSON in benchmarks/results/: its command, a commit that resolves here with no `+uncommitted`, the
     machine, and its configurations (or a note that it runs none). Nothing assembled by hand."""
-    render = _render()
+    rules = _rules()
     files = sorted(RESULTS.glob("*.json"))
     assert files
-    bad = {p.name: render.provenance_problems(json.loads(p.read_text())) for p in files}
+    bad = {p.name: rules.provenance_problems(json.loads(p.read_text())) for p in files}
     bad = {k: v for k, v in bad.items() if v}
     assert not bad, f"withdraw (git rm) or re-measure: {bad}"
     for p in files:
@@ -124,67 +130,68 @@ def test_every_result_file_has_full_provenance():
 
 
 def test_withdrawn_files_left_the_tree():
-    render = _render()
-    names = [n for n in render.WITHDRAWN if n.endswith(".json")]
+    rules = _rules()
+    names = [n for n in rules.WITHDRAWN if n.endswith(".json")]
     assert names
     present = [n for n in names if (RESULTS / n).exists()]
-    assert not present, f"withdrawn but still there (re-measured? then drop them from render.WITHDRAWN): {present}"
+    assert not present, (f"withdrawn but still there (re-measured? then drop them from render_common.WITHDRAWN): "
+                         f"{present}")
 
 
 def test_every_rendered_figure_comes_from_a_result_with_full_provenance():
-    render = _render()
+    render, rules = _render(), _rules()
     for name in render.BLOCKS:
         render.BLOCKS[name]()
-    assert render.LOADED, "no block read a result"
-    assert not render.REFUSED, f"blocks tried to render results without full provenance: {render.REFUSED}"
-    for name in render.LOADED:
-        assert not render.provenance_problems(json.loads((RESULTS / name).read_text())), name
+    assert rules.LOADED, "no block read a result"
+    assert not rules.REFUSED, f"blocks tried to render results without full provenance: {rules.REFUSED}"
+    for name in rules.LOADED:
+        assert not rules.provenance_problems(json.loads((RESULTS / name).read_text())), name
 
 
 def test_a_rendered_figure_runs_what_its_preset_resolves_to_today_or_is_labelled_an_earlier_recipe():
-    render = _render()
+    render, rules = _render(), _rules()
     for name in render.BLOCKS:
         render.BLOCKS[name]()
     docs = "\n".join((ROOT / doc).read_text() for doc in DOCS)
-    for name in sorted(render.LOADED):
+    for name in sorted(rules.LOADED):
         result = json.loads((RESULTS / name).read_text())
-        drift = render.config_drift(result)
-        if name in render.EARLIER_RECIPES:
+        drift = rules.config_drift(result)
+        if name in rules.EARLIER_RECIPES:
             assert drift, f"{name} is labelled an earlier recipe but runs today's presets: drop the label"
-            line = render.provenance(result, name)
+            line = rules.provenance(result, name)
             assert "an earlier recipe" in line and line in docs, f"{name}: the text does not label it: {line}"
         else:
             assert not drift, (f"{name} was measured with a configuration its preset no longer resolves to: "
-                               f"re-measure it, or label it in render.EARLIER_RECIPES: {drift}")
+                               f"re-measure it, or label it in render_common.EARLIER_RECIPES: {drift}")
 
 
 def test_a_changed_preset_is_caught_and_a_broken_provenance_named(tmp_path):
     """The checks themselves: a recorded digest that today's resolution does not reproduce is drift; a dirty,
     unknown or missing commit, a missing command, machine or configuration are each named."""
-    render = _render()
+    rules = _rules()
     common = _common()
     record = common.config_record("tiny", {"train.seed": 3})
     clean = {"command": "x", "commit": _head(), "machine": {"cpu_model": "cpu", "cpus": 2}, "configs": [record]}
-    assert render.provenance_problems(clean) == [] and render.config_drift(clean) == []
+    assert rules.provenance_problems(clean) == [] and rules.config_drift(clean) == []
     earlier = {**clean, "configs": [{**record, "digest": common.config_digest(
         common.resolve_config("tiny", {"train.seed": 3, "train.learning_rate": 0.5}))}]}
-    assert render.config_drift(earlier) and "tiny" in render.config_drift(earlier)[0]
+    assert rules.config_drift(earlier) and "tiny" in rules.config_drift(earlier)[0]
     changed = {**clean, "configs": [{**record, "digest": "0" * 64, "resolved": {
         **record["resolved"], "train": {**record["resolved"]["train"], "learning_rate": 0.5}}}]}
-    assert "train.learning_rate: 0.5 -> " in render.config_drift(changed)[0]
-    assert render.config_drift({**changed, "benchmark": "inference"}), "a model/train change is drift for inference"
+    assert "train.learning_rate: 0.5 -> " in rules.config_drift(changed)[0]
+    assert rules.config_drift({**changed, "benchmark": "inference"}), "a model/train change is drift for inference"
     gate_only = {**clean, "configs": [{**record, "digest": "0" * 64, "resolved": {
         **record["resolved"], "promotion": {"min_mean_iou": -1.0}}}]}
-    assert render.config_drift(gate_only), "a benchmark not in MEASURED_SECTIONS counts every section"
-    assert render.config_drift({**gate_only, "benchmark": "inference"}) == [], (
+    assert rules.config_drift(gate_only), "a benchmark not in MEASURED_SECTIONS counts every section"
+    assert rules.config_drift({**gate_only, "benchmark": "inference"}) == [], (
         "inference never runs the promotion gate: a change there alone is not drift")
     for broken, words in (({"commit": _head() + "+uncommitted"}, "uncommitted"),
                           ({"commit": "0" * 40}, "does not resolve"), ({"commit": None}, "no commit"),
                           ({"command": ""}, "no command"), ({"machine": {}}, "no machine"),
                           ({"configs": []}, "no configuration")):
-        problems = render.provenance_problems({**clean, **broken})
+        problems = rules.provenance_problems({**clean, **broken})
         assert len(problems) == 1 and words in problems[0], (broken, problems)
-    assert render.provenance_problems({**clean, "configs": [], "config_note": "runs none"}) == []
+    assert rules.provenance_problems({**clean, "configs": [], "config_note": "runs none"}) == []
 
 
 def test_quality_claims_are_computed_from_the_paired_results():
@@ -206,11 +213,11 @@ def test_quality_claims_are_computed_from_the_paired_results():
     mixed = report([(0.7463, 0.7540), (0.7560, 0.7500), (0.7520, 0.7500)])
     assert "held-out lower on 1 of 3 seeds" in claims.paired_claim(mixed, fp32)
     assert "not measured" in claims.paired_claim(None, fp32, ("a.json", "b.json"))
-    roofline = importlib.import_module("benchmarks.roofline")
+    roofline = importlib.import_module("benchmarks.roofline_markdown")
     column = roofline.quality_text({"variant": "float32", "preset_change": "mixed_precision = 'off'",
                                     "quality": "float32 maths (the reference precision): not lower"})
     assert "not lower" not in column.partition(":")[0] and column.endswith(claims.paired_claim(
-        *(importlib.import_module("benchmarks.render").load(n) for n in claims.CLAIM_PAIRS["float32"]),
+        *(importlib.import_module("benchmarks.render_common").load(n) for n in claims.CLAIM_PAIRS["float32"]),
         claims.CLAIM_PAIRS["float32"]))
 
 
@@ -268,7 +275,8 @@ def test_quality_benchmark_scores_the_held_out_split_only_after_training_ends(tm
     import importlib
     import types
 
-    from segpipe import evaluation, training
+    from segpipe import training
+    from segpipe.evaluation import evaluate as evaluation
     from segpipe.config import build_config
     from tests.synthetic import write_tiny_dataset
 
