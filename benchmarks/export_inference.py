@@ -26,7 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: benchmarks.common, segpipe
+
+from benchmarks.common import (  # noqa: E402
     ROOT,
     Machine,
     add_data_args,

@@ -35,7 +35,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, emit, log, r
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: benchmarks.common, segpipe
+
+from benchmarks.common import ROOT, emit, log, r  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
@@ -88,7 +90,7 @@ def gpus() -> list[dict]:
 
 def overrides_for(args: argparse.Namespace) -> dict:
     """The `--set` overrides that bound the `full` preset to `--steps` steps, and the user's own."""
-    from cli.options import _parse_value
+    from segpipe_app.cli.options import parse_value
     from segpipe.config import build_config
 
     epochs = args.steps // args.steps_per_epoch
@@ -99,7 +101,7 @@ def overrides_for(args: argparse.Namespace) -> dict:
             "train.steps_per_epoch": args.steps_per_epoch, "train.epochs": epochs}
     for item in args.set:
         field, _, value = item.partition("=")
-        over[field.strip()] = _parse_value(value)
+        over[field.strip()] = parse_value(value)
     # Warm-up and encoder freezing keep their share of the preset's budget (in images seen).
     preset = build_config(PRESET).train
     images = args.steps * int(over.get("train.batch_size", preset.batch_size))
@@ -142,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
               "for a smoke run (shrink it with --steps and --set).", file=sys.stderr)
         return 2
 
-    from cli.env import configure_prefect
-    from flows.prepare_data import prepare_data_flow
+    from segpipe_app.cli.env import configure_prefect
+    from segpipe_app.flows.prepare_data import prepare_data_flow
     from quality import commit, machine, train_and_score
-    from segpipe.budget import training_plan
+    from segpipe.config.budget import training_plan
     from segpipe.config import build_config
     from segpipe.fsutil import digest_json
     from segpipe.layout import WorkDir

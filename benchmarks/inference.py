@@ -8,7 +8,7 @@ in rounds so the machine's load hits them alike:
 
 * `segpipe.predict.predict_paths` on the extracted real images (every file of
   the sample; writes a mask and an overlay PNG per image, as the CLI does);
-* `segpipe.evaluation.evaluate` on the prepared dataset's `--split` (original-
+* `segpipe.evaluation.evaluate.evaluate` on the prepared dataset's `--split` (original-
   and model-resolution scores, per-image IoU).
 
 Each call is timed whole (model loading included, as a user sees it); the
@@ -19,13 +19,16 @@ Prints one JSON object; progress on stderr.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from common import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: benchmarks.common, segpipe
+
+from benchmarks.common import (  # noqa: E402
     Machine,
     add_data_args,
     config_record,
@@ -74,7 +77,7 @@ def main() -> None:
     args = p.parse_args()
     machine = Machine()
 
-    from segpipe.evaluation import evaluate, load_models
+    from segpipe.evaluation.evaluate import evaluate, load_models
     from segpipe.predict import predict_paths
 
     dataset_dir = ensure_dataset(args.work_dir, args.source)

@@ -41,13 +41,16 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: benchmarks.common, segpipe
+
+from benchmarks.common import (  # noqa: E402
     Machine,
     add_data_args,
     config_record,
@@ -160,9 +163,9 @@ def training_consumption(dataset_dir: Path, epochs: int = 2) -> dict[str, Any]:
 
     from segpipe.config import build_config
     from segpipe.data.input import num_examples, training_dataset
-    from segpipe.losses import build_loss
+    from segpipe.training.losses import build_loss
     from segpipe.models import build_model
-    from segpipe.budget import training_plan
+    from segpipe.config.budget import training_plan
     from segpipe.training import build_optimizer, precision_policy
 
     cfg = build_config("cpu-quick", CONSUMPTION_OVERRIDES)

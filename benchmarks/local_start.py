@@ -25,7 +25,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, Machine, config_record, emit, log, median, r, run_measured, segpipe_cmd
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: benchmarks.common, segpipe
+
+from benchmarks.common import (ROOT, Machine, config_record, emit, log, median, r, run_measured,  # noqa: E402
+                               segpipe_cmd)
 
 TARGET_CACHED_PREPARE_S = 3.0
 TARGET_CLI_S = 0.5
@@ -71,7 +74,7 @@ def main() -> None:
     try:
         result = _measure(args, prepare, embedded, background, fresh)
     finally:
-        from cli import server
+        from segpipe_app.cli import server
 
         server.stop(background.resolve())  # after a failure too: no server left behind
     emit({**result, **machine.provenance([config_record("tiny", overrides, role="prepare")])}, args.out)

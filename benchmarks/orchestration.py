@@ -34,7 +34,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, Machine, config_record, emit, log, median, r, run_measured
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: benchmarks.common, segpipe
+
+from benchmarks.common import ROOT, Machine, config_record, emit, log, median, r, run_measured  # noqa: E402
 
 TARGET_RERUN_SHARE = 0.10
 # The library functions the Prefect tasks call: the stage work.
@@ -45,7 +47,7 @@ STAGE_FUNCTIONS = {
     "segpipe.data.split": ["make_split", "write_split"],
     "segpipe.data.tfrecords": ["write_split_shards", "write_manifest", "verify_dataset"],
     "segpipe.training": ["train"],
-    "segpipe.evaluation": ["evaluate", "write_metrics", "render_evaluation_gallery"],
+    "segpipe.evaluation.evaluate": ["evaluate", "write_metrics", "render_evaluation_gallery"],
 }
 FINISHED = re.compile(r"\| (Task|Flow) run '([^']+)' - Finished in state (\w+)")
 
@@ -56,7 +58,7 @@ FINISHED = re.compile(r"\| (Task|Flow) run '([^']+)' - Finished in state (\w+)")
 def child_modules(argv: list[str]) -> None:
     """Run the CLI in-process, then print which heavy modules it imported."""
     started = time.perf_counter()
-    from cli.main import main
+    from segpipe_app.cli.main import main
 
     try:
         main(argv)
@@ -70,7 +72,7 @@ def child_noop(work: str) -> None:
     """A no-op Prefect flow: Prefect import + ephemeral API start + one flow run, set up as the CLI sets
     its own runs up (`cli.env`: no heartbeats, the task-run records waited for)."""
     started = time.perf_counter()
-    from cli.env import configure_prefect, local_run_settings
+    from segpipe_app.cli.env import configure_prefect, local_run_settings
 
     configure_prefect(Path(work))
     from prefect import flow
@@ -113,7 +115,7 @@ def child_run(argv: list[str], timings_path: str) -> int:
         module = importlib.import_module(module_name)
         for name in names:
             setattr(module, name, timed(f"{module_name.split('.')[-1]}.{name}", getattr(module, name)))
-    from cli.main import main
+    from segpipe_app.cli.main import main
 
     before_main = time.perf_counter()
     status = main(argv)
@@ -178,8 +180,8 @@ def pipeline_run(argv: list[str], env: dict[str, str], tmp: Path, label: str) ->
 def cli_config_record(argv: list[str]) -> dict:
     """`config_record` of what `segpipe <argv>` runs: the preset and the overrides its flags make
     (cli.options's flag tables), checked against the CLI's own `config_from_args`."""
-    from cli.options import DATA_FLAGS, EVAL_FLAGS, TRAIN_FLAGS, config_from_args
-    from cli.parser import build_parser
+    from segpipe_app.cli.options import DATA_FLAGS, EVAL_FLAGS, TRAIN_FLAGS, config_from_args
+    from segpipe_app.cli.parser import build_parser
 
     args = build_parser().parse_args(argv)
     overrides = {field: (str(v) if isinstance(v, Path) else v)

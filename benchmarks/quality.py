@@ -100,7 +100,7 @@ class BudgetSpent(Exception):
 def _score_checkpoints(curve: list[dict], dataset_dir: Path) -> None:
     """After training: each kept checkpoint (the best model so far at an epoch) scored once on the held-out split
     at model resolution, written into the curve points that it was the best model of."""
-    from segpipe import evaluation
+    from segpipe.evaluation import evaluate as evaluation
 
     scores: dict[str, dict] = {}
     for point in curve:
@@ -124,7 +124,8 @@ def train_and_score(cfg, dataset, run_dir: Path, stop_after_cpu_s: float | None 
     training stops once its CPU-seconds reach that budget (a time-to-quality run of a long recipe; nothing
     stops on held-out data). After training ends, every kept checkpoint is scored on the held-out split
     (`_score_checkpoints`: the time-to-quality curve) and the final model at original resolution."""
-    from segpipe import evaluation, training
+    from segpipe import training
+    from segpipe.evaluation import evaluate as evaluation
 
     dataset_dir = Path(dataset.path)
     best_file, curve = run_dir / "best.json", []
@@ -298,8 +299,8 @@ def main() -> int:
     if args.merge:
         return merge(args.merge, args.plot, args.out)
 
-    from cli.env import configure_prefect
-    from cli.options import _parse_value
+    from segpipe_app.cli.env import configure_prefect
+    from segpipe_app.cli.options import parse_value
     from segpipe.config import build_config
     from segpipe.layout import WorkDir
 
@@ -310,7 +311,7 @@ def main() -> int:
                  "data.seed": args.split_seed, "data.holdout_breeds": args.holdout_breed}
     for item in args.set:
         field, _, value = item.partition("=")
-        overrides[field] = _parse_value(value)
+        overrides[field] = parse_value(value)
     requests = [(preset, _fitting(preset, overrides) | ({"train.seed": seed} if seed is not None else {}))
                 for preset in (args.preset or ["cpu-quick"]) for seed in (args.train_seed or [None])]
     configs = [build_config(preset, over) for preset, over in requests]
@@ -318,7 +319,7 @@ def main() -> int:
     # the code measured is the code at the start; the machine's matmul probe runs before any training
     started_machine, started_commit, started_command = machine(), commit(), common.command_line()
 
-    from flows.prepare_data import prepare_data_flow
+    from segpipe_app.flows.prepare_data import prepare_data_flow
     from segpipe.fsutil import digest_json
 
     dataset = prepare_data_flow(config=configs[0], work_dir=str(work.root))

@@ -35,7 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import Machine, add_data_args, emit, ensure_dataset, log, peak_rss_mb_self, r, run_measured
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: benchmarks.common, segpipe
+
+from benchmarks.common import (Machine, add_data_args, emit, ensure_dataset, log, peak_rss_mb_self, r,  # noqa: E402
+                               run_measured)
 
 TARGET_SHARE = 0.70
 

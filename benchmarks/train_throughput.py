@@ -35,9 +35,12 @@ import json
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
-from common import Machine, emit, last_json, log, median, r, run_measured
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: benchmarks.common, segpipe
+
+from benchmarks.common import Machine, emit, last_json, log, median, r, run_measured  # noqa: E402
 
 REFERENCE_MODEL = "xception_unet"
 THREADS = [(None, None), (1, 1), (2, 1), (2, 2)]
@@ -57,7 +60,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import keras
 
     from segpipe.config import ModelConfig
-    from segpipe.losses import build_loss
+    from segpipe.training.losses import build_loss
     from segpipe.models import build_model
 
     size, batch = spec["img_size"], spec["batch_size"]

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/warp_check.py --out benchmarks/results/warp_check.json   # ~20 s
 
-`segpipe.data.input._warp_batch` warps a batch of uint8 images (bilinear, to
+`segpipe.data.augment.warp_batch` warps a batch of uint8 images (bilinear, to
 float32) and labels (nearest) with REFLECT fill in one XLA-compiled pass. This
 script warps the same random images and labels with the same transforms through
 both, and reports the largest absolute difference of the images (on [0, 1]) and
@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from common import Machine, emit, library_versions, log, median, r
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: benchmarks.common, segpipe
+
+from benchmarks.common import Machine, emit, library_versions, log, median, r  # noqa: E402
 
 SIZES = ((160, 160), (40, 48), (7, 5))  # (height, width): square, non-square, smaller than a kernel tile
 CASES = {  # name -> (rotation degrees, scale: < 1 zooms out, mirrored)
@@ -53,7 +57,7 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from segpipe.data.input import _warp_batch
+    from segpipe.data.augment import warp_batch
 
     def kernel(images: Any, labels: Any, transforms: Any) -> tuple[Any, Any]:
         shape = tf.constant(images.shape[1:3], tf.int32)
@@ -72,7 +76,7 @@ def main() -> None:
         labels = tf.constant(rng.integers(0, 3, (args.batch, height, width, 1), dtype=np.uint8))
         for name, (degrees, scale, mirror) in CASES.items():
             t = tf.constant([transform(height, width, degrees, scale, mirror)] * args.batch, tf.float32)
-            ours_img, ours_lab = _warp_batch(images, labels, t)
+            ours_img, ours_lab = warp_batch(images, labels, t)
             ref_img, ref_lab = kernel(images, labels, t)
             diff = float(tf.reduce_max(tf.abs(ours_img - ref_img))) / 255.0
             labels_differ = float(tf.reduce_mean(tf.cast(tf.cast(ours_lab, tf.float32) != ref_lab, tf.float32)))
@@ -85,7 +89,7 @@ def main() -> None:
     labels = tf.constant(rng.integers(0, 3, (args.batch, 160, 160, 1), dtype=np.uint8))
     t = tf.constant([transform(160, 160, 30.0, 1.2, False)] * args.batch, tf.float32)
     cost = {}
-    for name, fn in (("xla_gather_warp", _warp_batch), ("ImageProjectiveTransformV3", kernel)):
+    for name, fn in (("xla_gather_warp", warp_batch), ("ImageProjectiveTransformV3", kernel)):
         fn(images, labels, t)[0].numpy()
         times = []
         for _ in range(args.repeats):
@@ -96,7 +100,7 @@ def main() -> None:
     worst = max(c["max_abs_diff_on_0_1"] for c in cases)
     emit({
         "benchmark": "warp_check",
-        "what": "segpipe.data.input._warp_batch against tf.raw_ops.ImageProjectiveTransformV3 (REFLECT fill, "
+        "what": "segpipe.data.augment.warp_batch against tf.raw_ops.ImageProjectiveTransformV3 (REFLECT fill, "
                 "bilinear images, nearest labels), same uint8 inputs and transforms",
         "cases": cases,
         "max_abs_diff_on_0_1": worst,
