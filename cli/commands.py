@@ -15,8 +15,9 @@ from segpipe_app.cli.parser import debug_enabled
 from segpipe.config import PipelineConfig
 from segpipe.layout import ENV_WORK_DIR, WorkDir
 
-# Commands whose flows run TensorFlow in this process (shards, training, inference).
-TENSORFLOW_COMMANDS = {"prepare", "train", "evaluate", "gallery", "predict", "export", "run", "retrain"}
+# Commands whose flows always run TensorFlow in this process (training, inference): it loads while the
+# Prefect server starts. `prepare` imports it only when it writes shards (a cached prepare never does).
+TENSORFLOW_COMMANDS = {"train", "evaluate", "gallery", "predict", "export", "run", "retrain"}
 
 
 def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Path:

@@ -21,6 +21,7 @@ editing one file) gives that copy's key.
 from __future__ import annotations
 
 import ast
+import functools
 import threading
 import hashlib
 import re
@@ -79,14 +80,13 @@ def _nodes(tree: ast.AST) -> Iterable[ast.AST]:
 _PARSE_LOCK = threading.Lock()
 
 
-def direct_imports(name: str, root: Path = ROOT) -> set[str]:
-    """The segpipe modules that module `name` imports (see the module doc for what counts)."""
-    path = module_file(name, root)
-    if path is None:
-        raise ModuleNotFoundError(f"no source for module {name!r} under {root}")
+@functools.lru_cache(maxsize=4096)
+def _imports_in(name: str, is_package: bool, source: bytes, filename: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(modules its import statements name, names that are modules only where a source exists) of one module's
+    source. Memoised on the source itself, so a process parses each module once however many stages key on
+    it, and an edited file is parsed again."""
     with _PARSE_LOCK:  # CPython 3.11's ast.parse is not safe in threads ("AST constructor recursion depth mismatch")
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-    is_package = path.name == "__init__.py"
+        tree = ast.parse(source, filename=filename)
     named: set[str] = set()  # statements: must resolve
     maybe: set[str] = set()  # `from x import y` names and string constants: modules only where they are
     for node in _nodes(tree):
@@ -98,6 +98,15 @@ def direct_imports(name: str, root: Path = ROOT) -> set[str]:
             maybe |= {f"{base}.{alias.name}" for alias in node.names if alias.name != "*"}
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _DOTTED.match(node.value):
             maybe.add(node.value)
+    return frozenset(named), frozenset(maybe)
+
+
+def direct_imports(name: str, root: Path = ROOT) -> set[str]:
+    """The segpipe modules that module `name` imports (see the module doc for what counts)."""
+    path = module_file(name, root)
+    if path is None:
+        raise ModuleNotFoundError(f"no source for module {name!r} under {root}")
+    named, maybe = _imports_in(name, path.name == "__init__.py", path.read_bytes(), str(path))
     found: set[str] = set()
     for module in named:
         if module == PACKAGE or module.startswith(PACKAGE + "."):
