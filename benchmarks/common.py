@@ -349,7 +349,7 @@ def last_json(text: str) -> dict[str, Any]:
 
 def segpipe_cmd() -> list[str]:
     """The CLI, run with this interpreter (works without an installed console script)."""
-    return [sys.executable, "-m", "cli.main"]
+    return [sys.executable, "-m", "segpipe_app.cli.main"]
 
 
 def ensure_dataset(work_dir: str | os.PathLike[str], source: str | os.PathLike[str]) -> Path:

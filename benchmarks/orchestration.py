@@ -220,8 +220,8 @@ def main() -> None:
         log("CLI start-up")
         cli = {
             "python -c pass": timed_runs(python("-c", "pass"), env, args.repeats),
-            "segpipe --help": timed_runs(python("-m", "cli.main", "--help"), env, args.repeats),
-            "segpipe config": timed_runs(python("-m", "cli.main", "config", "--preset", args.preset), env,
+            "segpipe --help": timed_runs(python("-m", "segpipe_app.cli.main", "--help"), env, args.repeats),
+            "segpipe config": timed_runs(python("-m", "segpipe_app.cli.main", "config", "--preset", args.preset), env,
                                          args.repeats),
         }
         for name, argv in (("segpipe --help", ["--help"]), ("segpipe config", ["config", "--preset", args.preset])):

@@ -18,13 +18,14 @@ from segpipe.layout import ENV_WORK_DIR, WorkDir
 # Commands whose flows always run TensorFlow in this process (training, inference): it loads while the
 # Prefect server starts. `prepare` imports it only when it writes shards (a cached prepare never does).
 TENSORFLOW_COMMANDS = {"train", "evaluate", "gallery", "predict", "export", "run", "retrain"}
+NO_TENSORFLOW_SUFFIXES = (".tflite", ".onnx")  # `predict` with these models runs without TensorFlow
 
 
-def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Path:
+def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True, tensorflow: bool | None = None) -> Path:
     """Set Prefect up for WORK and start its ephemeral server out of the terminal's reach (`cli.env`);
     with `in_process` (flows run here, not by a runner), for the rest of the command: no flow-run
-    heartbeats on the ephemeral API (`cli.env.local_run_settings`). TensorFlow starts first, its
-    native start-up noise filtered (`cli.quiet`)."""
+    heartbeats on the ephemeral API (`cli.env.local_run_settings`). TensorFlow starts first (for the
+    commands in TENSORFLOW_COMMANDS, or as `tensorflow` says), its native start-up noise filtered (`cli.quiet`)."""
     from segpipe_app.cli.env import configure_prefect, ensure_prefect_home, local_run_settings, start_local_server
 
     try:
@@ -38,7 +39,7 @@ def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True) -> Pa
     starting = server.for_command()
     if starting is not None:
         args.cleanup.callback(starting.close)
-    if in_process and args.command in TENSORFLOW_COMMANDS:
+    if in_process and (args.command in TENSORFLOW_COMMANDS if tensorflow is None else tensorflow):
         from segpipe_app.cli.quiet import tensorflow_started_quietly
 
         tensorflow_started_quietly(debug=debug_enabled(args))
@@ -183,7 +184,8 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         raise CliError(f"--model: no such file or directory: {', '.join(missing)} "
                        "(expected a .keras model or an exported SavedModel directory, .tflite or .onnx file)")
     models = [str(p.resolve()) for p in args.model_paths]
-    _prepare_runtime(args)
+    # A LiteRT or ONNX export runs on its own runtime: TensorFlow is not loaded at all.
+    _prepare_runtime(args, tensorflow=not all(p.suffix in NO_TENSORFLOW_SUFFIXES for p in args.model_paths))
     from segpipe_app.flows.predict import predict_flow
 
     report = predict_flow(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size, cfg.eval.tta_flip)

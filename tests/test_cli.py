@@ -10,7 +10,7 @@ from segpipe_app.cli.main import main
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "segpipe_app.cli.main", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_config_prints_resolved_json(capsys):
@@ -62,7 +62,7 @@ def test_config_file(tmp_path, capsys):
 
 def test_bad_flag_fails_without_heavy_imports():
     code = (
-        "import sys; from cli.main import main; rc = main(['prepare', '--val-fraction', '2']);"
+        "import sys; from segpipe_app.cli.main import main; rc = main(['prepare', '--val-fraction', '2']);"
         "assert 'tensorflow' not in sys.modules and 'prefect' not in sys.modules, sorted(sys.modules);"
         "sys.exit(rc)"
     )

@@ -53,7 +53,7 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def segpipe(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", *args]
+    return [sys.executable, "-m", "segpipe_app.cli.main", *args]
 
 
 @pytest.fixture(scope="module")

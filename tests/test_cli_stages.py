@@ -26,7 +26,7 @@ NATIVE_NOISE = ("absl::InitializeLog", "cuInit", "oneDNN custom operations", "Co
 def segpipe(tmp_path, *args, expect=0):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a user's shell: the CLI must quieten TensorFlow itself
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "segpipe_app.cli.main", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == expect, f"segpipe {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     # the ephemeral server recorded every task run before the CLI stopped it (cli.env.local_run_settings)

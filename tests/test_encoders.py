@@ -153,7 +153,7 @@ def test_missing_weights_file_fails_before_any_work(tmp_path):
 
 def test_cli_names_a_missing_weights_file_and_exits_2(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "config", "--preset", "cpu-quick",
+        [sys.executable, "-m", "segpipe_app.cli.main", "config", "--preset", "cpu-quick",
          "--set", f"model.encoder_weights={tmp_path / 'nope.h5'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )

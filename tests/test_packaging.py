@@ -46,3 +46,16 @@ def test_installed_environment_claims_no_generic_top_level_names(tmp_path):
     assert found == {"segpipe": True, "segpipe_app.cli.main": True, "segpipe_app.tasks.data": True,
                      "segpipe_app.flows.pipeline": True, "segpipe_app.deployments.serve": True,
                      "cli": False, "tasks": False, "flows": False, "deployments": False}
+
+
+def test_no_code_runs_a_layer_by_its_bare_folder_name():
+    """`python -m cli.main` or `from tasks.x import y` in a subprocess's code string works only with the
+    repository as the working directory, and loads a second copy of the layer beside `segpipe_app.<layer>`."""
+    import re
+
+    bare = re.compile(r"""(["']-m["'],\s*["']|-m |\bfrom |\bimport )(cli|tasks|flows|deployments)\.\w""")
+    planted = {"tests/test_benchmarks_layout.py", "tests/test_packaging.py"}  # planted examples, this docstring
+    found = [f"{p.relative_to(ROOT)}:{i}" for p in ROOT.glob("*/**/*.py")
+             if ".venv" not in p.parts and str(p.relative_to(ROOT)) not in planted
+             for i, line in enumerate(p.read_text().splitlines(), 1) if bare.search(line)]
+    assert not found, f"run the layers as segpipe_app.<layer>: {found}"
