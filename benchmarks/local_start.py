@@ -9,6 +9,9 @@ fresh `segpipe` process:
 * `segpipe --help` and `segpipe config` (target: under `0.5` s each);
 * a fully cached `segpipe prepare --preset tiny`, interleaved round by round: embedded server vs the reused
   background server (target: `3` s or less);
+* `segpipe predict` of one 500x375 JPEG with a cpu-quick model (its architecture, random weights: the time
+  does not depend on them) as `.keras`, and as the LiteRT float32 file `segpipe export` writes from it,
+  interleaved the same way (target: `5` s or less);
 * the first command on a fresh PREFECT_HOME, both ways (the background one starts the server);
 * `segpipe server status` and `segpipe server stop`.
 
@@ -31,6 +34,8 @@ from benchmarks.common import (ROOT, Machine, config_record, emit, log, median, 
                                segpipe_cmd)
 
 TARGET_CACHED_PREPARE_S = 3.0
+TARGET_PREDICT_S = 5.0
+PREDICT_MODEL = ("cpu-quick", {"model.encoder_weights": None})  # the cpu-quick architecture, random weights
 TARGET_CLI_S = 0.5
 FINISHED = re.compile(r"\| Task run '[^']+' - Finished in state (\w+)")
 
@@ -73,11 +78,64 @@ def main() -> None:
 
     try:
         result = _measure(args, prepare, embedded, background, fresh)
+        result["predict_one_image_s"] = _measure_predict(args, tmp, embedded, background)
     finally:
         from segpipe_app.cli import server
 
         server.stop(background.resolve())  # after a failure too: no server left behind
-    emit({**result, **machine.provenance([config_record("tiny", overrides, role="prepare")])}, args.out)
+    configs = [config_record("tiny", overrides, role="prepare"),
+               config_record(*PREDICT_MODEL, role="predict (the model's architecture)")]
+    emit({**result, **machine.provenance(configs)}, args.out)
+
+
+def _predict_inputs(tmp: Path) -> tuple[Path, Path]:
+    """A cpu-quick model saved as .keras, its LiteRT float32 export (`segpipe export`, parity-checked on the
+    prepared dataset), and one 500x375 JPEG."""
+    import numpy as np
+    from PIL import Image
+
+    from segpipe.config import build_config
+    from segpipe.data import NUM_CLASSES
+    from segpipe.models import build_model
+
+    cfg = build_config(PREDICT_MODEL[0], PREDICT_MODEL[1])
+    size = cfg.train.img_size
+    model = build_model(cfg.model.name, (size, size, 3), NUM_CLASSES, **cfg.model.params())
+    keras_file = tmp / "model" / "model.keras"
+    keras_file.parent.mkdir()
+    model.save(keras_file)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:375, 0:500]
+    image = np.stack([xx * 0.5, yy * 0.6, (xx + yy) * 0.3], -1) + rng.normal(0, 12, (375, 500, 3))
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(tmp / "one.jpg", quality=90)
+    return keras_file, tmp / "one.jpg"
+
+
+def _measure_predict(args: argparse.Namespace, tmp: Path, embedded: Path, background: Path) -> dict[str, Any]:
+    keras_file, image = _predict_inputs(tmp)
+    work = ["--work-dir", str(tmp / "work")]
+    timed(["export", "--model", str(keras_file), "--format", "litert", *work], background, "background",
+          "export the cpu-quick model to LiteRT (parity-checked)")
+    litert = keras_file.parent / "export" / "pets-float32.tflite"
+    if not litert.is_file():
+        raise SystemExit(f"segpipe export wrote no {litert}")
+    runs: dict[str, list[dict[str, Any]]] = {"keras_embedded": [], "keras_background": [], "litert_background": []}
+    for i in range(args.rounds):
+        for name, model, home, mode in (("keras_embedded", keras_file, embedded, "embedded"),
+                                        ("keras_background", keras_file, background, "background"),
+                                        ("litert_background", litert, background, "background")):
+            argv = ["predict", "--model", str(model), "--out", str(tmp / f"pred-{name}"), *work, str(image)]
+            runs[name].append(timed(argv, home, mode, f"round {i + 1}: predict one image, {name}"))
+    medians = {name: median([x["wall_s"] for x in xs]) for name, xs in runs.items()}
+    return {
+        **{name: {"median": medians[name], "runs": xs} for name, xs in runs.items()},
+        "keras_embedded_over_background": r(medians["keras_embedded"] / medians["keras_background"], 2),
+        "target": TARGET_PREDICT_S,
+        "keras_background_meets_target": medians["keras_background"] <= TARGET_PREDICT_S,
+        "litert_background_meets_target": medians["litert_background"] <= TARGET_PREDICT_S,
+        "model": "cpu-quick architecture (deeplabv3plus on mobilenetv2, 160 px), random weights",
+        "image": "one 500x375 JPEG",
+    }
 
 
 def _measure(args: argparse.Namespace, prepare: list[str], embedded: Path, background: Path,
@@ -101,6 +159,7 @@ def _measure(args: argparse.Namespace, prepare: list[str], embedded: Path, backg
     return {
         "benchmark": "local_start",
         "what": "wall seconds of fresh `segpipe` processes on a tiny synthetic dataset: a fully cached prepare "
+                "and a one-image predict (cpu-quick model, .keras and LiteRT) "
                 "with Prefect's embedded server started per command vs segpipe's background server reused, "
                 "interleaved; the first command on a fresh PREFECT_HOME both ways; --help and config",
         "cli_s": {name: {"median": median(xs), "runs": xs, "target": TARGET_CLI_S,
