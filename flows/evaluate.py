@@ -10,8 +10,9 @@ from prefect import flow
 
 from segpipe_app.flows.prepare_data import prepare_data_flow
 from segpipe.config import PipelineConfig
+from segpipe.data.dataset import DatasetRef
 from segpipe.layout import resolve_work_dir
-from segpipe_app.tasks.data import DatasetRef, locate_dataset_task
+from segpipe_app.tasks.data import locate_dataset_task
 from segpipe_app.tasks.evaluation import evaluate_task, gallery_task
 
 

@@ -11,18 +11,19 @@ from prefect import flow
 
 from segpipe_app.flows.prepare_data import prepare_data_flow
 from segpipe.config import EvalConfig, PipelineConfig
+from segpipe.data.dataset import DatasetRef
 from segpipe.layout import resolve_work_dir
-from segpipe_app.tasks.data import DatasetRef
+from segpipe.runs.naming import TrainedRun
 from segpipe_app.tasks.evaluation import evaluate_task, gallery_task
 from segpipe_app.tasks.export import export_task
 from segpipe_app.tasks.promotion import champion_task, promote_task
-from segpipe_app.tasks.training import TrainedModel, train_task
+from segpipe_app.tasks.training import train_task
 
 
 @dataclass(frozen=True)
 class PipelineResult:
     dataset: DatasetRef
-    trained: TrainedModel
+    trained: TrainedRun
     metrics: dict[str, Any]
     metrics_path: str
     gallery: str

@@ -6,10 +6,10 @@ from prefect import flow
 
 from segpipe.config import PipelineConfig
 from segpipe.data import ARCHIVES
+from segpipe.data.dataset import DatasetRef
+from segpipe.data.download import Archive
 from segpipe.layout import resolve_work_dir
 from segpipe_app.tasks.data import (
-    Archive,
-    DatasetRef,
     download_task,
     extract_task,
     split_task,

@@ -14,8 +14,10 @@ Prefect's `INPUTS` is used minus every path input where the inputs that matter a
 A cached result is only trusted while the artifact it points at is still on
 disk (`ArtifactCheck`): when the artifact is gone (someone deleted part of WORK) the policy
 forces one fresh run instead of returning a stale result. Whether an artifact is complete is the
-library's call, beside the code that writes it (`segpipe.data.tfrecords.split_shards_complete`,
-`dataset_complete`, `segpipe.runs.naming.run_complete`); this module only says which check each task's cache trusts.
+library's call, beside the code that writes it (`segpipe.data.download.is_downloaded`, `Archive.on_disk`,
+`segpipe.data.extract.extraction_complete`, `segpipe.data.tfrecords.split_shards_complete`, `dataset_complete`,
+`segpipe.runs.naming.run_complete`); this module only says which check each task's cache trusts, and never
+names a file.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from prefect.logging import get_logger
 
 from segpipe.codekeys import code_key
 from segpipe.data.dataset import DATASET_ENTRY, DOWNLOAD_ENTRY, VALIDATE_ENTRY
-from segpipe.data.download import TransientDownloadError, resolve_source, source_fingerprint
+from segpipe.data.download import TransientDownloadError, is_downloaded, resolve_source, source_fingerprint
+from segpipe.data.extract import extraction_complete
 from segpipe.data.tfrecords import dataset_complete, split_shards_complete
 from segpipe.fsutil import digest_json, sha256_file_memo
-from segpipe.layout import COMPLETE_MARKER, WorkDir
+from segpipe.layout import WorkDir
 from segpipe.runs.naming import TRAIN_ENTRY, run_complete, train_run_dir
 
 TaskInputs = dict[str, Any]
@@ -171,15 +174,15 @@ def _gallery_choice(inputs: TaskInputs) -> TaskInputs:
 
 
 def _downloaded(inputs: TaskInputs) -> bool:
-    return (WorkDir.at(inputs["work_dir"]).downloads / inputs["name"]).is_file()
+    return is_downloaded(WorkDir.at(inputs["work_dir"]).downloads, inputs["name"])
 
 
 def _archive_on_disk(inputs: TaskInputs) -> bool:
-    return Path(inputs["archive"].path).is_file()
+    return inputs["archive"].on_disk()
 
 
 def _extracted(inputs: TaskInputs) -> bool:
-    return (WorkDir.at(inputs["work_dir"]).extracted(inputs["digest"]) / COMPLETE_MARKER).is_file()
+    return extraction_complete(WorkDir.at(inputs["work_dir"]).extracted(inputs["digest"]))
 
 
 def _split_shards_exist(inputs: TaskInputs) -> bool:

@@ -10,8 +10,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from segpipe.config import EvalConfig
+from segpipe.data.dataset import DatasetRef
 from segpipe_app.tasks.caching import EVALUATE_CACHE, GALLERY_CACHE
-from segpipe_app.tasks.data import DatasetRef
 
 
 @task(name="evaluate", cache_policy=EVALUATE_CACHE)

@@ -8,8 +8,9 @@
 - `tmpfs_available`, `run_on_full_disk`: a real, small tmpfs (private mount namespace, no root
   needed where user namespaces are allowed) for a real "No space left on device".
 - `spawn_python`, `wait_for`, `sigkill`: real child processes and real signals.
-- `prepare_library`: the `prepare-data` flow's composition of library calls, without Prefect,
-  for child processes that must start fast.
+- `prepare_library`: the library's data stage (`segpipe.data.prepare.prepare_dataset`, what the
+  `prepare-data` flow's tasks call), without Prefect, for child processes that must start fast;
+  `write_dataset`: its validate-to-manifest part into any directory.
 """
 
 from __future__ import annotations
@@ -363,40 +364,22 @@ PARAMS = {"split": "official", "val_fraction": 0.25, "test_fraction": 0.1, "seed
 
 def write_dataset(images: Path, annotations: Path, out: Path, archives: dict[str, str],
                   params: dict[str, Any] = PARAMS, workers: int = 2) -> Path:
-    """validate → split → shards → validation/split files → manifest (last), as the flow's tasks do."""
-    from segpipe.data import split, tfrecords, validate
+    """validate → plan → shards → validation/split files → manifest (last) into `out`, with the library
+    functions the flow's tasks call (`segpipe.data.dataset`)."""
+    from segpipe.data import dataset, validate
 
     report = validate.validate_dataset(images, annotations, workers=workers)
-    examples = {e.id: e for e in report.examples}
-    splits = split.make_split(list(examples), {i: e.lists for i, e in examples.items()}, mode=params["split"],
-                              val_fraction=params["val_fraction"], test_fraction=params["test_fraction"],
-                              seed=params["seed"])
-    shards = {
-        name: tfrecords.write_split_shards([examples[i] for i in splits[name]], name, out, workers=workers,
-                                           target_shard_bytes=int(params["shard_size_mb"] * 2**20))
-        for name in splits
-    }
-    validate.write_validation(report, out)
-    split.write_split(splits, out, params)
-    tfrecords.write_manifest(out, dataset_key=out.name, archives=archives, parameters=params, shards=shards,
-                             validation_summary=report.counts)
+    plan = dataset.plan_dataset(report, archives, params)
+    shards = {name: dataset.write_dataset_shards(plan, name, report, out, workers) for name in plan.splits}
+    dataset.finish_dataset(plan, archives, report, shards, out)
     return out
 
 
 def prepare_library(source: str, work: Path, params: dict[str, Any] = PARAMS, workers: int = 2) -> Path:
-    """download → extract → `write_dataset`, the `prepare-data` flow's composition without Prefect."""
-    from segpipe.data import ARCHIVES, dataset, download, extract
-    from segpipe.layout import WorkDir
+    """The library's whole data stage (`segpipe.data.prepare.prepare_dataset`), without Prefect, for child
+    processes that must start fast; the dataset directory."""
+    from segpipe.config import DataConfig
+    from segpipe.data.prepare import prepare_dataset
 
-    wd = WorkDir.at(work)
-    src = download.resolve_source(source)
-    expected = download.expected_digests(src, 10)
-    roots, digests = {}, {}
-    for name in ARCHIVES:
-        got = download.download_archive(src, name, wd.downloads, expected_sha256=expected[name], timeout=10,
-                                        progress=False)
-        digests[name] = got.sha256
-        roots[name] = extract.extract_archive(got.path, wd.extracted(got.sha256), expected_sha256=got.sha256).dest
-    out = wd.dataset(dataset.dataset_key(digests, params))
-    return write_dataset(roots["images.tar.gz"] / "images", roots["annotations.tar.gz"] / "annotations", out,
-                         digests, params, workers)
+    data = DataConfig(**params, workers=workers, download_timeout_s=10)
+    return Path(prepare_dataset(source, work, data, progress=False).path)

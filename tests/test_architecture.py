@@ -65,7 +65,7 @@ def test_importing_segpipe_loads_neither_tensorflow_nor_prefect():
     import sys
 
     code = (
-        "import sys, segpipe, segpipe.config, segpipe.data, segpipe.models, segpipe.layout;"
+        "import sys, segpipe, segpipe.config, segpipe.data, segpipe.models, segpipe.layout, segpipe.stages;"
         "heavy = {'tensorflow', 'keras', 'prefect'} & set(sys.modules); assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

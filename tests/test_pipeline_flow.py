@@ -86,7 +86,7 @@ def test_the_configured_collapse_threshold_reaches_training(flow_name, prefect_a
     import segpipe_app.flows.train
     from segpipe import training
     from segpipe.config import EvalConfig
-    from segpipe_app.tasks.data import DatasetRef
+    from segpipe.data.dataset import DatasetRef
 
     seen = []
 

@@ -160,7 +160,9 @@ def test_data_cache_keys_come_from_content_never_from_paths(tmp_path):
     from types import SimpleNamespace
 
     from segpipe_app.tasks import caching
-    from segpipe_app.tasks.data import Archive, DatasetPlan, extract_task, split_task, validate_task, verify_task, write_shards_task
+    from segpipe.data.dataset import DatasetPlan
+    from segpipe.data.download import Archive
+    from segpipe_app.tasks.data import extract_task, split_task, validate_task, verify_task, write_shards_task
 
     def key(policy, task, **inputs):
         return policy.compute_key(task_ctx=SimpleNamespace(task=task, result_store=None), inputs=inputs,

@@ -117,7 +117,7 @@ def test_the_train_task_retry_resumes_from_its_backup(prefect_api, dataset_dir, 
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
     from segpipe import training
-    from segpipe_app.tasks.data import DatasetRef
+    from segpipe.data.dataset import DatasetRef
     from segpipe_app.tasks.training import train_task
 
     cfg = build_config("tiny", {"train.epochs": 4, "train.early_stopping_patience": 0})

@@ -22,7 +22,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import requests
 
@@ -59,9 +59,10 @@ from segpipe.fsutil import CHUNK, file_lock, sha256_file
 
 __all__ = [
     "ARCHIVES", "OFFICIAL_BASE_URLS", "OFFICIAL_DIGESTS", "OFFICIAL_MD5S", "OFFICIAL_SIZES",
-    "SOURCE_HINT", "SUMS_FILE", "ChecksumMismatchError", "DownloadResult", "ProgressCallback", "Source",
+    "SOURCE_HINT", "SUMS_FILE", "Archive", "ChecksumMismatchError", "DownloadResult", "ProgressCallback", "Source",
     "SourceError", "TransientDownloadError", "download_archive", "expected_digests", "is_transient",
-    "parse_sha256sums", "redact_url", "resolve_source", "source_fingerprint", "verify_archive",
+    "fetch_archive", "is_downloaded", "parse_sha256sums", "redact_url", "resolve_source", "source_fingerprint",
+    "verify_archive", "verify_downloaded",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,56 @@ class DownloadResult:
     resumed_from: int
     source_url: str | None  # log-safe; None when the file was already there
     cached: bool = False
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A downloaded archive: where it is and what it should be (`fetch_archive`). It enters a cache key by
+    its content (`cache_content`): name and digests, never its path; `size` and `resumed_from` say how
+    the download went."""
+
+    name: str
+    path: str
+    sha256: str
+    expected_sha256: str | None  # None: the source records no digest for it
+    source: str  # log-safe description of where it came from
+    size: int = 0
+    resumed_from: int = 0
+
+    def cache_content(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "expected": self.expected_sha256}
+
+    def on_disk(self) -> bool:
+        """True while the downloaded file is still where the download put it."""
+        return Path(self.path).is_file()
+
+
+def is_downloaded(dest_dir: str | os.PathLike[str], name: str) -> bool:
+    """True when `download_archive` has put `name` into `dest_dir` (it renames the complete file into place)."""
+    return (Path(dest_dir) / name).is_file()
+
+
+def fetch_archive(
+    source: str | Source, name: str, dest_dir: str | os.PathLike[str], *, timeout: float = 60.0,
+    progress: bool | None = None,
+) -> Archive:
+    """The download stage for one archive: resolve `source`, read the sha256 it records for `name`, and
+    `download_archive` into `dest_dir`. With no recorded digest, a local copy must at least be
+    byte-identical to its source."""
+    src = resolve_source(source) if isinstance(source, str) else source
+    expected = expected_digests(src, timeout).get(name)
+    must_equal = expected
+    if must_equal is None and src.kind == "local":
+        must_equal = source_fingerprint(src, timeout, names=[name])[name].removeprefix("sha256:")
+    result = download_archive(src, name, Path(dest_dir), expected_sha256=must_equal, timeout=timeout,
+                              progress=progress)
+    return Archive(name, str(result.path), result.sha256, expected, src.describe(), result.size, result.resumed_from)
+
+
+def verify_downloaded(archive: Archive) -> str:
+    """The verify stage: the archive's sha256, checked against the digest its source records (or, where it
+    records none, against the digest as downloaded); `ChecksumMismatchError` otherwise."""
+    return verify_archive(Path(archive.path), archive.expected_sha256 or archive.sha256)
 
 
 def download_archive(

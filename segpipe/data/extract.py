@@ -108,6 +108,11 @@ def extract_archive(
     return ExtractResult(dest, tally.extracted, tally.bytes, tally.skipped, sha)
 
 
+def extraction_complete(dest: str | os.PathLike[str]) -> bool:
+    """True once `extract_archive` finished `dest` (it writes the `.complete` marker, then renames into place)."""
+    return (Path(dest) / COMPLETE_MARKER).is_file()
+
+
 def _read_marker(dest: Path, expected_sha256: str | None) -> ExtractResult | None:
     """The recorded result when `dest` is complete (and from the expected archive), else None."""
     try:

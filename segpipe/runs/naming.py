@@ -6,20 +6,28 @@ same source.
 
     run_dir = train_run_dir(work_dir, dataset_key, cfg.model, cfg.train)   # WORK/runs/<run-id>
     run_complete(run_dir)                                                 # train_summary.json and model.keras
+    trained = train_run(cfg, dataset, work_dir)                           # the train stage -> TrainedRun
 
 The names of the run directory's files live here (`segpipe.training.run_dir` writes them and re-exports
-them) so that a complete-run check costs no TensorFlow import.
+them) so that a complete-run check costs no TensorFlow import. `TrainedRun`, what the train stage
+hands on, is TensorFlow-free for the same reason: a cached train result loads without TensorFlow.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segpipe.codekeys import code_key
 from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
 from segpipe.fsutil import digest_json
 from segpipe.layout import WorkDir
+
+if TYPE_CHECKING:
+    from segpipe.data.dataset import DatasetRef
+    from segpipe.training.run_dir import TrainResult
 
 CONFIG_FILE = "config.json"
 LINEAGE_FILE = "lineage.json"
@@ -60,3 +68,46 @@ def run_complete(run_dir: str | Path) -> bool:
     """True once training finished in `run_dir`: its summary (written last) and its best model are there."""
     run_dir = Path(run_dir)
     return (run_dir / SUMMARY_FILE).is_file() and (run_dir / MODEL_FILE).is_file()
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A complete training run as the later stages need it (`train_run`): the run, its best model, the data
+    it was trained on, and how it ended. Epoch indices are 0-based, as in `segpipe.training.TrainResult`
+    (whose full history stays in the run directory)."""
+
+    run_id: str
+    run_dir: str
+    model_path: str
+    dataset_key: str
+    epochs_completed: int
+    best_epoch: int | None
+    best_val_mean_iou: float | None
+    resumed_from_epoch: int = 0
+
+    @classmethod
+    def of(cls, result: TrainResult, dataset_key: str, run_dir: str | Path | None = None) -> "TrainedRun":
+        """The `TrainResult` of a run on `dataset_key` (in `run_dir`, default `result.run_dir`), without its
+        history."""
+        run_dir = Path(result.run_dir if run_dir is None else run_dir)
+        return cls(run_dir.name, str(run_dir), str(result.model_path), dataset_key, result.epochs_completed,
+                   result.best_epoch, result.best_val_mean_iou, result.resumed_from_epoch)
+
+
+def train_run(
+    cfg: PipelineConfig, dataset: DatasetRef, work_dir: str | Path | None, *,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None, verbose: int | None = None,
+) -> TrainedRun:
+    """The train stage: train `cfg.model` with `cfg.train` on `dataset` into WORK/runs/<run-id>
+    (`train_run_dir`), resuming a killed run and returning a complete one as it is (`segpipe.training.train`).
+
+    A dataset without train and val examples is refused before TensorFlow loads (`require_train_split`).
+    """
+    from segpipe.data.split import require_train_split
+
+    require_train_split(dataset.num_examples, dataset.dataset_key)
+    from segpipe.training import train
+
+    run_dir = train_run_dir(work_dir, dataset.dataset_key, cfg.model, cfg.train)
+    result = train(cfg, Path(dataset.path), run_dir, on_epoch_end=on_epoch_end, verbose=verbose)
+    return TrainedRun.of(result, dataset.dataset_key, run_dir)

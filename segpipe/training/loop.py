@@ -24,7 +24,7 @@ from segpipe.data.split import require_train_split
 from segpipe.fsutil import atomic_write_json, file_lock, read_json
 from segpipe.kerascompat import fit_reads_one_iterator, fit_under_multi_worker_strategy
 from segpipe.layout import MANIFEST
-from segpipe.runs.naming import run_identity as _identity
+from segpipe.runs.naming import run_complete, run_identity as _identity
 from segpipe.training.callbacks import (
     AtomicBackupAndRestore,
     AveragedWeights,
@@ -133,10 +133,9 @@ def _prepared_dataset(dataset_dir: Path) -> tuple[str, int]:
 
 def _complete_run(run_dir: Path, identity: dict[str, Any], dataset_key: str) -> TrainResult | None:
     """The result of the run already complete in `run_dir` (cached), or None."""
-    summary_path = run_dir / SUMMARY_FILE
-    if not (summary_path.is_file() and (run_dir / MODEL_FILE).is_file()):
+    if not run_complete(run_dir):
         return None
-    summary = read_json(summary_path)
+    summary = read_json(run_dir / SUMMARY_FILE)
     if summary.get("identity") == identity and summary.get("dataset_key") == dataset_key:
         return _result_from_summary(run_dir, summary, cached=True)
     return None
