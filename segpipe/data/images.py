@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+# The one RGB conversion, shared with every export's runtime (re-exported here for validation and the writer).
+from segpipe.export.runtime import SIXTEEN_BIT_MODES, to_rgb  # noqa: F401
+
 if TYPE_CHECKING:
     from segpipe.data.validate import Example
 
+
 TRIMAP_VALUES = (1, 2, 3)
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def check_no_truncated_loading() -> None:
@@ -57,14 +60,6 @@ def open_image(path: Path, *, reduced_jpeg: bool = False) -> Image.Image:
         img.close()
         raise ValueError(f"undecodable {img.format} ({exc})") from None
     return img
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB conversion used for every non-JPEG image; 16-bit images are scaled, not clipped."""
-    if img.mode in SIXTEEN_BIT_MODES:
-        gray = (np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
-    return img.convert("RGB")
 
 
 def describe_conversion(img: Image.Image, path: Path) -> str:

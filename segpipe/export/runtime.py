@@ -79,7 +79,7 @@ def decode(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             upright = ImageOps.exif_transpose(img)
             if upright.mode in ("P", "PA"):
                 upright = upright.convert("RGBA")
-            rgb = np.asarray(_to_rgb(upright), dtype=np.uint8)
+            rgb = np.asarray(to_rgb(upright), dtype=np.uint8)
     except UnidentifiedImageError:
         raise ImageError("not a recognisable image (expected JPEG, PNG, GIF, BMP, WebP or TIFF content)") from None
     except ImageError:
@@ -91,11 +91,15 @@ def decode(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return rgb
 
 
-def _to_rgb(img: Any) -> Any:
-    """segpipe.data.images.to_rgb: 16-bit images scaled (>> 8), not clipped; everything else img.convert."""
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(img: Any) -> Any:
+    """RGB conversion of a decoded image, the one definition (training data and prediction use it too, as
+    `segpipe.data.images.to_rgb`): 16-bit images scaled (>> 8), not clipped; everything else img.convert."""
     from PIL import Image
 
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if img.mode in SIXTEEN_BIT_MODES:
         grey = (np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     return img.convert("RGB")
