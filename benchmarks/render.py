@@ -18,8 +18,9 @@ Results that failed these rules were withdrawn: they left benchmarks/results/ (g
 WITHDRAWN says which and why.
 
 Where the code is: the provenance rules, WITHDRAWN, EARLIER_RECIPES and `load` in render_common.py; the
-blocks in render_quality.py, render_training.py and render_serving.py; this file maps block names to
-them and rewrites or checks the documents.
+blocks in render_quality.py, render_training.py and render_serving.py, and the five-row results table
+README.md and BENCHMARKS.md open their results with (`results-summary`) in render_summary.py; this file maps
+block names to them and rewrites or checks the documents.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
-from benchmarks.render_serving import export_inference, inference, orchestration  # noqa: E402
+from benchmarks.render_serving import export_inference, inference, local_start, orchestration  # noqa: E402
+from benchmarks.render_summary import results_summary  # noqa: E402
 from benchmarks.render_training import (bfloat16_summary, input_pipeline, roofline, storage_summary,  # noqa: E402
                                         tfrecord_conversion, train_throughput, warp_check)
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
+    "results-summary": results_summary,
     "transfer": transfer,
     "quality-summary": quality_summary,
     "input-pipeline": input_pipeline,
@@ -55,6 +58,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "orchestration": orchestration,
     "inference": inference,
     "export-inference": export_inference,
+    "local-start": local_start,
     "recipe-selection": recipe_selection,
     "roofline": roofline,
     "storage": storage_summary,

@@ -1,6 +1,6 @@
-"""The quality blocks of README.md and BENCHMARKS.md (benchmarks/render.py renders them): the transfer-learning
-tables (`transfer`, from the `benchmarks/quality.py` results named below), README's one-paragraph summary,
-the recipe decisions and the list of withdrawn results.
+"""The quality blocks of BENCHMARKS.md (benchmarks/render.py renders them): the transfer-learning tables
+(`transfer`, from the `benchmarks/quality.py` results named below), the one-paragraph summary that opens
+section 4, the recipe decisions and the list of withdrawn results.
 
 `.venv/bin/python benchmarks/transfer_report.py` prints the transfer tables alone.
 """
@@ -93,8 +93,8 @@ def transfer() -> str:
         gone = [n for n in (RANDOM, BEFORE, KERAS, "transfer-random-cpu-scratch-to-070.json", QUIET, OFFICIAL,
                             *(BREED.format(b) for b in BREEDS)) if n in WITHDRAWN]
         return ("No quality result with full provenance: " + ", ".join(f"`{n}`" for n in gone) + " were withdrawn "
-                "(the reasons are in BENCHMARKS.md, \"Withdrawn and re-measured\"). The commands in README.md, "
-                "\"Quality on real data\", re-measure them with `benchmarks/quality.py`, which now touches the "
+                "(the reasons are in BENCHMARKS.md, \"Withdrawn and re-measured\"). The commands in BENCHMARKS.md "
+                "section 4 re-measure them with `benchmarks/quality.py`, which now touches the "
                 "held-out split only after training ends and records each run's configuration digest.")
     lines = [
         f"Random split of `../shared/pets-sample` (split seed {quick['dataset']['seed']}: "
@@ -213,8 +213,8 @@ def targets_table(quick: dict, breeds: dict[str, dict], quiet: dict | None, quic
 
 
 def quality_summary() -> str:
-    """README's one-paragraph answer to "how good": cpu-quick's held-out figures (BENCHMARKS.md section 4 has
-    the table, the targets and the provenance)."""
+    """The one-paragraph answer to "how good" that opens BENCHMARKS.md section 4: cpu-quick's held-out figures
+    (the section's table has the targets and the provenance)."""
     name = "transfer-random.json"
     d = load(name)
     if d is None:
@@ -231,7 +231,7 @@ def quality_summary() -> str:
             f"`../shared/pets-sample`'s random split at original resolution: mean IoU {spread('held_out.mean_iou')}, "
             f"foreground IoU {spread('held_out.foreground_iou')}; {spread('train_cpu_seconds', n0)} CPU-s of "
             f"training on {m['cpu_model']}, {m.get('cpus') or m.get('cores')} cores "
-            f"(`benchmarks/results/{name}`; the table, targets and provenance: BENCHMARKS.md section 4).")
+            f"(`benchmarks/results/{name}`; the table, targets and provenance below).")
 
 
 def recipe_selection() -> str:

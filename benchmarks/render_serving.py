@@ -1,7 +1,10 @@
-"""The run-time blocks of README.md and BENCHMARKS.md (benchmarks/render.py renders them): orchestration
-(`segpipe run` and its start-up costs), inference (`predict` and `evaluate`) and the exported runtimes."""
+"""The run-time blocks of BENCHMARKS.md (benchmarks/render.py renders them): orchestration (`segpipe run` and
+its start-up costs), inference (`predict` and `evaluate`), the exported runtimes, and local start-up (an
+embedded Prefect server per command against the background server reused)."""
 
 from __future__ import annotations
+
+import statistics
 
 from benchmarks.render_common import load, missing, n0, n1, n2, provenance, ratio, verdict
 
@@ -98,3 +101,52 @@ def export_inference() -> str:
         f"the Keras process: {n2(t['lightest_rss_vs_keras'])} (target at most 0.33: "
         f"{verdict(t['lightest_rss_vs_keras'], t['rss_target'], at_least=False)}).",
         "", provenance(d, name)])
+
+
+def _wall_cpu(run: dict) -> str:
+    return f"{n1(run['wall_s'])} ({n1(run['cpu_s'])})"
+
+
+def local_start() -> str:
+    """BENCHMARKS.md section 8: fresh `segpipe` processes with an embedded Prefect server per command against the
+    background server reused (`benchmarks/local_start.py`); the one-image predict rows when the file has them."""
+    name = "local_start.json"
+    d = load(name)
+    if d is None:
+        return missing(name, ".venv/bin/python benchmarks/local_start.py --out benchmarks/results/local_start.json")
+    p, first = d["prepare_cached_s"], d["first_command_fresh_prefect_home_s"]
+
+    def cpu_median(runs: list[dict]) -> str:
+        return n1(statistics.median(r["cpu_s"] for r in runs))
+
+    rows = ["| command | embedded server per command: wall s (CPU-s) | background server: wall s (CPU-s) "
+            "| embedded / background | target (background) |", "|---|---:|---:|---:|---|"]
+    rows.append(f"| cached `segpipe prepare --preset tiny`, median of {d['rounds']} interleaved rounds "
+                f"| {n1(p['embedded']['median'])} ({cpu_median(p['embedded']['runs'])}) "
+                f"| **{n1(p['background_reused']['median'])}** ({cpu_median(p['background_reused']['runs'])}) "
+                f"| {ratio(p['embedded_over_background'])} | {p['target']:g} s: "
+                f"**{'met' if p['background_meets_target'] else 'not met'}** |")
+    one = d.get("predict_one_image_s")
+    if one and {"keras_background", "litert_background", "target"} <= set(one):
+        emb = one.get("keras_embedded", {}).get("median")
+        for key, label in (("keras_background", "`.keras`"), ("litert_background", "LiteRT float32")):
+            ok = one.get(f"{key}_meets_target", one[key]["median"] <= one["target"])
+            emb_cell = f"{n1(emb)}" if key == "keras_background" and emb is not None else "—"
+            vs = (ratio(one["keras_embedded_over_background"]) if key == "keras_background"
+                  and "keras_embedded_over_background" in one else "—")
+            rows.append(f"| `segpipe predict` of {one.get('image', 'one image')}, {label} "
+                        f"({one.get('model', 'model not recorded')}), median of {d['rounds']} rounds | {emb_cell} "
+                        f"| **{n1(one[key]['median'])}** | {vs} | {one['target']:g} s: "
+                        f"**{'met' if ok else 'not met'}** |")
+    rows.append("| first command on a fresh PREFECT_HOME (cached prepare; the background one starts the server) "
+                f"| {_wall_cpu(first['embedded'])} | {_wall_cpu(first['background_starting_the_server'])} | — | — |")
+    rows.append(f"| uncached `segpipe prepare --preset tiny` | {_wall_cpu(d['prepare_uncached_embedded_s'])} "
+                "| — | — | — |")
+    cli = " ".join(f"`segpipe {'--help' if k == 'help' else k}` {n2(v['median'])} s (target under "
+                   f"{v['target']:g} s: {'met' if v['meets_target'] else 'not met'})." for k, v in d["cli_s"].items())
+    return "\n".join([
+        f"Fresh `segpipe` processes on a tiny synthetic dataset, each command timed whole. CPU-s: "
+        f"{d['cpu_s_note']}.", "",
+        *rows, "",
+        f"{cli} `segpipe server status` {n2(d['server_status_s'])} s, `segpipe server stop` "
+        f"{n2(d['server_stop_s'])} s.", "", provenance(d, name)])

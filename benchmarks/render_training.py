@@ -1,4 +1,4 @@
-"""The training-side blocks of README.md and BENCHMARKS.md (benchmarks/render.py renders them): the input
+"""The training-side blocks of BENCHMARKS.md (benchmarks/render.py renders them): the input
 pipeline, the warp check, the TFRecord conversion, train throughput, bfloat16, the storage summary and the
 roofline (its tables from `roofline_markdown.render_markdown`)."""
 
@@ -147,7 +147,8 @@ def train_throughput() -> str:
 
 
 def bfloat16_summary() -> str:
-    """One sentence for the README: what a bfloat16 training step costs against float32 on the machine measured."""
+    """One sentence for BENCHMARKS.md section 3: what a bfloat16 training step costs against float32 on the
+    machine measured."""
     d = load("train_throughput.json")
     rows = [r for r in (d or {}).get("groups", {}).get("precision", []) if "bfloat16" in str(r.get("precision"))
             and "cpu_efficiency_vs_ref" in r]
@@ -156,7 +157,7 @@ def bfloat16_summary() -> str:
     costs = ", ".join(f"{r['model']} {1 / r['cpu_efficiency_vs_ref']:.2f}x" for r in rows)
     m = d["machine"]
     return (f"Measured on {m['cpu_model']}, {m['cpus']} cores (`benchmarks/results/train_throughput.json`, "
-            f"BENCHMARKS.md section 3): CPU per image of a mixed-bfloat16 training step, as a multiple of "
+            f"the precision table above): CPU per image of a mixed-bfloat16 training step, as a multiple of "
             f"float32's in the same run (below 1: cheaper): {costs}. Its effect on quality was not measured "
             "separately.")
 
@@ -170,7 +171,7 @@ def roofline() -> str:
 
 
 def storage_summary() -> str:
-    """README, "Original size or pre-resized?": conversion and reading speed of original-size shards."""
+    """BENCHMARKS.md section 2, in short: conversion and reading speed of original-size shards."""
     conv, pipe = load("tfrecord_conversion.json"), load("input_pipeline.json")
     if conv is None or pipe is None:
         return NOT_MEASURED
@@ -182,7 +183,7 @@ def storage_summary() -> str:
     def where(m: dict) -> str:
         return f"{m['cpu_model']}, {m['cpus']} cores" if m.get("cpu_model") else f"{m.get('cpus')} cores, CPU model not recorded"
 
-    return (f"Measured (BENCHMARKS.md): conversion costs about what validation's decode costs anyway "
+    return (f"In short, for shards of original-size images (sections 1 and 2): conversion costs about what validation's decode costs anyway "
             f"({n0(real['conversion_images_per_s'])} images/s for the {real['images']}-image sample on {where(cm)}; "
             f"peak memory {conv['peak_rss_growth_mb']:+.0f} MB from {conv['targets']['peak_rss_flat']['sizes'][0]:,} "
             f"to {conv['targets']['peak_rss_flat']['sizes'][-1]:,} images); the shards are the size of the files "

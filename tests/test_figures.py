@@ -345,6 +345,94 @@ def test_the_machine_record_has_the_matmul_probe():
     assert info["peak_matmul_gflops_float32"] > 0
 
 
+# --------------------------------------------------------------------------- the results table
+
+README_MAX_LINES = 200
+FIGURE = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)(?=x?(?!\w))")  # 0.753, 1,003, 2.61x; not int8, 500x375
+RESULT_FILE = re.compile(r"`([\w.-]+\.json)`")
+SECTION_LINK = re.compile(r"\]\(BENCHMARKS\.md#([\w-]+)\)")
+
+
+def _numbers(value) -> list[float]:
+    """Every number in a loaded result (booleans are not figures)."""
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _numbers(v)]
+    return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def untraceable_figures(cell: str, results: list[dict]) -> list[str]:
+    """The numbers in a table cell that no number in `results` shows when printed to the same decimals (as a
+    value, or as a percentage of a share): a figure that does not come from the files its row names."""
+    values = [x for r in results for x in _numbers(r)]
+    out = []
+    for figure in FIGURE.findall(INLINE_CODE.sub(" ", cell)):
+        text = figure.replace(",", "")
+        decimals = len(text.partition(".")[2])
+        if not any(f"{v:.{decimals}f}" == text or f"{100 * v:.{decimals}f}" == text for v in values):
+            out.append(figure)
+    return out
+
+
+def _summary_rows(text: str) -> list[list[str]]:
+    m = re.search(r"<!-- results-summary:begin -->\n(.*?)<!-- results-summary:end -->", text, re.S)
+    assert m, "no results-summary block"
+    lines = [line for line in m.group(1).splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| what | measured | machine | details |") and set(lines[1]) <= set("|-: ")
+    return [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in lines[2:]]
+
+
+def test_the_readme_results_table_has_five_rows_each_traceable_to_its_results():
+    """README.md (at most README_MAX_LINES lines, what it is and the two commands first) shows the five-row
+    results table; each row names the BENCHMARKS.md section behind it and result files with full provenance,
+    the machine those files recorded, and no figure those files do not hold. BENCHMARKS.md opens with it."""
+    rules, summary = _rules(), importlib.import_module("benchmarks.render_summary")
+    readme = (ROOT / "README.md").read_text()
+    bench = (ROOT / "BENCHMARKS.md").read_text()
+    assert len(readme.splitlines()) <= README_MAX_LINES
+    first_screen = readme.split("\n## ", 2)
+    assert first_screen[1].startswith("Set up and run"), "what it is, then how to set it up and run it"
+    assert "make run" in first_screen[1] and "make test" in first_screen[1]
+    assert bench.index("<!-- results-summary:begin -->") < bench.index("\n## "), "BENCHMARKS.md opens with it"
+    anchors = {summary.anchor(h) for h in re.findall(r"^#+ (.+)$", bench, re.M)}
+    rows = _summary_rows(readme)
+    assert rows == _summary_rows(bench)
+    assert [r[0] for r in rows] == ["quality", "training speed", "data preparation", "serving", "local start-up"]
+    for what, measured, where, details in rows:
+        links, names = SECTION_LINK.findall(details), RESULT_FILE.findall(details)
+        assert links and set(links) <= anchors, f"{what}: links to no BENCHMARKS.md section: {links}"
+        assert names and not set(names) & set(rules.WITHDRAWN), f"{what}: {names}"
+        results = [json.loads((RESULTS / n).read_text()) for n in names]
+        for name, result in zip(names, results):
+            assert not rules.provenance_problems(result) and not rules.config_drift(result), name
+        assert all(summary.machine(r["machine"]) in where for r in results), f"{what}: machine {where!r}"
+        assert not (stray := untraceable_figures(measured, results)), f"{what}: figures not in {names}: {stray}"
+        assert re.search(r"\d", measured), f"{what}: measured nothing"
+
+
+def test_an_untraceable_figure_in_the_results_table_is_caught():
+    summary = importlib.import_module("benchmarks.render_summary")
+    result = json.loads((RESULTS / "export_inference.json").read_text())
+    row = summary.serving_row(result)
+    assert not untraceable_figures(row, [result])
+    assert untraceable_figures(row + "; ONNX 12.3 ms", [result]) == ["12.3"]
+    assert untraceable_figures(row.replace("2.61x", "2.71x"), [result]) == ["2.71"]
+    assert not untraceable_figures("LiteRT int8, a 500x375 JPEG, `tiny 9.99`", [result])
+
+
+def test_local_start_renders_one_image_predict_when_measured_and_skips_it_when_not():
+    summary = importlib.import_module("benchmarks.render_summary")
+    result = json.loads((RESULTS / "local_start.json").read_text())
+    without = {k: v for k, v in result.items() if k != "predict_one_image_s"}
+    assert "predict" not in summary.start_row(without)
+    with_predict = {**without, "predict_one_image_s": {"keras_background": {"median": 4.21},
+                                                       "litert_background": {"median": 6.5}, "target": 5.0}}
+    row = summary.start_row(with_predict)
+    assert "`.keras` **4.2 s**" in row and "LiteRT **6.5 s**" in row and "target 5 s: met, not met" in row
+    assert not untraceable_figures(row, [with_predict])
+
+
 # --------------------------------------------------------------------------- the check itself
 
 
