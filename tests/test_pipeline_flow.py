@@ -82,11 +82,12 @@ def test_the_configured_collapse_threshold_reaches_training(flow_name, prefect_a
 
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    import segpipe_app.flows.pipeline
-    import segpipe_app.flows.train
     from segpipe import training
     from segpipe.config import EvalConfig
+    import segpipe_app.flows.pipeline
+    import segpipe_app.flows.train
     from segpipe.data.dataset import DatasetRef
+    from segpipe_app import flows
 
     seen = []
 
