@@ -209,7 +209,7 @@ def predict_paths(
     check_batch_size(batch_size)
     out = Path(out_dir)
     pairs, failed = find_inputs(inputs, out)
-    predict_labels, models = _predictor(model_paths, flip)
+    predict_labels, models, exported = _predictor(model_paths, flip)
     report = PredictReport(out_dir=out, failed=failed)
     from segpipe.progress import Progress
 
@@ -219,34 +219,36 @@ def predict_paths(
             write(batch, predict_labels([image for _, _, image in batch]))
             progress.advance(len(batch) + len(report.failed) - unreadable)  # unreadable files count as done
             unreadable = len(report.failed)
-    report.summary = _write_summary(report, model_paths, models)
+    report.summary = _write_summary(report, model_paths, models, exported)
     return report
 
 
-def _predictor(model_paths: Sequence[PathLike], flip: bool) -> tuple[Callable[[list[np.ndarray]], list[np.ndarray]], Any]:
-    """`labels(images)` (HxW 0..2 at each image's size) for `.keras` models or one exported artifact, and
-    what `_write_summary` records of the models."""
+def _predictor(
+    model_paths: Sequence[PathLike], flip: bool
+) -> tuple[Callable[[list[np.ndarray]], list[np.ndarray]], Any, dict[str, Any] | None]:
+    """`labels(images)` (HxW 0..2 at each image's size) for `.keras` models or one exported artifact, the
+    loaded models, and the export's record (`exported_artifact`, read once) or None for `.keras` models."""
     from segpipe.export.exporter import exported_artifact
 
-    exported = [p for p in model_paths if exported_artifact(p) is not None]
-    if exported:
+    records = [(p, record) for p in model_paths if (record := exported_artifact(p)) is not None]
+    if records:
         if len(model_paths) != 1:
             raise ValueError(
-                f"--model {exported[0]} is an exported model, which holds its whole ensemble: give it alone, "
+                f"--model {records[0][0]} is an exported model, which holds its whole ensemble: give it alone, "
                 "or give .keras files"
             )
         from segpipe.export import runtime
 
-        artifact = runtime.load(exported[0])
+        artifact = runtime.load(records[0][0])
 
         def exported_labels(images: list[np.ndarray]) -> list[np.ndarray]:
             return [m.astype(np.int64) - 1 for m in runtime.predict_masks(artifact, images)]
 
-        return exported_labels, artifact
+        return exported_labels, artifact, records[0][1]
     from segpipe.evaluation.ensemble import load_models, predict_labels
 
     models = load_models(model_paths)
-    return (lambda images: predict_labels(models, images, flip)), models
+    return (lambda images: predict_labels(models, images, flip)), models, None
 
 
 def _loaded_batches(
@@ -290,11 +292,10 @@ def _writers(out: Path, overlay: bool, keep: int, written: list[dict[str, Any]])
         collect(keep=0)
 
 
-def _write_summary(report: PredictReport, model_paths: Sequence[PathLike], models: Any) -> Path:
+def _write_summary(report: PredictReport, model_paths: Sequence[PathLike], models: Any,
+                   exported: dict[str, Any] | None) -> Path:
     from segpipe.evaluation.ensemble import model_records, model_sizes
-    from segpipe.export.exporter import exported_artifact
 
-    exported = exported_artifact(model_paths[0])
     summary = {
         **report.to_dict(),
         "models": [exported] if exported else model_records(model_paths),
