@@ -5,7 +5,7 @@
     cfg = build_config("cpu-quick", {"data.source": "/data/pets"})
     ds = prepare(cfg.data.source, "work", cfg.data)           # DatasetRef: key, path, split sizes
     run = train(cfg, ds, "work")                              # TrainedRun: run dir, best model, best val mIoU
-    scores = evaluate([run.model_path], ds, cfg.eval)        # .metrics; gallery(..., scores=scores), predict, export
+    scores = evaluate([run.model_path], ds, cfg.eval)         # .metrics; gallery(..., scores=scores), predict, export
 
 Each function calls the library function that owns its stage, the one the Prefect task of the same name
 calls (`segpipe.data.prepare.prepare_dataset`, `segpipe.runs.naming.train_run`,
