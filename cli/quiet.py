@@ -163,7 +163,7 @@ def filter_native_stderr() -> bool:
                     signal.signal(sig, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
                 _detach_child_fds(keep=(read_end, terminal))
-                _filter_lines(read_end, terminal, driver_loaded=nvidia_driver_loaded())
+                filter_lines(read_end, terminal, driver_loaded=nvidia_driver_loaded())
             finally:
                 os._exit(0)
     except OSError:
@@ -236,7 +236,7 @@ def _detach_child_fds(keep: tuple[int, ...]) -> None:
                 os.close(fd)
 
 
-def _filter_lines(source: int, sink: int, *, driver_loaded: bool, idle_s: float = 0.1) -> None:
+def filter_lines(source: int, sink: int, *, driver_loaded: bool, idle_s: float = 0.1) -> None:
     """Copy `source` to `sink` until end of file, without the lines that are `is_noise`."""
     pending = b""
 

@@ -37,6 +37,35 @@ def prefect_api():
         yield
 
 
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """One prepared dataset for the session (tests/synthetic.py's `write_tiny_dataset`): 12 train and 4 validation
+    examples of 40 x 48, key "tiny-ds". Read it, never change it: a test that alters a dataset writes its own."""
+    from tests.synthetic import write_tiny_dataset
+
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny-ds"), {"train": 12, "val": 4})
+
+
+@pytest.fixture(scope="session")
+def pets_archives(tmp_path_factory):
+    """`pets_archives(**kw)`: a folder with the synthetic pets' images.tar.gz, annotations.tar.gz and SHA256SUMS
+    (tests/synthetic.py's `make_pets_archives(folder, **kw)`), written once per distinct `kw` in the session.
+    Read it, never change it (a `--source` for commands that download from it)."""
+    from tests.synthetic import make_pets_archives
+
+    made: dict[tuple, Path] = {}
+
+    def make(**kw) -> Path:
+        key = tuple(sorted(kw.items()))
+        if key not in made:
+            folder = tmp_path_factory.mktemp("pets")
+            make_pets_archives(folder, **kw)
+            made[key] = folder
+        return made[key]
+
+    return make
+
+
 @pytest.fixture
 def local_server_homes(tmp_path):
     """Makes fresh PREFECT_HOME folders (`make("name")`) for tests of segpipe's background Prefect server;

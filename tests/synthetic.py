@@ -14,9 +14,12 @@ of each odd kind in `ODD_KINDS`; `SyntheticInfo` says which ids are expected
 to be valid, converted or skipped, so tests can assert exact counts.
 
     ds = write_tiny_dataset(tmp_path / "ds", {"train": 12, "val": 4})   # a prepared dataset, TFRecords
+    ds = write_tiny_dataset(tmp_path / "ds", {"test": [(64, 48), (32, 32)]}, draw=my_draw)  # sizes, content
 
 `write_tiny_dataset` writes a dataset directory straight away (no archives, no
-validation): for the input pipeline, training and evaluation tests.
+validation): for the input pipeline, training, evaluation and export tests. It is the one
+writer of prepared datasets in the tests; tests/conftest.py shares one (`tiny_dataset`), and
+cached archives (`pets_archives`), across the session.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import hashlib
 import io
 import tarfile
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,6 +300,9 @@ def make_pets_archives(out_dir: str | Path, *, plain_tar_for_images: bool = Fals
 # --------------------------------------------------------------------------- a tiny prepared dataset
 
 
+Draw = Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray]]
+
+
 def synthetic_example(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 RGB image, uint8 trimap 1..3): an ellipse 'pet' with a border ring on a noisy background.
 
@@ -312,10 +319,15 @@ def synthetic_example(rng: np.random.Generator, height: int, width: int) -> tupl
 
 
 def write_tiny_dataset(
-    root: Path, splits: dict[str, int], *, height: int = 40, width: int = 48, seed: int = 0, key: str = "tiny-ds",
-    image_format: str = "png",
+    root: Path, splits: Mapping[str, int | Sequence[tuple[int, int]]], *, height: int = 40, width: int = 48,
+    seed: int = 0, key: str = "tiny-ds", image_format: str = "png", draw: Draw = synthetic_example,
 ) -> Path:
-    """A dataset directory with one TFRecord shard per split (images PNG- or JPEG-encoded) and a manifest.json."""
+    """A dataset directory with one TFRecord shard per non-empty split and a manifest.json, as `prepare` writes.
+
+    A split is a number of `height` x `width` examples or a list of (height, width) sizes, one per example;
+    an empty split gets no shard (as `prepare` writes it). `draw(rng, height, width)` gives each example's
+    (uint8 RGB image, uint8 trimap 1..3); images are stored PNG- or JPEG-encoded (`image_format`).
+    """
     import tensorflow as tf
 
     from segpipe.data.spec import serialize_example
@@ -324,20 +336,26 @@ def write_tiny_dataset(
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     manifest_splits = {}
-    for split, n in splits.items():
+    for split, wanted in splits.items():
+        sizes = [(height, width)] * wanted if isinstance(wanted, int) else [tuple(s) for s in wanted]
+        manifest_splits[split] = {"num_examples": len(sizes), "shards": []}
+        if not sizes:
+            continue
         path = root / f"{split}-00000-of-00001.tfrecord"
         with tf.io.TFRecordWriter(str(path)) as writer:
-            for i in range(n):
-                image, trimap = synthetic_example(rng, height, width)
+            for i, (h, w) in enumerate(sizes):
+                image, trimap = draw(rng, h, w)
                 encoded = _jpeg(Image.fromarray(image)) if image_format == "jpeg" else tf.io.encode_png(image).numpy()
                 writer.write(serialize_example(
                     image_bytes=encoded, image_format=image_format,
-                    mask_png=tf.io.encode_png(trimap[..., None]).numpy(), height=height, width=width,
+                    mask_png=tf.io.encode_png(trimap[..., None]).numpy(), height=h, width=w,
                     example_id=f"{split}_{i}", class_id=1, species=1, breed_id=1, breed="Abyssinian",
                 ))
-        shard = {"file": path.name, "num_examples": n, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest_splits[split] = {"num_examples": n, "shards": [shard]}
+        shard = {"file": path.name, "num_examples": len(sizes), "sha256": sha256_file(path),
+                 "bytes": path.stat().st_size}
+        manifest_splits[split]["shards"] = [shard]
     atomic_write_json(root / "manifest.json", {
-        "dataset_key": key, "splits": manifest_splits, "num_examples": sum(splits.values()),
+        "dataset_key": key, "splits": manifest_splits,
+        "num_examples": sum(s["num_examples"] for s in manifest_splits.values()),
     })
     return root

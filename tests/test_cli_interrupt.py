@@ -56,20 +56,13 @@ def segpipe(*args: str) -> list[str]:
     return [sys.executable, "-m", "segpipe_app.cli.main", *args]
 
 
-@pytest.fixture(scope="module")
-def archives(tmp_path_factory):
-    from tests.synthetic import make_pets_archives
-
-    src = tmp_path_factory.mktemp("pets")
-    make_pets_archives(src, n_per_breed=4, include_odd=False)
-    return src
-
-
 # --------------------------------------------------------------------------- Ctrl-C during training
 
 
-def test_ctrl_c_in_a_terminal_during_training_stops_in_seconds_and_records_the_run(archives, tmp_path):
+def test_ctrl_c_in_a_terminal_during_training_stops_in_seconds_and_records_the_run(pets_archives, tmp_path):
     from segpipe.data.tfrecords import verify_dataset
+
+    archives = pets_archives(n_per_breed=4, include_odd=False)  # conftest: written once per session
 
     work = tmp_path / "work"
     argv = segpipe("run", "--preset", "tiny", "--source", str(archives), "--split", "random",

@@ -29,7 +29,6 @@ import pytest
 from segpipe.training.distribute import ClusterTask, cluster_task, is_chief
 from segpipe.fsutil import read_json
 from segpipe.training import read_history
-from tests.synthetic import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 600  # a guard against a hang: a training process takes 20-70 s, 4 min on a 2-core machine at load 15
@@ -89,7 +88,7 @@ def test_another_worker_writes_a_copy_of_the_chiefs_state_and_leaves_no_trace(
 ) -> None:
     import tempfile
 
-    from segpipe.training.run_dir import _output_dir
+    from segpipe.training.run_dir import output_dir
 
     run_dir, tmp = tmp_path / "run", tmp_path / "tmp"
     (run_dir / "backup").mkdir(parents=True)
@@ -99,7 +98,7 @@ def test_another_worker_writes_a_copy_of_the_chiefs_state_and_leaves_no_trace(
         (run_dir / name).write_text(name)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
 
-    with _output_dir(run_dir, ClusterTask("worker", 1, 2, has_chief=False)) as out:
+    with output_dir(run_dir, ClusterTask("worker", 1, 2, has_chief=False)) as out:
         assert out.parent == tmp and out.name.startswith("segpipe-worker-1-")
         assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == state
         assert all((out / name).read_text() == name for name in state)
@@ -108,7 +107,7 @@ def test_another_worker_writes_a_copy_of_the_chiefs_state_and_leaves_no_trace(
     assert (run_dir / "history.csv").read_text() == "history.csv"  # the chief's, untouched
 
     for task in (None, ClusterTask("worker", 0, 2, has_chief=False), ClusterTask("chief", 0, 3, has_chief=True)):
-        with _output_dir(run_dir, task) as out:
+        with output_dir(run_dir, task) as out:
             assert out == run_dir
 
 
@@ -262,15 +261,10 @@ def losses(result: dict, key: str) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("ds"), {"train": 12, "val": 4}, key="tiny-dist-ds")
-
-
-@pytest.fixture(scope="module")
-def mirrored(dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def mirrored(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One process, the CPU split into two logical devices: MirroredStrategy over both, global batch 4."""
     tmp = tmp_path_factory.mktemp("mirrored")
-    (result,) = finish([start(dataset_dir, tmp / "run", tmp / "out.json", logical_cpus=2)], [tmp / "out.json"])
+    (result,) = finish([start(tiny_dataset, tmp / "run", tmp / "out.json", logical_cpus=2)], [tmp / "out.json"])
     return {**result, "run_dir": tmp / "run"}
 
 
@@ -328,9 +322,9 @@ def run_two_workers(dataset_dir: Path, tmp_path: Path, env: dict | None = None,
 
 @pytest.mark.slow
 def test_two_workers_train_like_one_process_on_the_same_global_batch(
-    dataset_dir: Path, mirrored: dict, tmp_path: Path
+    tiny_dataset: Path, mirrored: dict, tmp_path: Path
 ) -> None:
-    run_dir, scratch, (chief, worker, single) = run_two_workers(dataset_dir, tmp_path, single=True)
+    run_dir, scratch, (chief, worker, single) = run_two_workers(tiny_dataset, tmp_path, single=True)
 
     # Both finished the whole run; worker 0 is the chief and the only writer of the run directory.
     assert chief["chief"] and not worker["chief"]
@@ -368,13 +362,13 @@ def test_two_workers_train_like_one_process_on_the_same_global_batch(
 
 @pytest.mark.slow
 def test_workers_that_each_read_the_whole_stream_fail_the_comparison(
-    dataset_dir: Path, mirrored: dict, tmp_path: Path
+    tiny_dataset: Path, mirrored: dict, tmp_path: Path
 ) -> None:
     """The known sharding bug (AutoShardPolicy.OFF: each worker reads every global batch and keeps the
     first replica's part of it, as if it were the only worker) fails `assert_trains_like` at once: other
     examples on worker 1, and a first step's loss 0.36% off (measured: 2.0435 against 2.0363), 350 times
     the tolerance."""
-    _, _, (chief, worker) = run_two_workers(dataset_dir, tmp_path, env={"SHARDING_OFF": "1"})
+    _, _, (chief, worker) = run_two_workers(tiny_dataset, tmp_path, env={"SHARDING_OFF": "1"})
     with pytest.raises(AssertionError):
         assert_trains_like(chief, worker, mirrored)
     # Each worker trains on the images meant for the first replica (a step's second half is never seen).
@@ -384,7 +378,7 @@ def test_workers_that_each_read_the_whole_stream_fail_the_comparison(
 
 
 @pytest.mark.slow
-def test_killed_workers_all_resume_from_the_chiefs_backup(dataset_dir: Path, tmp_path: Path) -> None:
+def test_killed_workers_all_resume_from_the_chiefs_backup(tiny_dataset: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     scratch = [tmp_path / f"tmp{i}" for i in range(2)]
     for d in scratch:
@@ -392,7 +386,7 @@ def test_killed_workers_all_resume_from_the_chiefs_backup(dataset_dir: Path, tmp
 
     def workers(name: str, stop_after: int = -1) -> list[subprocess.Popen]:
         cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}  # a restarted job: new pods
-        return [start(dataset_dir, run_dir, tmp_path / f"{name}{i}.json", env=tf_config(cluster, "worker", i),
+        return [start(tiny_dataset, run_dir, tmp_path / f"{name}{i}.json", env=tf_config(cluster, "worker", i),
                       tmp=scratch[i], stop_after=stop_after) for i in range(2)]
 
     # Both workers die after the first epoch (after everything of it is saved), as a job's pods would.

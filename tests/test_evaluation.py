@@ -8,22 +8,19 @@ models (zero kernel, bias = log p) give known probabilities for ensembles.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import keras
 import tensorflow as tf
 
 from segpipe.evaluation import evaluate as evaluation  # noqa: E402
-from segpipe.data import spec  # noqa: E402
-from segpipe.data.tfrecords import ShardInfo, write_manifest  # noqa: E402
 from segpipe.fsutil import read_json, sha256_file  # noqa: E402
 from segpipe.evaluation.metrics import confusion_matrix  # noqa: E402
+from tests.synthetic import write_tiny_dataset  # noqa: E402
 
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)  # pet, background, border
 # Original (height, width) of the test images. Band edges fall on model-pixel edges and the scale is
@@ -50,30 +47,10 @@ def trimap(h: int, w: int) -> np.ndarray:
     return t
 
 
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_dataset(root: Path, splits: dict[str, list[tuple[int, int]]], key: str = "ds-test") -> Path:
-    """A dataset directory with one shard per non-empty split and a manifest, like `segpipe prepare` writes."""
-    root.mkdir(parents=True, exist_ok=True)
-    shards = {}
-    for split, sizes in splits.items():
-        shards[split] = []
-        if not sizes:
-            continue
-        path = root / f"{split}-00000-of-00001.tfrecord"
-        with tf.io.TFRecordWriter(str(path)) as writer:
-            for i, (h, w) in enumerate(sizes):
-                t = trimap(h, w)
-                writer.write(spec.serialize_example(
-                    image_bytes=png(COLOURS[t - 1]), image_format="png", mask_png=png(t), height=h, width=w,
-                    example_id=f"{split}_{i}", class_id=1, species=1, breed_id=1, breed="Abyssinian"))
-        shards[split] = [ShardInfo(path.name, split, len(sizes), sha256_file(path), path.stat().st_size)]
-    write_manifest(root, dataset_key=key, archives={}, parameters={}, shards=shards, validation_summary={})
-    return root
+def colour_coded(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image, trimap) of `trimap(h, w)`, each pixel in its class's colour: what the perfect model reads exactly."""
+    t = trimap(h, w)
+    return COLOURS[t - 1], t
 
 
 def conv_model(size: int, kernel: np.ndarray, bias: np.ndarray) -> keras.Model:
@@ -101,7 +78,8 @@ def constant_model(probs: tuple[float, float, float], size: int = MODEL) -> kera
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("data") / "ds", {"test": SIZES, "val": [], "train": [(32, 32)]})
+    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "ds", {"test": SIZES, "val": [], "train": [(32, 32)]},
+                              key="ds-test", draw=colour_coded)
 
 
 @pytest.fixture(scope="module")

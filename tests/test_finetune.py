@@ -16,7 +16,7 @@ from segpipe.fsutil import read_json, sha256_file
 from segpipe.models import build_model
 from segpipe.models.encoders import build_application, encoder_of
 from segpipe.training import read_history, run_id_for, train
-from segpipe.training.model import _build_and_compile
+from segpipe.training.model import build_and_compile
 from tests.synthetic import write_tiny_dataset
 
 
@@ -64,7 +64,7 @@ def batches(n: int = 2, seed: int = 0):
 
 def _built(cfg):
     keras.utils.set_random_seed(0)
-    return _build_and_compile(cfg, training_plan(cfg.train, n_train=8))
+    return build_and_compile(cfg, training_plan(cfg.train, n_train=8))
 
 
 def test_frozen_phase_keeps_encoder_weights_and_bn_statistics_then_unfreezing_changes_them(weights_file):

@@ -12,15 +12,7 @@ import tensorflow as tf
 from segpipe.data.augment import _hue_saturation_batch, augment, geometric_transform  # noqa: E402
 from segpipe.data.input import eval_dataset, num_examples, preprocess, training_dataset  # noqa: E402
 from segpipe.data.spec import parse_example  # noqa: E402
-from tests.synthetic import synthetic_example, write_tiny_dataset  # noqa: E402
-
-# --------------------------------------------------------------------------- a tiny dataset (tests/synthetic.py)
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("ds"), {"train": 12, "val": 4})
-
+from tests.synthetic import synthetic_example  # noqa: E402
 
 # --------------------------------------------------------------------------- preprocess
 
@@ -41,8 +33,8 @@ def test_preprocess_resizes_scales_and_shifts_labels() -> None:
     assert x.numpy()[0, 0, 2] > x.numpy()[0, 0, 0]
 
 
-def test_preprocess_of_a_parsed_record_matches_the_source(dataset_dir: Path) -> None:
-    raw = next(iter(tf.data.TFRecordDataset(str(dataset_dir / "val-00000-of-00001.tfrecord"))))
+def test_preprocess_of_a_parsed_record_matches_the_source(tiny_dataset: Path) -> None:
+    raw = next(iter(tf.data.TFRecordDataset(str(tiny_dataset / "val-00000-of-00001.tfrecord"))))
     example = parse_example(raw)
     x, y = preprocess(example, 48)
     # 40x48 -> 48x48 only stretches rows; labels are still exactly the trimap values minus one.
@@ -181,17 +173,17 @@ def _batches(ds: tf.data.Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(x.numpy(), y.numpy()) for x, y in ds]
 
 
-def test_num_examples_from_manifest(dataset_dir: Path, tmp_path: Path) -> None:
-    assert num_examples(dataset_dir, "train") == 12
-    assert num_examples(dataset_dir, "val") == 4
+def test_num_examples_from_manifest(tiny_dataset: Path, tmp_path: Path) -> None:
+    assert num_examples(tiny_dataset, "train") == 12
+    assert num_examples(tiny_dataset, "val") == 4
     with pytest.raises(ValueError, match="split 'test'"):
-        num_examples(dataset_dir, "test")
+        num_examples(tiny_dataset, "test")
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         num_examples(tmp_path, "train")
 
 
-def test_training_dataset_batches_and_shapes(dataset_dir: Path) -> None:
-    batches = _batches(training_dataset(dataset_dir, img_size=32, batch_size=5, augment=True, seed=1))
+def test_training_dataset_batches_and_shapes(tiny_dataset: Path) -> None:
+    batches = _batches(training_dataset(tiny_dataset, img_size=32, batch_size=5, augment=True, seed=1))
     assert [x.shape for x, _ in batches] == [(5, 32, 32, 3), (5, 32, 32, 3), (2, 32, 32, 3)]
     assert [y.shape for _, y in batches] == [(5, 32, 32, 1), (5, 32, 32, 1), (2, 32, 32, 1)]
     labels = np.concatenate([y for _, y in batches])
@@ -200,38 +192,38 @@ def test_training_dataset_batches_and_shapes(dataset_dir: Path) -> None:
     assert images.dtype == np.float32 and 0.0 <= images.min() and images.max() <= 1.0
 
 
-def test_training_dataset_is_deterministic_by_seed_and_varies_by_epoch(dataset_dir: Path) -> None:
+def test_training_dataset_is_deterministic_by_seed_and_varies_by_epoch(tiny_dataset: Path) -> None:
     kwargs = dict(img_size=32, batch_size=4, augment=True)
-    ds_a = training_dataset(dataset_dir, seed=7, **kwargs)
-    ds_b = training_dataset(dataset_dir, seed=7, **kwargs)
+    ds_a = training_dataset(tiny_dataset, seed=7, **kwargs)
+    ds_b = training_dataset(tiny_dataset, seed=7, **kwargs)
     epoch1_a, epoch1_b = _batches(ds_a), _batches(ds_b)
     for (xa, ya), (xb, yb) in zip(epoch1_a, epoch1_b, strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
-    other_seed = _batches(training_dataset(dataset_dir, seed=8, **kwargs))
+    other_seed = _batches(training_dataset(tiny_dataset, seed=8, **kwargs))
     assert not np.array_equal(epoch1_a[0][0], other_seed[0][0])
     epoch2_a = _batches(ds_a)  # a new epoch: reshuffled and re-augmented
     assert not np.array_equal(epoch1_a[0][0], epoch2_a[0][0])
 
 
-def test_training_dataset_without_augment_is_a_permutation_of_eval(dataset_dir: Path) -> None:
-    train = _batches(training_dataset(dataset_dir, img_size=32, batch_size=4, augment=False, seed=3))
-    evals = _batches(eval_dataset(dataset_dir, "train", img_size=32, batch_size=4))
+def test_training_dataset_without_augment_is_a_permutation_of_eval(tiny_dataset: Path) -> None:
+    train = _batches(training_dataset(tiny_dataset, img_size=32, batch_size=4, augment=False, seed=3))
+    evals = _batches(eval_dataset(tiny_dataset, "train", img_size=32, batch_size=4))
     key = lambda x: x.reshape(len(x), -1).sum(axis=1)  # noqa: E731
     train_sums = np.sort(np.concatenate([key(x) for x, _ in train]))
     eval_sums = np.sort(np.concatenate([key(x) for x, _ in evals]))
     np.testing.assert_allclose(train_sums, eval_sums, rtol=1e-6)
     # Eval order is the file order, and is stable.
-    again = _batches(eval_dataset(dataset_dir, "train", img_size=32, batch_size=4))
+    again = _batches(eval_dataset(tiny_dataset, "train", img_size=32, batch_size=4))
     np.testing.assert_array_equal(evals[0][0], again[0][0])
 
 
-def test_training_dataset_augment_options_turn_steps_off(dataset_dir: Path) -> None:
+def test_training_dataset_augment_options_turn_steps_off(tiny_dataset: Path) -> None:
     # Only the flip left on: every training image is an eval image or its mirror, exactly.
     off = {"max_scale": 1.0, "max_rotation_degrees": 0.0, "brightness": 0.0, "contrast": 0.0}
-    train = _batches(training_dataset(dataset_dir, img_size=32, batch_size=4, augment=True, seed=3,
+    train = _batches(training_dataset(tiny_dataset, img_size=32, batch_size=4, augment=True, seed=3,
                                       augment_options=off))
-    evals = np.concatenate([x for x, _ in _batches(eval_dataset(dataset_dir, "train", img_size=32, batch_size=4))])
+    evals = np.concatenate([x for x, _ in _batches(eval_dataset(tiny_dataset, "train", img_size=32, batch_size=4))])
     flipped = 0
     for x in np.concatenate([x for x, _ in train]):
         if any(np.array_equal(x, e) for e in evals):
@@ -240,28 +232,28 @@ def test_training_dataset_augment_options_turn_steps_off(dataset_dir: Path) -> N
         flipped += 1
     assert 0 < flipped < len(evals)
     with pytest.raises(ValueError, match="max_scale"):
-        training_dataset(dataset_dir, img_size=32, batch_size=4, augment=True, seed=0,
+        training_dataset(tiny_dataset, img_size=32, batch_size=4, augment=True, seed=0,
                          augment_options={"max_scale": 0.5})
 
 
-def test_training_dataset_repeat_is_endless(dataset_dir: Path) -> None:
-    ds = training_dataset(dataset_dir, img_size=32, batch_size=5, augment=False, seed=0, repeat=True)
+def test_training_dataset_repeat_is_endless(tiny_dataset: Path) -> None:
+    ds = training_dataset(tiny_dataset, img_size=32, batch_size=5, augment=False, seed=0, repeat=True)
     assert sum(1 for _ in ds.take(7)) == 7
 
 
-def test_dataset_builders_reject_bad_sizes(dataset_dir: Path) -> None:
+def test_dataset_builders_reject_bad_sizes(tiny_dataset: Path) -> None:
     with pytest.raises(ValueError, match="batch_size"):
-        training_dataset(dataset_dir, img_size=32, batch_size=0, augment=False, seed=0)
+        training_dataset(tiny_dataset, img_size=32, batch_size=0, augment=False, seed=0)
     with pytest.raises(ValueError, match="img_size"):
-        eval_dataset(dataset_dir, "val", img_size=-1, batch_size=2)
+        eval_dataset(tiny_dataset, "val", img_size=-1, batch_size=2)
 
 
-def test_epochs_after_the_first_come_from_the_cache_not_the_shards(dataset_dir: Path, tmp_path: Path) -> None:
+def test_epochs_after_the_first_come_from_the_cache_not_the_shards(tiny_dataset: Path, tmp_path: Path) -> None:
     """What makes later epochs fast: they read the decoded cache, not the shards (the shards are gone here),
     reshuffled and re-augmented. Throughput itself is measured by benchmarks/input_pipeline.py."""
     import shutil
 
-    copy = Path(shutil.copytree(dataset_dir, tmp_path / "ds"))
+    copy = Path(shutil.copytree(tiny_dataset, tmp_path / "ds"))
     ds = training_dataset(copy, img_size=32, batch_size=4, augment=True, seed=0)
     first = _batches(ds)  # the first epoch fills the cache
     for shard in copy.glob("*.tfrecord"):
@@ -271,13 +263,13 @@ def test_epochs_after_the_first_come_from_the_cache_not_the_shards(dataset_dir: 
     assert not np.array_equal(np.concatenate([x for x, _ in first]), np.concatenate([x for x, _ in later[0]]))
 
 
-def test_skip_batches_continues_the_stream_where_an_uninterrupted_reader_is(dataset_dir: Path) -> None:
+def test_skip_batches_continues_the_stream_where_an_uninterrupted_reader_is(tiny_dataset: Path) -> None:
     """A resumed run's stream: after k batches, exactly the batches (examples, augmentation) of the full one."""
     kwargs = dict(img_size=32, batch_size=5, augment=True, seed=3, repeat=True)
-    whole = [(x.numpy(), y.numpy()) for x, y in training_dataset(dataset_dir, **kwargs).take(8)]
-    later = [(x.numpy(), y.numpy()) for x, y in training_dataset(dataset_dir, skip_batches=5, **kwargs).take(3)]
+    whole = [(x.numpy(), y.numpy()) for x, y in training_dataset(tiny_dataset, **kwargs).take(8)]
+    later = [(x.numpy(), y.numpy()) for x, y in training_dataset(tiny_dataset, skip_batches=5, **kwargs).take(3)]
     for (x, y), (x2, y2) in zip(whole[5:], later, strict=True):
         np.testing.assert_array_equal(x, x2)
         np.testing.assert_array_equal(y, y2)
     with pytest.raises(ValueError, match="skip_batches"):
-        training_dataset(dataset_dir, skip_batches=-1, **kwargs)
+        training_dataset(tiny_dataset, skip_batches=-1, **kwargs)

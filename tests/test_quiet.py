@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from segpipe_app.cli import main as cli_main
-from segpipe_app.cli.quiet import _filter_lines, is_noise, native_stderr_filtered
+from segpipe_app.cli.quiet import filter_lines, is_noise, native_stderr_filtered
 from tests.faults import REPO, wait_for
 from tests.terminal import Terminal
 
@@ -68,7 +68,7 @@ def test_the_filter_drops_noise_written_by_native_code_and_keeps_the_rest(capfd)
 
 
 def test_the_filter_loop_passes_on_all_but_noise_partial_lines_and_carriage_returns_included():
-    """`_filter_lines`, the filter process's loop, on a real pipe: whole noise lines dropped, everything
+    """`filter_lines`, the filter process's loop, on a real pipe: whole noise lines dropped, everything
     else kept in order; a partial line passed on once nothing more comes, and up to a carriage return
     at once (another process's progress bar); what is left at end of file passed on."""
     source_r, source_w = os.pipe()
@@ -77,7 +77,7 @@ def test_the_filter_loop_passes_on_all_but_noise_partial_lines_and_carriage_retu
     os.write(source_w, b"50%\r60%\r7")
     os.write(source_w, b"0%")  # no newline: passed on after the idle wait
     os.close(source_w)
-    _filter_lines(source_r, sink_w, driver_loaded=False, idle_s=0.05)
+    filter_lines(source_r, sink_w, driver_loaded=False, idle_s=0.05)
     os.close(sink_w)
     out = b""
     while chunk := os.read(sink_r, 1 << 16):

@@ -34,7 +34,7 @@ from segpipe.training import (  # noqa: E402
     run_id_for,
     train,
 )
-from segpipe.training.run_dir import _truncate_history  # noqa: E402
+from segpipe.training.run_dir import truncate_history  # noqa: E402
 from tests.synthetic import write_tiny_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,11 +42,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def tiny_cfg(**train):
     return build_config("tiny", {"train": {"epochs": 2, "batch_size": 4, **train}})
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("ds"), {"train": 12, "val": 4}, key="tiny-train-ds")
 
 
 # --------------------------------------------------------------------------- one tiny run, interrupted and resumed
@@ -61,9 +56,9 @@ class Interrupt(Exception):
 
 
 @pytest.fixture(scope="module")
-def run(dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     cfg = tiny_cfg(epochs=3, augment=True, warmup_images=12, early_stopping_patience=5)
-    run_dir = tmp_path_factory.mktemp("runs") / run_id_for(cfg, "tiny-train-ds", "test")
+    run_dir = tmp_path_factory.mktemp("runs") / run_id_for(cfg, "tiny-ds", "test")
     first: list[tuple[int, dict]] = []
 
     def crash_after_first_epoch(epoch: int, logs: dict) -> None:
@@ -72,7 +67,7 @@ def run(dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
             raise Interrupt("killed")
 
     with pytest.raises(Interrupt):
-        train(cfg, dataset_dir, run_dir, on_epoch_end=crash_after_first_epoch, verbose=0)
+        train(cfg, tiny_dataset, run_dir, on_epoch_end=crash_after_first_epoch, verbose=0)
     interrupted = {
         "backup_epoch": read_json(run_dir / "backup" / "training_metadata.json")["epoch"],
         "history": read_history(run_dir / "history.csv"),
@@ -91,9 +86,9 @@ def run(dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     second: list[tuple[int, dict]] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(AtomicBackupAndRestore, "on_train_begin", restore_and_keep)
-        result = train(cfg, dataset_dir, run_dir, on_epoch_end=lambda e, logs: second.append((e, logs)), verbose=0)
+        result = train(cfg, tiny_dataset, run_dir, on_epoch_end=lambda e, logs: second.append((e, logs)), verbose=0)
     straight_dir = tmp_path_factory.mktemp("runs") / run_dir.name
-    straight = train(cfg, dataset_dir, straight_dir, verbose=0)  # the same run, never interrupted
+    straight = train(cfg, tiny_dataset, straight_dir, verbose=0)  # the same run, never interrupted
     return {"cfg": cfg, "run_dir": run_dir, "first": first, "second": second, "interrupted": interrupted,
             "result": result, "backup": backup, "restored": restored, "straight": straight}
 
@@ -147,7 +142,7 @@ def test_the_resumed_run_ends_where_the_uninterrupted_run_ends(run: dict) -> Non
     assert as_multiset(weights(resumed.model_path)) == as_multiset(weights(straight.model_path))
 
 
-def test_run_directory_contents(run: dict, dataset_dir: Path) -> None:
+def test_run_directory_contents(run: dict, tiny_dataset: Path) -> None:
     cfg, run_dir, result = run["cfg"], run["run_dir"], run["result"]
     logs = dict(run["first"] + run["second"])
     assert {"loss", "mean_iou", "pixel_accuracy", "val_loss", "val_mean_iou", "val_pixel_accuracy"} <= set(logs[0])
@@ -160,8 +155,8 @@ def test_run_directory_contents(run: dict, dataset_dir: Path) -> None:
     assert read_json(run_dir / "config.json") == cfg.model_dump(mode="json")
     assert [row["val_mean_iou"] for row in read_history(run_dir / "history.csv")] == pytest.approx(val_scores)
     lineage = read_json(run_dir / "lineage.json")
-    assert lineage["dataset_key"] == "tiny-train-ds" and lineage["run_id"] == run_dir.name
-    assert lineage["dataset_manifest_sha256"] == sha256_file(dataset_dir / "manifest.json")
+    assert lineage["dataset_key"] == "tiny-ds" and lineage["run_id"] == run_dir.name
+    assert lineage["dataset_manifest_sha256"] == sha256_file(tiny_dataset / "manifest.json")
     assert lineage["seed"] == cfg.train.seed and lineage["keras"] == keras.__version__
     for split in ("train", "validation"):
         assert list((run_dir / "tensorboard" / split).glob("events.out.tfevents.*"))
@@ -204,11 +199,11 @@ def test_tensorboard_scalars_are_readable(run: dict) -> None:
         assert train[("epoch_learning_rate", epoch)] == pytest.approx(history[epoch]["learning_rate"], rel=1e-5)
 
 
-def test_complete_run_is_returned_without_training(run: dict, dataset_dir: Path) -> None:
+def test_complete_run_is_returned_without_training(run: dict, tiny_dataset: Path) -> None:
     run_dir, result = run["run_dir"], run["result"]
     mtime = (run_dir / "model.keras").stat().st_mtime_ns
     seen: list[int] = []
-    again = train(run["cfg"], dataset_dir, run_dir, on_epoch_end=lambda e, logs: seen.append(e), verbose=0)
+    again = train(run["cfg"], tiny_dataset, run_dir, on_epoch_end=lambda e, logs: seen.append(e), verbose=0)
     assert again.cached and seen == []
     assert (again.epochs_completed, again.best_epoch, again.best_val_mean_iou, again.resumed_from_epoch) == (
         result.epochs_completed, result.best_epoch, result.best_val_mean_iou, result.resumed_from_epoch)
@@ -216,10 +211,10 @@ def test_complete_run_is_returned_without_training(run: dict, dataset_dir: Path)
     assert (run_dir / "model.keras").stat().st_mtime_ns == mtime
 
 
-def test_another_config_in_the_same_run_dir_is_refused(run: dict, dataset_dir: Path) -> None:
+def test_another_config_in_the_same_run_dir_is_refused(run: dict, tiny_dataset: Path) -> None:
     other = tiny_cfg(epochs=3, augment=True, warmup_images=12, early_stopping_patience=5, learning_rate=0.5)
     with pytest.raises(ValueError, match="different model/train config"):
-        train(other, dataset_dir, run["run_dir"], verbose=0)
+        train(other, tiny_dataset, run["run_dir"], verbose=0)
 
 
 def test_empty_val_split_is_refused_up_front(tmp_path: Path) -> None:
@@ -363,7 +358,7 @@ def test_ema_validates_and_checkpoints_the_averaged_weights_and_trains_on_the_ra
     assert not np.allclose(seen["val_kernel"][-1], seen["raw"][-1])
 
 
-def test_precision_option_sets_the_compute_dtype(dataset_dir: Path, tmp_path: Path) -> None:
+def test_precision_option_sets_the_compute_dtype(tiny_dataset: Path, tmp_path: Path) -> None:
     assert PRECISION_POLICIES == {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
     assert precision_policy("off") == "float32" and precision_policy("bfloat16") == "mixed_bfloat16"
     native = cpu_has_native_bfloat16()
@@ -378,7 +373,7 @@ def test_precision_option_sets_the_compute_dtype(dataset_dir: Path, tmp_path: Pa
     assert build_config("tiny", {"train": {"mixed_precision": True}}).train.mixed_precision == "float16"
     assert build_config("tiny", {"train": {"mixed_precision": False}}).train.mixed_precision == "off"
     cfg = tiny_cfg(epochs=1, mixed_precision="bfloat16", ema_momentum=0.9)
-    result = train(cfg, dataset_dir, tmp_path / "run", verbose=0)
+    result = train(cfg, tiny_dataset, tmp_path / "run", verbose=0)
     saved = keras.saving.load_model(result.model_path, compile=False)
     assert saved.layers[1].dtype_policy.name == "mixed_bfloat16"
     assert saved.layers[-1].dtype_policy.compute_dtype == "float32"  # the softmax
@@ -398,16 +393,16 @@ def test_early_stopping_replays_epochs_before_a_resume() -> None:
 def test_truncate_history_drops_epochs_not_backed_up(tmp_path: Path) -> None:
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss,val_mean_iou\r\n0,1.0,0.2\r\n1,0.9,0.3\r\n2,0.8,0.4\r\n")
-    _truncate_history(path, 2)
+    truncate_history(path, 2)
     assert read_history(path) == [{"epoch": 0, "loss": 1.0, "val_mean_iou": 0.2},
                                   {"epoch": 1, "loss": 0.9, "val_mean_iou": 0.3}]
-    _truncate_history(path, 0)
+    truncate_history(path, 0)
     assert not path.exists()
 
 
-def test_inference_check_flags_a_collapsed_model(dataset_dir: Path, tmp_path: Path) -> None:
+def test_inference_check_flags_a_collapsed_model(tiny_dataset: Path, tmp_path: Path) -> None:
     _tiny_model(bias=(0.0, 5.0, 0.0)).save(tmp_path / "collapsed.keras")
-    check = inference_check(tmp_path / "collapsed.keras", dataset_dir, img_size=32, batch_size=4,
+    check = inference_check(tmp_path / "collapsed.keras", tiny_dataset, img_size=32, batch_size=4,
                             collapse_threshold=0.98)
     assert check["collapsed"] is True
     assert check["predicted_class_share"] == {"pet": 0.0, "background": 1.0, "border": 0.0}
@@ -434,10 +429,10 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes(dataset_dir: Path, tmp_path: Path) -> None:
+def test_sigkilled_run_resumes(tiny_dataset: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(dataset_dir), str(run_dir)], cwd=REPO, env=env,
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tiny_dataset), str(run_dir)], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     try:
@@ -453,7 +448,7 @@ def test_sigkilled_run_resumes(dataset_dir: Path, tmp_path: Path) -> None:
     assert not (run_dir / "train_summary.json").exists()
 
     cfg = build_config("tiny", {"train": {"epochs": 3, "batch_size": 4}})
-    result = train(cfg, dataset_dir, run_dir, verbose=0)
+    result = train(cfg, tiny_dataset, run_dir, verbose=0)
     assert result.resumed_from_epoch == 1 and result.epochs_completed == 3
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
     keras.saving.load_model(result.model_path, compile=False)

@@ -35,7 +35,7 @@ from segpipe.training.callbacks import (
 )
 from segpipe.models.encoders import recording_weights_files
 from segpipe.training.check import _summarise
-from segpipe.training.model import _build_and_compile, phases
+from segpipe.training.model import build_and_compile, phases
 from segpipe.training.precision import global_policy, precision_policy
 from segpipe.training.run_dir import (
     BACKUP_DIR,
@@ -49,10 +49,10 @@ from segpipe.training.run_dir import (
     TrainResult,
     _backup_epoch,
     _check_same_run,
-    _output_dir,
+    output_dir,
     _record_weights_files,
     _result_from_summary,
-    _truncate_history,
+    truncate_history,
     _write_lineage,
     read_history,
 )
@@ -95,9 +95,9 @@ def train(
             log.info("run %s is already complete; not training again", run_dir)
             return dataclasses.replace(complete, chief=chief)
 
-        with _output_dir(run_dir, task) as out_dir:
+        with output_dir(run_dir, task) as out_dir:
             resumed = _backup_epoch(out_dir / BACKUP_DIR)
-            _truncate_history(out_dir / HISTORY_FILE, resumed)
+            truncate_history(out_dir / HISTORY_FILE, resumed)
             policy = precision_policy(cfg.train.mixed_precision)
             if chief:
                 atomic_write_json(run_dir / CONFIG_FILE, cfg.model_dump(mode="json"))
@@ -162,7 +162,7 @@ def _fit(
     keras.utils.set_random_seed(t.seed)
     val_ds = eval_dataset(dataset_dir, "val", img_size=t.img_size, batch_size=t.batch_size)
     with strategy.scope(), recording_weights_files() as weights_files:
-        model, compile_phase = _build_and_compile(cfg, plan)
+        model, compile_phase = build_and_compile(cfg, plan)
     _record_weights_files(run_dir, weights_files)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         fit_under_multi_worker_strategy(model)  # keras-team/keras#20585

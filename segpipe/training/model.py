@@ -14,7 +14,7 @@ from segpipe.training.optimizers import build_optimizer
 from segpipe.data import NUM_CLASSES
 
 
-def _build_and_compile(cfg: PipelineConfig, plan: TrainingPlan) -> tuple[keras.Model, Callable[[bool], None]]:
+def build_and_compile(cfg: PipelineConfig, plan: TrainingPlan) -> tuple[keras.Model, Callable[[bool], None]]:
     """The model and a `compile_phase(encoder_frozen)` that sets the encoder's state and (re)compiles.
 
     The optimizer is built here over every variable that will ever train, so a

@@ -1,7 +1,7 @@
 """A run directory's files: their names, the result read back from them, history, lineage and resume state.
 
 The layout is described in `segpipe.training` (the package's doc). Only the chief of a multi-worker
-run writes the run directory; `_output_dir` gives every other worker a scratch copy of the state it
+run writes the run directory; `output_dir` gives every other worker a scratch copy of the state it
 resumes from.
 """
 
@@ -66,7 +66,7 @@ def read_history(path: Path) -> list[dict[str, float]]:
         ]
 
 
-def _truncate_history(path: Path, keep_epochs: int) -> None:
+def truncate_history(path: Path, keep_epochs: int) -> None:
     """Drop rows of epochs >= `keep_epochs` (written by a run killed before its backup of that epoch)."""
     if not path.is_file():
         return
@@ -178,7 +178,7 @@ _WORKER_STATE = (f"{BACKUP_DIR}/{BACKUP_WEIGHTS}", f"{BACKUP_DIR}/{BACKUP_METADA
 
 
 @contextlib.contextmanager
-def _output_dir(run_dir: Path, task: distribute.ClusterTask | None) -> Iterator[Path]:
+def output_dir(run_dir: Path, task: distribute.ClusterTask | None) -> Iterator[Path]:
     """Where this process writes: the run directory for the chief (or a single process); for any other
     worker, a scratch directory that starts as a copy of the chief's resumable state (what exists of it)
     and is removed on the way out."""
