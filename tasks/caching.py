@@ -37,6 +37,7 @@ from segpipe.data.download import TransientDownloadError, is_downloaded, resolve
 from segpipe.data.extract import extraction_complete
 from segpipe.data.tfrecords import dataset_complete, split_shards_complete
 from segpipe.fsutil import digest_json, sha256_file_memo
+from segpipe.gallery.render import gallery_complete
 from segpipe.layout import WorkDir
 from segpipe.runs.naming import TRAIN_ENTRY, run_complete, train_run_dir
 
@@ -246,7 +247,7 @@ GALLERY_CACHE = Derived(
     key=ArtifactCheck(
         key=Content(names=("models", "dataset", "split", "n_sample", "n_worst", "seed", "per_image", "tta_flip"))
         + task_code(*GALLERY_ENTRY),
-        outputs_ok=lambda i: (Path(i["out_dir"]) / "index.html").is_file(),
+        outputs_ok=lambda i: gallery_complete(i["out_dir"]),
     ),
     derive=_gallery_choice,
 )

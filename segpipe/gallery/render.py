@@ -46,6 +46,13 @@ from segpipe.gallery.pixels import (  # noqa: F401
 
 TAGS = ("worst", "sample")
 ROWS_PER_SHEET = 16
+INDEX = "index.html"
+
+
+def gallery_complete(out_dir: str | os.PathLike[str]) -> bool:
+    """True when `out_dir` holds a whole gallery: it is built in a temporary directory and renamed into place
+    with its index.html, so the page exists only once everything it links to does."""
+    return (Path(out_dir) / INDEX).is_file()
 
 
 # ---------------------------------------------------------------- selection
@@ -140,14 +147,14 @@ def render_gallery(
         sheets = _write_contact_sheets(items, tiles, work)
         manifest = [{**r, "id": str(r["id"])} for r in records]
         atomic_write_text(work / "items.json", json.dumps({"title": title, "items": manifest, "sheets": sheets}, indent=2))
-        atomic_write_text(work / "index.html", index_html(title, metrics, records, sheets))
+        atomic_write_text(work / INDEX, index_html(title, metrics, records, sheets))
         work.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; honour the user's umask
         _replace_dir(work, target)
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(work)
         raise
-    return target / "index.html"
+    return target / INDEX
 
 
 def _write_tiles(items: list[dict[str, Any]], work: Path) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
