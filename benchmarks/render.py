@@ -9,13 +9,7 @@ function that renders it from JSON files written by the benchmark scripts. Measu
 inside blocks: `tests/test_figures.py` fails when a block differs from what this renders, or when the text
 outside the blocks quotes a measured-looking number.
 
-Strict provenance (`provenance_problems`): every result a block renders records the command that wrote it,
-a commit that resolves in this repository and was clean (no `+uncommitted`), the machine, and the
-configurations it ran (`configs`: preset, overrides, sha256 of the resolved PipelineConfig; or a
-`config_note` saying it runs none). A result whose configuration digest differs from what its preset
-resolves to today (`config_drift`) renders only when EARLIER_RECIPES labels it as an earlier recipe.
-Results that failed these rules were withdrawn: they left benchmarks/results/ (git history keeps them) and
-WITHDRAWN says which and why.
+The provenance rules every rendered result must pass: render_common.py's docstring.
 
 Where the code is: the provenance rules, WITHDRAWN, EARLIER_RECIPES and `load` in render_common.py; the
 blocks in render_quality.py, render_training.py and render_serving.py, and the five-row results table
