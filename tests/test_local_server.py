@@ -73,13 +73,9 @@ def edit_state(home: Path, **changes) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
-@pytest.fixture(scope="module")
-def archives(tmp_path_factory):
-    from tests.synthetic import make_pets_archives
-
-    src = tmp_path_factory.mktemp("pets")
-    make_pets_archives(src, n_per_breed=2, include_odd=False)
-    return src
+def small_archives(pets_archives) -> Path:
+    """The session's archives of 2 images per breed, nothing odd (conftest's `pets_archives`): a quick download."""
+    return pets_archives(n_per_breed=2, include_odd=False)
 
 
 # --------------------------------------------------------------------------- which server a command uses (no server)
@@ -120,8 +116,10 @@ def test_status_says_when_the_users_server_is_used_or_the_mode_is_wrong(tmp_path
 
 
 @pytest.mark.slow
-def test_two_commands_starting_at_once_start_one_server_and_both_run_on_it(local_server_homes, archives, tmp_path):
+def test_two_commands_starting_at_once_start_one_server_and_both_run_on_it(local_server_homes, pets_archives,
+                                                                           tmp_path):
     home = local_server_homes()
+    archives = small_archives(pets_archives)
     argv = [sys.executable, "-m", "cli.main", "download", "--preset", "tiny", "--source", str(archives)]
     procs = [subprocess.Popen([*argv, "--work-dir", str(tmp_path / f"work{i}")], cwd=REPO, env=env_for(home),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (1, 2)]
@@ -325,8 +323,9 @@ def test_a_command_killed_while_its_server_starts_leaves_one_server_behind_at_mo
 
 
 @pytest.mark.slow
-def test_the_users_api_url_wins_and_the_embedded_mode_starts_no_background_server(local_server_homes, archives,
+def test_the_users_api_url_wins_and_the_embedded_mode_starts_no_background_server(local_server_homes, pets_archives,
                                                                                   tmp_path):
+    archives = small_archives(pets_archives)
     users = local_server_homes("users-server")  # stands for the user's own server (a background one, found by URL)
     theirs, _ = started(users)
     home = local_server_homes()
@@ -362,7 +361,8 @@ def test_a_server_stops_by_itself_once_its_prefect_home_is_gone(local_server_hom
 
 @pytest.mark.slow
 def test_when_no_server_can_be_started_the_command_says_so_and_runs_on_the_embedded_one(local_server_homes,
-                                                                                         archives, tmp_path):
+                                                                                         pets_archives, tmp_path):
+    archives = small_archives(pets_archives)
     home = local_server_homes()
     (home / "segpipe-server").write_text("a file where the server's folder goes")
     proc = segpipe(home, "download", "--preset", "tiny", "--source", str(archives), "--work-dir", str(tmp_path / "w"))
