@@ -209,7 +209,7 @@ def cmd_export(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     dataset_dir = _export_dataset(args, work, models[0])
     from segpipe_app.flows.export import export_flow
 
-    result = export_flow(models, str(out), str(dataset_dir), cfg.eval.split, list(formats), cfg.eval.tta_flip)
+    result = export_flow(models, str(out), str(dataset_dir), cfg.eval, list(formats))
     print(f"exported to {result['out_dir']}, parity on split {cfg.eval.split} of {dataset_dir.name} "
           f"(flip TTA {'on' if cfg.eval.tta_flip else 'off'}):")
     for name, r in result["parity"].items():

@@ -6,12 +6,14 @@ from typing import Any
 
 from prefect import flow
 
+from segpipe.config import EvalConfig
+from segpipe.export.formats import FORMATS
 from segpipe_app.tasks.export import export_task
 
 
 @flow(name="export-flow")
 def export_flow(
-    model_paths: list[str], out_dir: str, dataset_dir: str, split: str = "test",
-    formats: list[str] | None = None, tta_flip: bool = False,
+    model_paths: list[str], out_dir: str, dataset_dir: str, eval_config: EvalConfig = EvalConfig(),
+    formats: list[str] | None = None,
 ) -> dict[str, Any]:
-    return export_task(model_paths, out_dir, dataset_dir, split, formats or ["saved_model", "litert", "onnx"], tta_flip)
+    return export_task(model_paths, out_dir, dataset_dir, eval_config, formats or list(FORMATS))

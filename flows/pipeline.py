@@ -57,10 +57,8 @@ def retrain(config: PipelineConfig = PipelineConfig(), work_dir: str | None = No
     if current is not None:
         champion_gate = scored_on(current["model_path"], result, p.gate_split, run_dir / "champion-metrics.json", e)
         champion_test = scored_on(current["model_path"], result, e.split, run_dir / f"champion-metrics-{e.split}.json", e)
-    exports = export_task(
-        [result.trained.model_path], str(run_dir / "export"), result.dataset.path, e.split, list(p.export_formats),
-        e.tta_flip, raise_on_failure=False,
-    )
+    exports = export_task([result.trained.model_path], str(run_dir / "export"), result.dataset.path, e,
+                          list(p.export_formats), raise_on_failure=False)
     reported = {"split": e.split, "candidate_mean_iou": result.metrics.get("mean_iou"),
                 "champion_mean_iou": None if champion_test is None else champion_test.get("mean_iou")}
     return promote_task(candidate, champion_gate, str(run_dir), result.trained.model_path, p.min_mean_iou, work,

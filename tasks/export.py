@@ -9,24 +9,26 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from segpipe.config import EvalConfig
 from segpipe_app.tasks.caching import EXPORT_CACHE
 
 
 @task(name="export", cache_policy=EXPORT_CACHE)
 def export_task(
-    model_paths: list[str], out_dir: str, dataset_dir: str, split: str, formats: list[str], tta_flip: bool,
+    model_paths: list[str], out_dir: str, dataset_dir: str, eval_config: EvalConfig, formats: list[str],
     *, raise_on_failure: bool = True,
 ) -> dict[str, Any]:
-    """`{"ok", "out_dir", "parity", "error"}`. With `raise_on_failure=False` a failed export or parity check
-    is returned (ok False, the reason in `error`) for the promotion gate to block on, not raised."""
+    """`{"ok", "out_dir", "parity", "error"}`: parity on `eval_config.split`, flip TTA as `eval_config.tta_flip`.
+    With `raise_on_failure=False` a failed export or parity check is returned (ok False, the reason in
+    `error`) for the promotion gate to block on, not raised."""
     from segpipe.export.exporter import export_models
     from segpipe.export.parity import ParityError
 
     logger = get_run_logger()
     try:
         result = export_models(
-            [Path(p) for p in model_paths], Path(out_dir), dataset_dir=Path(dataset_dir), split=split,
-            formats=formats, flip=tta_flip,
+            [Path(p) for p in model_paths], Path(out_dir), dataset_dir=Path(dataset_dir), split=eval_config.split,
+            formats=formats, flip=eval_config.tta_flip,
         )
     except (ParityError, ValueError, OSError) as exc:
         if raise_on_failure:

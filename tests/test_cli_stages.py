@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -126,9 +127,34 @@ def test_stages_from_the_cli(tmp_path):
     mask = np.asarray(Image.open(tmp_path / "pred" / "a_mask.png"))
     assert mask.shape == (50, 70) and set(np.unique(mask)) <= {1, 2, 3}
 
+    # export, parity-checked on the model's own dataset, then predict with the LiteRT file: the same masks
+    out = segpipe(tmp_path, "export", *common, "--model", str(model), "--format", "litert",
+                  "--out", str(tmp_path / "export"))
+    assert f"exported to {tmp_path / 'export'}" in out and "litert-float32" in out
+    manifest = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert manifest["parity"]["results"]["litert-float32"]["pixel_agreement"] >= 0.99
+    litert = tmp_path / "export" / "pets-float32.tflite"
+    pet = tmp_path / "pet"  # an image of the kind the model was trained and parity-checked on
+    pet.mkdir()
+    with tarfile.open(seen / "images.tar.gz") as tar:  # the first JPEG that decodes (the archive plants odd files)
+        for member in (m for m in tar.getmembers() if m.name.endswith(".jpg")):
+            (pet / "pet.jpg").write_bytes(tar.extractfile(member).read())
+            try:
+                Image.open(pet / "pet.jpg").convert("RGB")
+                break
+            except OSError:
+                continue
+    masks = {}
+    for name, m in (("keras", model), ("litert", litert)):  # tiny's eval settings (no flip TTA), as exported
+        out = segpipe(tmp_path, "predict", "--preset", "tiny", "--model", str(m), str(pet),
+                      "--out", str(tmp_path / f"pred-{name}"))
+        assert "1 masks written" in out
+        masks[name] = np.asarray(Image.open(tmp_path / f"pred-{name}" / "pet_mask.png"))
+    assert (masks["litert"] == masks["keras"]).mean() >= 0.99
+
     runs = recorded_runs(tmp_path)  # what a Prefect UI on this database would show: every run finished
     assert runs["flows"].get("Failed") == 1, runs  # the refused training, and only that
-    assert set(runs["flows"]) == {"Completed", "Failed"} and runs["flows"]["Completed"] >= 5, runs
+    assert set(runs["flows"]) == {"Completed", "Failed"} and runs["flows"]["Completed"] >= 7, runs
     # the refused training is the train task's one failed run (refused before TensorFlow loads, not retried)
     assert runs["tasks"].get("Failed") == 1, runs
     assert set(runs["tasks"]) <= {"Completed", "Cached", "Failed"} and sum(runs["tasks"].values()) >= 15, runs
