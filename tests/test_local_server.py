@@ -38,7 +38,7 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
 
 
 def segpipe(home: Path, *args: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env_for(home, **extra),
+    return subprocess.run([sys.executable, "-m", "segpipe_app.cli.main", *args], cwd=REPO, env=env_for(home, **extra),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -120,7 +120,7 @@ def test_two_commands_starting_at_once_start_one_server_and_both_run_on_it(local
                                                                            tmp_path):
     home = local_server_homes()
     archives = small_archives(pets_archives)
-    argv = [sys.executable, "-m", "cli.main", "download", "--preset", "tiny", "--source", str(archives)]
+    argv = [sys.executable, "-m", "segpipe_app.cli.main", "download", "--preset", "tiny", "--source", str(archives)]
     procs = [subprocess.Popen([*argv, "--work-dir", str(tmp_path / f"work{i}")], cwd=REPO, env=env_for(home),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (1, 2)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -272,7 +272,7 @@ def test_ctrl_c_with_the_background_server_records_the_run_and_leaves_the_server
     env = env_for(home)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     with ThrottledServer(files, rate=300_000, chunk=16384) as srv:
-        term = Terminal([sys.executable, "-m", "cli.main", "download", "--preset", "tiny", "--source", srv.url,
+        term = Terminal([sys.executable, "-m", "segpipe_app.cli.main", "download", "--preset", "tiny", "--source", srv.url,
                          "--work-dir", str(tmp_path / "work")], env)
         try:
             wait_for(lambda: srv.sent("images.tar.gz") >= 300_000, timeout=300, proc=term.proc,
@@ -306,7 +306,7 @@ def test_a_command_killed_while_its_server_starts_leaves_one_server_behind_at_mo
     """The record is written as soon as the server is spawned: the next command finds a server that was never
     confirmed and either reuses it (it answers by then) or stops it; never a second, unrecorded one."""
     home = local_server_homes()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "server", "start"], cwd=REPO, env=env_for(home),
+    proc = subprocess.Popen([sys.executable, "-m", "segpipe_app.cli.main", "server", "start"], cwd=REPO, env=env_for(home),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: server.read_state(home) is not None, timeout=60, proc=proc, what="the server's record")

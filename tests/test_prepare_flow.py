@@ -133,7 +133,7 @@ def test_cli_prepare_from_a_directory_then_cached_then_corrupt(archives, tmp_pat
 
     def cli(*args):
         return subprocess.run(
-            [sys.executable, "-m", "cli.main", "prepare", "--preset", "tiny", "--work-dir", str(tmp_path / "w"), *args],
+            [sys.executable, "-m", "segpipe_app.cli.main", "prepare", "--preset", "tiny", "--work-dir", str(tmp_path / "w"), *args],
             capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
         )
 
@@ -146,7 +146,7 @@ def test_cli_prepare_from_a_directory_then_cached_then_corrupt(archives, tmp_pat
 
     (src / "images.tar.gz").write_bytes(files["images.tar.gz"][:-10] + b"0123456789")
     bad = subprocess.run(
-        [sys.executable, "-m", "cli.main", "prepare", "--preset", "tiny", "--work-dir", str(tmp_path / "w2"),
+        [sys.executable, "-m", "segpipe_app.cli.main", "prepare", "--preset", "tiny", "--work-dir", str(tmp_path / "w2"),
          "--source", str(src)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
     )
     assert bad.returncode == 1

@@ -203,7 +203,7 @@ def test_cli_prepare_killed_mid_download_then_rerun_completes(tmp_path):
     size = len(files[NAME])
     work = tmp_path / "work"
     env = child_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    argv = [sys.executable, "-m", "cli.main", "prepare", "--preset", "tiny", "--work-dir", str(work)]
+    argv = [sys.executable, "-m", "segpipe_app.cli.main", "prepare", "--preset", "tiny", "--work-dir", str(work)]
     server = None
     with ThrottledServer(files, rate=1_000_000, chunk=16384) as srv:
         argv += ["--source", srv.url]
@@ -259,7 +259,7 @@ def test_cli_prepare_stopped_by_a_group_sigterm_during_a_stalled_download(tmp_pa
     work = tmp_path / "work"
     home = tmp_path / "prefect-home"
     env = child_env(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    argv = [sys.executable, "-m", "cli.main", "prepare", "--preset", "tiny", "--work-dir", str(work)]
+    argv = [sys.executable, "-m", "segpipe_app.cli.main", "prepare", "--preset", "tiny", "--work-dir", str(work)]
     stall_at = 600_000
     with ThrottledServer(files, rate=400_000, chunk=16384, stall_after=stall_at, stall_s=120) as srv:
         log_path = tmp_path / "terminated-run.log"

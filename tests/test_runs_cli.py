@@ -153,7 +153,7 @@ def test_datasets_table_and_json(work, capsys):
 
 
 def test_runs_loads_neither_tensorflow_nor_prefect(work):
-    code = ("import sys; from cli.main import main; rc = main(['runs', '--work-dir', sys.argv[1]]);"
+    code = ("import sys; from segpipe_app.cli.main import main; rc = main(['runs', '--work-dir', sys.argv[1]]);"
             "assert 'tensorflow' not in sys.modules and 'prefect' not in sys.modules; sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, str(work["root"].root)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)

@@ -87,7 +87,7 @@ def test_segnet_trained_through_the_cli(tmp_path):
     work = tmp_path / "work"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "run", "--preset", "tiny", "--model", "segnet", "--source", str(src),
+        [sys.executable, "-m", "segpipe_app.cli.main", "run", "--preset", "tiny", "--model", "segnet", "--source", str(src),
          "--split", "random", "--set", "train.epochs=2", "--work-dir", str(work)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
