@@ -9,7 +9,7 @@ and after, and the peak matmul GFLOP/s measured at the start by
 `peak_matmul_gflops()`, so a reader can tell a slow machine from a busy one), and
 the configurations it ran (`config_record()`: preset, overrides and the sha256 of
 the resolved `PipelineConfig`, so a figure taken with an earlier recipe cannot
-pass for today's; `tests/test_figures.py` compares it with what the preset
+pass for today's; `tests/benchmarks/test_figures.py` compares it with what the preset
 resolves to now).
 `benchmarks/render.py` turns the committed JSON files into the figures of
 README.md and BENCHMARKS.md.

@@ -10,7 +10,7 @@ otherwise); held-out figures are never read. A decision whose evidence is missin
 not in benchmarks/results/, one without strict provenance (`render_common.provenance_problems`), or runs without a
 validation figure - is recorded as `withdrawn`, with what is missing: the preset's setting then rests on no
 committed measurement, and the text says so. The output records the command, commit and machine like every
-benchmark; it runs no PipelineConfig. `tests/test_figures.py` fails when the committed file's decisions
+benchmark; it runs no PipelineConfig. `tests/benchmarks/test_figures.py` fails when the committed file's decisions
 differ from what `decide` makes of the committed results now.
 """
 

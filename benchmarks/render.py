@@ -6,7 +6,7 @@
 
 A block is the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->`; BLOCKS maps each NAME to the
 function that renders it from JSON files written by the benchmark scripts. Measured figures appear only
-inside blocks: `tests/test_figures.py` fails when a block differs from what this renders, or when the text
+inside blocks: `tests/benchmarks/test_figures.py` fails when a block differs from what this renders, or when the text
 outside the blocks quotes a measured-looking number.
 
 The provenance rules every rendered result must pass: render_common.py's docstring.

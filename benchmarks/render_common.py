@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 # --------------------------------------------------------------------------- helpers
 
 
-LOADED: set[str] = set()  # every result file a block has read (tests/test_figures.py checks each one)
+LOADED: set[str] = set()  # every result file a block has read (tests/benchmarks/test_figures.py checks each one)
 REFUSED: dict[str, list[str]] = {}  # result files load() refused to render, with what they lack
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from benchmarks.render_common import load, n0, n1, n2, ratio
 
-# BENCHMARKS.md's section headings each row links to (tests/test_figures.py checks they are still there).
+# BENCHMARKS.md's section headings each row links to (tests/benchmarks/test_figures.py checks they are still there).
 SECTIONS = {
     "quality": "4. Quality: a pretrained encoder against training from scratch",
     "training": "3. Training throughput and precision",

@@ -5,7 +5,7 @@
 
 Every figure in the blocks between `<!-- transfer:begin -->` and `<!-- transfer:end -->` comes from
 the JSON files named in render_quality.py (written by `benchmarks/quality.py`, commands recorded inside them);
-`benchmarks/render.py` renders this block with the others, and `tests/test_figures.py` fails when a
+`benchmarks/render.py` renders this block with the others, and `tests/benchmarks/test_figures.py` fails when a
 committed block differs from what renders.
 """
 

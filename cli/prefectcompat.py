@@ -1,7 +1,7 @@
 """The Prefect internals the CLI relies on, fenced in this one module.
 
 Prefect 3 has no public call for either of these; everything else in segpipe uses Prefect's public API.
-`tests/test_prefectcompat.py` fails, naming the attribute, when a Prefect upgrade removes or changes one.
+`tests/cli/test_prefectcompat.py` fails, naming the attribute, when a Prefect upgrade removes or changes one.
 
 - `drain`: send the events and logs this process still buffers to the API, within a timeout
   (`EventsWorker.drain_all`, `APILogWorker.drain_all`: Prefect's queue services; it calls them itself

@@ -1,7 +1,7 @@
 """Private Keras attributes segpipe depends on, and Keras behaviour it relies on beyond the documented
 API, fenced in this one module.
 
-`tests/test_kerascompat.py` fails loudly when Keras changes any of them.
+`tests/models/test_kerascompat.py` fails loudly when Keras changes any of them.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def fit_reads_one_iterator(model: Any) -> None:
     generator shared by all its iterators, and the dropped iterator's prefetch threads may still start
     the stream's next epoch, drawing a seed, before the training iterator starts. Which permutation a
     process then trains on depends on timing: two workers of one job trained on different permutations
-    (tests/test_distributed.py). Here the model is built from the dataset's element spec (zeros of
+    (tests/training/test_distributed.py). Here the model is built from the dataset's element spec (zeros of
     those shapes), so `fit` opens only the iterator it trains on, as it does without a strategy.
 
     Call on a model built and compiled under its strategy, before `fit`.

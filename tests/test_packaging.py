@@ -54,7 +54,7 @@ def test_no_code_runs_a_layer_by_its_bare_folder_name():
     import re
 
     bare = re.compile(r"""(["']-m["'],\s*["']|-m |\bfrom |\bimport )(cli|tasks|flows|deployments)\.\w""")
-    planted = {"tests/test_benchmarks_layout.py", "tests/test_packaging.py"}  # planted examples, this docstring
+    planted = {"tests/benchmarks/test_benchmarks_layout.py", "tests/test_packaging.py"}  # planted examples, this docstring
     found = [f"{p.relative_to(ROOT)}:{i}" for p in ROOT.glob("*/**/*.py")
              if ".venv" not in p.parts and str(p.relative_to(ROOT)) not in planted
              for i, line in enumerate(p.read_text().splitlines(), 1) if bare.search(line)]

@@ -20,7 +20,7 @@ pipeline and keeps its own part of every batch; see `segpipe.data.input`). Under
 training data through one iterator only (`segpipe.kerascompat.fit_reads_one_iterator`): Keras' own
 throw-away build iterator let a worker start on the stream's next permutation, depending on timing, so
 workers trained on overlapping examples. Each replica now trains on the examples one process would give
-it, and the losses match one process's to float rounding (tests/test_distributed.py).
+it, and the losses match one process's to float rounding (tests/training/test_distributed.py).
 
 The chief is the task of type "chief", or worker 0 when the cluster has no chief (TensorFlow's
 convention). Only the chief writes the run directory; the other workers run every step (their
