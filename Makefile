@@ -25,7 +25,7 @@ run: $(BIN)/.installed
 	$(BIN)/segpipe run --source $(SOURCE) --preset $(PRESET) --work-dir $(WORK) $(ARGS)
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -m "slow or not slow" -q
+	$(BIN)/python -m pytest -m "slow or not slow" -q -n 2 --dist loadfile
 
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
