@@ -94,8 +94,10 @@ def _flow_run_state(env, output: str) -> str:
 
 
 def test_deploy_all_then_worker_runs_pipeline_and_retrain(server, tmp_path):
-    env = dict(server["env"])
     work = tmp_path / "work"
+    # the worker's own result storage is this test's, not the session's: a cache record another test left there
+    # for the same synthetic archives would serve validate from the cache (and skip its validation-report)
+    env = {**server["env"], "PREFECT_LOCAL_STORAGE_PATH": str(work / "prefect-results")}
     archives = tmp_path / "archives"
     make_pets_archives(archives)
     files = {p.name: p.read_bytes() for p in archives.iterdir()}
@@ -133,6 +135,7 @@ def test_deploy_all_then_worker_runs_pipeline_and_retrain(server, tmp_path):
             assert _flow_run_state(env, out.stdout) == "Completed", out.stdout[-2000:]
             runs = list((work / "runs").iterdir())
             assert len(runs) == 1 and (runs[0] / "metrics.json").is_file() and (runs[0] / "gallery" / "index.html").is_file()
+            assert any((work / "prefect-results").iterdir())  # the task results went to this test's storage
 
             with get_client(sync_client=True, httpx_settings={"base_url": env["PREFECT_API_URL"]}) as client:
                 keys = {a.key for a in client.read_artifacts()}
