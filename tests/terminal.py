@@ -2,7 +2,8 @@
 
 - `Terminal`: a command on a new pseudo-terminal that is its controlling terminal; `type_ctrl_c()`
   writes 0x03 to it, so the kernel's line discipline signals the terminal's foreground process
-  group, exactly as a keyboard does.
+  group, exactly as a keyboard does; `interrupt()` types it and waits for the exit.
+- `INTERRUPT_LINE`, `interrupt_lines`: the one line the CLI prints when Ctrl-C stops it.
 - `children_of`, `cmdline`, `alive`, `prefect_server_of`: the processes a command started, from /proc.
 - `recorded_runs`: the flow and task runs in a Prefect database, read from its SQLite file.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -21,6 +23,17 @@ import time
 from pathlib import Path
 
 from tests.faults import REPO
+
+
+INTERRUPT_LINE = re.compile(
+    r"^segpipe (?P<command>\w+): interrupted(?: during (?P<stages>[\w, -]+))?"
+    r"(?P<recorded>(?:; Prefect recorded .+? as \w+)*)\. Run the same command again to resume \((?P<resume>.+)\)\.$"
+)
+
+
+def interrupt_lines(out: str) -> list[re.Match[str]]:
+    """The interrupt lines (`INTERRUPT_LINE`) in a command's output."""
+    return [m for m in map(INTERRUPT_LINE.search, out.splitlines()) if m]
 
 
 class Terminal:
@@ -60,6 +73,12 @@ class Terminal:
         t = time.monotonic()
         os.write(self.master, b"\x03")
         return t
+
+    def interrupt(self, timeout: float = 60) -> tuple[int, float]:
+        """Type Ctrl-C and wait for the command to exit: (exit status, seconds from the key to the exit)."""
+        pressed = self.type_ctrl_c()
+        rc = self.wait(timeout=timeout)
+        return rc, time.monotonic() - pressed
 
     def foreground_group(self) -> int:
         return os.tcgetpgrp(self.master)

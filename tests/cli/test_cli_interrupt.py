@@ -24,14 +24,10 @@ from pathlib import Path
 import pytest
 
 from tests.faults import REPO, child_env, wait_for
-from tests.terminal import Terminal, alive, prefect_server_of, recorded_runs
+from tests.terminal import Terminal, alive, interrupt_lines, prefect_server_of, recorded_runs
 
 pytestmark = pytest.mark.slow
 
-INTERRUPT_LINE = re.compile(
-    r"^segpipe (?P<command>\w+): interrupted(?: during (?P<stages>[\w, -]+))?"
-    r"(?P<recorded>(?:; Prefect recorded .+? as \w+)*)\. Run the same command again to resume \((?P<resume>.+)\)\.$"
-)
 NATIVE_NOISE = ("absl::InitializeLog", "cuInit", "oneDNN custom operations", "Could not find cuda drivers",
                 "cpu_feature_guard")
 
@@ -75,16 +71,14 @@ def test_ctrl_c_in_a_terminal_during_training_stops_in_seconds_and_records_the_r
         assert server is not None, "the CLI runs an ephemeral Prefect server"
         assert os.getpgid(server) != term.foreground_group(), "the server must not hear the terminal's signals"
         pressed_at_epoch = backup_epoch(work)
-        pressed = term.type_ctrl_c()
-        rc = term.wait(timeout=60)
-        exit_s = time.monotonic() - pressed
+        rc, exit_s = term.interrupt()
     finally:
         term.close()
     out = term.drain()
     assert rc == 130, out[-3000:]
     # Stopped in the epoch under way when Ctrl-C came, not at the end of the 25 (the time is printed below).
     assert backup_epoch(work) <= pressed_at_epoch + 1, out[-3000:]
-    lines = [m for m in map(INTERRUPT_LINE.search, out.splitlines()) if m]
+    lines = interrupt_lines(out)
     assert len(lines) == 1, out[-3000:]
     line = lines[0]
     assert (line["command"], line["stages"]) == ("run", "train"), line[0]

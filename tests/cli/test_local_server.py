@@ -24,7 +24,7 @@ import pytest
 
 from segpipe_app.cli import server
 from tests.faults import REPO, child_env, wait_for
-from tests.terminal import Terminal, recorded_runs
+from tests.terminal import Terminal, interrupt_lines, recorded_runs
 
 STARTING = "segpipe: starting a local Prefect server in the background"
 
@@ -265,7 +265,6 @@ def test_a_port_taken_by_another_process_is_never_spoken_to(local_server_homes, 
 def test_ctrl_c_with_the_background_server_records_the_run_and_leaves_the_server_running(local_server_homes,
                                                                                            tmp_path):
     from tests.faults import ThrottledServer, padded_archives
-    from tests.cli.test_cli_interrupt import INTERRUPT_LINE
 
     home = local_server_homes()
     files = padded_archives(tmp_path / "src")
@@ -279,15 +278,13 @@ def test_ctrl_c_with_the_background_server_records_the_run_and_leaves_the_server
                      what="the download to start")
             state = server.read_state(home)
             assert state is not None and os.getpgid(state.pid) != term.foreground_group()
-            pressed = term.type_ctrl_c()
-            rc = term.wait(timeout=60)
-            exit_s = time.monotonic() - pressed
+            rc, exit_s = term.interrupt()
         finally:
             term.close()
     out = term.drain()
     assert rc == 130, out[-3000:]
     assert exit_s < 10, f"exit took {exit_s:.1f} s after Ctrl-C"
-    lines = [m for m in map(INTERRUPT_LINE.search, out.splitlines()) if m]
+    lines = interrupt_lines(out)
     assert len(lines) == 1 and lines[0]["stages"] == "download", out[-3000:]
     recorded = lines[0]["recorded"]
     assert re.fullmatch(r"(; Prefect recorded download-data run '[\w-]+' as Crashed)+", recorded), lines[0][0]
