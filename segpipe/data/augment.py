@@ -104,7 +104,7 @@ def _color_jitter_batch(images: tf.Tensor, delta: tf.Tensor, factor: tf.Tensor) 
 
 
 @tf.function(jit_compile=True)
-def _hue_saturation_batch(images: tf.Tensor, angle: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+def hue_saturation_batch(images: tf.Tensor, angle: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
     """Per image: rotate the hue by `angle` (radians) and scale the saturation by `factor`, clip to [0, 1].
 
     Both act on the chroma plane (I, Q) of YIQ, which leaves the luma alone;
@@ -165,7 +165,7 @@ def augment_batch(
         # A stream of its own (seed + 1), so enabling this leaves the draws above as they were.
         v = tf.random.stateless_uniform([tf.shape(images)[0], 2], seed + tf.constant([0, 1], seed.dtype))
         angle = (2.0 * v[:, 0] - 1.0) * (hue * math.pi / 180.0)
-        images = _hue_saturation_batch(images, angle, 1.0 + (2.0 * v[:, 1] - 1.0) * saturation)
+        images = hue_saturation_batch(images, angle, 1.0 + (2.0 * v[:, 1] - 1.0) * saturation)
     return images, labels
 
 

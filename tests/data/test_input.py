@@ -9,7 +9,7 @@ import pytest
 
 import tensorflow as tf
 
-from segpipe.data.augment import _hue_saturation_batch, augment, geometric_transform  # noqa: E402
+from segpipe.data.augment import hue_saturation_batch, augment, geometric_transform  # noqa: E402
 from segpipe.data.input import eval_dataset, num_examples, preprocess, training_dataset  # noqa: E402
 from segpipe.data.spec import parse_example  # noqa: E402
 from tests.synthetic import synthetic_example  # noqa: E402
@@ -133,10 +133,10 @@ def test_hue_and_saturation_jitter_keep_luma_and_mask_and_leave_the_other_draws_
     luma = np.array([0.299, 0.587, 0.114], np.float32)
     inside = (photo.min(-1) > 0.3) & (photo.max(-1) < 0.7)  # far from clipping: luma is kept exactly
     np.testing.assert_allclose((x.numpy() @ luma)[inside], (photo @ luma)[inside], atol=1e-4)
-    grey = _hue_saturation_batch(tf.constant(photo[None]), tf.constant([0.7]), tf.constant([0.0]))[0].numpy()
+    grey = hue_saturation_batch(tf.constant(photo[None]), tf.constant([0.7]), tf.constant([0.0]))[0].numpy()
     np.testing.assert_allclose(grey[..., 0], grey[..., 2], atol=1e-5)  # factor 0: grey
     np.testing.assert_allclose(grey @ luma, photo @ luma, atol=1e-4)
-    same = _hue_saturation_batch(tf.constant(photo[None]), tf.constant([0.0]), tf.constant([1.0]))[0].numpy()
+    same = hue_saturation_batch(tf.constant(photo[None]), tf.constant([0.0]), tf.constant([1.0]))[0].numpy()
     np.testing.assert_allclose(same, photo, atol=1e-4)  # identity (YIQ round trip)
     # Enabled or not, the geometric and brightness/contrast draws for a seed are the same.
     a, la = augment(tf.constant(photo), tf.constant(label), tf.constant([3, 4]))

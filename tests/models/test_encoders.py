@@ -237,14 +237,13 @@ def test_imagenet_without_internet_or_cache_says_how_to_supply_a_file(tmp_path):
 
 
 def test_training_task_cache_key_sees_the_weights_digest_not_the_path(weights_file, tmp_path):
-    from segpipe_app.tasks.caching import _plain
-
+    """The train task's key hashes `ModelConfig.cache_content()` (tasks/caching.py's Content policy)."""
     path, _ = weights_file
     moved = tmp_path / "moved.weights.h5"
     shutil.copy(path, moved)
-    assert _plain(_cfg(path).model) == _plain(_cfg(moved).model)
-    assert str(tmp_path) not in json.dumps(_plain(_cfg(moved).model))
-    assert _plain(_cfg(path).model) != _plain(_cfg(None).model)
+    assert _cfg(path).model.cache_content() == _cfg(moved).model.cache_content()
+    assert str(tmp_path) not in json.dumps(_cfg(moved).model.cache_content())
+    assert _cfg(path).model.cache_content() != _cfg(None).model.cache_content()
 
 
 def test_cli_default_preset_is_the_pretrained_cpu_quick(capsys):

@@ -320,7 +320,7 @@ def stop_request():
 def test_a_stop_request_ends_a_download_between_chunks_keeping_the_bytes(stop_request, tmp_path):
     import hashlib
 
-    from segpipe.data.fetch import write_chunks as _write_chunks
+    from segpipe.data.fetch import write_chunks
 
     class Bar:
         def update(self, done, force=False):
@@ -335,7 +335,7 @@ def test_a_stop_request_ends_a_download_between_chunks_keeping_the_bytes(stop_re
 
     part = tmp_path / "images.tar.gz.part"
     with open(part, "wb") as f, pytest.raises(stop_request.Cancelled, match="images.tar.gz.part"):
-        _write_chunks(chunks(), f, hashlib.sha256(), Bar(), 0)
+        write_chunks(chunks(), f, hashlib.sha256(), Bar(), 0)
     assert part.read_bytes() == b"a" * 10 + b"b" * 10  # kept, for the next run to resume from
     assert issubclass(stop_request.Cancelled, KeyboardInterrupt)  # never retried as a task failure
 
