@@ -73,12 +73,9 @@ def evaluate(model_paths: Sequence[PathLike] | PathLike, dataset: DatasetRef | P
     """Score the model (several: the ensemble) on `split` (default `eval_config.split`) with the eval
     section's batch size, collapse threshold and flip TTA; with `out_path`, the metrics are written there
     as JSON too (as the `evaluate` task writes metrics.json)."""
-    from segpipe.evaluation.evaluate import evaluate as score
-    from segpipe.evaluation.evaluate import write_metrics
+    from segpipe.evaluation.evaluate import evaluate_with, write_metrics
 
-    e = eval_config
-    result = score(_paths(model_paths), _dataset_dir(dataset), split or e.split, batch_size=e.batch_size,
-                   collapse_threshold=e.collapse_threshold, flip=e.tta_flip)
+    result = evaluate_with(_paths(model_paths), _dataset_dir(dataset), eval_config, split)
     if out_path is not None:
         write_metrics(result, out_path)
     return result
@@ -89,16 +86,12 @@ def gallery(model_paths: Sequence[PathLike] | PathLike, dataset: DatasetRef | Pa
     """The prediction gallery on `eval_config.split` (its `gallery_samples` sampled and `gallery_worst` worst
     images, `gallery_seed`, `tta_flip`) in `out_dir`; `scores`: the `evaluate` result to pick the worst
     from (default: scored here). Returns the path of its index.html."""
-    from segpipe.evaluation.evaluate import render_evaluation_gallery
+    from segpipe.evaluation.evaluate import gallery_with
 
-    e = eval_config
     if scores is None:
-        scores = evaluate(model_paths, dataset, e)
-    return render_evaluation_gallery(
-        _paths(model_paths), _dataset_dir(dataset), e.split, out_dir, n_sample=e.gallery_samples,
-        n_worst=e.gallery_worst, seed=e.gallery_seed, per_image=scores.per_image, metrics=scores.metrics,
-        batch_size=e.batch_size, flip=e.tta_flip,
-    )
+        scores = evaluate(model_paths, dataset, eval_config)
+    return gallery_with(_paths(model_paths), _dataset_dir(dataset), eval_config, out_dir,
+                        per_image=scores.per_image, metrics=scores.metrics)
 
 
 def predict(model_paths: Sequence[PathLike] | PathLike, inputs: Sequence[PathLike], out_dir: PathLike, *,

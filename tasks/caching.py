@@ -32,7 +32,7 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_logger
 
 from segpipe.codekeys import code_key
-from segpipe.data.dataset import DATASET_ENTRY, DOWNLOAD_ENTRY, VALIDATE_ENTRY
+from segpipe.data.dataset import CONTENT_ENTRY, DOWNLOAD_ENTRY, VALIDATE_ENTRY
 from segpipe.data.download import TransientDownloadError, is_downloaded, resolve_source, source_fingerprint
 from segpipe.data.extract import extraction_complete
 from segpipe.data.tfrecords import dataset_complete, split_shards_complete
@@ -218,12 +218,12 @@ EXTRACT_CACHE = ArtifactCheck(
     key=INPUTS - "archive_path" - "work_dir" + task_code(*EXTRACT_ENTRY), outputs_ok=_extracted
 )
 VALIDATE_CACHE = INPUTS - "images_root" - "annotations_root" - "workers" + task_code(*VALIDATE_ENTRY)
-SPLIT_CACHE = INPUTS - "report" + task_code(*DATASET_ENTRY)
+SPLIT_CACHE = INPUTS - "report" + task_code(*CONTENT_ENTRY)
 WRITE_SHARDS_CACHE = ArtifactCheck(
-    key=Content(names=("split_name", "plan")) + task_code(*DATASET_ENTRY), outputs_ok=_split_shards_exist
+    key=Content(names=("split_name", "plan")) + task_code(*CONTENT_ENTRY), outputs_ok=_split_shards_exist
 )
 WRITE_MANIFEST_CACHE = ArtifactCheck(
-    key=Content(names=("plan", "digests")) + task_code(*DATASET_ENTRY), outputs_ok=_manifest_written
+    key=Content(names=("plan", "digests")) + task_code(*CONTENT_ENTRY), outputs_ok=_manifest_written
 )
 LOCATE_DATASET_CACHE = NO_CACHE  # it only reads what is on disk
 

@@ -38,8 +38,8 @@ from segpipe_app.tasks.caching import (
 from segpipe_app.tasks.retries import DOWNLOAD_RETRY
 
 __all__ = [
-    "Archive", "DatasetPlan", "DatasetRef", "download_task", "verify_task", "extract_task", "validate_task",
-    "split_task", "write_shards_task", "write_manifest_task", "locate_dataset_task",
+    "download_task", "verify_task", "extract_task", "validate_task", "split_task", "write_shards_task",
+    "write_manifest_task", "locate_dataset_task",
 ]
 
 
@@ -47,8 +47,9 @@ __all__ = [
 def download_task(source: str, name: str, work_dir: str, timeout: float = 60.0) -> Archive:
     """Fetch one archive into WORK/downloads (resuming a .part), mirrors tried in order."""
     logger = get_run_logger()
-    logger.info("downloading %s from %s", name, resolve_source(source).describe())
-    archive = fetch_archive(source, name, WorkDir.at(work_dir).downloads, timeout=timeout)
+    src = resolve_source(source)
+    logger.info("downloading %s from %s", name, src.describe())
+    archive = fetch_archive(src, name, WorkDir.at(work_dir).downloads, timeout=timeout)
     if archive.resumed_from:
         logger.info("resumed %s from byte %d", name, archive.resumed_from)
     logger.info("%s: %d bytes, sha256 %s", name, archive.size, archive.sha256)

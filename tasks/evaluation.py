@@ -20,15 +20,11 @@ def evaluate_task(
 ) -> dict[str, Any]:
     """Score the model (or the ensemble) on `split` (default `eval_config.split`) with the eval section's batch
     size, collapse threshold and flip TTA; writes metrics.json and a Markdown artifact."""
-    from segpipe.evaluation.evaluate import evaluate, metrics_markdown, write_metrics
+    from segpipe.evaluation.evaluate import evaluate_with, metrics_markdown, write_metrics
 
     logger = get_run_logger()
-    e = eval_config
-    split = split or e.split
-    result = evaluate(
-        [Path(p) for p in model_paths], Path(dataset.path), split, batch_size=e.batch_size,
-        collapse_threshold=e.collapse_threshold, flip=e.tta_flip,
-    )
+    split = split or eval_config.split
+    result = evaluate_with(model_paths, dataset.path, eval_config, split)
     metrics = result.metrics
     write_metrics(metrics, Path(out_path))
     for warning in metrics.get("warnings", []):
@@ -51,13 +47,9 @@ def gallery_task(
 ) -> str:
     """Seeded sample + worst-K images by IoU on `eval_config.split` (`gallery_samples`, `gallery_worst`,
     `gallery_seed`, `tta_flip`): contact sheets and a self-contained index.html."""
-    from segpipe.evaluation.evaluate import render_evaluation_gallery
+    from segpipe.evaluation.evaluate import gallery_with
 
-    e = eval_config
-    index = render_evaluation_gallery(
-        [Path(p) for p in model_paths], Path(dataset.path), e.split, Path(out_dir), n_sample=e.gallery_samples,
-        n_worst=e.gallery_worst, seed=e.gallery_seed, per_image=per_image, metrics=metrics, flip=e.tta_flip,
-    )
+    index = gallery_with(model_paths, dataset.path, eval_config, out_dir, per_image=per_image, metrics=metrics)
     get_run_logger().info("gallery: %s", index)
     create_link_artifact(link=Path(index).resolve().as_uri(), link_text="prediction gallery", key="gallery")
     return str(index)

@@ -24,15 +24,15 @@ def train_task(
     """
     logger = get_run_logger()
     cfg = PipelineConfig(model=model, train=train_config, eval=eval_config)
-    logger.info("training %s on dataset %s into %s", model.name, dataset.dataset_key,
-                train_run_dir(work_dir, dataset.dataset_key, model, train_config))
+    run_dir = train_run_dir(work_dir, dataset.dataset_key, model, train_config)
+    logger.info("training %s on dataset %s into %s", model.name, dataset.dataset_key, run_dir)
 
     def log_epoch(epoch: int, logs: dict) -> None:
         progress = logs.pop("progress", f"epoch {epoch + 1}")
         logger.info("%s: %s", progress, ", ".join(f"{k}={v:.4g}" for k, v in sorted(logs.items())))
 
     # verbose=0: the epoch line above (progress, ETA, metrics) is the one a user reads
-    trained = train_run(cfg, dataset, work_dir, on_epoch_end=log_epoch, verbose=0)
+    trained = train_run(cfg, dataset, work_dir, on_epoch_end=log_epoch, verbose=0, run_dir=run_dir)
     if trained.resumed_from_epoch:
         logger.info("resumed from epoch %d", trained.resumed_from_epoch)
     logger.info("best val mean IoU %.4g at epoch %d", trained.best_val_mean_iou, trained.best_epoch + 1)  # 1-based

@@ -88,17 +88,10 @@ def local_server_homes(tmp_path):
 def _stop_local_server(home: Path) -> None:
     """Stop every Prefect server process whose PREFECT_HOME is `home` (recorded in state.json or not)."""
     from segpipe_app.cli import server
+    from tests.terminal import servers_of
 
-    wanted = f"PREFECT_HOME={home.resolve()}".encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if wanted in environ and server.is_prefect_server(int(proc.name)):
-            server.stop_process(int(proc.name))
+    for pid in servers_of(home):
+        server.stop_process(pid)
 
 
 def pytest_sessionfinish(session, exitstatus):

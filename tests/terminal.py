@@ -4,7 +4,8 @@
   writes 0x03 to it, so the kernel's line discipline signals the terminal's foreground process
   group, exactly as a keyboard does; `interrupt()` types it and waits for the exit.
 - `INTERRUPT_LINE`, `interrupt_lines`: the one line the CLI prints when Ctrl-C stops it.
-- `children_of`, `cmdline`, `alive`, `prefect_server_of`: the processes a command started, from /proc.
+- `children_of`, `cmdline`, `alive`, `prefect_server_of`, `servers_of`: the processes a command started, and
+  the Prefect servers of a PREFECT_HOME, from /proc.
 - `recorded_runs`: the flow and task runs in a Prefect database, read from its SQLite file.
 """
 
@@ -132,6 +133,24 @@ def alive(pid: int) -> bool:
 def prefect_server_of(pid: int) -> int | None:
     servers = [c for c in children_of(pid) if "uvicorn" in cmdline(c)]
     return servers[0] if servers else None
+
+
+def servers_of(home: Path) -> list[int]:
+    """Every Prefect server process whose PREFECT_HOME is `home` (recorded in its state.json or not)."""
+    from segpipe_app.cli import server
+
+    wanted = f"PREFECT_HOME={home.resolve()}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted in environ and server.is_prefect_server(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids
 
 
 def recorded_runs(prefect_home: Path) -> dict[str, list[tuple[str, str]]]:

@@ -33,10 +33,8 @@ VALIDATE_ENTRY: tuple[str, ...] = ("segpipe.data.validate",)
 """Validation: which pairs decode, and what is known about each."""
 
 CONTENT_ENTRY: tuple[str, ...] = (*VALIDATE_ENTRY, "segpipe.data.split", "segpipe.data.tfrecords", "segpipe.data.dataset")
-"""The library code that decides a dataset's content (part of the dataset key)."""
-
-DATASET_ENTRY: tuple[str, ...] = (*CONTENT_ENTRY,)
-"""The stages that write a dataset (split, shards, manifest), the key itself included."""
+"""The library code that decides a dataset's content (part of the dataset key); the stages that write a
+dataset (split, shards, manifest) run this same code, so their cache keys name it too."""
 
 
 def data_code_digest() -> str:
@@ -121,7 +119,7 @@ def finish_dataset(
     """validation.json, split.json, then manifest.json last (the dataset is complete once it exists),
     then every shard checked against the manifest: RuntimeError naming the problems otherwise."""
     from segpipe.data.split import write_split
-    from segpipe.data.tfrecords import verify_dataset, write_manifest
+    from segpipe.data.tfrecords import write_manifest
     from segpipe.data.validate import write_validation
 
     out_dir = Path(out_dir)
@@ -131,22 +129,27 @@ def finish_dataset(
         out_dir, dataset_key=plan.dataset_key, archives=dict(digests), parameters=plan.params, shards=shards,
         validation_summary=report.counts,
     )
-    problems = verify_dataset(out_dir)
-    if problems:
-        raise RuntimeError(f"dataset {plan.dataset_key} failed verification: " + "; ".join(problems))
+    _verify(out_dir, plan.dataset_key)
     return DatasetRef(plan.dataset_key, str(out_dir), plan.num_examples)
+
+
+def _verify(path: str | Path, key: str) -> None:
+    """RuntimeError naming every shard of the dataset in `path` that does not match its manifest."""
+    from segpipe.data.tfrecords import verify_dataset
+
+    problems = verify_dataset(path)
+    if problems:
+        raise RuntimeError(f"dataset {key} failed verification: " + "; ".join(problems))
 
 
 def open_dataset(path: str | Path, dataset_key: str | None = None) -> DatasetRef:
     """The complete dataset in `path`, read from its manifest (`tfrecords.load_manifest`) after every shard
     is checked against it; FileNotFoundError when there is none, RuntimeError when it does not verify."""
-    from segpipe.data.tfrecords import load_manifest, verify_dataset
+    from segpipe.data.tfrecords import load_manifest
 
     manifest = load_manifest(path)
     key = dataset_key or manifest.get("dataset_key") or Path(path).name
-    problems = verify_dataset(path)
-    if problems:
-        raise RuntimeError(f"dataset {key} failed verification: " + "; ".join(problems))
+    _verify(path, key)
     splits = manifest["splits"]
     return DatasetRef(key, str(path), {name: info["num_examples"] for name, info in splits.items()})
 

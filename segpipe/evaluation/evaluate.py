@@ -49,7 +49,7 @@ from segpipe.evaluation.ensemble import (  # noqa: F401
     resize_image,
 )
 from segpipe.fsutil import atomic_write_json
-from segpipe.config import COLLAPSE_THRESHOLD
+from segpipe.config import COLLAPSE_THRESHOLD, EvalConfig
 from segpipe.evaluation.metrics import ConfusionAccumulator, markdown_table, per_image_iou
 from segpipe.progress import Progress
 
@@ -333,3 +333,28 @@ def render_evaluation_gallery(
     n_worst_shown = sum(it["tag"] == "worst" for it in items)
     title = title or f"{split} split: {n_worst_shown} worst and {len(items) - n_worst_shown} sampled predictions"
     return render_gallery(items, out_dir, title=title, metrics=metrics)
+
+
+def evaluate_with(
+    model_paths: Sequence[PathLike], dataset_dir: PathLike, eval_config: EvalConfig, split: str | None = None,
+) -> EvaluationResult:
+    """`evaluate` as the eval section says: its split (unless `split` is given), batch size, collapse
+    threshold and flip TTA. The `evaluate` task and `segpipe.stages.evaluate` both call this."""
+    e = eval_config
+    return evaluate([Path(p) for p in model_paths], dataset_dir, split or e.split, batch_size=e.batch_size,
+                    collapse_threshold=e.collapse_threshold, flip=e.tta_flip)
+
+
+def gallery_with(
+    model_paths: Sequence[PathLike], dataset_dir: PathLike, eval_config: EvalConfig, out_dir: PathLike, *,
+    per_image: Sequence[dict[str, Any]], metrics: dict[str, Any] | None = None,
+) -> Path:
+    """`render_evaluation_gallery` as the eval section says: its split, `gallery_samples` sampled and
+    `gallery_worst` worst images, `gallery_seed`, batch size and flip TTA. The `gallery` task and
+    `segpipe.stages.gallery` both call this."""
+    e = eval_config
+    return render_evaluation_gallery(
+        [Path(p) for p in model_paths], dataset_dir, e.split, out_dir, n_sample=e.gallery_samples,
+        n_worst=e.gallery_worst, seed=e.gallery_seed, per_image=per_image, metrics=metrics,
+        batch_size=e.batch_size, flip=e.tta_flip,
+    )

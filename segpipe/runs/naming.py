@@ -97,9 +97,11 @@ class TrainedRun:
 def train_run(
     cfg: PipelineConfig, dataset: DatasetRef, work_dir: str | Path | None, *,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None, verbose: int | None = None,
+    run_dir: str | Path | None = None,
 ) -> TrainedRun:
     """The train stage: train `cfg.model` with `cfg.train` on `dataset` into WORK/runs/<run-id>
-    (`train_run_dir`), resuming a killed run and returning a complete one as it is (`segpipe.training.train`).
+    (`train_run_dir`, or `run_dir` when the caller computed it already), resuming a killed run and returning
+    a complete one as it is (`segpipe.training.train`).
 
     A dataset without train and val examples is refused before TensorFlow loads (`require_train_split`).
     """
@@ -108,6 +110,7 @@ def train_run(
     require_train_split(dataset.num_examples, dataset.dataset_key)
     from segpipe.training import train
 
-    run_dir = train_run_dir(work_dir, dataset.dataset_key, cfg.model, cfg.train)
+    if run_dir is None:
+        run_dir = train_run_dir(work_dir, dataset.dataset_key, cfg.model, cfg.train)
     result = train(cfg, Path(dataset.path), run_dir, on_epoch_end=on_epoch_end, verbose=verbose)
     return TrainedRun.of(result, dataset.dataset_key, run_dir)

@@ -24,7 +24,7 @@ import pytest
 
 from segpipe_app.cli import server
 from tests.faults import REPO, child_env, wait_for
-from tests.terminal import Terminal, interrupt_lines, recorded_runs
+from tests.terminal import Terminal, interrupt_lines, recorded_runs, servers_of
 
 STARTING = "segpipe: starting a local Prefect server in the background"
 
@@ -40,21 +40,6 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
 def segpipe(home: Path, *args: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "segpipe_app.cli.main", *args], cwd=REPO, env=env_for(home, **extra),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def servers_of(home: Path) -> list[int]:
-    """Every Prefect server process whose PREFECT_HOME is `home`, from /proc."""
-    wanted = f"PREFECT_HOME={home.resolve()}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                environ = (proc / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if wanted in environ and server.is_prefect_server(int(proc.name)):
-                pids.append(int(proc.name))
-    return pids
 
 
 def started(home: Path, *args: str, **extra: str) -> tuple[server.ServerState, str]:
