@@ -77,7 +77,7 @@ def warp_check() -> str:
                     f"| {100 * c['label_pixels_differ']:.3f}% |")
     cost = d["cpu_ms_per_image_160"]
     return "\n".join([
-        f"`_warp_batch` against `ImageProjectiveTransformV3`, same inputs and transforms: largest image difference "
+        f"`warp_batch` against `ImageProjectiveTransformV3`, same inputs and transforms: largest image difference "
         f"**{d['max_abs_diff_on_0_1']:.1e}**; labels " + ("identical in every case." if d["labels_identical"] else
                                                            "identical except in the cases with a non-zero share "
                                                            "below."),

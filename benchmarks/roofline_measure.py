@@ -247,7 +247,7 @@ def augment_variant(cfg: Any) -> Variant:
     """segpipe.data.input.augment_batch with the preset's options on one cached uint8 batch (per batch)."""
     import tensorflow as tf
 
-    from segpipe.data.input import augment_batch
+    from segpipe.data.augment import augment_batch
 
     t = cfg.train
     g = tf.random.Generator.from_seed(2)

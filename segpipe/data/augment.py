@@ -92,9 +92,6 @@ def warp_batch(images: tf.Tensor, labels: tf.Tensor, transforms: tf.Tensor) -> t
     return top * (1.0 - fy) + bottom * fy, out_labels
 
 
-_warp_batch = warp_batch  # its earlier name (segpipe.data.input re-exports it; BENCHMARKS.md names it)
-
-
 @tf.function(jit_compile=True)
 def _color_jitter_batch(images: tf.Tensor, delta: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
     """Per image: add `delta` (brightness), scale about the per-channel mean by `factor` (contrast), clip to [0, 1]."""

@@ -20,8 +20,7 @@ from typing import Any
 
 import tensorflow as tf
 
-# augment, geometric_transform and _warp_batch: importable from here too, as before augment.py held them
-from segpipe.data.augment import _warp_batch, augment, augment_batch, geometric_transform  # noqa: F401
+from segpipe.data.augment import augment_batch
 from segpipe.fsutil import read_json
 from segpipe.layout import MANIFEST
 
