@@ -18,7 +18,6 @@ from segpipe.layout import ENV_WORK_DIR, WorkDir
 # Commands whose flows always run TensorFlow in this process (training, inference): it loads while the
 # Prefect server starts. `prepare` imports it only when it writes shards (a cached prepare never does).
 TENSORFLOW_COMMANDS = {"train", "evaluate", "gallery", "predict", "export", "run", "retrain"}
-NO_TENSORFLOW_SUFFIXES = (".tflite", ".onnx")  # `predict` with these models runs without TensorFlow
 
 
 def _prepare_runtime(args: argparse.Namespace, *, in_process: bool = True, tensorflow: bool | None = None) -> Path:
@@ -184,8 +183,10 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         raise CliError(f"--model: no such file or directory: {', '.join(missing)} "
                        "(expected a .keras model or an exported SavedModel directory, .tflite or .onnx file)")
     models = [str(p.resolve()) for p in args.model_paths]
+    from segpipe.export.exporter import runs_without_tensorflow
+
     # A LiteRT or ONNX export runs on its own runtime: TensorFlow is not loaded at all.
-    _prepare_runtime(args, tensorflow=not all(p.suffix in NO_TENSORFLOW_SUFFIXES for p in args.model_paths))
+    _prepare_runtime(args, tensorflow=not all(map(runs_without_tensorflow, args.model_paths)))
     from segpipe_app.flows.predict import predict_flow
 
     report = predict_flow(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size, cfg.eval.tta_flip)

@@ -181,6 +181,15 @@ def _files(root: Path) -> dict[str, dict[str, Any]]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
+FILE_FORMATS: dict[str, str] = {".tflite": "litert", ".onnx": "onnx"}
+"""Exported model files by suffix: each runs on its own runtime, without TensorFlow (a SavedModel needs it)."""
+
+
+def runs_without_tensorflow(path: PathLike) -> bool:
+    """True for an exported LiteRT or ONNX file: predicting with it never loads TensorFlow."""
+    return Path(path).suffix in FILE_FORMATS
+
+
 def exported_artifact(path: PathLike) -> dict[str, Any] | None:
     """{path, format, tta_flip, export sha256} when `path` is an exported model (a SavedModel directory, a
     `.tflite` or `.onnx` file), else None. The flip setting comes from the export's manifest."""
@@ -191,8 +200,8 @@ def exported_artifact(path: PathLike) -> dict[str, Any] | None:
                          "file, a SavedModel directory, or a .tflite or .onnx file")
     if path.is_dir():
         kind, folder = "saved_model", path
-    elif path.suffix in (".tflite", ".onnx"):
-        kind, folder = ("litert" if path.suffix == ".tflite" else "onnx"), path.parent
+    elif path.suffix in FILE_FORMATS:
+        kind, folder = FILE_FORMATS[path.suffix], path.parent
     else:
         return None
     manifest = read_json(folder / MANIFEST) if (folder / MANIFEST).is_file() else {}
