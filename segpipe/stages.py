@@ -104,13 +104,14 @@ def predict(model_paths: Sequence[PathLike] | PathLike, inputs: Sequence[PathLik
                          overlay=overlay, flip=tta_flip)
 
 
-def export(model_paths: Sequence[PathLike] | PathLike, out_dir: PathLike, dataset: DatasetRef | PathLike, *,
-           split: str = "test", formats: Sequence[str] | None = None, tta_flip: bool = False) -> ExportResult:
+def export(model_paths: Sequence[PathLike] | PathLike, out_dir: PathLike, dataset: DatasetRef | PathLike,
+           eval_config: EvalConfig = EvalConfig(), *, formats: Sequence[str] | None = None) -> ExportResult:
     """Export the model (several: one ensemble) as SavedModel, LiteRT and ONNX (or `formats`) into `out_dir`,
-    each checked in a fresh process against the Keras model on `split` of `dataset`; raises `ParityError`
-    (nothing installed) when an artifact fails its bound."""
+    flip TTA inside as `eval_config.tta_flip` says, each checked in a fresh process against the Keras model on
+    `eval_config.split` of `dataset` (as the `export` task does); raises `ParityError` (nothing installed)
+    when an artifact fails its bound."""
     from segpipe.export.exporter import export_models
 
     kwargs: dict[str, Any] = {} if formats is None else {"formats": list(formats)}
-    return export_models(_paths(model_paths), out_dir, dataset_dir=_dataset_dir(dataset), split=split,
-                         flip=tta_flip, **kwargs)
+    return export_models(_paths(model_paths), out_dir, dataset_dir=_dataset_dir(dataset), split=eval_config.split,
+                         flip=eval_config.tta_flip, **kwargs)

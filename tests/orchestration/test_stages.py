@@ -98,7 +98,7 @@ NOTEBOOK = """
     import json, sys
     from pathlib import Path
     from segpipe.config import build_config
-    from segpipe.stages import evaluate, gallery, predict, prepare, train
+    from segpipe.stages import evaluate, export, gallery, predict, prepare, train
 
     src, work = sys.argv[1], Path(sys.argv[2])
     cfg = build_config("tiny", {**json.loads(sys.argv[3]), "train": {"budget_images": 8}})
@@ -108,7 +108,8 @@ NOTEBOOK = """
     index = gallery([run.model_path], ds, cfg.eval, Path(run.run_dir) / "gallery", scores=scores)
     images = sorted((work / "extracted").glob("*/images/*.jpg"))[:3]
     report = predict([run.model_path], images, work / "predictions")
-    out = {"dataset": ds.__dict__, "run": run.__dict__, "metrics": scores.metrics, "per_image": scores.per_image,
+    exported = export([run.model_path], work / "export", ds, cfg.eval, formats=["saved_model"])
+    out = {"export": {"out_dir": str(exported.out_dir), "parity": [r.to_dict() for r in exported.parity]},"dataset": ds.__dict__, "run": run.__dict__, "metrics": scores.metrics, "per_image": scores.per_image,
            "index": index, "written": report.written, "failed": report.failed,
            "inputs": [str(p) for p in images], "config": cfg.model_dump(mode="json")}
 """
@@ -140,3 +141,11 @@ def test_a_notebook_runs_every_stage_without_prefect(source, tmp_path):
     assert out["failed"] == [] and [w["input"] for w in out["written"]] == out["inputs"]
     for w in out["written"]:
         assert Path(w["mask"]).is_file() and Path(w["overlay"]).is_file()
+
+    # export: the eval section's split and flip, every artifact within its parity bound, installed whole
+    assert out["export"]["out_dir"] == str(work / "export")
+    assert (work / "export" / "saved_model.pb").is_file() and (work / "export" / "export.json").is_file()
+    assert [r["artifact"] for r in out["export"]["parity"]] == ["saved_model"]
+    assert all(r["passed"] for r in out["export"]["parity"])
+    contract = json.loads((work / "export" / "export.json").read_text())["contract"]
+    assert contract["tta_flip"] == cfg.eval.tta_flip
