@@ -183,10 +183,18 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         raise CliError(f"--model: no such file or directory: {', '.join(missing)} "
                        "(expected a .keras model or an exported SavedModel directory, .tflite or .onnx file)")
     models = [str(p.resolve()) for p in args.model_paths]
-    from segpipe.export.exporter import runs_without_tensorflow
+    if all(p.suffix == ".keras" and p.is_file() for p in args.model_paths):
+        # .keras models load in a child process (TensorFlow, the model, a first forward pass) while this one
+        # starts Prefect and the flow run; the predict task then predicts through it (`segpipe.preload`).
+        from segpipe.preload import preloaded
 
-    # A LiteRT or ONNX export runs on its own runtime: TensorFlow is not loaded at all.
-    _prepare_runtime(args, tensorflow=not all(map(runs_without_tensorflow, args.model_paths)))
+        args.cleanup.enter_context(preloaded(models, cfg.eval.tta_flip))
+        _prepare_runtime(args, tensorflow=False)
+    else:
+        from segpipe.export.exporter import runs_without_tensorflow
+
+        # A LiteRT or ONNX export runs on its own runtime: TensorFlow is not loaded at all.
+        _prepare_runtime(args, tensorflow=not all(map(runs_without_tensorflow, args.model_paths)))
     from segpipe_app.flows.predict import predict_flow
 
     report = predict_flow(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size, cfg.eval.tta_flip)

@@ -209,7 +209,7 @@ def predict_paths(
     check_batch_size(batch_size)
     out = Path(out_dir)
     pairs, failed = find_inputs(inputs, out)
-    predict_labels, models, exported = _predictor(model_paths, flip)
+    predict_labels, sizes, exported = _predictor(model_paths, flip)
     report = PredictReport(out_dir=out, failed=failed)
     from segpipe.progress import Progress
 
@@ -219,15 +219,18 @@ def predict_paths(
             write(batch, predict_labels([image for _, _, image in batch]))
             progress.advance(len(batch) + len(report.failed) - unreadable)  # unreadable files count as done
             unreadable = len(report.failed)
-    report.summary = _write_summary(report, model_paths, models, exported)
+    report.summary = _write_summary(report, model_paths, sizes, exported)
     return report
 
 
 def _predictor(
     model_paths: Sequence[PathLike], flip: bool
-) -> tuple[Callable[[list[np.ndarray]], list[np.ndarray]], Any, dict[str, Any] | None]:
+) -> tuple[Callable[[list[np.ndarray]], list[np.ndarray]], list[tuple[int, int]], dict[str, Any] | None]:
     """`labels(images)` (HxW 0..2 at each image's size) for `.keras` models or one exported artifact, the
-    loaded models, and the export's record (`exported_artifact`, read once) or None for `.keras` models."""
+    models' input sizes, and the export's record (`exported_artifact`, read once) or None for `.keras` models.
+
+    `.keras` models already loading in a child process (`segpipe.preload`, started by `segpipe predict`)
+    are used from there when their files match; otherwise they are loaded here."""
     from segpipe.export.exporter import exported_artifact
 
     records = [(p, record) for p in model_paths if (record := exported_artifact(p)) is not None]
@@ -244,11 +247,15 @@ def _predictor(
         def exported_labels(images: list[np.ndarray]) -> list[np.ndarray]:
             return [m.astype(np.int64) - 1 for m in runtime.predict_masks(artifact, images)]
 
-        return exported_labels, artifact, records[0][1]
-    from segpipe.evaluation.ensemble import load_models, predict_labels
+        return exported_labels, [tuple(artifact.input_size)], records[0][1]
+    from segpipe.preload import take
+
+    if (child := take(model_paths, flip)) is not None:
+        return child.labels, child.sizes, None
+    from segpipe.evaluation.ensemble import load_models, model_sizes, predict_labels
 
     models = load_models(model_paths)
-    return (lambda images: predict_labels(models, images, flip)), models, None
+    return (lambda images: predict_labels(models, images, flip)), model_sizes(models), None
 
 
 def _loaded_batches(
@@ -292,14 +299,14 @@ def _writers(out: Path, overlay: bool, keep: int, written: list[dict[str, Any]])
         collect(keep=0)
 
 
-def _write_summary(report: PredictReport, model_paths: Sequence[PathLike], models: Any,
+def _write_summary(report: PredictReport, model_paths: Sequence[PathLike], sizes: list[tuple[int, int]],
                    exported: dict[str, Any] | None) -> Path:
-    from segpipe.evaluation.ensemble import model_records, model_sizes
+    from segpipe.evaluation.ensemble import model_records
 
     summary = {
         **report.to_dict(),
         "models": [exported] if exported else model_records(model_paths),
-        "img_size": [list(models.input_size)] if exported else [list(s) for s in model_sizes(models)],
+        "img_size": [list(s) for s in sizes],
         "mask_values": {str(k): v for k, v in MASK_VALUES.items()},
     }
     return atomic_write_json(report.out_dir / SUMMARY, summary)

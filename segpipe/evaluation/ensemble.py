@@ -14,6 +14,7 @@ mirrored image and its output, mirrored back, joins the average. Used by
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -113,11 +114,30 @@ def labels_at(probs: Any, size: tuple[int, int]) -> np.ndarray:
     return resize_probs(probs, size).argmax(axis=-1).astype(np.int64)
 
 
+EAGER_CALLS = 4
+"""A model's first calls run eagerly (`model(batch, training=False)`), later ones through `predict_on_batch`.
+
+Tracing the predict function costs about a second on a CPU, once per model; an eager call costs about 0.2 s
+more than a traced one. For a one-image `segpipe predict` (two calls with flip) eager is the faster way;
+for a long evaluation the traced function is. Both run the same kernels and give the same outputs, bit for
+bit (`tests/evaluation/test_predict.py` checks it)."""
+_calls: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def forward(model: Any, batch: np.ndarray) -> np.ndarray:
+    """`model`'s output for `batch` as float32 numpy: eagerly for its first `EAGER_CALLS` calls, then traced."""
+    calls = _calls.get(model, 0)
+    _calls[model] = calls + 1
+    if calls < EAGER_CALLS:
+        return np.asarray(model(batch, training=False), dtype=np.float32)
+    return np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+
+
 def _member_probs(model: Any, batch: np.ndarray, flip: bool) -> np.ndarray:
     """One member's softmax output for `batch`; with `flip`, averaged with its output on the mirrored batch."""
-    probs = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+    probs = forward(model, batch)
     if flip:
-        mirrored = np.asarray(model.predict_on_batch(batch[:, :, ::-1]), dtype=np.float32)
+        mirrored = forward(model, np.ascontiguousarray(batch[:, :, ::-1]))
         probs = 0.5 * (probs + mirrored[:, :, ::-1])
     return probs
 

@@ -151,3 +151,38 @@ def test_a_second_ctrl_c_exits_at_once_when_the_first_cannot_finish(tmp_path):
     assert 0 < part.stat().st_size < len(files["images.tar.gz"])
     assert part.read_bytes() == files["images.tar.gz"][:part.stat().st_size]  # what arrived is kept
     print(f"second Ctrl-C: exit {rc} {exit_s:.2f} s after it")
+
+
+# --------------------------------------------------------------------------- Ctrl-C while a model preloads
+
+
+def test_ctrl_c_while_predict_preloads_its_model_stops_the_child_too(tmp_path):
+    """`segpipe predict` with a .keras model loads it in a child process (`segpipe.preload`) while Prefect
+    starts. Ctrl-C in that window reaches both processes: the command ends in seconds with exit 130, no
+    traceback and no TensorFlow noise, and the child does not outlive it."""
+    from PIL import Image
+
+    from segpipe.models import build_model
+    from tests.terminal import children_of, cmdline
+
+    model = tmp_path / "unet.keras"
+    build_model("unet", (32, 32, 3), 3, base_filters=4, depth=2).save(model)
+    image = tmp_path / "one.png"
+    Image.new("RGB", (40, 30), (200, 50, 50)).save(image)
+    argv = segpipe("predict", "--model", str(model), "--out", str(tmp_path / "out"),
+                   "--work-dir", str(tmp_path / "work"), str(image))
+    term = Terminal(argv, cli_env(tmp_path, SEGPIPE_PREFECT_SERVER="embedded"))
+    try:
+        found: list[int] = []
+        wait_for(lambda: found.extend(c for c in children_of(term.proc.pid) if "segpipe.preload" in cmdline(c))
+                 or found, timeout=120, proc=term.proc, what="the preloading child to start")
+        child = found[0]
+        rc, exit_s = term.interrupt()
+    finally:
+        term.close()
+    out = term.drain()
+    assert rc == 130, out[-3000:]
+    assert "Traceback" not in out and not [n for n in NATIVE_NOISE if n in out], out[-3000:]
+    wait_for(lambda: not alive(child), timeout=10, what="the preloading child to stop")
+    assert not (tmp_path / "out" / "one_mask.png").exists()
+    print(f"Ctrl-C while preloading: exit {rc} {exit_s:.2f} s after the keypress; the child stopped")

@@ -1,0 +1,203 @@
+"""Load `.keras` models in a child process while the caller starts up, then predict through it.
+
+    with preloaded([Path("model.keras")], flip=True):      # returns at once: the child imports TensorFlow
+        ...                                                 # and loads the model meanwhile
+        report = predict_paths([Path("model.keras")], ["cat.jpg"], "out", flip=True)   # uses the child
+
+A one-image `segpipe predict` spends most of its time on fixed costs: importing TensorFlow and Keras,
+loading and loading the model on one side; importing Prefect and starting the flow run on
+the other. In one process those run one after the other; `preloaded` runs the first group in a child
+process (`python -m segpipe.preload`), on the other core, while the caller does the second.
+
+- `preloaded(model_paths, flip)` starts the child and registers it for exactly those models and that flip
+  setting, for the `with` block; leaving the block stops it.
+- `segpipe.predict.predict_paths` asks `take(model_paths, flip)` for a registered child. It gets one only
+  when the paths, the flip setting and the **content** of every model file match: the child reports the
+  SHA-256 of each file it loaded, and the caller compares them with its own digests. Otherwise, it loads
+  the models in its own process as before.
+- The child answers `predict_labels` (`segpipe.evaluation.ensemble`), one batch at a time: uint8 RGB
+  images in, HxW labels out, the same function and numerics as in-process prediction.
+- A failure in the child (a corrupt model file, a bad image) comes back as the same exception type, with
+  the same message. If the child dies, the caller gets a `RuntimeError` naming its exit status.
+- The child ignores SIGINT. A terminal's Ctrl-C reaches the whole process group, and the caller handles
+  it: its `with` block ends, which kills the child. If the caller dies, the child's stdin reaches EOF and
+  the child exits.
+
+The protocol is pickled objects over the child's stdin and a duplicate of its stdout. Its fd 1 then points
+at fd 2, so nothing a library prints can corrupt the stream. No Prefect here, and no TensorFlow in the
+caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from segpipe.fsutil import sha256_file_memo
+
+PathLike = str | os.PathLike[str]
+
+_REGISTRY: dict[tuple[tuple[str, ...], bool], Preloaded] = {}
+_LOCK = threading.Lock()
+_EXCEPTIONS: dict[str, type[Exception]] = {
+    e.__name__: e for e in (ValueError, FileNotFoundError, OSError, TypeError, RuntimeError)
+}
+
+
+class Preloaded:
+    """A child process holding loaded models; `labels(images)` predicts one batch through it."""
+
+    def __init__(self, model_paths: Sequence[PathLike], flip: bool) -> None:
+        self.paths = [str(Path(p).resolve()) for p in model_paths]
+        self.flip = flip
+        self._lock = threading.Lock()
+        self._ready: tuple[list[str], list[tuple[int, int]]] | None = None
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "segpipe.preload", "1" if flip else "0", *self.paths],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True,
+        )
+
+    def _receive(self) -> Any:
+        assert self._proc.stdout is not None
+        try:
+            message = pickle.load(self._proc.stdout)
+        except (EOFError, pickle.UnpicklingError, OSError):
+            code = self._proc.wait()
+            raise RuntimeError(
+                f"the process loading {', '.join(self.paths)} ended (exit status {code}) before it answered"
+            ) from None
+        if message[0] == "error":
+            raise _EXCEPTIONS.get(message[1], RuntimeError)(message[2])
+        return message[1:]
+
+    def wait_ready(self) -> tuple[list[str], list[tuple[int, int]]]:
+        """(SHA-256 of each model file, the models' distinct input sizes), once the child has loaded them."""
+        with self._lock:
+            if self._ready is None:
+                digests, sizes = self._receive()
+                self._ready = (digests, [tuple(s) for s in sizes])  # type: ignore[misc]
+            return self._ready
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        return self.wait_ready()[1]
+
+    def labels(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """HxW int64 labels (0..2) for uint8 RGB images, each at its own size (`ensemble.predict_labels`)."""
+        self.wait_ready()
+        with self._lock:
+            assert self._proc.stdin is not None
+            try:
+                pickle.dump(images, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                self._proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                pass  # the child is gone: _receive says how it ended
+            (labels,) = self._receive()
+        return [np.asarray(lab, dtype=np.int64) for lab in labels]
+
+    def close(self) -> None:
+        """Stop the child (at once: it holds nothing that needs saving)."""
+        with contextlib.suppress(OSError):
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        with contextlib.suppress(OSError):
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
+
+
+@contextlib.contextmanager
+def preloaded(model_paths: Sequence[PathLike], flip: bool) -> Iterator[Preloaded]:
+    """Start a child loading `model_paths` (`.keras` files) and register it for `take`, for the block."""
+    child = Preloaded(model_paths, flip)
+    key = (tuple(child.paths), flip)
+    with _LOCK:
+        _REGISTRY[key] = child
+    try:
+        yield child
+    finally:
+        with _LOCK:
+            if _REGISTRY.get(key) is child:
+                del _REGISTRY[key]
+        child.close()
+
+
+def take(model_paths: Sequence[PathLike], flip: bool) -> Preloaded | None:
+    """The registered child for these models and flip setting, if the files it loaded have the same content
+    as `model_paths` have now; None otherwise (load in-process). Waits until the child has loaded them."""
+    key = (tuple(str(Path(p).resolve()) for p in model_paths), flip)
+    with _LOCK:
+        child = _REGISTRY.get(key)
+    if child is None:
+        return None
+    digests, _ = child.wait_ready()
+    if digests != [sha256_file_memo(p) for p in model_paths]:
+        return None
+    return child
+
+
+# --------------------------------------------------------------------------- the child
+
+
+def _send(stream: IO[bytes], *message: Any) -> None:
+    pickle.dump(message, stream, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.flush()
+
+
+def _load(paths: list[str]) -> tuple[Any, list[str], list[tuple[int, int]]]:
+    """Load the models and hash their files."""
+    from segpipe.evaluation.ensemble import load_models, model_sizes
+
+    digests = [sha256_file_memo(p) for p in paths]
+    models = load_models(paths)
+    return models, digests, model_sizes(models)
+
+
+def serve(flip: bool, paths: list[str], requests: IO[bytes], answers: IO[bytes]) -> None:
+    """The child's loop: load, say ready (or the error), then answer batches until EOF on `requests`."""
+    try:
+        models, digests, sizes = _load(paths)
+    except Exception as exc:  # reported to the caller, which raises it where the in-process load would
+        _send(answers, "error", type(exc).__name__, str(exc))
+        return
+    _send(answers, "ready", digests, sizes)
+    from segpipe.evaluation.ensemble import predict_labels
+
+    while True:
+        try:
+            images = pickle.load(requests)
+        except EOFError:
+            return
+        try:
+            labels = [lab.astype(np.uint8) for lab in predict_labels(models, images, flip)]
+        except Exception as exc:
+            _send(answers, "error", type(exc).__name__, str(exc))
+            continue
+        _send(answers, "labels", labels)
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C, and then stops this process
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the answers
+    try:
+        serve(argv[0] == "1", argv[1:], sys.stdin.buffer, answers)
+    except BrokenPipeError:  # the caller is gone
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
