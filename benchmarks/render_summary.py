@@ -119,6 +119,9 @@ def start_row(d: dict) -> str:
         text += (f"; `segpipe predict` of one image, background server: `.keras` **{n1(k)} s**, LiteRT "
                  f"**{n1(lite)} s** (target {one['target']:g} s: {met(k <= one['target'])}, "
                  f"{met(lite <= one['target'])})")
+        if "keras_no_preload_over_preload" in one:
+            text += (f"; loading the `.keras` model in a child while Prefect starts: "
+                     f"{ratio(one['keras_no_preload_over_preload'])} faster than after it")
     return text
 
 

@@ -17,6 +17,7 @@ from segpipe.layout import ENV_WORK_DIR, WorkDir
 
 # Commands whose flows always run TensorFlow in this process (training, inference): it loads while the
 # Prefect server starts. `prepare` imports it only when it writes shards (a cached prepare never does).
+PRELOAD_ENV = "SEGPIPE_PRELOAD"  # "off": `segpipe predict` loads .keras models in its own process, after Prefect
 TENSORFLOW_COMMANDS = {"train", "evaluate", "gallery", "predict", "export", "run", "retrain"}
 
 
@@ -183,9 +184,10 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         raise CliError(f"--model: no such file or directory: {', '.join(missing)} "
                        "(expected a .keras model or an exported SavedModel directory, .tflite or .onnx file)")
     models = [str(p.resolve()) for p in args.model_paths]
-    if all(p.suffix == ".keras" and p.is_file() for p in args.model_paths):
-        # .keras models load in a child process (TensorFlow, the model, a first forward pass) while this one
-        # starts Prefect and the flow run; the predict task then predicts through it (`segpipe.preload`).
+    if os.environ.get(PRELOAD_ENV, "on") != "off" and all(p.suffix == ".keras" and p.is_file()
+                                                          for p in args.model_paths):
+        # .keras models load in a child process (TensorFlow and the models) while this one starts Prefect
+        # and the flow run; the predict task then predicts through it (`segpipe.preload`).
         from segpipe.preload import preloaded
 
         args.cleanup.enter_context(preloaded(models, cfg.eval.tta_flip))
