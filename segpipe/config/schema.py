@@ -105,6 +105,10 @@ class ModelConfig(_Section):
         True, description="deeplabv3plus: the last x4 resize on the logits (True) or on the decoder's features "
         "before the 1x1 head (False); the same function, True is cheaper"
     )
+    decoder_stride: Literal[4, 2] = Field(
+        4, description="deeplabv3plus: the logits' resolution before their last resize, as an output stride: 4 (the "
+        "paper's decoder) or 2 (one more skip, from the encoder's /2 features)"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -4,6 +4,13 @@
     high -> ASPP [1x1 | atrous separable 3x3 at each rate | image pooling] -> concat -> 1x1 -> dropout
          -> bilinear x4 -> concat with 1x1 (48) projection of low -> 2 x separable 3x3 -> 1x1 (logits)
          -> bilinear x4 -> float32 softmax
+    with decoder_stride=2: the /4 decoder features -> bilinear x2 -> concat with a 1x1 (24) projection of the
+         encoder's /2 features -> separable 3x3 (64) -> 1x1 (logits) -> bilinear x2 -> float32 softmax
+
+`decoder_stride` (4 or 2) is the resolution of the logits before their last resize. The paper's decoder
+predicts at a quarter of the input size: at 160 px, a 40x40 map for a border class a few pixels wide at the
+original resolution. At 2 the decoder adds one more skip, from the encoder's /2 features (MobileNetV2's
+`block_1_expand_relu`), as a U-Net decoder would, and predicts on an 80x80 map.
 
 `upsample_logits` (default True) resizes the logits, not the 256 decoder features before the 1x1 head
 (the paper's order, and segpipe's before `upsample_logits`; False builds it). Both are the same function,
@@ -34,6 +41,8 @@ from segpipe.models.layers import (
 from segpipe.models.registry import check_input_size
 
 LOW_LEVEL_FILTERS = 48
+STRIDE2_FILTERS = (24, 64)  # the /2 skip's 1x1 projection, the separable conv after the concat
+DECODER_STRIDES = (4, 2)
 
 
 def aspp(x: Any, rates: tuple[int, ...], filters: int, bn_momentum: float, dropout: float) -> Any:
@@ -67,6 +76,7 @@ def build_deeplabv3plus(
     dropout: float = 0.0,
     aspp_filters: int = 256,
     upsample_logits: bool = True,
+    decoder_stride: int = 4,
 ) -> keras.Model:
     """DeepLabV3+; height and width must be multiples of 16 and at least 32."""
     input_shape = check_common(input_shape, num_classes, bn_momentum)
@@ -80,12 +90,15 @@ def build_deeplabv3plus(
         raise ValueError(f"upsample_logits must be true or false, got {upsample_logits!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if decoder_stride not in DECODER_STRIDES or isinstance(decoder_stride, bool):
+        raise ValueError(f"decoder_stride must be one of {', '.join(map(str, DECODER_STRIDES))}, got {decoder_stride!r}")
     check_input_size("deeplabv3plus", input_shape[:2])
 
-    features = build_encoder(encoder, input_shape, encoder_weights, alpha=encoder_alpha, strides=(4, 16))
+    strides = (2, 4, 16) if decoder_stride == 2 else (4, 16)
+    features = build_encoder(encoder, input_shape, encoder_weights, alpha=encoder_alpha, strides=strides)
     inputs = keras.Input(shape=input_shape, name="image")
     x = BackbonePreprocess(ENCODERS[encoder].preprocess, name="preprocess")(inputs)
-    low, high = features(x)
+    *finest, low, high = features(x)
 
     x = aspp(high, rates, aspp_filters, bn_momentum, dropout)
     x = layers.UpSampling2D(4, interpolation="bilinear", name="decoder_upsample4")(x)
@@ -93,9 +106,14 @@ def build_deeplabv3plus(
     x = layers.Concatenate(name="decoder_concat")([x, low])
     x = sep_conv_bn_relu(x, aspp_filters, 3, bn_momentum=bn_momentum, name="decoder_conv1")
     x = sep_conv_bn_relu(x, aspp_filters, 3, bn_momentum=bn_momentum, name="decoder_conv2")
+    if decoder_stride == 2:
+        x = layers.UpSampling2D(2, interpolation="bilinear", name="decoder_upsample2")(x)
+        fine = conv_bn_relu(finest[0], STRIDE2_FILTERS[0], 1, bn_momentum=bn_momentum, name="decoder_fine")
+        x = layers.Concatenate(name="decoder_fine_concat")([x, fine])
+        x = sep_conv_bn_relu(x, STRIDE2_FILTERS[1], 3, bn_momentum=bn_momentum, name="decoder_fine_conv")
     if upsample_logits:
-        outputs = softmax_head(x, num_classes, upsample=4, upsample_name="output_upsample4")
+        outputs = softmax_head(x, num_classes, upsample=decoder_stride, upsample_name=f"output_upsample{decoder_stride}")
     else:
-        x = layers.UpSampling2D(4, interpolation="bilinear", name="output_upsample4")(x)
+        x = layers.UpSampling2D(decoder_stride, interpolation="bilinear", name=f"output_upsample{decoder_stride}")(x)
         outputs = softmax_head(x, num_classes)
     return keras.Model(inputs, outputs, name=f"deeplabv3plus_{encoder}")

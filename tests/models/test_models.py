@@ -307,3 +307,45 @@ def test_deeplab_resizing_the_logits_is_the_same_function_on_3_channels():
     np.testing.assert_allclose(b, a, atol=1e-5)
     with pytest.raises(ValueError, match="upsample_logits must be true or false"):
         build_model("deeplabv3plus", (32, 32, 3), 3, **TINY["deeplabv3plus"], upsample_logits="yes")
+
+
+@pytest.mark.parametrize("upsample_logits", [True, False])
+def test_deeplab_decoder_stride_2_predicts_on_a_map_twice_as_fine_and_trains(upsample_logits, tmp_path):
+    """decoder_stride=2 adds a skip from the encoder's /2 features: the logits come at half the input size
+    (16x24 for 32x48) instead of a quarter, one training step updates every weight (the new skip's too),
+    and the model round-trips through .keras."""
+    keras.utils.set_random_seed(4)
+    model = build_model("deeplabv3plus", SHAPE, 3, **TINY["deeplabv3plus"], decoder_stride=2,
+                        upsample_logits=upsample_logits)
+    assert model.get_layer("decoder_fine_conv_pointwise_relu").output.shape[1:3] == (16, 24)
+    assert model.get_layer("output_upsample2").input.shape[1:3] == (16, 24)
+    assert model.output_shape == (None, *SHAPE[:2], 3)
+    model.compile(keras.optimizers.Adam(1e-3), loss=build_loss("sce+dice"), run_eagerly=True)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    x, y = batch()
+    assert np.isfinite(float(model.train_on_batch(x, y)))
+    assert not [v.path for b, v in zip(before, model.trainable_variables) if np.array_equal(b, v.numpy())]
+    path = tmp_path / "stride2.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [8, 1, True, "2"])
+def test_deeplab_decoder_stride_must_be_4_or_2(stride):
+    with pytest.raises(ValueError, match=r"decoder_stride must be one of 4, 2, got"):
+        build_model("deeplabv3plus", (32, 32, 3), 3, **TINY["deeplabv3plus"], decoder_stride=stride)
+
+
+def test_decoder_stride_is_in_the_config_with_a_clear_error_and_in_the_run_id():
+    from segpipe.config import ConfigError, build_config
+    from segpipe.runs.naming import run_id_for
+
+    with pytest.raises(ConfigError, match=r"model\.decoder_stride: Input should be 4 or 2 \(got 8\)"):
+        build_config("cpu-quick", {"model.decoder_stride": 8})
+    with pytest.raises(ConfigError, match=r"model\.decoder_stride: model 'unet' does not take decoder_stride"):
+        build_config("tiny", {"model.decoder_stride": 2})
+    four = build_config("cpu-quick")
+    two = build_config("cpu-quick", {"model.decoder_stride": 2})
+    assert two.model.params()["decoder_stride"] == 2
+    assert run_id_for(four, "k" * 16) != run_id_for(two, "k" * 16)
