@@ -139,11 +139,31 @@ def config_drift(result: dict) -> list[str]:
         if today == c["digest"]:
             continue
         fields = _changed_fields(c.get("resolved") or {}, today_cfg.model_dump(mode="json"))
+        if c.get("resolved") and fields:  # knobs added since, at the default that builds what ran then: no drift
+            fields = [f for f in fields if not _added_at_its_default(f)]
+            if not fields:
+                continue
         if c.get("resolved") and sections and not [f for f in fields if f.split(".")[0].split(":")[0] in sections]:
             continue  # only sections this benchmark never runs through changed
         out.append(f"{c['preset']} with {c['overrides']}: ran {c['digest'][:12]}, resolves to {today[:12]} "
                    f"today (fields changed: {', '.join(fields) or 'not recorded'})")
     return out
+
+
+def _added_at_its_default(change: str) -> bool:
+    """A `_changed_fields` entry for a field the recorded configuration did not have (added to the schema
+    since) whose value today is that field's default: a new knob at the value that keeps the earlier behaviour
+    (model.decoder_stride 4 is the decoder every earlier DeepLabV3+ run had)."""
+    from segpipe.config import PipelineConfig
+
+    path, _, values = change.partition(": ")
+    was, _, now = values.partition(" -> ")
+    if was != repr("<absent>"):
+        return False
+    section, _, field = path.partition(".")
+    section_model = PipelineConfig.model_fields.get(section)
+    info = getattr(section_model.annotation, "model_fields", {}).get(field) if section_model else None
+    return info is not None and repr(info.default) == now
 
 
 def _changed_fields(was: dict, now: dict, prefix: str = "") -> list[str]:

@@ -185,6 +185,13 @@ def test_a_changed_preset_is_caught_and_a_broken_provenance_named(tmp_path):
     assert rules.config_drift(gate_only), "a benchmark not in MEASURED_SECTIONS counts every section"
     assert rules.config_drift({**gate_only, "benchmark": "inference"}) == [], (
         "inference never runs the promotion gate: a change there alone is not drift")
+    model = record["resolved"]["model"]
+    before_knob = {k: v for k, v in model.items() if k != "decoder_stride"}  # a run from before the knob existed
+    added = {**clean, "configs": [{**record, "digest": "0" * 64, "resolved": {**record["resolved"], "model": before_knob}}]}
+    assert rules.config_drift(added) == [], "a knob added since, at its default, builds what ran then: no drift"
+    moved = {**added, "configs": [{**added["configs"][0], "resolved": {
+        **record["resolved"], "model": {**before_knob, "bn_momentum": 0.5}}}]}
+    assert "model.bn_momentum: 0.5 -> " in rules.config_drift(moved)[0] and "decoder_stride" not in rules.config_drift(moved)[0]
     for broken, words in (({"commit": _head() + "+uncommitted"}, "uncommitted"),
                           ({"commit": "0" * 40}, "does not resolve"), ({"commit": None}, "no commit"),
                           ({"command": ""}, "no command"), ({"machine": {}}, "no machine"),
