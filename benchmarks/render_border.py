@@ -1,0 +1,86 @@
+"""BENCHMARKS.md section 4c: the border class and the decoder's output stride (issue 20), rendered from two
+`benchmarks/quality.py` outputs that ran side by side, the same seeds, on the sample's random split.
+
+Each row gives its recipe's figures over the training seeds: the validation figure the choice is made on,
+then the held-out ones (scored once per run, after training), the border's IoU on its own, and what
+training cost: wall seconds, CPU-seconds of the process tree, the CPU share (CPU-seconds over wall seconds,
+of the 200% two cores give) and training images per CPU-second. The ratios are against the first file's
+recipe, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from benchmarks.render_common import load, missing, provenance
+
+STRIDE4 = "quality-cpu-quick-decoder-stride4.json"  # cpu-quick as it is (DeepLabV3+ logits at /4)
+STRIDE2 = "quality-cpu-quick-decoder-stride2.json"  # the same with model.decoder_stride=2
+COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --preset cpu-quick "
+           "--train-seed 0 --train-seed 1 --train-seed 2 --set model.encoder_weights=<weights file>{} "
+           "--out benchmarks/results/{}")
+EXTRA = {STRIDE4: "", STRIDE2: " --set model.decoder_stride=2"}
+TARGETS = {"held_out_mean_iou": 0.80, "held_out_foreground_iou": 0.90, "held_out_border_iou": 0.62,
+           "cpu_share": 1.80, "images_per_cpu_s_ratio": 1.5}
+
+
+def _spread(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def _images_seen(report: dict, run: dict) -> int:
+    """Training images seen: completed epochs x whole batches of the train split (steps_per_epoch unset)."""
+    batch = run["config"]["resolved"]["train"]["batch_size"] if "resolved" in run.get("config", {}) else 8
+    train = report["dataset"]["splits"]["train"]
+    return run["epochs_completed"] * math.ceil(train / batch) * batch
+
+
+def figures(report: dict) -> dict[str, list[float]]:
+    """Per-seed figures of one quality report (train_seed order)."""
+    runs = sorted(report["results"], key=lambda r: r["train_seed"])
+    return {
+        "seeds": [r["train_seed"] for r in runs],
+        "best_val_mean_iou": [r["best_val_mean_iou"] for r in runs],
+        "held_out_mean_iou": [r["held_out"]["mean_iou"] for r in runs],
+        "held_out_foreground_iou": [r["held_out"]["foreground_iou"] for r in runs],
+        "held_out_border_iou": [r["held_out"]["iou"]["border"] for r in runs],
+        "train_seconds": [r["train_seconds"] for r in runs],
+        "train_cpu_seconds": [r["train_cpu_seconds"] for r in runs],
+        "cpu_share": [r["train_cpu_seconds"] / r["train_seconds"] for r in runs],
+        "images_per_cpu_s": [_images_seen(report, r) / r["train_cpu_seconds"] for r in runs],
+    }
+
+
+def border_levers() -> str:
+    reports = {name: load(name) for name in (STRIDE4, STRIDE2)}
+    gone = [name for name, d in reports.items() if d is None]
+    if gone:
+        return "\n\n".join(missing(name, COMMAND.format(EXTRA[name], name)) for name in gone)
+    base, cand = (figures(reports[n]) for n in (STRIDE4, STRIDE2))
+    rows = ["| recipe | seeds | best val mean IoU | held-out mean IoU | foreground IoU | border IoU | train wall s "
+            "| train CPU-s | CPU share (of 200%) | images per CPU-s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, f in (("`cpu-quick` (decoder stride 4)", base), ("`cpu-quick` + `model.decoder_stride=2`", cand)):
+        rows.append(f"| {label} | {', '.join(map(str, f['seeds']))} | {_spread(f['best_val_mean_iou'])} "
+                    f"| {_spread(f['held_out_mean_iou'])} | {_spread(f['held_out_foreground_iou'])} "
+                    f"| {_spread(f['held_out_border_iou'])} | {_spread(f['train_seconds'], 0)} "
+                    f"| {_spread(f['train_cpu_seconds'], 0)} | {_spread([100 * c for c in f['cpu_share']], 0)}% "
+                    f"| {_spread(f['images_per_cpu_s'], 2)} |")
+    paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
+    speed = statistics.fmean(cand["images_per_cpu_s"]) / statistics.fmean(base["images_per_cpu_s"])
+    best = max((base, cand), key=lambda f: statistics.fmean(f["best_val_mean_iou"]))
+    met = {k: statistics.fmean(best[k]) >= t for k, t in TARGETS.items() if k in best}
+    verdict = ", ".join(f"{k.replace('_', ' ')} ≥ {t:g}: {'met' if met[k] else 'not met'} "
+                        f"({statistics.fmean(best[k]):.3f})" for k, t in TARGETS.items() if k in met)
+    return "\n".join([
+        *rows, "",
+        f"Decoder stride 2 minus stride 4, best validation mean IoU per seed: "
+        f"{', '.join(f'{d:+.3f}' for d in paired)} (mean {statistics.fmean(paired):+.3f}). Training images per "
+        f"CPU-second, stride 2 over stride 4 in the same run: {speed:.2f}x. The recipe with the higher validation "
+        f"mean against the issue's targets: {verdict}. Training images per CPU-second against today's "
+        f"`cpu-quick` (target {TARGETS['images_per_cpu_s_ratio']:g}x): the row above.", "",
+        provenance(reports[STRIDE4], STRIDE4), "", provenance(reports[STRIDE2], STRIDE2)])
+
+
