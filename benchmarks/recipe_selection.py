@@ -67,7 +67,9 @@ DECISIONS: list[dict[str, Any]] = [
         "id": "cpu-quick-decoder-stride",
         "question": "cpu-quick's DeepLabV3+ decoder: logits at output stride 4 (the paper's) or 2 (one more skip, "
                     "from the encoder's /2 features), for the border class (issue 20)",
-        "preset_today": "stride 4 (model.decoder_stride 4, the default)",
+        "preset_today": "stride 4 (model.decoder_stride 4, the default); not switched to stride 2 in this stop: "
+                        "its validation margin is within the seed spread and it costs more training CPU "
+                        "(BENCHMARKS.md, the border-class section, has both)",
         "first_decided": "stride 4 was the only decoder until issue 20; the two ran side by side, seeds 0-2",
         "candidates": {
             "decoder stride 4": "quality-cpu-quick-decoder-stride4.json",
