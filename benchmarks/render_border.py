@@ -1,4 +1,4 @@
-"""BENCHMARKS.md section 4c: the border class and the decoder's output stride (issue 20), rendered from two
+"""BENCHMARKS.md, section 4, "The border class and the decoder's output stride" (issue 20): rendered from two
 `benchmarks/quality.py` outputs that ran side by side, the same seeds, on the sample's random split.
 
 Each row gives its recipe's figures over the training seeds: the validation figure the choice is made on,
@@ -14,6 +14,7 @@ import math
 import statistics
 
 from benchmarks.render_common import load, missing, provenance
+from benchmarks.render_quality import spread
 
 STRIDE4 = "quality-cpu-quick-decoder-stride4.json"  # cpu-quick as it is (DeepLabV3+ logits at /4)
 STRIDE2 = "quality-cpu-quick-decoder-stride2.json"  # the same with model.decoder_stride=2
@@ -24,15 +25,9 @@ EXTRA = {STRIDE4: "", STRIDE2: " --set model.decoder_stride=2"}
 TARGETS = {"held_out_mean_iou": 0.80, "held_out_foreground_iou": 0.90, "held_out_border_iou": 0.62}
 
 
-def _spread(values: list[float], digits: int = 3) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
-
-
 def _images_seen(report: dict, run: dict) -> int:
     """Training images seen: completed epochs x whole batches of the train split (steps_per_epoch unset)."""
-    batch = run["config"]["resolved"]["train"]["batch_size"] if "resolved" in run.get("config", {}) else 8
+    batch = run["config"]["resolved"]["train"]["batch_size"]
     train = report["dataset"]["splits"]["train"]
     return run["epochs_completed"] * math.ceil(train / batch) * batch
 
@@ -62,17 +57,18 @@ def border_levers() -> str:
     rows = ["| recipe | seeds | best val mean IoU | held-out mean IoU | foreground IoU | border IoU | train wall s "
             "| train CPU-s | CPU share (of 200%) | images per CPU-s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, f in (("`cpu-quick` (decoder stride 4)", base), ("`cpu-quick` + `model.decoder_stride=2`", cand)):
-        rows.append(f"| {label} | {', '.join(map(str, f['seeds']))} | {_spread(f['best_val_mean_iou'])} "
-                    f"| {_spread(f['held_out_mean_iou'])} | {_spread(f['held_out_foreground_iou'])} "
-                    f"| {_spread(f['held_out_border_iou'])} | {_spread(f['train_seconds'], 0)} "
-                    f"| {_spread(f['train_cpu_seconds'], 0)} | {_spread([100 * c for c in f['cpu_share']], 0)}% "
-                    f"| {_spread(f['images_per_cpu_s'], 2)} |")
+        rows.append(f"| {label} | {', '.join(map(str, f['seeds']))} | {spread(f['best_val_mean_iou'])} "
+                    f"| {spread(f['held_out_mean_iou'])} | {spread(f['held_out_foreground_iou'])} "
+                    f"| {spread(f['held_out_border_iou'])} | {spread(f['train_seconds'], 0)} "
+                    f"| {spread(f['train_cpu_seconds'], 0)} | {spread([100 * c for c in f['cpu_share']], 0)}% "
+                    f"| {spread(f['images_per_cpu_s'], 2)} |")
+    if base["seeds"] != cand["seeds"]:
+        raise ValueError(f"{STRIDE4} and {STRIDE2} must hold the same training seeds to be paired")
     paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
     speed = statistics.fmean(cand["images_per_cpu_s"]) / statistics.fmean(base["images_per_cpu_s"])
     best = max((base, cand), key=lambda f: statistics.fmean(f["best_val_mean_iou"]))
-    met = {k: statistics.fmean(best[k]) >= t for k, t in TARGETS.items() if k in best}
-    verdict = ", ".join(f"{k.replace('_', ' ')} ≥ {t:g}: {'met' if met[k] else 'not met'} "
-                        f"({statistics.fmean(best[k]):.3f})" for k, t in TARGETS.items() if k in met)
+    verdict = ", ".join(f"{k.replace('_', ' ')} ≥ {t:g}: {'met' if (v := statistics.fmean(best[k])) >= t else 'not met'} "
+                        f"({v:.3f})" for k, t in TARGETS.items())
     return "\n".join([
         *rows, "",
         f"Decoder stride 2 minus stride 4, best validation mean IoU per seed: "

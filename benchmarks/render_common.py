@@ -16,7 +16,9 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -138,11 +140,13 @@ def config_drift(result: dict) -> list[str]:
         today = config_digest(today_cfg)
         if today == c["digest"]:
             continue
-        fields = _changed_fields(c.get("resolved") or {}, today_cfg.model_dump(mode="json"))
-        if c.get("resolved") and fields:  # knobs added since, at the default that builds what ran then: no drift
-            fields = [f for f in fields if not _added_at_its_default(f)]
-            if not fields:
+        changes = _changed_fields(c.get("resolved") or {}, today_cfg.model_dump(mode="json"))
+        if c.get("resolved"):  # knobs added to the schema since, at the default that builds what ran then: no drift
+            kept = [ch for ch in changes if not ch.added_at_default]
+            if changes and not kept:
                 continue
+            changes = kept
+        fields = [str(ch) for ch in changes]
         if c.get("resolved") and sections and not [f for f in fields if f.split(".")[0].split(":")[0] in sections]:
             continue  # only sections this benchmark never runs through changed
         out.append(f"{c['preset']} with {c['overrides']}: ran {c['digest'][:12]}, resolves to {today[:12]} "
@@ -150,31 +154,40 @@ def config_drift(result: dict) -> list[str]:
     return out
 
 
-def _added_at_its_default(change: str) -> bool:
-    """A `_changed_fields` entry for a field the recorded configuration did not have (added to the schema
-    since) whose value today is that field's default: a new knob at the value that keeps the earlier behaviour
-    (model.decoder_stride 4 is the decoder every earlier DeepLabV3+ run had)."""
+ABSENT = "<absent>"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field whose value differs between a recorded resolved configuration and today's."""
+
+    path: str
+    was: Any
+    now: Any
+    added_at_default: bool  # absent from the record (added to the schema since) and at its default today
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.was!r} -> {self.now!r}"
+
+
+def _schema_defaults() -> dict:
+    """Every field's default, as `PipelineConfig().model_dump(mode="json")` gives it (nested by section)."""
     from segpipe.config import PipelineConfig
 
-    path, _, values = change.partition(": ")
-    was, _, now = values.partition(" -> ")
-    if was != repr("<absent>"):
-        return False
-    section, _, field = path.partition(".")
-    section_model = PipelineConfig.model_fields.get(section)
-    info = getattr(section_model.annotation, "model_fields", {}).get(field) if section_model else None
-    return info is not None and repr(info.default) == now
+    return PipelineConfig().model_dump(mode="json")
 
 
-def _changed_fields(was: dict, now: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the fields whose values differ between two resolved configs (added or removed too)."""
+def _changed_fields(was: dict, now: dict, prefix: str = "", defaults: dict | None = None) -> list[Change]:
+    """The fields whose values differ between two resolved configs (added or removed too), dotted."""
+    defaults = _schema_defaults() if defaults is None else defaults
     out = []
     for key in sorted(set(was) | set(now)):
-        a, b = was.get(key, "<absent>"), now.get(key, "<absent>")
+        a, b = was.get(key, ABSENT), now.get(key, ABSENT)
+        default = defaults.get(key, ABSENT) if isinstance(defaults, dict) else ABSENT
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed_fields(a, b, f"{prefix}{key}.")
+            out += _changed_fields(a, b, f"{prefix}{key}.", default if isinstance(default, dict) else {})
         elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+            out.append(Change(f"{prefix}{key}", a, b, added_at_default=a == ABSENT and b == default))
     return out
 
 

@@ -184,12 +184,11 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         raise CliError(f"--model: no such file or directory: {', '.join(missing)} "
                        "(expected a .keras model or an exported SavedModel directory, .tflite or .onnx file)")
     models = [str(p.resolve()) for p in args.model_paths]
-    if os.environ.get(PRELOAD_ENV, "on") != "off" and all(p.suffix == ".keras" and p.is_file()
-                                                          for p in args.model_paths):
+    from segpipe.preload import can_preload, preloaded
+
+    if os.environ.get(PRELOAD_ENV, "on") != "off" and can_preload(args.model_paths):
         # .keras models load in a child process (TensorFlow and the models) while this one starts Prefect
         # and the flow run; the predict task then predicts through it (`segpipe.preload`).
-        from segpipe.preload import preloaded
-
         args.cleanup.enter_context(preloaded(models, cfg.eval.tta_flip))
         _prepare_runtime(args, tensorflow=False)
     else:

@@ -4,11 +4,12 @@
         ...                                                 # and loads the model meanwhile
         report = predict_paths([Path("model.keras")], ["cat.jpg"], "out", flip=True)   # uses the child
 
-A one-image `segpipe predict` spends most of its time on fixed costs: importing TensorFlow and Keras,
-loading and loading the model on one side; importing Prefect and starting the flow run on
+A one-image `segpipe predict` spends most of its time on fixed costs: importing TensorFlow and Keras
+and loading the model on one side; importing Prefect and starting the flow run on
 the other. In one process those run one after the other; `preloaded` runs the first group in a child
 process (`python -m segpipe.preload`), on the other core, while the caller does the second.
 
+- `can_preload(model_paths)`: whether these are `.keras` files, the models a child can load.
 - `preloaded(model_paths, flip)` starts the child and registers it for exactly those models and that flip
   setting, for the `with` block; leaving the block stops it.
 - `segpipe.predict.predict_paths` asks `take(model_paths, flip)` for a registered child. It gets one only
@@ -118,11 +119,17 @@ class Preloaded:
                 self._proc.stdout.close()
 
 
+def can_preload(model_paths: Sequence[PathLike]) -> bool:
+    """True when every path is a `.keras` file: what `load_models` loads (exports run on their own runtimes)."""
+    paths = [Path(p) for p in model_paths]
+    return bool(paths) and all(p.suffix == ".keras" and p.is_file() for p in paths)
+
+
 @contextlib.contextmanager
 def preloaded(model_paths: Sequence[PathLike], flip: bool) -> Iterator[Preloaded]:
     """Start a child loading `model_paths` (`.keras` files) and register it for `take`, for the block."""
     child = Preloaded(model_paths, flip)
-    key = (tuple(child.paths), flip)
+    key = (tuple(child.paths), child.flip)
     with _LOCK:
         _REGISTRY[key] = child
     try:

@@ -120,7 +120,7 @@ EAGER_CALLS = 4
 Tracing the predict function costs about a second on a CPU, once per model; an eager call costs about 0.2 s
 more than a traced one. For a one-image `segpipe predict` (two calls with flip) eager is the faster way;
 for a long evaluation the traced function is. Both run the same kernels and give the same outputs, bit for
-bit (`tests/evaluation/test_predict.py` checks it)."""
+bit (`tests/evaluation/test_preload.py` checks it)."""
 _calls: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
