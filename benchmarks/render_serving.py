@@ -138,11 +138,19 @@ def local_start() -> str:
                         f"({one.get('model', 'model not recorded')}), median of {d['rounds']} rounds | {emb_cell} "
                         f"| **{n1(one[key]['median'])}** | {vs} | {one['target']:g} s: "
                         f"**{'met' if ok else 'not met'}** |")
+    if one and "keras_background_child" in one:
+        rows.append(f"| the same `.keras` predict with `SEGPIPE_PRELOAD=child` (TensorFlow imported and the model "
+                    f"loaded in a child of the command while Prefect starts), median of {d['rounds']} rounds | — "
+                    f"| {n1(one['keras_background_child']['median'])} "
+                    f"| {ratio(one['keras_child_over_host'])} slower than with the model host | — |")
     if one and "keras_background_no_preload" in one:
         rows.append(f"| the same `.keras` predict with `SEGPIPE_PRELOAD=off` (the model loads after Prefect, in the "
                     f"command's own process, as before the preload), median of {d['rounds']} rounds | — "
                     f"| {n1(one['keras_background_no_preload']['median'])} "
-                    f"| {ratio(one['keras_no_preload_over_preload'])} slower than with the preload | — |")
+                    f"| {ratio(one['keras_no_preload_over_preload'])} slower than with the model host | — |")
+    if one and "keras_background_starting_the_model_host" in one:
+        rows.append("| the first `.keras` predict, which starts the model host (once, until `segpipe server stop` "
+                    f"or {one['model_host_idle_s'] / 60:g} min unused) | — | {_wall_cpu(one['keras_background_starting_the_model_host'])} | — | — |")
     rows.append("| first command on a fresh PREFECT_HOME (cached prepare; the background one starts the server) "
                 f"| {_wall_cpu(first['embedded'])} | {_wall_cpu(first['background_starting_the_server'])} | — | — |")
     rows.append(f"| uncached `segpipe prepare --preset tiny` | {_wall_cpu(d['prepare_uncached_embedded_s'])} "

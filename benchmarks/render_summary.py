@@ -119,7 +119,11 @@ def start_row(d: dict) -> str:
         text += (f"; `segpipe predict` of one image, background server: `.keras` **{n1(k)} s**, LiteRT "
                  f"**{n1(lite)} s** (target {one['target']:g} s: {met(k <= one['target'])}, "
                  f"{met(lite <= one['target'])})")
-        if "keras_no_preload_over_preload" in one:
+        if "keras_child_over_host" in one:
+            text += (f"; loading the `.keras` model in the model host, TensorFlow already imported: "
+                     f"{ratio(one['keras_child_over_host'])} faster than in a child of the command, "
+                     f"{ratio(one['keras_no_preload_over_preload'])} faster than in the command after Prefect")
+        elif "keras_no_preload_over_preload" in one:
             text += (f"; loading the `.keras` model in a child while Prefect starts: "
                      f"{ratio(one['keras_no_preload_over_preload'])} faster than after it")
     return text

@@ -17,7 +17,13 @@ from segpipe.layout import ENV_WORK_DIR, WorkDir
 
 # Commands whose flows always run TensorFlow in this process (training, inference): it loads while the
 # Prefect server starts. `prepare` imports it only when it writes shards (a cached prepare never does).
-PRELOAD_ENV = "SEGPIPE_PRELOAD"  # "off": `segpipe predict` loads .keras models in its own process, after Prefect
+# How `segpipe predict` loads .keras models (`segpipe.preload`): "host" (the default) in the model host, a
+# background process that keeps TensorFlow imported between commands (`segpipe.model_host`); "child" in a
+# child process of this command; "off" in this process, after Prefect.
+PRELOAD_ENV = "SEGPIPE_PRELOAD"
+PRELOAD_MODES = ("host", "child", "off")
+HOST_IDLE_ENV = "SEGPIPE_MODEL_HOST_IDLE_S"  # the model host stops after this many seconds unused
+HOST_IDLE_DEFAULT_S = 900.0
 TENSORFLOW_COMMANDS = {"train", "evaluate", "gallery", "predict", "export", "run", "retrain"}
 
 
@@ -186,10 +192,14 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     models = [str(p.resolve()) for p in args.model_paths]
     from segpipe.preload import can_preload, preloaded
 
-    if os.environ.get(PRELOAD_ENV, "on") != "off" and can_preload(args.model_paths):
-        # .keras models load in a child process (TensorFlow and the models) while this one starts Prefect
-        # and the flow run; the predict task then predicts through it (`segpipe.preload`).
-        args.cleanup.enter_context(preloaded(models, cfg.eval.tta_flip))
+    preload, idle_s = _preload_settings()
+    if preload != "off" and can_preload(args.model_paths):
+        # .keras models load in the model host or a child process while this one starts Prefect and the
+        # flow run; the predict task then predicts through it (`segpipe.preload`).
+        from segpipe_app.cli.server import model_host_dir
+
+        host_dir = model_host_dir() if preload == "host" else None
+        args.cleanup.enter_context(preloaded(models, cfg.eval.tta_flip, host_dir, idle_s))
         _prepare_runtime(args, tensorflow=False)
     else:
         from segpipe.export.exporter import runs_without_tensorflow
@@ -203,6 +213,21 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     for failure in report["failed"]:
         print(f"  could not read {failure['input']}: {failure['error']}", file=sys.stderr)
     return 1 if report["failed"] and not report["written"] else 0
+
+
+def _preload_settings() -> tuple[str, float]:
+    """(SEGPIPE_PRELOAD, SEGPIPE_MODEL_HOST_IDLE_S), checked."""
+    mode = os.environ.get(PRELOAD_ENV, "").strip().lower() or "host"
+    if mode not in PRELOAD_MODES:
+        raise CliError(f"{PRELOAD_ENV}={os.environ[PRELOAD_ENV]!r}: expected one of {', '.join(PRELOAD_MODES)}")
+    raw = os.environ.get(HOST_IDLE_ENV, "").strip()
+    try:
+        idle_s = float(raw) if raw else HOST_IDLE_DEFAULT_S
+    except ValueError:
+        idle_s = -1.0
+    if not 0 < idle_s < float("inf"):
+        raise CliError(f"{HOST_IDLE_ENV}={raw!r}: expected a number of seconds above 0")
+    return mode, idle_s
 
 
 def cmd_export(args: argparse.Namespace, cfg: PipelineConfig) -> int:
@@ -280,11 +305,16 @@ def cmd_server(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     """`segpipe server start|status|stop`: the background Prefect server of PREFECT_HOME (`cli.server`)."""
     from segpipe_app.cli import server
 
+    from segpipe import model_host
+
     home = server.prefect_home()
+    host_dir = server.model_host_dir(home)
     if args.action == "stop":
         stopped = server.stop(home)
         print(f"stopped the local Prefect server ({stopped.describe()})" if stopped
               else f"no local Prefect server running for PREFECT_HOME={home}")
+        if (pid := model_host.stop(host_dir)) is not None:
+            print(f"stopped the model host (pid {pid})")
         return 0
     own = server.configured_api_url()
     embedded = server.mode() == "embedded"
@@ -302,11 +332,22 @@ def cmd_server(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         if state is None:
             print(f"no local Prefect server running for PREFECT_HOME={home}"
                   + (f" ({verdict.why})" if verdict.why else ""))
+            _print_model_host(host_dir)
             return 1
     print(f"local Prefect server running: {state.api_url} ({state.describe()}, PREFECT_HOME={state.prefect_home}, "
           f"since {state.started_at}; log {state.log})")
     print(f"Prefect UI: {state.api_url.removesuffix('/api')}")
+    _print_model_host(host_dir)
     return 0
+
+
+def _print_model_host(host_dir: Path) -> None:
+    """The model host's line of `segpipe server status`, when one runs (`segpipe.model_host`)."""
+    from segpipe import model_host
+
+    if (pid := model_host.running_pid(host_dir)) is not None:
+        print(f"model host running: pid {pid}, TensorFlow imported for `segpipe predict` (log "
+              f"{host_dir / model_host.LOG_NAME})")
 
 
 def cmd_serve(args: argparse.Namespace, cfg: PipelineConfig) -> int:

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if status == 130 and argv is None and in_main_thread:  # the `segpipe` command itself, not a caller's main([...])
+    if argv is None and in_main_thread:  # the `segpipe` command itself, not a caller's main([...])
         exit_without_finalizing(status)
     return status
 

@@ -69,6 +69,12 @@ def state_dir(home: Path) -> Path:
     return home / "segpipe-server"
 
 
+def model_host_dir(home: Path | None = None) -> Path:
+    """The folder of the model host `segpipe predict` uses (`segpipe.model_host`): beside the server's state,
+    so that `segpipe server stop` stops both."""
+    return state_dir(home or prefect_home()) / "model-host"
+
+
 def prefect_version() -> str:
     from importlib.metadata import version
 

@@ -1,32 +1,40 @@
-"""Load `.keras` models in a child process while the caller starts up, then predict through it.
+"""Load `.keras` models in another process while the caller starts up, then predict through it.
 
-    with preloaded([Path("model.keras")], flip=True):      # returns at once: the child imports TensorFlow
-        ...                                                 # and loads the model meanwhile
-        report = predict_paths([Path("model.keras")], ["cat.jpg"], "out", flip=True)   # uses the child
+    with preloaded([Path("model.keras")], flip=True, host_dir=d):   # returns at once: the models load
+        ...                                                          # there meanwhile
+        report = predict_paths([Path("model.keras")], ["cat.jpg"], "out", flip=True)   # uses that process
 
 A one-image `segpipe predict` spends most of its time on fixed costs: importing TensorFlow and Keras
-and loading the model on one side; importing Prefect and starting the flow run on
-the other. In one process those run one after the other; `preloaded` runs the first group in a child
-process (`python -m segpipe.preload`), on the other core, while the caller does the second.
+and loading the model on one side; importing Prefect and starting the flow run on the other. In one
+process those run one after the other; `preloaded` runs the first group in another process, on the other
+core, while the caller does the second. That process is either
 
-- `can_preload(model_paths)`: whether these are `.keras` files, the models a child can load.
-- `preloaded(model_paths, flip)` starts the child and registers it for exactly those models and that flip
-  setting, for the `with` block; leaving the block stops it.
-- `segpipe.predict.predict_paths` asks `take(model_paths, flip)` for a registered child. It gets one only
-  when the paths, the flip setting and the **content** of every model file match: the child reports the
-  SHA-256 of each file it loaded, and the caller compares them with its own digests. Otherwise, it loads
-  the models in its own process as before.
-- The child answers `predict_labels` (`segpipe.evaluation.ensemble`), one batch at a time: uint8 RGB
-  images in, HxW labels out, the same function and numerics as in-process prediction.
-- A failure in the child (a corrupt model file, a bad image) comes back as the same exception type, with
-  the same message. If the child dies, the caller gets a `RuntimeError` naming its exit status.
-- The child ignores SIGINT. A terminal's Ctrl-C reaches the whole process group, and the caller handles
-  it: its `with` block ends, which kills the child. If the caller dies, the child's stdin reaches EOF and
-  the child exits.
+- the **model host** of `host_dir` (`segpipe.model_host`): a long-lived process that imported TensorFlow
+  once, started by the first command that asks and reused by the next ones. Each command still loads
+  its own models there, and hangs up when done; or
+- a **child** started for this command alone (`python -m segpipe.preload`): without `host_dir`, off
+  Linux, or when no host can be had.
 
-The protocol is pickled objects over the child's stdin and a duplicate of its stdout. Its fd 1 then points
-at fd 2, so nothing a library prints can corrupt the stream. No Prefect here, and no TensorFlow in the
-caller.
+- `can_preload(model_paths)`: whether these are `.keras` files, the models another process can load.
+- `preloaded(model_paths, flip, host_dir)` asks for the models and registers the process for exactly
+  those models and that flip setting, for the `with` block; leaving the block stops the child or hangs up
+  on the host.
+- `segpipe.predict.predict_paths` asks `take(model_paths, flip)` for a registered one. It gets one only
+  when the paths, the flip setting and the **content** of every model file match: the other process
+  reports the SHA-256 of each file it loaded, and the caller compares them with its own digests.
+  Otherwise, it loads the models in its own process as before.
+- The other process answers `predict_labels` (`segpipe.evaluation.ensemble`), one batch at a time: uint8
+  RGB images in, HxW labels out, the same function and numerics as in-process prediction.
+- A failure there (a corrupt model file, a bad image) comes back as the same exception type, with the
+  same message. If the process dies, the caller gets a `RuntimeError` naming it.
+- Neither the child nor the host hears a terminal's Ctrl-C: each runs in its own session (and ignores
+  SIGINT). The caller handles it: its `with` block ends, which kills the child or hangs up on the host.
+  If the caller dies, the child's stdin (the host's connection) reaches EOF and the child exits (the host
+  drops that caller's models).
+
+The protocol is pickled objects over the child's stdin and a duplicate of its stdout (its fd 1 then
+points at fd 2, so nothing a library prints can corrupt the stream), or over the host's socket. No
+Prefect here, and no TensorFlow in the caller.
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from segpipe.fsutil import sha256_file_memo
+from segpipe import model_host
+from segpipe.fsutil import sha256_file, sha256_file_memo
 
 PathLike = str | os.PathLike[str]
 
@@ -56,33 +65,53 @@ _EXCEPTIONS: dict[str, type[Exception]] = {
 
 
 class Preloaded:
-    """A child process holding loaded models; `labels(images)` predicts one batch through it."""
+    """Models loading, then loaded, in another process; `labels(images)` predicts one batch through it.
 
-    def __init__(self, model_paths: Sequence[PathLike], flip: bool) -> None:
+    With `host_dir`, that process is the model host of that folder (`segpipe.model_host`: TensorFlow already
+    imported, started now if none runs); otherwise, or when no host can be had, a child of this process."""
+
+    def __init__(self, model_paths: Sequence[PathLike], flip: bool, host_dir: PathLike | None = None,
+                 idle_s: float = 900.0) -> None:
         self.paths = [str(Path(p).resolve()) for p in model_paths]
         self.flip = flip
         self._lock = threading.Lock()
         self._ready: tuple[list[str], list[tuple[int, int]]] | None = None
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "segpipe.preload", "1" if flip else "0", *self.paths],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True,
-        )
+        self._proc: subprocess.Popen | None = None
+        self.host = None if host_dir is None else model_host.connect(Path(host_dir), idle_s)
+        if self.host is not None:
+            self.process = f"the model host (pid {self.host.pid}, log {Path(host_dir) / model_host.LOG_NAME})"
+            self._requests = self.host.sock.makefile("wb")
+            self._answers = self.host.sock.makefile("rb")
+            self._send(("load", flip, self.paths))
+        else:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "segpipe.preload", "1" if flip else "0", *self.paths],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True,
+                start_new_session=True,  # out of the terminal's reach: a Ctrl-C while Python starts up there
+            )                            # would print "Fatal Python error"; the caller stops it instead
+            self.process = f"the process loading {', '.join(self.paths)}"
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._requests, self._answers = self._proc.stdin, self._proc.stdout
+
+    def _send(self, message: Any) -> None:
+        try:
+            pickle.dump(message, self._requests, protocol=pickle.HIGHEST_PROTOCOL)
+            self._requests.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the other end is gone: _receive says how it ended
 
     def _receive(self) -> Any:
-        assert self._proc.stdout is not None
         try:
-            message = pickle.load(self._proc.stdout)
+            message = pickle.load(self._answers)
         except (EOFError, pickle.UnpicklingError, OSError):
-            code = self._proc.wait()
-            raise RuntimeError(
-                f"the process loading {', '.join(self.paths)} ended (exit status {code}) before it answered"
-            ) from None
+            how = "closed the connection" if self._proc is None else f"ended (exit status {self._proc.wait()})"
+            raise RuntimeError(f"{self.process} {how} before it answered") from None
         if message[0] == "error":
             raise _EXCEPTIONS.get(message[1], RuntimeError)(message[2])
         return message[1:]
 
     def wait_ready(self) -> tuple[list[str], list[tuple[int, int]]]:
-        """(SHA-256 of each model file, the models' distinct input sizes), once the child has loaded them."""
+        """(SHA-256 of each model file, the models' distinct input sizes), once the models are loaded."""
         with self._lock:
             if self._ready is None:
                 digests, sizes = self._receive()
@@ -97,26 +126,24 @@ class Preloaded:
         """HxW int64 labels (0..2) for uint8 RGB images, each at its own size (`ensemble.predict_labels`)."""
         self.wait_ready()
         with self._lock:
-            assert self._proc.stdin is not None
-            try:
-                pickle.dump(images, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-                self._proc.stdin.flush()
-            except (BrokenPipeError, OSError):
-                pass  # the child is gone: _receive says how it ended
+            self._send(images)
             (labels,) = self._receive()
         return [np.asarray(lab, dtype=np.int64) for lab in labels]
 
     def close(self) -> None:
-        """Stop the child (at once: it holds nothing that needs saving)."""
-        with contextlib.suppress(OSError):
-            if self._proc.stdin is not None:
-                self._proc.stdin.close()
+        """Stop the child (at once: it holds nothing that needs saving), or hang up on the host (which then
+        drops these models and stays up for the next command)."""
+        for stream in (self._requests, self._answers):
+            with contextlib.suppress(OSError):
+                stream.close()
+        if self.host is not None:
+            with contextlib.suppress(OSError):
+                self.host.sock.close()
+            return
+        assert self._proc is not None
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
-        with contextlib.suppress(OSError):
-            if self._proc.stdout is not None:
-                self._proc.stdout.close()
 
 
 def can_preload(model_paths: Sequence[PathLike]) -> bool:
@@ -126,9 +153,11 @@ def can_preload(model_paths: Sequence[PathLike]) -> bool:
 
 
 @contextlib.contextmanager
-def preloaded(model_paths: Sequence[PathLike], flip: bool) -> Iterator[Preloaded]:
-    """Start a child loading `model_paths` (`.keras` files) and register it for `take`, for the block."""
-    child = Preloaded(model_paths, flip)
+def preloaded(model_paths: Sequence[PathLike], flip: bool, host_dir: PathLike | None = None,
+              idle_s: float = 900.0) -> Iterator[Preloaded]:
+    """Have `model_paths` (`.keras` files) loaded in another process (the model host of `host_dir` when
+    given and available, else a child) and register it for `take`, for the block."""
+    child = Preloaded(model_paths, flip, host_dir, idle_s)
     key = (tuple(child.paths), child.flip)
     with _LOCK:
         _REGISTRY[key] = child
@@ -164,10 +193,10 @@ def _send(stream: IO[bytes], *message: Any) -> None:
 
 
 def _load(paths: list[str]) -> tuple[Any, list[str], list[tuple[int, int]]]:
-    """Load the models and hash their files."""
+    """Load the models and hash their files (read now: a model host outlives any memo of them)."""
     from segpipe.evaluation.ensemble import load_models, model_sizes
 
-    digests = [sha256_file_memo(p) for p in paths]
+    digests = [sha256_file(p) for p in paths]
     models = load_models(paths)
     return models, digests, model_sizes(models)
 

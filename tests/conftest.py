@@ -25,6 +25,9 @@ os.environ.pop("SEGPIPE_WORK_DIR", None)
 # background server (cli.server); tests of that server use `local_server_homes`, which stops what they started.
 os.environ["SEGPIPE_PREFECT_SERVER"] = "embedded"
 os.environ.pop("SEGPIPE_SERVER_PORT", None)
+# `segpipe predict` loads .keras models in a child of the command, as before the model host (segpipe.model_host),
+# which would outlive the test; tests of the host set SEGPIPE_PRELOAD=host and stop what they started.
+os.environ["SEGPIPE_PRELOAD"] = "child"
 _LOCAL_SERVER_HOMES: list[Path] = []
 
 
@@ -86,12 +89,15 @@ def local_server_homes(tmp_path):
 
 
 def _stop_local_server(home: Path) -> None:
-    """Stop every Prefect server process whose PREFECT_HOME is `home` (recorded in state.json or not)."""
+    """Stop every Prefect server process whose PREFECT_HOME is `home` (recorded in state.json or not), and
+    the model host of that PREFECT_HOME."""
+    from segpipe import model_host
     from segpipe_app.cli import server
     from tests.terminal import servers_of
 
     for pid in servers_of(home):
         server.stop_process(pid)
+    model_host.stop(server.model_host_dir(home.resolve()))
 
 
 def pytest_sessionfinish(session, exitstatus):

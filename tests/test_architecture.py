@@ -69,3 +69,19 @@ def test_importing_segpipe_loads_neither_tensorflow_nor_prefect():
         "heavy = {'tensorflow', 'keras', 'prefect'} & set(sys.modules); assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_importing_the_download_stage_does_not_import_requests():
+    """`requests` is imported where a transfer starts (`segpipe.data.fetch.network_errors`): a cached
+    command, which never downloads, does not pay for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, segpipe.data.download, segpipe.data.checksums, segpipe.data.download_errors;"
+        "from segpipe.data.download_errors import is_transient;"
+        "assert not {'requests', 'urllib3'} & set(sys.modules), 'imported at import time';"
+        "import requests; assert is_transient(requests.ConnectionError('x'));"
+        "from segpipe.data.fetch import network_errors; assert issubclass(requests.Timeout, network_errors())"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -10,11 +10,9 @@ import os
 import re
 from pathlib import Path
 
-import requests
-
 from segpipe.data import ARCHIVES
 from segpipe.data.download_errors import SOURCE_HINT, ChecksumMismatchError, SourceError, TransientDownloadError
-from segpipe.data.fetch import NETWORK_ERRORS, raise_for_status, timeouts
+from segpipe.data.fetch import network_errors, raise_for_status, timeouts
 from segpipe.data.sources import OFFICIAL_DIGESTS, Source, redact_url
 from segpipe.fsutil import sha256_file
 
@@ -57,6 +55,8 @@ def expected_digests(source: Source, timeout: float = 60.0) -> dict[str, str | N
 
 
 def _fetch_sums(source: Source, timeout: float) -> tuple[str | None, str]:
+    import requests
+
     errors: list[str] = []
     answered = False
     for base in source.locations:
@@ -69,7 +69,7 @@ def _fetch_sums(source: Source, timeout: float) -> tuple[str | None, str]:
                 raise_for_status(resp, url)
                 body = resp.raw.read(1 << 20, decode_content=True)
                 return body.decode("utf-8", errors="replace"), redact_url(url)
-        except NETWORK_ERRORS as exc:
+        except network_errors() as exc:
             errors.append(f"{redact_url(url)}: {exc}")
         except TransientDownloadError as exc:
             errors.append(str(exc))

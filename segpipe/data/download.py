@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import requests
-
 from segpipe.data import ARCHIVES
 from segpipe.data.checksums import (
     SUMS_FILE,
@@ -44,7 +42,7 @@ from segpipe.data.download_errors import (
     combined_error,
     is_transient,
 )
-from segpipe.data.fetch import NETWORK_ERRORS, copy_local, fetch_http, meta_path, part_path, raise_for_status, timeouts
+from segpipe.data.fetch import copy_local, fetch_http, meta_path, network_errors, part_path, raise_for_status, timeouts
 from segpipe.data.progress import Progress, ProgressCallback
 from segpipe.data.sources import (
     OFFICIAL_BASE_URLS,
@@ -205,13 +203,15 @@ def source_fingerprint(source: Source, timeout: float = 60.0, names: Iterable[st
 
 
 def _head_fingerprint(source: Source, name: str, timeout: float) -> str:
+    import requests
+
     errors: list[tuple[str, Exception]] = []
     for base in source.locations:
         url = base + name
         try:
             try:
                 resp = requests.head(url, timeout=timeouts(timeout), allow_redirects=True)
-            except NETWORK_ERRORS as exc:
+            except network_errors() as exc:
                 raise TransientDownloadError(f"{redact_url(url)}: {type(exc).__name__}: {exc}") from exc
             raise_for_status(resp, url)
         except (TransientDownloadError, SourceError) as exc:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import requests
-import urllib3
-
 SOURCE_HINT = (
     "check your network or point --source at a mirror or a local directory "
     "holding images.tar.gz and annotations.tar.gz"
@@ -33,6 +30,9 @@ def is_transient(exc: BaseException) -> bool:
     """True for errors a retry may fix: the task layer's retry condition."""
     if isinstance(exc, ValueError):  # SourceError, ChecksumMismatchError, UnsafeArchiveError, ...
         return False
+    import requests  # here, not at the top: importing the download stage need not import requests
+    import urllib3
+
     return isinstance(
         exc,
         (TransientDownloadError, requests.ConnectionError, requests.Timeout,

@@ -88,3 +88,39 @@ def test_prefect_home_is_created_with_its_parents_or_named_in_the_error(tmp_path
     rc = main(["download", "--source", str(tmp_path), "--work-dir", str(tmp_path / "work")])
     err = capsys.readouterr().err
     assert rc == 2 and f"PREFECT_HOME={tmp_path / 'file' / 'home'}: cannot create it" in err, err
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("SEGPIPE_PRELOAD", "sometimes", "expected one of host, child, off"),
+    ("SEGPIPE_MODEL_HOST_IDLE_S", "soon", "expected a number of seconds above 0"),
+    ("SEGPIPE_MODEL_HOST_IDLE_S", "0", "expected a number of seconds above 0"),
+    ("SEGPIPE_MODEL_HOST_IDLE_S", "inf", "expected a number of seconds above 0"),
+])
+def test_bad_model_host_settings_fail_before_any_work(name, value, expected, tmp_path, monkeypatch, capsys):
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"x")
+    monkeypatch.setenv(name, value)
+    assert main(["predict", "--model", str(model), "--out", str(tmp_path / "out"), "--work-dir",
+                 str(tmp_path / "work"), str(model)]) == 2
+    err = capsys.readouterr().err
+    assert f"{name}={value!r}: {expected}" in err, err
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+def test_the_segpipe_command_flushes_what_it_prints_before_it_exits(tmp_path):
+    """The command ends with os._exit after the exit handlers (cli.interrupts.exit_without_finalizing):
+    everything it printed still arrives, whole, through a pipe, and its exit status is kept."""
+    run = run_cli("config", "--preset", "cpu-quick")
+    assert run.returncode == 0 and json.loads(run.stdout)["preset"] == "cpu-quick"
+    bad = run_cli("config", "--epochs", "-2")
+    assert bad.returncode == 2 and "train.epochs" in bad.stderr
+
+
+def test_the_private_exit_hook_the_cli_relies_on_still_exists():
+    """`cli.interrupts.exit_without_finalizing` runs the exit handlers (logging's, Prefect's queue drains,
+    `weakref.finalize`) through CPython's private `atexit._run_exitfuncs` before `os._exit`. It is called
+    under `suppress(Exception)`: if a Python release drops it, this test says so instead of the handlers
+    being skipped in silence."""
+    import atexit
+
+    assert callable(getattr(atexit, "_run_exitfuncs", None)), "atexit._run_exitfuncs is gone: see cli/interrupts.py"

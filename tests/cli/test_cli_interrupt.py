@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.faults import REPO, child_env, wait_for
@@ -171,7 +172,7 @@ def test_ctrl_c_while_predict_preloads_its_model_stops_the_child_too(tmp_path):
     Image.new("RGB", (40, 30), (200, 50, 50)).save(image)
     argv = segpipe("predict", "--model", str(model), "--out", str(tmp_path / "out"),
                    "--work-dir", str(tmp_path / "work"), str(image))
-    term = Terminal(argv, cli_env(tmp_path, SEGPIPE_PREFECT_SERVER="embedded"))
+    term = Terminal(argv, cli_env(tmp_path, SEGPIPE_PREFECT_SERVER="embedded", SEGPIPE_PRELOAD="child"))
     try:
         found: list[int] = []
         wait_for(lambda: found.extend(c for c in children_of(term.proc.pid) if "segpipe.preload" in cmdline(c))
@@ -186,3 +187,46 @@ def test_ctrl_c_while_predict_preloads_its_model_stops_the_child_too(tmp_path):
     wait_for(lambda: not alive(child), timeout=10, what="the preloading child to stop")
     assert not (tmp_path / "out" / "one_mask.png").exists()
     print(f"Ctrl-C while preloading: exit {rc} {exit_s:.2f} s after the keypress; the child stopped")
+
+
+def test_ctrl_c_while_predict_loads_its_model_in_the_model_host_leaves_the_host_serving(tmp_path):
+    """With the model host (`SEGPIPE_PRELOAD=host`, the default outside tests), the model loads in a
+    process of its own session: Ctrl-C reaches the command alone, which exits 130 in seconds, without a
+    traceback; the host drops that command's models and serves the next command."""
+    from PIL import Image
+
+    from segpipe import model_host
+    from segpipe.models import build_model
+    from segpipe.preload import preloaded
+    from segpipe_app.cli.server import model_host_dir
+
+    model = tmp_path / "unet.keras"
+    build_model("unet", (32, 32, 3), 3, base_filters=4, depth=2).save(model)
+    image = tmp_path / "one.png"
+    Image.new("RGB", (40, 30), (200, 50, 50)).save(image)
+    argv = segpipe("predict", "--model", str(model), "--out", str(tmp_path / "out"),
+                   "--work-dir", str(tmp_path / "work"), str(image))
+    host_dir = model_host_dir((tmp_path / "prefect-home").resolve())
+    term = Terminal(argv, cli_env(tmp_path, SEGPIPE_PREFECT_SERVER="embedded", SEGPIPE_PRELOAD="host"))
+    try:
+        found: list[int] = []
+
+        def host_started() -> bool:
+            pid = model_host.running_pid(host_dir)
+            found.extend([pid] if pid else [])
+            return bool(found)
+
+        wait_for(host_started, timeout=120, proc=term.proc, what="the model host to start")
+        rc, exit_s = term.interrupt()
+        out = term.drain()
+        assert rc == 130, out[-3000:]
+        assert "Traceback" not in out and not [n for n in NATIVE_NOISE if n in out], out[-3000:]
+        assert not (tmp_path / "out" / "one_mask.png").exists()
+        assert alive(found[0]) and model_host.running_pid(host_dir) == found[0], "the host did not survive"
+        with preloaded([model], flip=False, host_dir=host_dir) as remote:
+            assert remote.host is not None and remote.host.pid == found[0]
+            assert remote.labels([np.zeros((30, 40, 3), np.uint8)])[0].shape == (30, 40)
+        print(f"Ctrl-C with the model host: exit {rc} {exit_s:.2f} s after the keypress; the host serves on")
+    finally:
+        term.close()
+        model_host.stop(host_dir)
