@@ -1,5 +1,9 @@
 """Every stage from the CLI, as a user runs it: prepare → train → evaluate (also on a never-seen, held-out source
-whose trainval.txt is empty) → gallery → predict; training refuses a dataset without a train split."""
+whose trainval.txt is empty) → gallery → predict; training refuses a dataset without a train split.
+
+The commands run as a user's do by default: the first starts segpipe's background Prefect server and the
+rest reuse it; `segpipe predict` loads .keras models in the model host (`segpipe.model_host`). The test's
+`local_server_homes` stops both afterwards."""
 
 from __future__ import annotations
 
@@ -25,12 +29,13 @@ NATIVE_NOISE = ("absl::InitializeLog", "cuInit", "oneDNN custom operations", "Co
 
 
 def segpipe(tmp_path, *args, expect=0):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "SEGPIPE_PREFECT_SERVER": "background",
+           "SEGPIPE_PRELOAD": "host"}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a user's shell: the CLI must quieten TensorFlow itself
     proc = subprocess.run([sys.executable, "-m", "segpipe_app.cli.main", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == expect, f"segpipe {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    # the ephemeral server recorded every task run before the CLI stopped it (cli.env.local_run_settings)
+    # every event and log reached the server before the command exited (cli.env.local_run_settings)
     assert "Error flushing" not in proc.stderr, proc.stderr[-4000:]
     # no TensorFlow start-up noise on any command (RELIABILITY.md, finding 3)
     assert not [n for n in NATIVE_NOISE if n in proc.stderr], proc.stderr[:3000]
@@ -45,7 +50,11 @@ def recorded_runs(tmp_path) -> dict:
         "    print(json.dumps({'flows': collections.Counter(r.state.name for r in c.read_flow_runs(limit=200)),"
         " 'tasks': collections.Counter(r.state.name for r in c.read_task_runs(limit=200))}))"
     )
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    from segpipe_app.cli import server
+
+    state = server.read_state((tmp_path / "prefect-home").resolve())
+    assert state is not None, "no background server was started"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": state.api_url}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -62,7 +71,8 @@ def constant_model(path: Path, probs: tuple[float, float, float], size: int = 32
     return path
 
 
-def test_stages_from_the_cli(tmp_path):
+def test_stages_from_the_cli(tmp_path, local_server_homes):
+    local_server_homes("prefect-home")
     seen, unseen = tmp_path / "seen", tmp_path / "unseen"
     make_pets_archives(seen, n_per_breed=6, seed=0)
     # a held-out set: test.txt lists every image, trainval.txt none (scoring it used to fail in the split)
