@@ -30,6 +30,16 @@ def terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def quiet_lost_interrupts(unraisable: Any) -> None:
+    """`sys.unraisablehook` for the command: a KeyboardInterrupt that `terminate` raised inside a finalizer
+    (an asyncio transport's `__del__` running mid-step) cannot propagate, and Python would print it as
+    "Exception ignored in ..." with a traceback. The stop itself is not lost (`terminate` also requested it,
+    and the loops check `segpipe.cancel`), so say nothing of it; anything else goes to Python's own hook."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def exit_now(signum: int) -> None:
     """A second Ctrl-C: stop at once, without recording the run (called from `cancel`'s watcher thread,
     so it works even while the main thread is busy or blocked)."""

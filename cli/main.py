@@ -17,7 +17,8 @@ import time
 
 from segpipe_app.cli.commands import COMMANDS
 from segpipe_app.cli.errors import CliError
-from segpipe_app.cli.interrupts import exit_now, exit_without_finalizing, interrupted, Interrupts, is_interrupt, terminate
+from segpipe_app.cli.interrupts import (exit_now, exit_without_finalizing, interrupted, Interrupts, is_interrupt,
+                                        quiet_lost_interrupts, terminate)
 from segpipe_app.cli.options import config_from_args
 from segpipe_app.cli.parser import build_parser, debug_enabled
 from segpipe.config import ConfigError
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = (
         {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
     )
+    if argv is None and in_main_thread:  # the `segpipe` command itself
+        sys.unraisablehook = quiet_lost_interrupts
     try:
         # even while Prefect's SIGTERM handler is the one installed; a second Ctrl-C exits at once
         with cancel.on_signals(on_repeat=exit_now):

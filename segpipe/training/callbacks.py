@@ -14,6 +14,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from segpipe import cancel
 from segpipe.config.budget import TrainingPlan, progress_line
 from segpipe.fsutil import atomic_write_json, read_json
 from segpipe.kerascompat import ema_weights_in_model
@@ -40,6 +41,22 @@ def _save_atomically(path: Path, save: Callable[[str], Any]) -> None:
 def _finite_loss(logs: dict[str, Any] | None) -> bool:
     loss = (logs or {}).get("loss")
     return loss is None or math.isfinite(float(loss))
+
+
+class StopOnRequest(keras.callbacks.Callback):
+    """Stop at the next batch once a stop was requested (`segpipe.cancel`: Ctrl-C, SIGTERM).
+
+    The CLI's signal handler raises KeyboardInterrupt in whatever Python code the main thread runs. When
+    that is a finalizer (an asyncio transport's `__del__` collected mid-step), Python prints "Exception
+    ignored" and carries on: training went on after Ctrl-C. The handler also requests the stop, and this
+    callback turns the request into `cancel.Cancelled` (a KeyboardInterrupt) at the next batch, before any
+    epoch-end callback records a partial epoch."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        cancel.check("training")
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        cancel.check("validating")
 
 
 class AtomicBackupAndRestore(keras.callbacks.Callback):

@@ -32,6 +32,7 @@ from segpipe.training.callbacks import (
     BudgetProgress,
     LearningRateLogger,
     ResumableEarlyStopping,
+    StopOnRequest,
 )
 from segpipe.models.encoders import recording_weights_files
 from segpipe.training.check import _summarise
@@ -209,7 +210,8 @@ def _callbacks(
     averaged = AveragedWeights() if t.ema_momentum is not None else None
     progress = BudgetProgress(plan)
     callbacks: list[keras.callbacks.Callback] = [
-        LearningRateLogger(),  # first: the callbacks below see logs["learning_rate"]
+        StopOnRequest(),  # first: a stopped epoch reaches none of the callbacks below
+        LearningRateLogger(),  # the callbacks below see logs["learning_rate"]
         progress,
         *([averaged] if averaged is not None else []),  # validation on the averaged weights
         keras.callbacks.TerminateOnNaN(),

@@ -124,3 +124,23 @@ def test_the_private_exit_hook_the_cli_relies_on_still_exists():
     import atexit
 
     assert callable(getattr(atexit, "_run_exitfuncs", None)), "atexit._run_exitfuncs is gone: see cli/interrupts.py"
+
+
+def test_a_keyboard_interrupt_lost_in_a_finalizer_prints_nothing_other_errors_still_show():
+    """Ctrl-C's KeyboardInterrupt raised inside a `__del__` cannot propagate; Python would print "Exception
+    ignored in ..." with a traceback on the user's terminal. The command's hook drops that one (the stop was
+    requested too, and the loops check it), and leaves every other unraisable error to Python's hook."""
+    code = (
+        "import sys\n"
+        "from segpipe_app.cli.interrupts import quiet_lost_interrupts\n"
+        "sys.unraisablehook = quiet_lost_interrupts\n"
+        "class Lost:\n"
+        "    def __del__(self): raise KeyboardInterrupt\n"
+        "class Broken:\n"
+        "    def __del__(self): raise ValueError('a real error')\n"
+        "Lost(); Broken(); print('carried on')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout == "carried on\n", run.stderr
+    assert "KeyboardInterrupt" not in run.stderr
+    assert "Exception ignored in" in run.stderr and "ValueError: a real error" in run.stderr

@@ -157,21 +157,27 @@ def test_a_second_ctrl_c_exits_at_once_when_the_first_cannot_finish(tmp_path):
 # --------------------------------------------------------------------------- Ctrl-C while a model preloads
 
 
-def test_ctrl_c_while_predict_preloads_its_model_stops_the_child_too(tmp_path):
-    """`segpipe predict` with a .keras model loads it in a child process (`segpipe.preload`) while Prefect
-    starts. Ctrl-C in that window reaches both processes: the command ends in seconds with exit 130, no
-    traceback and no TensorFlow noise, and the child does not outlive it."""
+def one_image_predict(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A tiny .keras model, and the `segpipe predict` command line for one image with it."""
     from PIL import Image
 
     from segpipe.models import build_model
-    from tests.terminal import children_of, cmdline
 
     model = tmp_path / "unet.keras"
     build_model("unet", (32, 32, 3), 3, base_filters=4, depth=2).save(model)
     image = tmp_path / "one.png"
     Image.new("RGB", (40, 30), (200, 50, 50)).save(image)
-    argv = segpipe("predict", "--model", str(model), "--out", str(tmp_path / "out"),
-                   "--work-dir", str(tmp_path / "work"), str(image))
+    return model, segpipe("predict", "--model", str(model), "--out", str(tmp_path / "out"),
+                          "--work-dir", str(tmp_path / "work"), str(image))
+
+
+def test_ctrl_c_while_predict_preloads_its_model_stops_the_child_too(tmp_path):
+    """`segpipe predict` with a .keras model and `SEGPIPE_PRELOAD=child` loads it in a child process
+    (`segpipe.preload`, in its own session) while Prefect starts. Ctrl-C in that window reaches the command:
+    it ends in seconds with exit 130, no traceback and no TensorFlow noise, and the child does not outlive it."""
+    from tests.terminal import children_of, cmdline
+
+    _, argv = one_image_predict(tmp_path)
     term = Terminal(argv, cli_env(tmp_path, SEGPIPE_PREFECT_SERVER="embedded", SEGPIPE_PRELOAD="child"))
     try:
         found: list[int] = []
@@ -193,19 +199,11 @@ def test_ctrl_c_while_predict_loads_its_model_in_the_model_host_leaves_the_host_
     """With the model host (`SEGPIPE_PRELOAD=host`, the default outside tests), the model loads in a
     process of its own session: Ctrl-C reaches the command alone, which exits 130 in seconds, without a
     traceback; the host drops that command's models and serves the next command."""
-    from PIL import Image
-
     from segpipe import model_host
-    from segpipe.models import build_model
     from segpipe.preload import preloaded
     from segpipe_app.cli.server import model_host_dir
 
-    model = tmp_path / "unet.keras"
-    build_model("unet", (32, 32, 3), 3, base_filters=4, depth=2).save(model)
-    image = tmp_path / "one.png"
-    Image.new("RGB", (40, 30), (200, 50, 50)).save(image)
-    argv = segpipe("predict", "--model", str(model), "--out", str(tmp_path / "out"),
-                   "--work-dir", str(tmp_path / "work"), str(image))
+    model, argv = one_image_predict(tmp_path)
     host_dir = model_host_dir((tmp_path / "prefect-home").resolve())
     term = Terminal(argv, cli_env(tmp_path, SEGPIPE_PREFECT_SERVER="embedded", SEGPIPE_PRELOAD="host"))
     try:

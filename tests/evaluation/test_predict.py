@@ -174,3 +174,18 @@ def test_clear_errors(models, tmp_path):
     report = predict.predict_paths([models["colour"]], [tmp_path / "empty_dir", img], tmp_path / "out2")
     assert [Path(w["input"]).name for w in report.written] == ["x.png"]
     assert "no image files" in report.failed[0]["error"]
+
+
+def test_a_stop_request_stops_predicting_before_the_next_batch(models, inputs, tmp_path):
+    """Ctrl-C requests a stop (`segpipe.cancel`) besides raising KeyboardInterrupt; when that exception is
+    lost (raised inside a finalizer), the loop stops by itself at the next batch, and writes no summary."""
+    from segpipe import cancel
+
+    cancel.request()
+    try:
+        with pytest.raises(cancel.Cancelled, match="predicting: stopped on request"):
+            predict.predict_paths([models["unet"]], [inputs], tmp_path / "out", batch_size=1)
+    finally:
+        cancel.clear()
+    assert not (tmp_path / "out" / "predictions.json").exists()
+    assert not list((tmp_path / "out").glob("*_mask.png"))

@@ -16,6 +16,7 @@ import pytest
 
 import keras  # noqa: E402  (a broken install fails here instead of skipping)
 
+from segpipe import cancel  # noqa: E402
 from segpipe.config.budget import training_plan  # noqa: E402
 from segpipe.config import build_config  # noqa: E402
 from segpipe.fsutil import read_json, sha256_file  # noqa: E402
@@ -47,12 +48,8 @@ def tiny_cfg(**train):
 # --------------------------------------------------------------------------- one tiny run, interrupted and resumed
 #
 # Tracing a Keras train step is the slow part of these tests (seconds each on a shared
-# 2-core machine), so one module-scoped run is shared: it is interrupted after its first
-# epoch, resumed to completion, and then asked for again (cached).
-
-
-class Interrupt(Exception):
-    pass
+# 2-core machine), so one module-scoped run is shared: it is stopped on request after its first
+# epoch (`segpipe.cancel`, as Ctrl-C does), resumed to completion, and then asked for again (cached).
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +58,16 @@ def run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     run_dir = tmp_path_factory.mktemp("runs") / run_id_for(cfg, "tiny-ds", "test")
     first: list[tuple[int, dict]] = []
 
-    def crash_after_first_epoch(epoch: int, logs: dict) -> None:
+    def stop_requested_after_first_epoch(epoch: int, logs: dict) -> None:
         first.append((epoch, logs))
-        if epoch == 0:
-            raise Interrupt("killed")
+        if epoch == 0:  # what Ctrl-C does when its KeyboardInterrupt is lost (raised inside a finalizer):
+            cancel.request()  # only the request; training must stop at the next batch by itself
 
-    with pytest.raises(Interrupt):
-        train(cfg, tiny_dataset, run_dir, on_epoch_end=crash_after_first_epoch, verbose=0)
+    try:
+        with pytest.raises(cancel.Cancelled, match="training: stopped on request"):
+            train(cfg, tiny_dataset, run_dir, on_epoch_end=stop_requested_after_first_epoch, verbose=0)
+    finally:
+        cancel.clear()
     interrupted = {
         "backup_epoch": read_json(run_dir / "backup" / "training_metadata.json")["epoch"],
         "history": read_history(run_dir / "history.csv"),
