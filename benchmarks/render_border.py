@@ -79,3 +79,76 @@ def border_levers() -> str:
         provenance(reports[STRIDE4], STRIDE4), "", provenance(reports[STRIDE2], STRIDE2)])
 
 
+
+
+# --------------------------------------------------------------------------- timed alone, and the breed hold-outs
+
+QUIET = "transfer-random-quiet.json"  # cpu-quick, seed 0, random split, nothing else running
+BREEDS = ("Abyssinian", "american_bulldog", "Bengal")
+BREED = "transfer-breed-{}.json"  # cpu-quick, seed 0, trained on the two other breeds
+ALONE_TARGETS = {"train_seconds": 600, "cpu_share": 1.80, "breed_mean_iou": 0.78}
+QUIET_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --preset cpu-quick "
+                 "--train-seed 0 --set model.encoder_weights=<weights file> --out benchmarks/results/" + QUIET)
+BREED_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --split breed "
+                 "--holdout-breed {b} --preset cpu-quick --train-seed 0 --set model.encoder_weights=<weights file> "
+                 "--out benchmarks/results/transfer-breed-{b}.json")
+
+
+def _missed(got: float, want: float, at_least: bool, fmt: str, unit: str = "") -> str:
+    ok = got >= want if at_least else got <= want
+    return "**met**" if ok else f"**missed** by {abs(want - got):{fmt}}{unit}"
+
+
+def alone_and_breeds() -> str:
+    """Issue 20's timing of one cpu-quick training alone (wall seconds, the process tree's CPU share) and its
+    breed hold-outs (mean IoU on a breed training never saw), each against the issue's targets."""
+    quiet = load(QUIET)
+    breeds = {b: r for b in BREEDS if (r := load(BREED.format(b))) is not None}
+    parts: list[str] = []
+    if quiet is None:
+        parts.append(missing(QUIET, QUIET_COMMAND))
+    else:
+        (q,) = quiet["results"]
+        f = figures(quiet)
+        share = f["cpu_share"][0]
+        m = quiet["machine"]
+        parts.append(
+            f"Timed alone (nothing else ran; load average {m['load_average'][0]:.1f} at the start, "
+            f"{m['load_average_after'][0]:.1f} at the end, on {m['cpu_model']}, {m['cpus']} cores), `cpu-quick` seed "
+            f"{q['train_seed']} on the random split trained in **{q['train_seconds']:,.0f} s** wall "
+            f"({q['epochs_completed']} epochs; target ≤ {ALONE_TARGETS['train_seconds']} s: "
+            f"{_missed(q['train_seconds'], ALONE_TARGETS['train_seconds'], False, ',.0f', ' s')}), "
+            f"{q['train_cpu_seconds']:,.0f} CPU-seconds of the process tree: a CPU share of **{100 * share:.0f}%** of "
+            f"the 200% two cores give (target ≥ {100 * ALONE_TARGETS['cpu_share']:.0f}%: "
+            f"{_missed(100 * share, 100 * ALONE_TARGETS['cpu_share'], True, '.0f', ' points')}), "
+            f"{f['images_per_cpu_s'][0]:.2f} training images per CPU-second. Best validation mean IoU "
+            f"{q['best_val_mean_iou']:.3f}; held-out (scored once, after training) mean IoU "
+            f"{q['held_out']['mean_iou']:.3f}, foreground {q['held_out']['foreground_iou']:.3f}, border "
+            f"{q['held_out']['iou']['border']:.3f}.")
+    if breeds:
+        rows = ["| held-out breed (cpu-quick, seed 0) | train images | best val mean IoU | held-out mean IoU "
+                "| foreground IoU | border IoU | train wall s | CPU share (of 200%) |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        means = []
+        for breed, report in breeds.items():
+            (r,) = report["results"]
+            f = figures(report)
+            means.append(r["held_out"]["mean_iou"])
+            rows.append(f"| {breed} | {report['dataset']['splits'].get('train', 0)} | {r['best_val_mean_iou']:.3f} "
+                        f"| {r['held_out']['mean_iou']:.3f} | {r['held_out']['foreground_iou']:.3f} "
+                        f"| {r['held_out']['iou']['border']:.3f} | {r['train_seconds']:,.0f} "
+                        f"| {100 * f['cpu_share'][0]:.0f}% |")
+        avg = statistics.fmean(means)
+        parts += ["Breed hold-out (`--split breed --holdout-breed B`: trained and validated on the two other "
+                  "breeds, scored once after training on every image of B, original resolution, flip TTA), one "
+                  "training seed per breed, run one after the other alone:", "\n".join(rows),
+                  f"Average held-out mean IoU over the {len(means)} breeds: **{avg:.3f}** (target ≥ "
+                  f"{ALONE_TARGETS['breed_mean_iou']:.2f}: {_missed(avg, ALONE_TARGETS['breed_mean_iou'], True, '.3f')})."
+                  + ("" if len(breeds) == len(BREEDS) else
+                     f" Not measured: {', '.join(b for b in BREEDS if b not in breeds)}.")]
+    missing_breeds = [b for b in BREEDS if b not in breeds]
+    if not breeds:
+        parts += [missing(BREED.format(b), BREED_COMMAND.format(b=b)) for b in missing_breeds]
+    parts += [provenance(d, n) for n, d in ((QUIET, quiet), *((BREED.format(b), r) for b, r in breeds.items()))
+              if d is not None]
+    return "\n\n".join(parts)

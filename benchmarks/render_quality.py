@@ -11,7 +11,7 @@ import json
 import statistics
 from collections.abc import Callable
 
-from benchmarks.render_common import RESULTS, WITHDRAWN, load, missing, n0, provenance, provenance_problems
+from benchmarks.render_common import REMEASURED, RESULTS, WITHDRAWN, load, missing, n0, provenance, provenance_problems
 
 RANDOM = "transfer-random.json"  # cpu-quick, 3 training seeds, random split
 BEFORE = "transfer-random-bf16.json"  # the same, with cpu-quick as it was before the roofline (section "Roofline")
@@ -195,7 +195,7 @@ def targets_table(quick: dict, breeds: dict[str, dict], quiet: dict | None, quic
     row(f"breed hold-out mean IoU ≥ {target['breed_mean_iou']:.2f} (average of {len(breed_means)})",
         statistics.fmean(breed_means) if breed_means else None, target["breed_mean_iou"], ".3f")
     q = quiet["results"][0] if quiet else None
-    row(f"cpu-quick training ≤ {target['train_seconds']:,} s wall (timed alone; the earlier recipe, bfloat16)",
+    row(f"cpu-quick training ≤ {target['train_seconds']:,} s wall (timed alone)",
         q["train_seconds"] if q else None,
         target["train_seconds"], ",.0f", at_least=False, unit=" s")
     speedup = target["speedup_to_070"]
@@ -255,6 +255,8 @@ def withdrawn() -> str:
     """BENCHMARKS.md: the result files withdrawn (issue 19) and why; which files are rendered, and from what."""
     rows = ["| withdrawn result file | why |", "|---|---|"]
     rows += [f"| `{name}` | {why} |" for name, why in WITHDRAWN.items()]
+    rows += [f"| `{name}` (the earlier file; re-measured, the file there now is a new run) | {why} |"
+             for name, why in REMEASURED.items()]
     kept = {p.name: provenance_problems(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"))}
     good = [f"`{k}`" for k, v in kept.items() if not v]
     bad = [f"`{k}` ({'; '.join(v)})" for k, v in kept.items() if v]

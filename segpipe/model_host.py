@@ -14,8 +14,10 @@ without a connection, or when asked (`stop`).
 - **Whose:** both ends check the other's user id (`SO_PEERCRED`): the socket is reachable by any local
   user, and the protocol is pickle.
 - **Which:** the host greets each connection with its version (`version`: the digest of segpipe's sources,
-  the interpreter) and pid, within `HELLO_TIMEOUT_S`. A host of another version (segpipe changed since it
-  started) or one that does not greet in time (hung, stopped) is stopped and replaced.
+  the interpreter), within `HELLO_TIMEOUT_S`; the caller reads its pid off the socket. A host of another
+  version (segpipe changed since it started) or one that does not greet in time (hung, stopped) is stopped
+  and replaced. The host imports TensorFlow only after its first greeting: that import holds the GIL for
+  seconds at a time, and a greeting stuck behind it would read as a hung host.
 - **Signals:** the host runs in its own session and ignores SIGINT: a terminal's Ctrl-C reaches the
   command, which closes its connection; the host drops that connection's models and carries on.
 
@@ -39,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-HELLO_TIMEOUT_S = 5.0  # a host that has not greeted a new connection by then is hung: replace it
+HELLO_TIMEOUT_S = 10.0  # a host that has not greeted a new connection by then is hung: replace it
 BIND_TIMEOUT_S = 20.0  # for a host just started to listen (it listens before importing TensorFlow)
 LOG_NAME = "model-host.log"
 _ROOT = Path(__file__).resolve().parent
@@ -89,7 +91,8 @@ def connect(host_dir: Path, idle_s: float) -> Host | None:
     if not supported():
         return None
     host_dir = Path(host_dir)
-    for _ in range(2):
+    replaced: set[int] = set()
+    for _ in range(3):
         sock = _dial(host_dir)
         if sock is None:
             start(host_dir, idle_s)
@@ -100,12 +103,30 @@ def connect(host_dir: Path, idle_s: float) -> Host | None:
         if uid != os.getuid():  # someone else's process holds the name: never talk to it, never signal it
             sock.close()
             return None
+        if pid in replaced:  # the host just stopped still held the name for a moment
+            sock.close()
+            _wait_released(host_dir, pid)
+            continue
         hello = _hello(sock)
         if hello is not None and hello[1] == version():
             return Host(sock, pid)
         sock.close()
         _terminate(pid)  # another version, or hung: this user's own host, replaced
+        replaced.add(pid)
     return None
+
+
+def _wait_released(host_dir: Path, pid: int, timeout: float = 5.0) -> None:
+    """Until the socket's name is free or held by another process than `pid` (at most `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock = _dial(host_dir)
+        if sock is None:
+            return
+        with sock:
+            if peer(sock)[0] != pid:
+                return
+        time.sleep(0.05)
 
 
 def _dial(host_dir: Path, wait: float = 0.0) -> socket.socket | None:
@@ -251,9 +272,8 @@ def serve_forever(host_dir: Path, idle_s: float) -> int:
     listener.listen(16)
     listener.settimeout(min(1.0, idle_s))
     print(f"model host {os.getpid()} listening for {host_dir} (stops after {idle_s:g} s idle)", file=sys.stderr, flush=True)
-    warm = threading.Event()
-    threading.Thread(target=_warm_up, args=(warm,), name="warm-up", daemon=True).start()
-    me, activity = version(), _Activity()
+    me, activity, warm = version(), _Activity(), threading.Event()
+    warming = threading.Thread(target=_warm_up, args=(warm,), name="warm-up", daemon=True)
     while activity.idle_for() < idle_s:
         try:
             conn, _ = listener.accept()
@@ -269,6 +289,10 @@ def serve_forever(host_dir: Path, idle_s: float) -> int:
             continue
         activity.enter()
         threading.Thread(target=_serve_connection, args=(conn, activity, warm), daemon=True).start()
+        if not warming.is_alive() and not warm.is_set():
+            # Only now, after the first greeting: importing TensorFlow holds the GIL for seconds at a time
+            # (loading its libraries), and a greeting stuck behind it would read as a hung host.
+            warming.start()
     print(f"model host {os.getpid()} stopping: idle for {idle_s:g} s", file=sys.stderr, flush=True)
     return 0
 

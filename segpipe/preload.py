@@ -26,7 +26,8 @@ core, while the caller does the second. That process is either
 - The other process answers `predict_labels` (`segpipe.evaluation.ensemble`), one batch at a time: uint8
   RGB images in, HxW labels out, the same function and numerics as in-process prediction.
 - A failure there (a corrupt model file, a bad image) comes back as the same exception type, with the
-  same message. If the process dies, the caller gets a `RuntimeError` naming it.
+  same message. If the process dies before the models are loaded, `take` warns and the caller loads them
+  itself; if it dies later, the caller gets `ProcessGone` (a `RuntimeError`) naming it.
 - Neither the child nor the host hears a terminal's Ctrl-C: each runs in its own session (and ignores
   SIGINT). The caller handles it: its `with` block ends, which kills the child or hangs up on the host.
   If the caller dies, the child's stdin (the host's connection) reaches EOF and the child exits (the host
@@ -40,6 +41,7 @@ Prefect here, and no TensorFlow in the caller.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -56,12 +58,17 @@ from segpipe import model_host
 from segpipe.fsutil import sha256_file, sha256_file_memo
 
 PathLike = str | os.PathLike[str]
+log = logging.getLogger(__name__)
 
 _REGISTRY: dict[tuple[tuple[str, ...], bool], Preloaded] = {}
 _LOCK = threading.Lock()
 _EXCEPTIONS: dict[str, type[Exception]] = {
     e.__name__: e for e in (ValueError, FileNotFoundError, OSError, TypeError, RuntimeError)
 }
+
+
+class ProcessGone(RuntimeError):
+    """The child or the model host went away (killed, crashed) before it answered."""
 
 
 class Preloaded:
@@ -105,7 +112,7 @@ class Preloaded:
             message = pickle.load(self._answers)
         except (EOFError, pickle.UnpicklingError, OSError):
             how = "closed the connection" if self._proc is None else f"ended (exit status {self._proc.wait()})"
-            raise RuntimeError(f"{self.process} {how} before it answered") from None
+            raise ProcessGone(f"{self.process} {how} before it answered") from None
         if message[0] == "error":
             raise _EXCEPTIONS.get(message[1], RuntimeError)(message[2])
         return message[1:]
@@ -172,13 +179,18 @@ def preloaded(model_paths: Sequence[PathLike], flip: bool, host_dir: PathLike | 
 
 def take(model_paths: Sequence[PathLike], flip: bool) -> Preloaded | None:
     """The registered child for these models and flip setting, if the files it loaded have the same content
-    as `model_paths` have now; None otherwise (load in-process). Waits until the child has loaded them."""
+    as `model_paths` have now; None otherwise (load in-process), also when it went away before it loaded
+    them (a warning says so). Waits until the child has loaded them."""
     key = (tuple(str(Path(p).resolve()) for p in model_paths), flip)
     with _LOCK:
         child = _REGISTRY.get(key)
     if child is None:
         return None
-    digests, _ = child.wait_ready()
+    try:
+        digests, _ = child.wait_ready()
+    except ProcessGone as exc:  # before it loaded the models: load them here instead
+        log.warning("%s; loading the models in this process", exc)
+        return None
     if digests != [sha256_file_memo(p) for p in model_paths]:
         return None
     return child

@@ -111,3 +111,24 @@ def pytest_sessionfinish(session, exitstatus):
     server = sys.modules.get("prefect.server.api.server")
     if server is not None:
         server.SubprocessASGIServer().stop()  # the process's one ephemeral server (Prefect's own fixtures stop it so)
+
+
+# The test files that take longest (minutes each on 2 cores: real servers, workers, trainings, terminals).
+# `make test` spreads whole files over two workers in collection order (`--dist loadfile`); started last,
+# one of them kept a worker busy alone at the end of the run. Started first, the short files fill the gaps.
+LONGEST_FIRST = (
+    "tests/cli/test_local_server.py",
+    "tests/training/test_distributed.py",
+    "tests/deployments/test_deployments.py",
+    "tests/cli/test_cli_interrupt.py",
+    "tests/training/test_finetune.py",
+    "tests/cli/test_cli_stages.py",
+    "tests/evaluation/test_model_host.py",
+    "tests/benchmarks/test_gpu_full.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the files in LONGEST_FIRST before the others (each file's own order is kept)."""
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

@@ -142,6 +142,18 @@ def test_a_host_of_other_code_is_replaced(unet, host_dir, tmp_path):
             old.wait()
 
 
+def test_a_host_that_dies_before_the_models_are_loaded_falls_back_to_loading_here(unet, images, host_dir, tmp_path,
+                                                                                   caplog):
+    expected = predict.predict_paths([unet], [images], tmp_path / "here", batch_size=1)
+    with preloaded([unet], flip=False, host_dir=host_dir) as remote:
+        os.kill(remote.host.pid, signal.SIGKILL)  # before it could answer (it loads for seconds)
+        assert take([unet], flip=False) is None
+        report = predict.predict_paths([unet], [images], tmp_path / "after", batch_size=1)
+    assert f"the model host (pid {remote.host.pid}" in caplog.text and "loading the models in this process" in caplog.text
+    for name in ("photo.png", "second.png"):
+        np.testing.assert_array_equal(mask_of(report, name), mask_of(expected, name))
+
+
 def test_an_idle_host_stops_by_itself(unet, host_dir):
     with preloaded([unet], flip=False, host_dir=host_dir, idle_s=1.0) as remote:
         pid = remote.host.pid
