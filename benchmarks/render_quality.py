@@ -71,20 +71,6 @@ def random_split_table(quick: dict, keras: dict | None, scratch: dict | None, be
     return rows
 
 
-def breed_table(reports: dict[str, dict]) -> list[str]:
-    rows = ["| held-out breed (cpu-quick, seed 0) | train images | mean IoU | foreground IoU | training s (wall) |",
-            "|---|---|---|---|---|"]
-    means = []
-    for breed, report in reports.items():
-        (r,) = report["results"]
-        means.append(r["held_out"]["mean_iou"])
-        rows.append(f"| {breed} | {report['dataset']['splits'].get('train', 0)} | {r['held_out']['mean_iou']:.3f} "
-                    f"| {r['held_out']['foreground_iou']:.3f} | {r['train_seconds']:,.0f} |")
-    if means:
-        rows.append(f"| **average of {len(means)}** | | **{statistics.fmean(means):.3f}** | | |")
-    return rows
-
-
 def transfer() -> str:
     """BENCHMARKS.md section 4: the transfer-learning tables (random split, breed hold-outs, targets)."""
     quick, keras, scratch, before = load(RANDOM), load(KERAS), load(SCRATCH), load(BEFORE)
@@ -112,8 +98,7 @@ def transfer() -> str:
     if before:
         lines += ["", "`cpu-quick` now trains in float32 with DeepLabV3+ resizing its logits, not its features (BENCHMARKS.md, "
                       "\"Roofline for training\"); the row before the roofline is the same recipe in bfloat16 with the "
-                      "earlier layout, from another run (compare its quality; its times were taken at another load). "
-                      "The breed hold-outs and the quiet timing below were measured with that earlier recipe."]
+                      "earlier layout, from another run (compare its quality; its times were taken at another load)."]
     quick_070 = [r["cpu_seconds_to_held_out_070"] for r in quick["results"] if r.get("cpu_seconds_to_held_out_070")]
     scratch_070 = [r["cpu_seconds_to_held_out_070"] for r in (scratch or {}).get("results", [])
                    if r.get("cpu_seconds_to_held_out_070")]
@@ -132,19 +117,10 @@ def transfer() -> str:
                       f"{quick['target']['speedup_to_070']:g}x; the two were measured in different runs at different "
                       "loads, CPU-seconds being the figure that load moves least)."]
     quiet = load(QUIET)
-    if quiet:
-        (q,) = quiet["results"]
-        limit = quiet["target"]["train_seconds"]
-        verdict = "met" if q["train_seconds"] <= limit else f"missed by {q['train_seconds'] - limit:,.0f} s"
-        lines += ["", f"Timed alone (nothing else running; load average {quiet['machine']['load_average'][0]:.1f} at "
-                      f"the start, {quiet['machine']['load_average_after'][0]:.1f} at the end), the "
-                      f"{'earlier cpu-quick recipe (bfloat16, features resized)' if before else 'same cpu-quick recipe'} "
-                      f"(seed {q['train_seed']}) trained in **{q['train_seconds']:,.0f} s** wall "
-                      f"({q['train_cpu_seconds']:,.0f} CPU-s, {q['epochs_completed']} epochs) on "
-                      f"{quiet['machine']['cpu_model']}, {quiet['machine']['cpus']} cores: the "
-                      f"{limit:,} s target is {verdict}. It scored {q['held_out']['mean_iou']:.3f} / "
-                      f"{q['held_out']['foreground_iou']:.3f} on the held-out images, and reached 0.70 after "
-                      f"{q['seconds_to_held_out_070']:,.0f} s."]
+    if quiet or breeds:
+        lines += ["", "The timing of one `cpu-quick` training alone and the breed hold-outs are in \"One training "
+                      "alone, and the breed hold-outs (issue 20)\" below, with their files and commands; the targets "
+                      "table here reads them too."]
     official = load(OFFICIAL)
     if official:
         lines += ["", f"On the official trainval split ({official['official']['train']:,} train / "
@@ -157,13 +133,10 @@ def transfer() -> str:
                       f"{official['ratio_official_to_sample']:.2f}x the sample's (more validation images; the first "
                       f"pass also decodes {official['official']['train']:,} full-size JPEGs instead of "
                       f"{official['sample']['train']}, not included)."]
-    if breeds:
-        lines += ["", "Breed hold-out (`--split breed --holdout-breed B`: trained on the two other breeds, scored on "
-                      "every image of B, original resolution, flip TTA):", "", *breed_table(breeds)]
     lines += ["", *targets_table(quick, breeds, quiet, quick_070, scratch_070, gave_up)]
     lines += ["", "Each file, the command that wrote it (to the path named in it; copied here unchanged), the "
                   "commit and the machine:", ""]
-    for name in (RANDOM, BEFORE, KERAS, SCRATCH, QUIET, OFFICIAL, *(BREED.format(b) for b in breeds)):
+    for name in (RANDOM, BEFORE, KERAS, SCRATCH, OFFICIAL):
         if (data := load(name)) is not None:
             lines.append(f"* {provenance(data, name)}")
     return "\n".join(lines)

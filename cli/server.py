@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from segpipe.processes import alive  # every thread of it, not only the main one
 from segpipe_app.cli.errors import CliError
 from segpipe_app.cli.prefectcompat import EMBEDDED_SERVER_ENV, SERVER_APP
 
@@ -144,21 +145,6 @@ def _forget_state(home: Path) -> None:
 
 
 # --------------------------------------------------------------------------- processes and ports (Linux /proc)
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 _HAS_PROC = Path("/proc/self/fd").is_dir()  # Linux; elsewhere a live recorded pid is trusted (no port check)

@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from segpipe import processes
+
 HELLO_TIMEOUT_S = 10.0  # a host that has not greeted a new connection by then is hung: replace it
 BIND_TIMEOUT_S = 20.0  # for a host just started to listen (it listens before importing TensorFlow)
 LOG_NAME = "model-host.log"
@@ -91,8 +93,7 @@ def connect(host_dir: Path, idle_s: float) -> Host | None:
     if not supported():
         return None
     host_dir = Path(host_dir)
-    replaced: set[int] = set()
-    for _ in range(3):
+    for _ in range(2):
         sock = _dial(host_dir)
         if sock is None:
             start(host_dir, idle_s)
@@ -103,30 +104,12 @@ def connect(host_dir: Path, idle_s: float) -> Host | None:
         if uid != os.getuid():  # someone else's process holds the name: never talk to it, never signal it
             sock.close()
             return None
-        if pid in replaced:  # the host just stopped still held the name for a moment
-            sock.close()
-            _wait_released(host_dir, pid)
-            continue
         hello = _hello(sock)
         if hello is not None and hello[1] == version():
             return Host(sock, pid)
         sock.close()
         _terminate(pid)  # another version, or hung: this user's own host, replaced
-        replaced.add(pid)
     return None
-
-
-def _wait_released(host_dir: Path, pid: int, timeout: float = 5.0) -> None:
-    """Until the socket's name is free or held by another process than `pid` (at most `timeout` s)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sock = _dial(host_dir)
-        if sock is None:
-            return
-        with sock:
-            if peer(sock)[0] != pid:
-                return
-        time.sleep(0.05)
 
 
 def _dial(host_dir: Path, wait: float = 0.0) -> socket.socket | None:
@@ -196,17 +179,9 @@ def _terminate(pid: int, timeout: float = 5.0) -> None:
                 os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not processes.alive(pid):
                 return
             time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 # --------------------------------------------------------------------------- the host

@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segpipe import cancel
 from segpipe.fsutil import atomic_path, atomic_write_json
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -217,7 +216,6 @@ def predict_paths(
     unreadable = len(report.failed)
     with _writers(out, overlay, batch_size, report.written) as write, Progress("predict", len(pairs)) as progress:
         for batch in _loaded_batches(pairs, batch_size, report.failed):
-            cancel.check("predicting")  # Ctrl-C whose KeyboardInterrupt was lost (training.callbacks.StopOnRequest)
             write(batch, predict_labels([image for _, _, image in batch]))
             progress.advance(len(batch) + len(report.failed) - unreadable)  # unreadable files count as done
             unreadable = len(report.failed)

@@ -19,6 +19,11 @@
   most `REDRAW` times a second. Stages running at once (one per split) share one line. `clear_bar()`
   erases it, so that another line can be printed cleanly (the CLI's console handler does so).
 
+- **A stop point**: `advance` raises `segpipe.cancel.Cancelled` once a stop was requested (Ctrl-C, SIGTERM),
+  so every loop that reports progress also stops between items. The CLI's signal handler raises
+  KeyboardInterrupt too, but one raised while a finalizer runs is lost (Python prints it and carries on);
+  the request is not. Training, whose progress is per epoch, checks per batch (`StopOnRequest`).
+
 No Prefect and no TensorFlow here: every stage of the library reports through this one class.
 """
 
@@ -33,6 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from segpipe import cancel
 from segpipe.config.budget import format_duration
 
 LOGGER = "segpipe.progress"
@@ -76,7 +82,8 @@ class Progress:
     # ------------------------------------------------------------------ reporting
 
     def advance(self, n: int = 1) -> None:
-        """`n` more items done."""
+        """`n` more items done; `Cancelled` if a stop was requested (see the module doc)."""
+        cancel.check(self.label)
         with self._lock:
             if self.closed:
                 return

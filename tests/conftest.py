@@ -130,5 +130,8 @@ LONGEST_FIRST = (
 
 def pytest_collection_modifyitems(session, config, items):
     """Run the files in LONGEST_FIRST before the others (each file's own order is kept)."""
+    gone = [path for path in LONGEST_FIRST if not (config.rootpath / path).is_file()]
+    if gone:  # a renamed file would silently fall back to the slow order
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names files that do not exist: {gone}")
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from tests.faults import REPO
+from segpipe.processes import alive  # noqa: F401 - re-exported for the tests (every thread of a process)
 
 
 INTERRUPT_LINE = re.compile(
@@ -120,14 +121,6 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def alive(pid: int) -> bool:
-    """Still running (a zombie waiting to be reaped does not count)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def prefect_server_of(pid: int) -> int | None:

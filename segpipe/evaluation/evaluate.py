@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from segpipe import cancel
 from segpipe.data import NUM_CLASSES
 # input_size and predict_probs: importable from here too, as before ensemble.py held them
 from segpipe.evaluation.ensemble import (  # noqa: F401
@@ -211,7 +210,6 @@ def _accumulate(
     per_image: list[dict[str, Any]] = []
     items: list[dict[str, Any]] = []
     for r in predictions:
-        cancel.check("evaluating")  # Ctrl-C whose KeyboardInterrupt was lost (training.callbacks.StopOnRequest)
         original.update(r["truth"], r["pred"])
         at_model.update(r["truth_model"], r["pred_model"])
         per_image.append({"id": r["id"], "iou": per_image_iou(r["truth"], r["pred"])})
@@ -299,7 +297,6 @@ def collect_items(
     found: dict[str, dict[str, Any]] = {}
     with Progress("gallery", len(wanted)) as progress:
         for r in _predict_split(models, dataset_dir, split, batch_size=batch_size, ids=wanted, flip=flip):
-            cancel.check("rendering the gallery")
             if r["id"] not in found:
                 found[r["id"]] = _gallery_item(r, per_image_iou(r["truth"], r["pred"]))
                 progress.advance()

@@ -50,7 +50,8 @@ class StopOnRequest(keras.callbacks.Callback):
     that is a finalizer (an asyncio transport's `__del__` collected mid-step), Python prints "Exception
     ignored" and carries on: training went on after Ctrl-C. The handler also requests the stop, and this
     callback turns the request into `cancel.Cancelled` (a KeyboardInterrupt) at the next batch, before any
-    epoch-end callback records a partial epoch."""
+    epoch-end callback records a partial epoch. (The other stages' loops stop at their next
+    `segpipe.progress.Progress.advance`; training's progress is per epoch.)"""
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         cancel.check("training")

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from segpipe import model_host, predict
+from segpipe.processes import alive
 from segpipe.evaluation import ensemble
 from segpipe.preload import preloaded, take
 from tests.evaluation.test_predict import halves, mask_of
@@ -32,10 +33,6 @@ def wait_until(condition, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    return model_host._alive(pid)
 
 
 @pytest.fixture(scope="module")

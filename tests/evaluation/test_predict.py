@@ -178,14 +178,17 @@ def test_clear_errors(models, tmp_path):
 
 def test_a_stop_request_stops_predicting_before_the_next_batch(models, inputs, tmp_path):
     """Ctrl-C requests a stop (`segpipe.cancel`) besides raising KeyboardInterrupt; when that exception is
-    lost (raised inside a finalizer), the loop stops by itself at the next batch, and writes no summary."""
+    lost (raised inside a finalizer), the loop stops by itself at its next progress step (`Progress.advance`,
+    after the first batch): that batch's mask is kept whole, nothing more is written, and no summary."""
     from segpipe import cancel
 
     cancel.request()
     try:
-        with pytest.raises(cancel.Cancelled, match="predicting: stopped on request"):
+        with pytest.raises(cancel.Cancelled, match="predict: stopped on request"):
             predict.predict_paths([models["unet"]], [inputs], tmp_path / "out", batch_size=1)
     finally:
         cancel.clear()
     assert not (tmp_path / "out" / "predictions.json").exists()
-    assert not list((tmp_path / "out").glob("*_mask.png"))
+    masks = list((tmp_path / "out").glob("*_mask.png"))
+    assert len(masks) == 1 and Image.open(masks[0]).size  # the one batch before the stop, complete
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary file left
