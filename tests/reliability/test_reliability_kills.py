@@ -406,7 +406,7 @@ def test_a_stop_request_ends_shard_writing_and_validation_leaving_nothing(stop_r
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(validate, "_open_image", open_then_stop)
-    with pytest.raises(stop_request.Cancelled, match="validating"):
+    with pytest.raises(stop_request.Cancelled, match="validate: stopped on request"):
         validate.validate_dataset(images, annotations, workers=2)
     # at most the images already handed to the two workers are opened after the request, not all 16
     assert 3 <= len(opened) <= 5, opened
