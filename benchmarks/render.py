@@ -12,7 +12,7 @@ outside the blocks quotes a measured-looking number.
 The provenance rules every rendered result must pass: render_common.py's docstring.
 
 Where the code is: the provenance rules, WITHDRAWN, EARLIER_RECIPES and `load` in render_common.py; the
-blocks in render_quality.py, render_border.py, render_training.py and render_serving.py, and the five-row results table
+blocks in render_quality.py, render_border.py, render_levers.py, render_training.py and render_serving.py, and the five-row results table
 README.md and BENCHMARKS.md open their results with (`results-summary`) in render_summary.py; this file maps
 block names to them and rewrites or checks the documents.
 """
@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.render_border import alone_and_breeds, border_levers  # noqa: E402
+from benchmarks.render_levers import cpu_share, test_time_levers  # noqa: E402
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
 from benchmarks.render_serving import export_inference, inference, local_start, orchestration  # noqa: E402
 from benchmarks.render_summary import results_summary  # noqa: E402
@@ -47,6 +48,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "quality-summary": quality_summary,
     "border-levers": border_levers,
     "alone-and-breeds": alone_and_breeds,
+    "cpu-share": cpu_share,
+    "test-time-levers": test_time_levers,
     "input-pipeline": input_pipeline,
     "warp-check": warp_check,
     "tfrecord-conversion": tfrecord_conversion,

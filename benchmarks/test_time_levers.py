@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/test_time_levers.py --quality /tmp/q/quality.json --work-dir /tmp/q/work \
         --out benchmarks/results/test-time-levers.json
 
-For every run of a `benchmarks/quality.py` result (its final model: the best epoch by validation mean IoU,
-the kept copy its curve names), the validation split is predicted at the original resolution in these ways:
+For every run of a `benchmarks/quality.py` result (its final model: `model.keras` of the run, the best epoch by
+validation mean IoU), the validation split is predicted at the original resolution in these ways:
 
 * `flip`: flip TTA at the model's own input size, as `segpipe evaluate` runs `cpu-quick` today (the reference);
 * `flip+sizes 160,192` and the other size sets: the trained weights rebuilt at each input size (the model is
@@ -155,6 +155,19 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def run_models(work_dir: Path) -> dict[str, Path]:
+    """{config digest: model.keras} of every complete run under `work_dir`/runs (the digest as quality.py
+    records it: sha256 of the resolved configuration's canonical JSON)."""
+    import hashlib
+
+    out = {}
+    for config in (work_dir / "runs").glob("*/config.json"):
+        if (config.parent / "train_summary.json").is_file() and (config.parent / "model.keras").is_file():
+            canonical = json.dumps(json.loads(config.read_text()), sort_keys=True, separators=(",", ":"))
+            out[hashlib.sha256(canonical.encode()).hexdigest()] = config.parent / "model.keras"
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quality", required=True, help="a benchmarks/quality.py result (its runs' final models)")
@@ -166,14 +179,16 @@ def main() -> int:
     if not dataset_dir.is_dir():
         raise SystemExit(f"--work-dir {args.work_dir}: no dataset {quality['dataset']['key']} under datasets/")
     started_machine, started_commit, command = common.machine(), common.git_commit(), common.command_line()
+    models = run_models(Path(args.work_dir))
     runs = []
     for result in quality["results"]:
-        kept = [point["checkpoint"] for point in result["curve"] if point.get("checkpoint")]
-        if not kept:
-            raise SystemExit(f"{args.quality}: run of seed {result['train_seed']} kept no model")
-        common.log(f"seed {result['train_seed']}: {kept[-1]}")
+        model = models.get(result["config"]["digest"])
+        if model is None:
+            raise SystemExit(f"--work-dir {args.work_dir}: no complete run with the configuration of seed "
+                             f"{result['train_seed']} (digest {result['config']['digest'][:12]})")
+        common.log(f"seed {result['train_seed']}: {model}")
         runs.append({"train_seed": result["train_seed"], "best_val_mean_iou_in_training": result["best_val_mean_iou"],
-                     **score_run(Path(kept[-1]), dataset_dir)})
+                     **score_run(model, dataset_dir)})
     common.emit({
         "benchmark": "test_time_levers",
         "command": command,

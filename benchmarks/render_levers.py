@@ -1,0 +1,72 @@
+"""BENCHMARKS.md, section 4, issue 20's test-time levers and where training's CPU goes: rendered from
+`benchmarks/test_time_levers.py` (validation figures only, paired by training seed against flip TTA) and
+`benchmarks/cpu_share.py` (CPU share per training phase and per thread pool).
+
+A test-time lever is adopted only when it raises validation mean IoU on every training seed by at least
+`ADOPT_GAIN` (a rule fixed before the figures were measured); otherwise the block says it is not adopted and
+by how much it falls short.
+"""
+
+from __future__ import annotations
+
+from benchmarks.render_common import load, missing, n1, provenance
+
+LEVERS = "test-time-levers.json"
+CPU_SHARE = "cpu-share.json"
+ADOPT_GAIN = 0.005
+LEVERS_COMMAND = (".venv/bin/python benchmarks/test_time_levers.py --quality <a quality.py result> "
+                  "--work-dir <its work dir> --out benchmarks/results/test-time-levers.json")
+CPU_SHARE_COMMAND = (".venv/bin/python benchmarks/cpu_share.py --source ../shared/pets-sample "
+                     "--set model.encoder_weights=<weights file> --out benchmarks/results/cpu-share.json")
+
+
+def _range(x: dict, fmt: str = "{:.3f}", signed: bool = False) -> str:
+    f = (lambda v: f"{v:+.3f}") if signed else fmt.format
+    return f"{f(x['mean'])} ({f(x['min'])} to {f(x['max'])})" if signed else f"{f(x['mean'])} ({f(x['min'])}–{f(x['max'])})"
+
+
+def test_time_levers() -> str:
+    d = load(LEVERS)
+    if d is None:
+        return missing(LEVERS, LEVERS_COMMAND)
+    seeds = ", ".join(str(r["train_seed"]) for r in d["runs"])
+    n_val = d["runs"][0]["n_val_images"]
+    rows = [f"| way (validation split, {n_val} images; training seeds {seeds}) | val mean IoU | val border IoU "
+            "| gain over flip, paired by seed | CPU per image vs flip | adopted |",
+            "|---|---:|---:|---:|---:|---|"]
+    adopted = []
+    for name, s in d["summary"].items():
+        gain = s["gain_over_flip"]
+        ok = name != "flip" and gain["min"] >= ADOPT_GAIN
+        if ok:
+            adopted.append(name)
+        verdict = "reference" if name == "flip" else ("**yes**" if ok else
+                                                       f"no: the smallest gain is {gain['min']:+.3f}, "
+                                                       f"{ADOPT_GAIN - gain['min']:.3f} short of {ADOPT_GAIN:+.3f}")
+        rows.append(f"| `{name}` | {_range(s['val_mean_iou'])} | {_range(s['val_border_iou'])} | "
+                    f"{'—' if name == 'flip' else _range(gain, signed=True)} | {s['cpu_per_image_vs_flip']:.2f}x | "
+                    f"{verdict} |")
+    tail = (f"Adopted: {', '.join(f'`{a}`' for a in adopted)}." if adopted else
+            f"No test-time lever raised validation mean IoU by {ADOPT_GAIN} on every seed: `cpu-quick` keeps flip "
+            "TTA alone, and none of them was scored on held-out images.")
+    return "\n".join(rows) + "\n\n" + tail + "\n\n" + provenance(d, LEVERS) + "\n"
+
+
+def cpu_share() -> str:
+    d = load(CPU_SHARE)
+    if d is None:
+        return missing(CPU_SHARE, CPU_SHARE_COMMAND)
+    rows = ["| main thread's phase | wall s | share of the wall time | CPU-s | CPU share (of 200%) |",
+            "|---|---:|---:|---:|---:|"]
+    for name, p in d["phases"].items():
+        share = "—" if p["cpu_share_percent"] is None else f"{p['cpu_share_percent']:.0f}%"
+        rows.append(f"| {name} | {n1(p['wall_seconds'])} | {p['share_of_wall_percent']:.0f}% | {n1(p['cpu_seconds'])} "
+                    f"| {share} |")
+    total = d["cpu_seconds"]
+    pools = ", ".join(f"`{name}` {cpu / total * 100:.0f}%" for name, cpu in list(d["threads_by_name"].items())[:6])
+    head = (f"{d['epochs_completed']} epochs of `cpu-quick` ({d['configs'][0]['overrides'].get('train.budget_images')} "
+            f"training images) took {n1(d['wall_seconds'])} s wall and {n1(total)} CPU-seconds: "
+            f"**{d['cpu_share_percent']:.0f}%** of the {100 * d['cores']}% the {d['cores']} cores give, model build "
+            "and dataset set-up included.")
+    return (head + "\n\n" + "\n".join(rows) + "\n\nCPU-seconds by thread name (share of the total): " + pools + ".\n\n"
+            + provenance(d, CPU_SHARE) + "\n")
