@@ -24,14 +24,8 @@ def _run(*args: str, env: dict | None = None, timeout: float = 300) -> subproces
 
 
 @pytest.fixture(scope="module")
-def gpu_full():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_full
-
-        yield gpu_full
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+def gpu_full(bench):
+    return bench("gpu_full")
 
 
 def test_bad_arguments_exit_2_before_any_work(tmp_path):

@@ -6,34 +6,17 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+@pytest.fixture(scope="module")
+def levers(bench):
+    return bench("test_time_levers")
 
 
 @pytest.fixture(scope="module")
-def levers():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import test_time_levers
-
-        yield test_time_levers
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-
-
-@pytest.fixture(scope="module")
-def cpu_share():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import cpu_share
-
-        yield cpu_share
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+def cpu_share(bench):
+    return bench("cpu_share")
 
 
 def test_a_rebuilt_model_computes_the_same_function_at_its_own_size_and_runs_at_another(levers):
