@@ -175,9 +175,14 @@ def main() -> int:
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
     quality = json.loads(Path(args.quality).read_text())
-    dataset_dir = Path(args.work_dir) / "datasets" / quality["dataset"]["key"]
+    # one quality.py run names its dataset; a merge of several (`quality.py --merge`) names each run's
+    keys = {d["key"] for d in ([quality["dataset"]] if "dataset" in quality else
+                               [m["dataset"] for m in quality.get("merged_from", [])])}
+    if len(keys) != 1:
+        raise SystemExit(f"--quality {args.quality}: expected its runs on one dataset; found {sorted(keys) or 'none'}")
+    dataset_dir = Path(args.work_dir) / "datasets" / keys.pop()
     if not dataset_dir.is_dir():
-        raise SystemExit(f"--work-dir {args.work_dir}: no dataset {quality['dataset']['key']} under datasets/")
+        raise SystemExit(f"--work-dir {args.work_dir}: no dataset {dataset_dir.name} under datasets/")
     started_machine, started_commit, command = common.machine(), common.git_commit(), common.command_line()
     models = run_models(Path(args.work_dir))
     runs = []
