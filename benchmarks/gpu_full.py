@@ -121,7 +121,7 @@ def steady_state(curve: list[dict], frozen_epochs: int, steps: int, batch: int) 
     steady = [s for epoch, s in enumerate(seconds, 1) if epoch not in compiling]
     median = statistics.median(steady or seconds[-1:])
     return {
-        "images_per_s": r(steps * batch / median, 1),
+        "images_per_s": r(steps * batch / median, 3),
         "step_time_ms": r(1000 * median / steps, 1),
         "epoch_seconds": [r(s, 2) for s in seconds],
         "steady_epochs": [e for e in range(1, len(seconds) + 1) if e not in compiling] if steady else [],
