@@ -165,7 +165,8 @@ def train_and_score(cfg, dataset, run_dir: Path, stop_after_cpu_s: float | None 
     # training has ended: from here on the held-out split may be read
     _score_checkpoints(curve, dataset_dir)
     model_path = run_dir / "model.keras"
-    m = evaluation.evaluate([model_path], dataset_dir, "test", batch_size=8, flip=cfg.eval.tta_flip).metrics
+    m = evaluation.evaluate([model_path], dataset_dir, "test", batch_size=8, flip=cfg.eval.tta_flip,
+                            tta_sizes=cfg.eval.tta_sizes).metrics
     plain = evaluation.evaluate([model_path], dataset_dir, "test", batch_size=8).metrics if cfg.eval.tta_flip else m
     best = json.loads(best_file.read_text())
     return {

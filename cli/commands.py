@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from segpipe_app.cli.errors import CliError
@@ -199,7 +200,7 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         from segpipe_app.cli.server import model_host_dir
 
         host_dir = model_host_dir() if preload == "host" else None
-        args.cleanup.enter_context(preloaded(models, cfg.eval.tta_flip, host_dir, idle_s))
+        args.cleanup.enter_context(preloaded(models, cfg.eval.tta_flip, host_dir, idle_s, cfg.eval.tta_sizes))
         _prepare_runtime(args, tensorflow=False)
     else:
         from segpipe.export.exporter import runs_without_tensorflow
@@ -208,7 +209,8 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         _prepare_runtime(args, tensorflow=not all(map(runs_without_tensorflow, args.model_paths)))
     from segpipe_app.flows.predict import predict_flow
 
-    report = predict_flow(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size, cfg.eval.tta_flip)
+    report = predict_flow(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size, cfg.eval.tta_flip,
+                          list(cfg.eval.tta_sizes))
     print(f"{len(report['written'])} masks written to {args.out} (values: 1 pet, 2 background, 3 border)")
     for failure in report["failed"]:
         print(f"  could not read {failure['input']}: {failure['error']}", file=sys.stderr)
@@ -230,6 +232,11 @@ def _preload_settings() -> tuple[str, float]:
     return mode, idle_s
 
 
+def _tta_words(flip: bool, sizes: Sequence[int]) -> str:
+    """"flip TTA on, sizes 224" and the like, for what a command prints."""
+    return f"flip TTA {'on' if flip else 'off'}" + (f", sizes {','.join(map(str, sizes))}" if sizes else "")
+
+
 def cmd_export(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     from segpipe.export.exporter import check_out_dir
     from segpipe.export.formats import check_formats
@@ -246,7 +253,7 @@ def cmd_export(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
     result = export_flow(models, str(out), str(dataset_dir), cfg.eval, list(formats))
     print(f"exported to {result['out_dir']}, parity on split {cfg.eval.split} of {dataset_dir.name} "
-          f"(flip TTA {'on' if cfg.eval.tta_flip else 'off'}):")
+          f"({_tta_words(cfg.eval.tta_flip, cfg.eval.tta_sizes)}):")
     for name, r in result["parity"].items():
         print(f"  {name:<15} mean IoU {r['mean_iou']:.4f} (Keras {r['reference_mean_iou']:.4f})  "
               f"{100 * r['pixel_agreement']:.3f}% pixels agree")

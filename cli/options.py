@@ -32,7 +32,7 @@ TRAIN_FLAGS = {
 EVAL_FLAGS = {
     "eval_split": "eval.split", "eval_batch_size": "eval.batch_size",
     "gallery_samples": "eval.gallery_samples", "gallery_worst": "eval.gallery_worst",
-    "min_mean_iou": "promotion.min_mean_iou", "tta_flip": "eval.tta_flip",
+    "min_mean_iou": "promotion.min_mean_iou", "tta_flip": "eval.tta_flip", "tta_sizes": "eval.tta_sizes",
 }
 
 

@@ -92,6 +92,21 @@ def _eval(p: argparse.ArgumentParser, split_flag: str = "--eval-split") -> None:
 def _tta(p: Any) -> None:
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="also predict the mirrored image and average (test-time augmentation)")
+    p.add_argument("--tta-sizes", type=_sizes, default=None, metavar="N,N",
+                   help="also predict with the model rebuilt at these input sizes and average (multi-scale "
+                        "test-time augmentation), e.g. 224; 'none' for none")
+
+
+def _sizes(raw: str) -> list[int]:
+    """`224,256` -> [224, 256]; `none` or empty -> []."""
+    text = raw.strip().lower()
+    if text in ("", "none"):
+        return []
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r}: expected input sizes in pixels separated by commas (e.g. 224,256), or none") from None
 
 
 def _models(p: argparse.ArgumentParser, help: str = "a saved .keras model; repeat for an ensemble (softmax outputs averaged)") -> None:

@@ -13,9 +13,10 @@ from segpipe_app.tasks.predict import champion_export_task, predict_task
 
 @flow(name="predict-flow")
 def predict_flow(
-    model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8, tta_flip: bool = False
+    model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8, tta_flip: bool = False,
+    tta_sizes: list[int] | None = None,
 ) -> dict[str, Any]:
-    return predict_task(model_paths, inputs, out_dir, batch_size, tta_flip)
+    return predict_task(model_paths, inputs, out_dir, batch_size, tta_flip, tta_sizes)
 
 
 @flow(name="champion-predict-flow")

@@ -210,16 +210,16 @@ class _Activity:
 
 
 def _serve_connection(conn: socket.socket, activity: _Activity, warm: threading.Event) -> None:
-    """One caller: its ("load", flip, paths) request, then `segpipe.preload.serve` until it hangs up."""
+    """One caller: its ("load", flip, paths, tta_sizes) request, then `segpipe.preload.serve` until it hangs up."""
     from segpipe.preload import serve
 
     try:
         with conn, conn.makefile("rb") as requests, conn.makefile("wb") as answers:
             request = pickle.load(requests)
-            if not (isinstance(request, tuple) and len(request) == 3 and request[0] == "load"):
+            if not (isinstance(request, tuple) and len(request) == 4 and request[0] == "load"):
                 return
             warm.wait()
-            serve(bool(request[1]), [str(p) for p in request[2]], requests, answers)
+            serve(bool(request[1]), [str(p) for p in request[2]], requests, answers, [int(s) for s in request[3]])
     except (OSError, EOFError, pickle.UnpicklingError):
         pass  # the caller went away (Ctrl-C, a crash): drop its models, serve the others
     finally:

@@ -198,18 +198,20 @@ def predict_paths(
     batch_size: int = 8,
     overlay: bool = True,
     flip: bool = False,
+    tta_sizes: Sequence[int] = (),
 ) -> PredictReport:
     """Predict a mask (and an overlay) for every image in `inputs`; see the module doc for the outputs.
 
     `model_paths` are `.keras` files (several: an ensemble) or one exported artifact (a SavedModel directory,
-    a `.tflite` or an `.onnx` file from `segpipe export`), whose flip setting is the one it was exported with.
+    a `.tflite` or an `.onnx` file from `segpipe export`), whose flip setting and TTA sizes are the ones it was
+    exported with. `tta_sizes`: each `.keras` model also predicts rebuilt at these input sizes (multi-scale TTA).
     """
     from segpipe.evaluation.evaluate import check_batch_size
 
     check_batch_size(batch_size)
     out = Path(out_dir)
     pairs, failed = find_inputs(inputs, out)
-    predict_labels, sizes, exported = _predictor(model_paths, flip)
+    predict_labels, sizes, exported = _predictor(model_paths, flip, tta_sizes)
     report = PredictReport(out_dir=out, failed=failed)
     from segpipe.progress import Progress
 
@@ -219,12 +221,12 @@ def predict_paths(
             write(batch, predict_labels([image for _, _, image in batch]))
             progress.advance(len(batch) + len(report.failed) - unreadable)  # unreadable files count as done
             unreadable = len(report.failed)
-    report.summary = _write_summary(report, model_paths, sizes, exported)
+    report.summary = _write_summary(report, model_paths, sizes, exported, flip, tta_sizes)
     return report
 
 
 def _predictor(
-    model_paths: Sequence[PathLike], flip: bool
+    model_paths: Sequence[PathLike], flip: bool, tta_sizes: Sequence[int] = ()
 ) -> tuple[Callable[[list[np.ndarray]], list[np.ndarray]], list[tuple[int, int]], dict[str, Any] | None]:
     """`labels(images)` (HxW 0..2 at each image's size) for `.keras` models or one exported artifact, the
     models' input sizes, and the export's record (`exported_artifact`, read once) or None for `.keras` models.
@@ -250,11 +252,11 @@ def _predictor(
         return exported_labels, [tuple(artifact.input_size)], records[0][1]
     from segpipe.preload import take
 
-    if (child := take(model_paths, flip)) is not None:
+    if (child := take(model_paths, flip, tta_sizes)) is not None:
         return child.labels, child.sizes, None
-    from segpipe.evaluation.ensemble import load_models, model_sizes, predict_labels
+    from segpipe.evaluation.ensemble import load_models, model_sizes, predict_labels, tta_members
 
-    models = load_models(model_paths)
+    models = tta_members(load_models(model_paths), tta_sizes)
     return (lambda images: predict_labels(models, images, flip)), model_sizes(models), None
 
 
@@ -300,12 +302,14 @@ def _writers(out: Path, overlay: bool, keep: int, written: list[dict[str, Any]])
 
 
 def _write_summary(report: PredictReport, model_paths: Sequence[PathLike], sizes: list[tuple[int, int]],
-                   exported: dict[str, Any] | None) -> Path:
+                   exported: dict[str, Any] | None, flip: bool, tta_sizes: Sequence[int]) -> Path:
     from segpipe.evaluation.ensemble import model_records
 
     summary = {
         **report.to_dict(),
         "models": [exported] if exported else model_records(model_paths),
+        "tta": ({"flip": exported.get("tta_flip"), "sizes": exported.get("tta_sizes", [])} if exported
+                else {"flip": flip, "sizes": sorted(set(int(s) for s in tta_sizes))}),
         "img_size": [list(s) for s in sizes],
         "mask_values": {str(k): v for k, v in MASK_VALUES.items()},
     }

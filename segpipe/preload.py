@@ -78,9 +78,10 @@ class Preloaded:
     imported, started now if none runs); otherwise, or when no host can be had, a child of this process."""
 
     def __init__(self, model_paths: Sequence[PathLike], flip: bool, host_dir: PathLike | None = None,
-                 idle_s: float = 900.0) -> None:
+                 idle_s: float = 900.0, tta_sizes: Sequence[int] = ()) -> None:
         self.paths = [str(Path(p).resolve()) for p in model_paths]
         self.flip = flip
+        self.tta_sizes = tuple(int(s) for s in tta_sizes)
         self._lock = threading.Lock()
         self._ready: tuple[list[str], list[tuple[int, int]]] | None = None
         self._proc: subprocess.Popen | None = None
@@ -89,10 +90,11 @@ class Preloaded:
             self.process = f"the model host (pid {self.host.pid}, log {Path(host_dir) / model_host.LOG_NAME})"
             self._requests = self.host.sock.makefile("wb")
             self._answers = self.host.sock.makefile("rb")
-            self._send(("load", flip, self.paths))
+            self._send(("load", flip, self.paths, self.tta_sizes))
         else:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "segpipe.preload", "1" if flip else "0", *self.paths],
+                [sys.executable, "-m", "segpipe.preload", "1" if flip else "0",
+                 ",".join(map(str, self.tta_sizes)), *self.paths],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True,
                 start_new_session=True,  # out of the terminal's reach: a Ctrl-C while Python starts up there
             )                            # would print "Fatal Python error"; the caller stops it instead
@@ -161,11 +163,12 @@ def can_preload(model_paths: Sequence[PathLike]) -> bool:
 
 @contextlib.contextmanager
 def preloaded(model_paths: Sequence[PathLike], flip: bool, host_dir: PathLike | None = None,
-              idle_s: float = 900.0) -> Iterator[Preloaded]:
+              idle_s: float = 900.0, tta_sizes: Sequence[int] = ()) -> Iterator[Preloaded]:
     """Have `model_paths` (`.keras` files) loaded in another process (the model host of `host_dir` when
-    given and available, else a child) and register it for `take`, for the block."""
-    child = Preloaded(model_paths, flip, host_dir, idle_s)
-    key = (tuple(child.paths), child.flip)
+    given and available, else a child), with `tta_sizes` rebuilt there, and register it for `take`, for the
+    block."""
+    child = Preloaded(model_paths, flip, host_dir, idle_s, tta_sizes)
+    key = (tuple(child.paths), child.flip, child.tta_sizes)
     with _LOCK:
         _REGISTRY[key] = child
     try:
@@ -177,11 +180,11 @@ def preloaded(model_paths: Sequence[PathLike], flip: bool, host_dir: PathLike | 
         child.close()
 
 
-def take(model_paths: Sequence[PathLike], flip: bool) -> Preloaded | None:
-    """The registered child for these models and flip setting, if the files it loaded have the same content
+def take(model_paths: Sequence[PathLike], flip: bool, tta_sizes: Sequence[int] = ()) -> Preloaded | None:
+    """The registered child for these models, flip setting and TTA sizes, if the files it loaded have the same content
     as `model_paths` have now; None otherwise (load in-process), also when it went away before it loaded
     them (a warning says so). Waits until the child has loaded them."""
-    key = (tuple(str(Path(p).resolve()) for p in model_paths), flip)
+    key = (tuple(str(Path(p).resolve()) for p in model_paths), flip, tuple(int(s) for s in tta_sizes))
     with _LOCK:
         child = _REGISTRY.get(key)
     if child is None:
@@ -204,19 +207,21 @@ def _send(stream: IO[bytes], *message: Any) -> None:
     stream.flush()
 
 
-def _load(paths: list[str]) -> tuple[Any, list[str], list[tuple[int, int]]]:
-    """Load the models and hash their files (read now: a model host outlives any memo of them)."""
-    from segpipe.evaluation.ensemble import load_models, model_sizes
+def _load(paths: list[str], tta_sizes: Sequence[int]) -> tuple[Any, list[str], list[tuple[int, int]]]:
+    """Load the models (with their TTA sizes) and hash their files (read now: a model host outlives any memo
+    of them)."""
+    from segpipe.evaluation.ensemble import load_models, model_sizes, tta_members
 
     digests = [sha256_file(p) for p in paths]
-    models = load_models(paths)
+    models = tta_members(load_models(paths), tta_sizes)
     return models, digests, model_sizes(models)
 
 
-def serve(flip: bool, paths: list[str], requests: IO[bytes], answers: IO[bytes]) -> None:
+def serve(flip: bool, paths: list[str], requests: IO[bytes], answers: IO[bytes],
+          tta_sizes: Sequence[int] = ()) -> None:
     """The child's loop: load, say ready (or the error), then answer batches until EOF on `requests`."""
     try:
-        models, digests, sizes = _load(paths)
+        models, digests, sizes = _load(paths, tta_sizes)
     except Exception as exc:  # reported to the caller, which raises it where the in-process load would
         _send(answers, "error", type(exc).__name__, str(exc))
         return
@@ -241,7 +246,7 @@ def main(argv: list[str]) -> int:
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the answers
     try:
-        serve(argv[0] == "1", argv[1:], sys.stdin.buffer, answers)
+        serve(argv[0] == "1", argv[2:], sys.stdin.buffer, answers, [int(s) for s in argv[1].split(",") if s])
     except BrokenPipeError:  # the caller is gone
         pass
     return 0

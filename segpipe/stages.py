@@ -71,7 +71,7 @@ def evaluate(model_paths: Sequence[PathLike] | PathLike, dataset: DatasetRef | P
              eval_config: EvalConfig = EvalConfig(), *, split: str | None = None,
              out_path: PathLike | None = None) -> EvaluationResult:
     """Score the model (several: the ensemble) on `split` (default `eval_config.split`) with the eval
-    section's batch size, collapse threshold and flip TTA; with `out_path`, the metrics are written there
+    section's batch size, collapse threshold and TTA (flip, sizes); with `out_path`, the metrics are written there
     as JSON too (as the `evaluate` task writes metrics.json)."""
     from segpipe.evaluation.evaluate import evaluate_with, write_metrics
 
@@ -84,7 +84,7 @@ def evaluate(model_paths: Sequence[PathLike] | PathLike, dataset: DatasetRef | P
 def gallery(model_paths: Sequence[PathLike] | PathLike, dataset: DatasetRef | PathLike,
             eval_config: EvalConfig, out_dir: PathLike, *, scores: EvaluationResult | None = None) -> Path:
     """The prediction gallery on `eval_config.split` (its `gallery_samples` sampled and `gallery_worst` worst
-    images, `gallery_seed`, `tta_flip`) in `out_dir`; `scores`: the `evaluate` result to pick the worst
+    images, `gallery_seed`, `tta_flip`, `tta_sizes`) in `out_dir`; `scores`: the `evaluate` result to pick the worst
     from (default: scored here). Returns the path of its index.html."""
     from segpipe.evaluation.evaluate import gallery_with
 
@@ -95,23 +95,24 @@ def gallery(model_paths: Sequence[PathLike] | PathLike, dataset: DatasetRef | Pa
 
 
 def predict(model_paths: Sequence[PathLike] | PathLike, inputs: Sequence[PathLike], out_dir: PathLike, *,
-            batch_size: int = 8, tta_flip: bool = False, overlay: bool = True) -> PredictReport:
+            batch_size: int = 8, tta_flip: bool = False, tta_sizes: Sequence[int] = (),
+            overlay: bool = True) -> PredictReport:
     """A mask (and an overlay) in `out_dir` for every image file in `inputs` (files and folders), with
     `.keras` models (several: an ensemble) or one exported artifact."""
     from segpipe.predict import predict_paths
 
     return predict_paths(_paths(model_paths), [Path(p) for p in inputs], out_dir, batch_size=batch_size,
-                         overlay=overlay, flip=tta_flip)
+                         overlay=overlay, flip=tta_flip, tta_sizes=tta_sizes)
 
 
 def export(model_paths: Sequence[PathLike] | PathLike, out_dir: PathLike, dataset: DatasetRef | PathLike,
            eval_config: EvalConfig = EvalConfig(), *, formats: Sequence[str] | None = None) -> ExportResult:
     """Export the model (several: one ensemble) as SavedModel, LiteRT and ONNX (or `formats`) into `out_dir`,
-    flip TTA inside as `eval_config.tta_flip` says, each checked in a fresh process against the Keras model on
+    flip and multi-scale TTA inside as `eval_config.tta_flip` and `tta_sizes` say, each checked in a fresh process against the Keras model on
     `eval_config.split` of `dataset` (as the `export` task does); raises `ParityError` (nothing installed)
     when an artifact fails its bound."""
     from segpipe.export.exporter import export_models
 
     kwargs: dict[str, Any] = {} if formats is None else {"formats": list(formats)}
     return export_models(_paths(model_paths), out_dir, dataset_dir=_dataset_dir(dataset), split=eval_config.split,
-                         flip=eval_config.tta_flip, **kwargs)
+                         flip=eval_config.tta_flip, tta_sizes=eval_config.tta_sizes, **kwargs)

@@ -164,14 +164,14 @@ def _scoring(inputs: TaskInputs) -> TaskInputs:
     change the scores (not `batch_size`); `split` overrides the section's split where given."""
     e = inputs["eval_config"]
     return {**_model_digests(inputs), "split": inputs.get("split") or e.split,
-            "collapse_threshold": e.collapse_threshold, "tta_flip": e.tta_flip}
+            "collapse_threshold": e.collapse_threshold, "tta_flip": e.tta_flip, "tta_sizes": list(e.tta_sizes)}
 
 
 def _gallery_choice(inputs: TaskInputs) -> TaskInputs:
     """What the gallery task's pictures depend on: the models' bytes and the eval section's gallery fields."""
     e = inputs["eval_config"]
     return {**_model_digests(inputs), "split": e.split, "n_sample": e.gallery_samples, "n_worst": e.gallery_worst,
-            "seed": e.gallery_seed, "tta_flip": e.tta_flip}
+            "seed": e.gallery_seed, "tta_flip": e.tta_flip, "tta_sizes": list(e.tta_sizes)}
 
 
 def _downloaded(inputs: TaskInputs) -> bool:
@@ -237,7 +237,7 @@ TRAIN_CACHE = ArtifactCheck(
 # `_gallery_choice`), so a change to another field (the batch size, the gallery's fields for evaluate) keeps the key
 EVALUATE_CACHE = Derived(
     key=ArtifactCheck(
-        key=Content(names=("models", "dataset", "split", "collapse_threshold", "tta_flip"))
+        key=Content(names=("models", "dataset", "split", "collapse_threshold", "tta_flip", "tta_sizes"))
         + task_code(*EVALUATE_ENTRY),
         outputs_ok=lambda i: Path(i["out_path"]).is_file(),
     ),
@@ -245,7 +245,8 @@ EVALUATE_CACHE = Derived(
 )
 GALLERY_CACHE = Derived(
     key=ArtifactCheck(
-        key=Content(names=("models", "dataset", "split", "n_sample", "n_worst", "seed", "per_image", "tta_flip"))
+        key=Content(names=("models", "dataset", "split", "n_sample", "n_worst", "seed", "per_image", "tta_flip",
+                           "tta_sizes"))
         + task_code(*GALLERY_ENTRY),
         outputs_ok=lambda i: gallery_complete(i["out_dir"]),
     ),

@@ -18,7 +18,7 @@ def export_task(
     model_paths: list[str], out_dir: str, dataset_dir: str, eval_config: EvalConfig, formats: list[str],
     *, raise_on_failure: bool = True,
 ) -> dict[str, Any]:
-    """`{"ok", "out_dir", "parity", "error"}`: parity on `eval_config.split`, flip TTA as `eval_config.tta_flip`.
+    """`{"ok", "out_dir", "parity", "error"}`: parity on `eval_config.split`, TTA as `eval_config.tta_flip` and `tta_sizes`.
     With `raise_on_failure=False` a failed export or parity check is returned (ok False, the reason in
     `error`) for the promotion gate to block on, not raised."""
     from segpipe.export.exporter import export_models
@@ -28,7 +28,7 @@ def export_task(
     try:
         result = export_models(
             [Path(p) for p in model_paths], Path(out_dir), dataset_dir=Path(dataset_dir), split=eval_config.split,
-            formats=formats, flip=eval_config.tta_flip,
+            formats=formats, flip=eval_config.tta_flip, tta_sizes=eval_config.tta_sizes,
         )
     except (ParityError, ValueError, OSError) as exc:
         if raise_on_failure:

@@ -13,13 +13,15 @@ from segpipe_app.tasks.caching import PREDICT_CACHE
 
 @task(name="predict", cache_policy=PREDICT_CACHE)
 def predict_task(
-    model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8, tta_flip: bool = False
+    model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8, tta_flip: bool = False,
+    tta_sizes: list[int] | None = None,
 ) -> dict[str, Any]:
     from segpipe.predict import predict_paths
 
     logger = get_run_logger()
     report = predict_paths(
-        [Path(p) for p in model_paths], [Path(p) for p in inputs], Path(out_dir), batch_size=batch_size, flip=tta_flip
+        [Path(p) for p in model_paths], [Path(p) for p in inputs], Path(out_dir), batch_size=batch_size, flip=tta_flip,
+        tta_sizes=tta_sizes or (),
     )
     for failure in report.failed:
         logger.warning("could not read %s: %s", failure["input"], failure["error"])

@@ -277,6 +277,20 @@ class EvalConfig(_Section):
     tta_flip: bool = Field(
         False, description="test-time augmentation: average each prediction with that of the mirrored image"
     )
+    tta_sizes: tuple[int, ...] = Field(
+        (), max_length=4,
+        description="multi-scale test-time augmentation: also predict with the model rebuilt at these input "
+                    "sizes (square, px) and average; the model's own size is always used",
+    )
+
+    @field_validator("tta_sizes")
+    @classmethod
+    def _distinct_sizes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"tta_sizes {list(v)} repeats a size; expected distinct sizes")
+        if any(s < 32 or s > 1024 for s in v):
+            raise ValueError(f"tta_sizes {list(v)}: expected sizes from 32 to 1024 px")
+        return tuple(v)
 
 
 class PromotionConfig(_Section):
@@ -334,6 +348,18 @@ class PipelineConfig(_Section):
             check_input_size(self.model.name, (size, size), self.model.params())
         except ValueError as exc:
             raise ValueError(f"train.img_size: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _tta_sizes_suit_model(self) -> "PipelineConfig":
+        for size in self.eval.tta_sizes:
+            if size == self.train.img_size:
+                raise ValueError(f"eval.tta_sizes: {size} is train.img_size, which is always used; "
+                                 "list only the other sizes")
+            try:
+                check_input_size(self.model.name, (size, size), self.model.params())
+            except ValueError as exc:
+                raise ValueError(f"eval.tta_sizes: {exc}") from None
         return self
 
 

@@ -9,6 +9,11 @@ an ensemble averages its members' softmax outputs, each resized (bilinear) to
 the size of the first member; with `flip`, every member also predicts the
 mirrored image and its output, mirrored back, joins the average. Used by
 `segpipe.evaluation.evaluate` (scores) and `segpipe.predict` (masks for new images).
+
+Members of different input sizes (an ensemble of mixed sizes, or multi-scale TTA: `tta_members` adds each
+model rebuilt at other sizes) see the image resized to the LARGEST size first, and the smaller sizes resized
+from that uint8 image (`scaled_inputs`). An export does exactly this inside its graph from one input at the
+largest size, so evaluate, predict and every exported format agree.
 """
 
 from __future__ import annotations
@@ -73,6 +78,19 @@ def input_size(model: Any, name: str | None = None) -> tuple[int, int]:
     return int(shape[1]), int(shape[2])
 
 
+def tta_members(models: Sequence[Any], tta_sizes: Sequence[int] = ()) -> list[Any]:
+    """Each model followed by its weights rebuilt at every size of `tta_sizes` other than its own (multi-scale
+    test-time augmentation: the ensemble averages them all). A clear error names a size a model cannot take."""
+    from segpipe.models.rebuild import at_input_size
+
+    members = []
+    for model in models:
+        members.append(model)
+        own = input_size(model)
+        members += [at_input_size(model, s) for s in dict.fromkeys(int(s) for s in tta_sizes) if (s, s) != own]
+    return members
+
+
 def model_sizes(models: Sequence[Any]) -> list[tuple[int, int]]:
     """The distinct input sizes of `models`, first member's first (the "model resolution")."""
     sizes: list[tuple[int, int]] = []
@@ -97,6 +115,23 @@ def resize_image(image: Any, size: tuple[int, int]) -> Any:
     x = tf.image.resize(image, size, method="bilinear", antialias=True)
     x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
     return tf.cast(x, tf.float32) / 255.0
+
+
+def _to_uint8(image: Any, size: tuple[int, int]) -> Any:
+    import tensorflow as tf
+
+    x = tf.image.resize(image, size, method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+
+
+def scaled_inputs(image: Any, sizes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Any]:
+    """{size: float32 [0, 1] image} for every size: the largest resized from `image` (uint8 HxWx3), the others
+    from that uint8 result (each as `resize_image`). One size: exactly `resize_image(image, size)`."""
+    import tensorflow as tf
+
+    largest = max(sizes, key=lambda s: (s[0] * s[1], s))
+    top = _to_uint8(image, largest)
+    return {s: tf.cast(top if s == largest else _to_uint8(top, s), tf.float32) / 255.0 for s in sizes}
 
 
 def resize_probs(probs: Any, size: tuple[int, int]) -> np.ndarray:
@@ -182,6 +217,7 @@ def predict_probs(models: Sequence[Any], images: Any, flip: bool = False) -> np.
 def predict_labels(models: Sequence[Any], images: Sequence[np.ndarray], flip: bool = False) -> list[np.ndarray]:
     """HxW labels (0..2) for uint8 RGB images of any sizes, each at its own original size; one batch."""
     sizes = model_sizes(models)
-    inputs = {s: np.stack([np.asarray(resize_image(img, s)) for img in images]) for s in sizes}
+    scaled = [scaled_inputs(img, sizes) for img in images]
+    inputs = {s: np.stack([np.asarray(x[s]) for x in scaled]) for s in sizes}
     probs = ensemble_probs(models, inputs, sizes[0], flip)
     return [labels_at(p, img.shape[:2]) for p, img in zip(probs, images)]

@@ -47,6 +47,8 @@ from segpipe.evaluation.ensemble import (  # noqa: F401
     model_sizes,
     predict_probs,
     resize_image,
+    scaled_inputs,
+    tta_members,
 )
 from segpipe.fsutil import atomic_write_json
 from segpipe.config import COLLAPSE_THRESHOLD, EvalConfig
@@ -90,7 +92,8 @@ def _predict_split(
     def prepare(ex: dict[str, Any]) -> dict[str, Any]:
         out = {"id": ex["id"], "image": ex["image"], "mask": ex["mask"],
                "mask_model": tf.image.resize(ex["mask"], primary, method="nearest")}
-        out.update({f"x{i}": resize_image(ex["image"], s) for i, s in enumerate(sizes)})
+        scaled = scaled_inputs(ex["image"], sizes)
+        out.update({f"x{i}": scaled[s] for i, s in enumerate(sizes)})
         return out
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -163,6 +166,7 @@ def evaluate(
     collapse_threshold: float = COLLAPSE_THRESHOLD,
     keep_for_gallery: Callable[[str], bool] | None = None,
     flip: bool = False,
+    tta_sizes: Sequence[int] = (),
 ) -> EvaluationResult:
     """Score a model (or the ensemble of several) on `split` of the dataset in `dataset_dir`.
 
@@ -171,14 +175,15 @@ def evaluate(
     `at_model_resolution` (the same keys, resolution="model", img_size [h, w]),
     split, models [{path, sha256}], dataset_key and warnings.
     `keep_for_gallery(id)` selects the images whose pixels are kept in `items`.
-    `flip` adds the mirrored image to every prediction (test-time augmentation;
-    recorded as metrics["tta"]).
+    `flip` adds the mirrored image to every prediction and `tta_sizes` each model rebuilt at those input
+    sizes (test-time augmentation; recorded as metrics["tta"] and metrics["tta_sizes"]).
     """
     check_batch_size(batch_size)
     manifest, expected = _split_size(dataset_dir, split)
     models = load_models(model_paths)
     sizes = model_sizes(models)
-    predictions = _predict_split(models, dataset_dir, split, batch_size=batch_size, flip=flip)
+    members = tta_members(models, tta_sizes)
+    predictions = _predict_split(members, dataset_dir, split, batch_size=batch_size, flip=flip)
     with Progress("evaluate", expected) as progress:
         original, at_model, per_image, items = _accumulate(predictions, keep_for_gallery, progress)
     n = len(per_image)
@@ -193,6 +198,7 @@ def evaluate(
         "at_model_resolution": model_res,
         "split": split,
         "tta": "flip" if flip else None,
+        "tta_sizes": sorted(set(int(s) for s in tta_sizes)),
         "models": model_records(model_paths),
         "dataset_key": manifest.get("dataset_key", Path(dataset_dir).name),
         "warnings": _warnings(top, split, expected, sizes),
@@ -283,6 +289,7 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
 def collect_items(
     model_paths: Sequence[PathLike], dataset_dir: PathLike, split: str, ids: Sequence[str], *, batch_size: int = 8,
     flip: bool = False,
+    tta_sizes: Sequence[int] = (),
 ) -> list[dict[str, Any]]:
     """{id, image, truth, pred, iou} at original resolution for `ids` (in that order), predicted afresh.
 
@@ -293,7 +300,7 @@ def collect_items(
     if not wanted:
         return []
     _split_size(dataset_dir, split)
-    models = load_models(model_paths)
+    models = tta_members(load_models(model_paths), tta_sizes)
     found: dict[str, dict[str, Any]] = {}
     with Progress("gallery", len(wanted)) as progress:
         for r in _predict_split(models, dataset_dir, split, batch_size=batch_size, ids=wanted, flip=flip):
@@ -320,6 +327,7 @@ def render_evaluation_gallery(
     title: str | None = None,
     batch_size: int = 8,
     flip: bool = False,
+    tta_sizes: Sequence[int] = (),
 ) -> Path:
     """Pick the `n_worst` lowest-IoU and `n_sample` random images from `per_image`, predict just
     those and write a gallery to `out_dir` (see `segpipe.gallery.render.render_gallery`); return index.html."""
@@ -327,7 +335,8 @@ def render_evaluation_gallery(
 
     selected = select_items(per_image, n_sample, n_worst, seed)
     collected = collect_items(
-        model_paths, dataset_dir, split, [s["id"] for s in selected], batch_size=batch_size, flip=flip
+        model_paths, dataset_dir, split, [s["id"] for s in selected], batch_size=batch_size, flip=flip,
+        tta_sizes=tta_sizes,
     )
     items = [{**item, "tag": sel["tag"]} for sel, item in zip(selected, collected)]
     n_worst_shown = sum(it["tag"] == "worst" for it in items)
@@ -339,10 +348,10 @@ def evaluate_with(
     model_paths: Sequence[PathLike], dataset_dir: PathLike, eval_config: EvalConfig, split: str | None = None,
 ) -> EvaluationResult:
     """`evaluate` as the eval section says: its split (unless `split` is given), batch size, collapse
-    threshold and flip TTA. The `evaluate` task and `segpipe.stages.evaluate` both call this."""
+    threshold, flip TTA and TTA sizes. The `evaluate` task and `segpipe.stages.evaluate` both call this."""
     e = eval_config
     return evaluate([Path(p) for p in model_paths], dataset_dir, split or e.split, batch_size=e.batch_size,
-                    collapse_threshold=e.collapse_threshold, flip=e.tta_flip)
+                    collapse_threshold=e.collapse_threshold, flip=e.tta_flip, tta_sizes=e.tta_sizes)
 
 
 def gallery_with(
@@ -350,11 +359,11 @@ def gallery_with(
     per_image: Sequence[dict[str, Any]], metrics: dict[str, Any] | None = None,
 ) -> Path:
     """`render_evaluation_gallery` as the eval section says: its split, `gallery_samples` sampled and
-    `gallery_worst` worst images, `gallery_seed`, batch size and flip TTA. The `gallery` task and
+    `gallery_worst` worst images, `gallery_seed`, batch size, flip TTA and TTA sizes. The `gallery` task and
     `segpipe.stages.gallery` both call this."""
     e = eval_config
     return render_evaluation_gallery(
         [Path(p) for p in model_paths], dataset_dir, e.split, out_dir, n_sample=e.gallery_samples,
         n_worst=e.gallery_worst, seed=e.gallery_seed, per_image=per_image, metrics=metrics,
-        batch_size=e.batch_size, flip=e.tta_flip,
+        batch_size=e.batch_size, flip=e.tta_flip, tta_sizes=e.tta_sizes,
     )

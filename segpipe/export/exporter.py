@@ -80,19 +80,21 @@ def export_models(
     split: str = "test",
     formats: Sequence[str] | str = FORMATS,
     flip: bool = False,
+    tta_sizes: Sequence[int] = (),
 ) -> ExportResult:
     """Export the model (several: one ensemble artifact) in `formats`, check parity on `split` of
-    `dataset_dir` (topped up with `val` below 30 images) and install the result at `out_dir`.
+    `dataset_dir` (topped up with `val` below 30 images) and install the result at `out_dir`. `flip` and
+    `tta_sizes` (each model also rebuilt at those input sizes) are built into the exported graph.
 
     Raises `ParityError` (nothing installed) when an artifact fails to load or is outside its bound.
     """
-    from segpipe.evaluation.ensemble import load_models, model_records
+    from segpipe.evaluation.ensemble import load_models, model_records, tta_members
     from segpipe.export import parity
     from segpipe.export.graph import serving_model
 
     wanted = check_formats(formats)
     out = check_out_dir(out_dir)
-    models = load_models(model_paths)
+    models = tta_members(load_models(model_paths), tta_sizes)
     data = parity.parity_set(dataset_dir, split)
     served = serving_model(models, flip)
     tmp = tempdir_beside(out)
@@ -106,7 +108,7 @@ def export_models(
         if failed:
             raise ParityError("export outside its parity bound: " + "; ".join(r.describe() for r in failed))
         manifest = _manifest(model_records(model_paths), served, artifacts, results, reference_score, data,
-                             dataset_dir, flip, tmp)
+                             dataset_dir, flip, sorted(set(int(s) for s in tta_sizes)), tmp)
         atomic_write_json(tmp / MANIFEST, manifest)
         tmp.chmod(0o777 & ~current_umask())  # a temporary directory is private; the export is not
         _install(tmp, out)
@@ -135,12 +137,14 @@ def _install(tmp: Path, out: Path) -> None:
 
 
 def _manifest(sources: list[dict[str, str]], served: Any, artifacts: list[Artifact], results: list[ParityResult],
-              reference_score: dict[str, Any], data: Any, dataset_dir: PathLike, flip: bool, root: Path) -> dict[str, Any]:
+              reference_score: dict[str, Any], data: Any, dataset_dir: PathLike, flip: bool, tta_sizes: list[int],
+              root: Path) -> dict[str, Any]:
     from segpipe.data.tfrecords import load_manifest
     from segpipe.export.runtime import MASK_VALUES, MAX_PIXELS, SAVED_MODEL_SIGNATURES
 
     runs = [source_run(s["path"]) for s in sources]
     size = [int(d) for d in served.input_shape[1:3]]
+    out_size = [int(d) for d in served.output_shape[1:3]]
     return {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sources": [{**s, "metrics": r["metrics"], "run_id": r["lineage"].get("run_id")} for s, r in zip(sources, runs)],
@@ -149,11 +153,12 @@ def _manifest(sources: list[dict[str, str]], served: Any, artifacts: list[Artifa
         "contract": {
             "input_size": size,
             "tta_flip": flip,
+            "tta_sizes": tta_sizes,
             "mask_values": {str(k): v for k, v in MASK_VALUES.items()},
             "max_pixels": MAX_PIXELS,
             "saved_model_signatures": SAVED_MODEL_SIGNATURES,
             "litert_onnx": {"input": f"image uint8[B,{size[0]},{size[1]},3] RGB",
-                            "output": f"probabilities float32[B,{size[0]},{size[1]},3] (pet, background, border)",
+                            "output": f"probabilities float32[B,{out_size[0]},{out_size[1]},3] (pet, background, border)",
                             "around_it": f"{RUNTIME_FILE}: decode, resize (antialiased bilinear), argmax + 1"},
         },
         "artifacts": {a.name: {"format": a.format, "path": str(a.path.relative_to(root))} for a in artifacts},
@@ -191,8 +196,8 @@ def runs_without_tensorflow(path: PathLike) -> bool:
 
 
 def exported_artifact(path: PathLike) -> dict[str, Any] | None:
-    """{path, format, tta_flip, export sha256} when `path` is an exported model (a SavedModel directory, a
-    `.tflite` or `.onnx` file), else None. The flip setting comes from the export's manifest."""
+    """{path, format, tta_flip, tta_sizes, export sha256} when `path` is an exported model (a SavedModel
+    directory, a `.tflite` or `.onnx` file), else None. The TTA settings come from the export's manifest."""
     path = Path(path)
     if path.is_dir() and not (path / "saved_model.pb").is_file():
         inside = ", ".join(sorted(p.name for p in path.glob("pets*.*"))) or "no exported model"
@@ -207,7 +212,8 @@ def exported_artifact(path: PathLike) -> dict[str, Any] | None:
     manifest = read_json(folder / MANIFEST) if (folder / MANIFEST).is_file() else {}
     digest = sha256_file(path) if path.is_file() else (manifest.get("files", {}).get("saved_model.pb", {}).get("sha256"))
     return {"path": str(path.resolve()), "format": kind, "sha256": digest,
-            "tta_flip": manifest.get("contract", {}).get("tta_flip")}
+            "tta_flip": manifest.get("contract", {}).get("tta_flip"),
+            "tta_sizes": manifest.get("contract", {}).get("tta_sizes", [])}
 
 
 def verify_files(out_dir: PathLike) -> list[str]:

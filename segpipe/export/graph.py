@@ -1,8 +1,10 @@
 """The graphs an export is made of: the serving model, and the SavedModel's signatures around it.
 
-`serving_model(models, flip)` is a Keras model from uint8 RGB at the model's input size to softmax
-probabilities at that size: scaling to [0, 1], every member (whose own preprocessing is inside it), flip
-test-time augmentation and the ensemble average, computed exactly as `segpipe.evaluation.ensemble` computes them.
+`serving_model(models, flip)` is a Keras model from uint8 RGB at the largest member's input size to softmax
+probabilities at the first member's size: scaling to [0, 1], each smaller member's input resized from that image
+(multi-scale TTA: the same model rebuilt at other sizes), every member (whose own preprocessing is inside it),
+flip test-time augmentation and the ensemble average, computed exactly as `segpipe.evaluation.ensemble` computes
+them.
 LiteRT and ONNX are converted from it; the SavedModel wraps it with decoding and resizing
 (`saved_model_archive`), so TF Serving takes encoded images and answers trimaps at their original size.
 """
@@ -15,32 +17,37 @@ from typing import Any
 from segpipe.export.runtime import MAX_PIXELS
 
 
-def common_input_size(models: Sequence[Any]) -> tuple[int, int]:
-    """The one input size all members take; a clear error for an ensemble of mixed sizes."""
+def largest_input_size(models: Sequence[Any]) -> tuple[int, int]:
+    """The input size of the serving model: the largest of the members' (each smaller member's input is
+    resized from it inside the graph, as `segpipe.evaluation.ensemble.scaled_inputs` does)."""
     from segpipe.evaluation.ensemble import model_sizes
 
-    sizes = model_sizes(models)
-    if len(sizes) != 1:
-        shown = ", ".join(f"{h}x{w}" for h, w in sizes)
-        raise ValueError(f"ensemble members take different input sizes ({shown}); an export needs one input size")
-    return sizes[0]
+    return max(model_sizes(models), key=lambda s: (s[0] * s[1], s))
 
 
 def serving_model(models: Sequence[Any], flip: bool) -> Any:
-    """uint8 (B, h, w, 3) -> float32 probabilities (B, h, w, 3): the members averaged, each with flip TTA."""
+    """uint8 (B, H, W, 3) at the largest member's size -> float32 probabilities (B, h, w, 3) at the first
+    member's size: the members averaged, each with flip TTA."""
     import keras
     from keras import layers, ops
 
-    size = common_input_size(models)
+    from segpipe.evaluation.ensemble import input_size, model_sizes
+
+    size = largest_input_size(models)
+    out_size = model_sizes(models)[0]
     image = keras.Input((*size, 3), dtype="uint8", name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="to_unit_range")(image)
+    pixels = layers.Activation("linear", dtype="float32", name="to_float")(image)
+    inputs = {s: layers.Rescaling(1.0 / 255.0, name=f"to_unit_range_{s[0]}x{s[1]}")(
+                  pixels if s == size else FixedResize(size, s, rounded=True, name=f"resize_to_{s[0]}x{s[1]}")(pixels))
+              for s in model_sizes(models)}
     mirror = layers.Lambda(lambda t: ops.flip(t, axis=2), name="mirror")
     members = []
     for i, member in enumerate(models):
         model = keras.Model(member.input, member.output, name=f"member{i}")  # members may share a name
-        probs = _to_size(model(x), size, f"member{i}_resize")
+        x = inputs[input_size(member)]
+        probs = _to_size(model(x), out_size, f"member{i}_resize")
         if flip:
-            mirrored = mirror(_to_size(model(mirror(x)), size, f"member{i}_mirrored_resize"))
+            mirrored = mirror(_to_size(model(mirror(x)), out_size, f"member{i}_mirrored_resize"))
             probs = layers.Average(name=f"member{i}_flip_tta")([probs, mirrored])
         members.append(probs)
     out = members[0] if len(members) == 1 else layers.Average(name="ensemble")(members)
@@ -49,11 +56,36 @@ def serving_model(models: Sequence[Any], flip: bool) -> Any:
 
 
 def _to_size(probs: Any, size: tuple[int, int], name: str) -> Any:
-    from keras import layers
-
     if tuple(probs.shape[1:3]) == tuple(size):
         return probs
-    return layers.Resizing(*size, interpolation="bilinear", antialias=True, name=name)(probs)
+    return FixedResize(tuple(probs.shape[1:3]), size, name=name)(probs)
+
+
+class FixedResize:
+    """`tf.image.resize(x, out_size, "bilinear", antialias=True)` from a fixed `in_size`, as two matrix products
+    with the resize's own weights (`runtime.resize_weights`): builtin operations in LiteRT and ONNX, which have
+    no antialiased resize. `rounded`: then rounded and clipped to 0..255, as an image resized to uint8."""
+
+    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int], *, name: str,
+                 rounded: bool = False) -> None:
+        from segpipe.export.runtime import resize_weights
+
+        self.rows = resize_weights(in_size[0], out_size[0])             # (h, H)
+        self.cols = resize_weights(in_size[1], out_size[1]).T.copy()    # (W, w)
+        self.name, self.rounded = name, rounded
+
+    def __call__(self, x: Any) -> Any:
+        from keras import layers, ops
+
+        rows, cols, rounded = self.rows, self.cols, self.rounded
+
+        def resize(t: Any) -> Any:
+            t = ops.transpose(t, (0, 3, 1, 2))                         # (B, C, H, W)
+            t = ops.matmul(ops.matmul(ops.convert_to_tensor(rows), t), ops.convert_to_tensor(cols))
+            t = ops.transpose(t, (0, 2, 3, 1))                         # (B, h, w, C)
+            return ops.clip(ops.round(t), 0.0, 255.0) if rounded else t
+
+        return layers.Lambda(resize, name=self.name)(x)
 
 
 # --------------------------------------------------------------------------- the SavedModel around it

@@ -47,6 +47,18 @@ def test_precision_ema_and_tta_flags(capsys):
     assert (cfg["train"]["mixed_precision"], cfg["eval"]["tta_flip"]) == ("bfloat16", True)
 
 
+def test_tta_sizes_flag(capsys):
+    assert main(["config", "--preset", "cpu-quick", "--tta-sizes", "224,128"]) == 0
+    assert json.loads(capsys.readouterr().out)["eval"]["tta_sizes"] == [224, 128]
+    assert main(["config", "--preset", "cpu-quick", "--tta-sizes", "none"]) == 0
+    assert json.loads(capsys.readouterr().out)["eval"]["tta_sizes"] == []
+    with pytest.raises(SystemExit) as exit_:
+        main(["config", "--tta-sizes", "big"])
+    assert exit_.value.code == 2 and "expected input sizes in pixels" in capsys.readouterr().err
+    assert main(["config", "--preset", "cpu-quick", "--tta-sizes", "200"]) == 2
+    assert "eval.tta_sizes" in capsys.readouterr().err
+
+
 def test_set_needs_field_equals_value(capsys):
     assert main(["config", "--set", "nonsense"]) == 2
     assert "FIELD=VALUE" in capsys.readouterr().err

@@ -107,3 +107,24 @@ def test_augmentation_strength_is_configurable_and_checked() -> None:
         build_config("cpu-quick", {"train.aug_max_scale": 0.9})
     with pytest.raises(ConfigError, match="train.aug_contrast"):
         build_config("cpu-quick", {"train.aug_contrast": 1.0})
+
+
+@pytest.mark.parametrize("sizes, words", [
+    ([224, 224], "repeats a size"),
+    ([16], "from 32 to 1024"),
+    ([160], "is train.img_size"),
+    ([200], "multiples of 16"),
+    ([192, 224, 256, 288, 320], "at most 4"),
+    ("224", "valid tuple"),
+])
+def test_tta_sizes_are_checked_against_the_model_before_any_work(sizes, words):
+    with pytest.raises(ConfigError, match="eval.tta_sizes") as err:
+        build_config("cpu-quick", {"eval.tta_sizes": sizes})
+    assert words in str(err.value)
+
+
+def test_tta_sizes_take_the_models_own_rule():
+    assert build_config("cpu-quick", {"eval.tta_sizes": [224, 128]}).eval.tta_sizes == (224, 128)
+    build_config(None, {"model.name": "unet", "model.depth": 2, "train.img_size": 36, "eval.tta_sizes": [44]})
+    with pytest.raises(ConfigError, match="eval.tta_sizes.*multiples of 4"):
+        build_config(None, {"model.name": "unet", "model.depth": 2, "train.img_size": 36, "eval.tta_sizes": [42]})

@@ -143,6 +143,45 @@ def test_an_ensemble_exports_as_one_artifact_with_parity(exported, tmp_path):
     assert manifest["parity"]["reference"]["mean_iou"] != single.manifest["parity"]["reference"]["mean_iou"]
 
 
+def test_multi_scale_tta_exports_in_every_format_and_agrees_with_evaluate_and_predict(exported, tmp_path):
+    """`tta_sizes` inside the graph: the served model takes the image at the largest size and resizes it to the
+    others itself; evaluate, `segpipe predict` and each exported format give the same masks for the same image."""
+    from segpipe.data.tfrecords import read_examples
+    from segpipe.evaluation.evaluate import collect_items
+    from segpipe.export.exporter import export_models
+    from segpipe.predict import predict_paths
+
+    model, dataset = exported["model"], exported["dataset"]
+    result = export_models([model], tmp_path / "multi", dataset_dir=dataset, split="test", flip=True, tta_sizes=[64])
+    contract = result.manifest["contract"]
+    assert (contract["tta_sizes"], contract["input_size"], contract["tta_flip"]) == ([64], [64, 64], True)
+    assert "float32[B,32,32,3]" in contract["litert_onnx"]["output"]  # averaged at the model's own size
+    assert all(r.passed for r in result.parity) and len(result.parity) == 5
+    single = exported["result"].manifest["parity"]["reference"]["mean_iou"]
+    assert result.manifest["parity"]["reference"]["mean_iou"] != single  # the sizes changed the reference
+
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    ids = []
+    for ex in read_examples(dataset, "test").as_numpy_iterator():
+        ids.append(ex["id"].decode())
+        Image.fromarray(ex["image"]).save(pngs / f"{ids[-1]}.png")
+    evaluated = {it["id"]: it["pred"] + 1 for it in collect_items([model], dataset, "test", ids, flip=True,
+                                                                   tta_sizes=[64])}
+    predict_paths([model], [pngs], tmp_path / "keras", overlay=False, flip=True, tta_sizes=[64])
+    for artifact in ("", "pets-float32.tflite", "pets.onnx"):
+        report = predict_paths([result.out_dir / artifact if artifact else result.out_dir], [pngs],
+                               tmp_path / f"served{artifact}", overlay=False)
+        summary = json.loads(report.summary.read_text())
+        assert summary["tta"] == {"flip": True, "sizes": [64]}
+        agree = []
+        for i in ids:
+            keras_mask = np.asarray(Image.open(tmp_path / "keras" / f"{i}_mask.png"))
+            np.testing.assert_array_equal(keras_mask, evaluated[i])
+            agree.append((np.asarray(Image.open(tmp_path / f"served{artifact}" / f"{i}_mask.png")) == keras_mask).mean())
+        assert min(agree) >= 0.999, (artifact, agree)
+
+
 # --------------------------------------------------------------------------- the SavedModel's signatures
 
 
