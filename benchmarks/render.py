@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.render_border import alone_and_breeds, border_levers  # noqa: E402
-from benchmarks.render_levers import cpu_share, test_time_levers  # noqa: E402
+from benchmarks.render_levers import cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
 from benchmarks.render_serving import export_inference, inference, local_start, orchestration  # noqa: E402
 from benchmarks.render_summary import results_summary  # noqa: E402
@@ -50,6 +50,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "alone-and-breeds": alone_and_breeds,
     "cpu-share": cpu_share,
     "test-time-levers": test_time_levers,
+    "multiscale-tta": multiscale_tta,
     "input-pipeline": input_pipeline,
     "warp-check": warp_check,
     "tfrecord-conversion": tfrecord_conversion,

@@ -4,8 +4,9 @@
 
 A test-time lever qualifies for adoption only when it raises validation mean IoU on every training seed by at
 least `ADOPT_GAIN` (a rule fixed before the figures of seeds 1 and 2 were measured); otherwise the block says
-by how much it falls short. A lever that qualifies is adopted once evaluate, predict and export all run it
-(`BUILT`); until then it is not scored on held-out images.
+by how much it falls short. A lever that qualifies is built into evaluate, predict and export (`BUILT`: the
+way's name, and the config field that runs it), checked again on validation as built
+(`benchmarks/multiscale_tta.py`, block `multiscale-tta`), and only then scored on held-out images, once.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from benchmarks.render_common import load, missing, n1, provenance
 LEVERS = "test-time-levers.json"
 CPU_SHARE = "cpu-share.json"
 ADOPT_GAIN = 0.005
-BUILT: frozenset[str] = frozenset()  # the ways segpipe's evaluate, predict and export run today, besides flip
+MULTISCALE = "multiscale-tta.json"
+# the ways segpipe's evaluate, predict and export can run today, besides flip, and the setting that runs them
+BUILT: dict[str, str] = {"flip+sizes 160,224": "eval.tta_sizes=[224]"}
 LEVERS_COMMAND = (".venv/bin/python benchmarks/test_time_levers.py --quality <a quality.py result> "
                   "--work-dir <its work dir> --out benchmarks/results/test-time-levers.json")
+MULTISCALE_COMMAND = (".venv/bin/python benchmarks/multiscale_tta.py --quality <a quality.py result> "
+                      "--work-dir <its work dir> --sizes 224 --out benchmarks/results/multiscale-tta.json")
 CPU_SHARE_COMMAND = (".venv/bin/python benchmarks/cpu_share.py --source ../shared/pets-sample "
                      "--set model.encoder_weights=<weights file> --out benchmarks/results/cpu-share.json")
 
@@ -54,9 +59,10 @@ def test_time_levers() -> str:
         best = max(qualified, key=lambda q: d["summary"][q]["gain_over_flip"]["mean"])
         tail = (f"Meet the rule: {', '.join(f'`{q}`' for q in qualified)}; the largest mean gain, `{best}`, costs "
                 f"{d['summary'][best]['cpu_per_image_vs_flip']:.2f}x flip TTA's CPU per image. "
-                + (f"Not adopted yet: segpipe's evaluate, predict and export do not run {', '.join(f'`{q}`' for q in unbuilt)}, "
+                + (f"Not adopted: segpipe's evaluate, predict and export do not run {', '.join(f'`{q}`' for q in unbuilt)}, "
                    "so `cpu-quick` keeps flip TTA alone and no held-out image was scored with them." if unbuilt else
-                   "Adopted."))
+                   "Built into evaluate, predict and export as "
+                   + ", ".join(f"`{BUILT[q]}`" for q in qualified) + "; checked again as built in the next block."))
     return "\n".join(rows) + "\n\n" + tail + "\n\n" + provenance(d, LEVERS) + "\n"
 
 
@@ -81,3 +87,34 @@ def cpu_share() -> str:
     return (head + "\n\n" + "\n".join(rows) + "\n\nCPU-seconds by thread name (share of the total): " + pools + ". "
             + main + "\n\n"
             + provenance(d, CPU_SHARE) + "\n")
+
+
+def multiscale_tta() -> str:
+    d = load(MULTISCALE)
+    if d is None:
+        return missing(MULTISCALE, MULTISCALE_COMMAND)
+    s, runs = d["summary"], d["runs"]
+    sizes = ",".join(map(str, d["sizes"]))
+    seeds = ", ".join(str(r["train_seed"]) for r in runs)
+    rows = [f"| training seed | val mean IoU, flip | val mean IoU, flip + sizes {sizes} | gain | "
+            "held-out mean IoU, flip | held-out mean IoU, flip + sizes | held-out border IoU, flip → flip + sizes |",
+            "|---:|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        v, f, m = r["val"], r["held_out_flip_from_quality"], r["held_out_flip+sizes"]
+        rows.append(f"| {r['train_seed']} | {v['flip']['mean_iou']:.3f} | {v['flip+sizes']['mean_iou']:.3f} | "
+                    f"{v['flip+sizes']['mean_iou'] - v['flip']['mean_iou']:+.4f} | {f['mean_iou']:.3f} | "
+                    f"{m['mean_iou']:.3f} | {f['iou']['border']:.3f} → {m['iou']['border']:.3f} |")
+    gain, held = s["val_gain_over_flip"], s["held_out"]
+    verdict = (f"**Meets the rule** on validation (smallest gain {gain['min']:+.4f})." if s["meets_rule_on_validation"]
+               else f"**Misses the rule** on validation: the smallest gain is {gain['min']:+.4f}, "
+                    f"{ADOPT_GAIN - gain['min']:.4f} short of {ADOPT_GAIN} (mean {gain['mean']:+.4f}).")
+    text = (f"Validation ({s['n_val_images']} images) and held-out ({s['n_held_out_images']} images) splits; training "
+            f"seeds {seeds}.\n\n" + "\n".join(rows) + "\n\n" + verdict
+            + f" Held-out, over the {len(runs)} seeds: mean IoU {_range(held['flip']['mean_iou'])} with flip TTA, "
+            f"{_range(held['flip+sizes']['mean_iou'])} with flip + sizes {sizes}; foreground IoU "
+            f"{_range(held['flip']['foreground_iou'])} → {_range(held['flip+sizes']['foreground_iou'])}; border IoU "
+            f"{_range(held['flip']['border_iou'])} → {_range(held['flip+sizes']['border_iou'])}. A whole evaluate "
+            f"call costs {s['cpu_per_image_vs_flip']:.2f}x flip TTA's CPU per image, and building the model at the "
+            f"extra size {s['rebuild_seconds']['mean']:.1f} s once per command.")
+    return text + "\n\n" + provenance(d, MULTISCALE) + "\n"
+
