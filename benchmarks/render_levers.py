@@ -76,6 +76,10 @@ def cpu_share() -> str:
         share = "—" if p["cpu_share_percent"] is None else f"{p['cpu_share_percent']:.0f}%"
         rows.append(f"| {name} | {n1(p['wall_seconds'])} | {p['share_of_wall_percent']:.0f}% | {n1(p['cpu_seconds'])} "
                     f"| {share} |")
+    unsampled = d["wall_seconds"] - sum(p["wall_seconds"] for p in d["phases"].values())
+    if unsampled >= 0.05:  # the sampler's last reading came this long before training returned
+        rows.append(f"| after the last sample (not attributed) | {n1(unsampled)} | "
+                    f"{100 * unsampled / d['wall_seconds']:.0f}% | — | — |")
     total = d["cpu_seconds"]
     pools = ", ".join(f"`{name}` {cpu / total * 100:.0f}%" for name, cpu in list(d["threads_by_name"].items())[:6])
     head = (f"{d['epochs_completed']} epochs of `cpu-quick` ({d['configs'][0]['overrides'].get('train.budget_images')} "

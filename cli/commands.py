@@ -167,7 +167,8 @@ def cmd_evaluate(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
     result = evaluate_flow(models, out_path=out, **kwargs)
     m = result["metrics"]
-    print(f"{m['n_images']} images, split {cfg.eval.split}, at original resolution:")
+    print(f"{m['n_images']} images, split {cfg.eval.split}, at original resolution "
+          f"({_tta_words(cfg.eval.tta_flip, cfg.eval.tta_sizes)}):")
     print(f"  mean IoU {m['mean_iou']:.4f}  pixel accuracy {m['pixel_accuracy']:.4f}  "
           f"foreground IoU {m['foreground_iou']:.4f}  dice {m['dice']:.4f}")
     for warning in m.get("warnings", []):
