@@ -40,6 +40,11 @@ def _metrics_html(metrics: dict[str, Any]) -> str:
         for k, v in metrics.items()
         if not isinstance(v, (dict, list))
     ]
+    rows += [  # short lists of numbers, such as tta_sizes, on one line (others, such as models, are not shown)
+        f"<tr><th>{html.escape(str(k))}</th><td class='num'>{html.escape(', '.join(_fmt(x) for x in v))}</td></tr>"
+        for k, v in metrics.items()
+        if isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    ]
     per_class = metrics.get("iou")
     if isinstance(per_class, dict):
         dice = metrics.get("dice_per_class") or {}

@@ -94,3 +94,15 @@ def test_evaluate_predict_and_a_preloaded_child_agree_mask_for_mask(setup, tmp_p
         differs += int((np.asarray(Image.open(tmp_path / "plain" / f"{i}_mask.png")) != want).any())
     assert len(there.written) == len(here.written) == len(ids) and len(plain.written) == len(ids)
     assert differs > 0  # the sizes changed some mask: the comparison above is not vacuous
+
+
+def test_the_gallery_predicts_with_the_sizes_and_shows_them(setup, tmp_path):
+    model, dataset = setup["model"], setup["dataset"]
+    scores = evaluation.evaluate([model], dataset, "test", flip=True, tta_sizes=[64])
+    index = evaluation.render_evaluation_gallery(
+        [model], dataset, "test", tmp_path / "gallery", n_sample=2, n_worst=1, seed=0, per_image=scores.per_image,
+        metrics=scores.metrics, flip=True, tta_sizes=[64])
+    page = index.read_text()
+    assert "<tr><th>tta_sizes</th><td class='num'>64</td></tr>" in page
+    worst = min(scores.per_image, key=lambda r: r["iou"])
+    assert f"{worst['iou']:.4f}" in page  # the gallery's IoU is the one evaluate scored with the same sizes
