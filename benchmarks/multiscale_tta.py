@@ -18,7 +18,6 @@ the one-off cost of building the model at the extra sizes (paid by every command
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402
 from benchmarks.render_levers import ADOPT_GAIN  # noqa: E402
-from benchmarks.test_time_levers import run_models  # noqa: E402
+from benchmarks.test_time_levers import quality_provenance, trained_models  # noqa: E402
 
 KEPT = ("mean_iou", "foreground_iou", "pixel_accuracy", "dice", "iou", "n_images")
 
@@ -69,22 +68,10 @@ def main() -> int:
         sizes = tuple(int(s) for s in args.sizes.split(","))
     except ValueError:
         raise SystemExit(f"--sizes {args.sizes!r}: expected input sizes in pixels separated by commas") from None
-    quality = json.loads(Path(args.quality).read_text())
-    keys = {d["key"] for d in ([quality["dataset"]] if "dataset" in quality else
-                               [m["dataset"] for m in quality.get("merged_from", [])])}
-    if len(keys) != 1:
-        raise SystemExit(f"--quality {args.quality}: expected its runs on one dataset; found {sorted(keys) or 'none'}")
-    dataset_dir = Path(args.work_dir) / "datasets" / keys.pop()
-    if not dataset_dir.is_dir():
-        raise SystemExit(f"--work-dir {args.work_dir}: no dataset {dataset_dir.name} under datasets/")
+    quality, dataset_dir, trained = trained_models(args.quality, args.work_dir)
     started_machine, started_commit, command = common.machine(), common.git_commit(), common.command_line()
-    models = run_models(Path(args.work_dir))
     runs = []
-    for result in quality["results"]:
-        model = models.get(result["config"]["digest"])
-        if model is None:
-            raise SystemExit(f"--work-dir {args.work_dir}: no complete run with the configuration of seed "
-                             f"{result['train_seed']} (digest {result['config']['digest'][:12]})")
+    for result, model in trained:
         common.log(f"seed {result['train_seed']}: validation, {model}")
         runs.append({"train_seed": result["train_seed"], "model": str(model),
                      "val": {"flip": _scored(model, dataset_dir, "val", ()),
@@ -107,8 +94,7 @@ def main() -> int:
         "command": command,
         "commit": started_commit,
         "sizes": list(sizes),
-        "quality_result": {"path": args.quality, "commit": quality.get("commit"), "command": quality.get("command")},
-        "configs": quality.get("configs"),  # the trained runs' configurations: this benchmark trains nothing
+        **quality_provenance(quality, args.quality),
         "rule": f"adopt when flip+sizes raises validation mean IoU by >= {ADOPT_GAIN} on every training seed",
         "summary": {
             "val_gain_over_flip": _spread(gains),
@@ -119,8 +105,8 @@ def main() -> int:
             "n_held_out_images": runs[0]["held_out_flip+sizes"]["n_images"],
             "n_val_images": runs[0]["val"]["flip"]["n_images"],
         },
-        "runs": runs,
         "machine": {**started_machine, "load_average_after": common.load_average()},
+        "runs": runs,
     }, args.out)
     return 0
 

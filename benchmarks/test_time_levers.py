@@ -168,29 +168,45 @@ def run_models(work_dir: Path) -> dict[str, Path]:
     return out
 
 
+def trained_models(quality_path: str, work_dir: str) -> tuple[dict[str, Any], Path, list[tuple[dict[str, Any], Path]]]:
+    """(the quality.py result, its dataset directory, [(each run's result, its final model.keras)]); a clear
+    exit when the result spans several datasets or `work_dir` lacks its dataset or a run."""
+    quality = json.loads(Path(quality_path).read_text())
+    # one quality.py run names its dataset; a merge of several (`quality.py --merge`) names each run's
+    keys = {d["key"] for d in ([quality["dataset"]] if "dataset" in quality else
+                               [m["dataset"] for m in quality.get("merged_from", [])])}
+    if len(keys) != 1:
+        raise SystemExit(f"--quality {quality_path}: expected its runs on one dataset; found {sorted(keys) or 'none'}")
+    dataset_dir = Path(work_dir) / "datasets" / keys.pop()
+    if not dataset_dir.is_dir():
+        raise SystemExit(f"--work-dir {work_dir}: no dataset {dataset_dir.name} under datasets/")
+    models = run_models(Path(work_dir))
+    trained = []
+    for result in quality["results"]:
+        model = models.get(result["config"]["digest"])
+        if model is None:
+            raise SystemExit(f"--work-dir {work_dir}: no complete run with the configuration of seed "
+                             f"{result['train_seed']} (digest {result['config']['digest'][:12]})")
+        trained.append((result, model))
+    return quality, dataset_dir, trained
+
+
+def quality_provenance(quality: dict[str, Any], quality_path: str) -> dict[str, Any]:
+    """Where the trained models came from, for a benchmark that scores them (and trains nothing)."""
+    return {"quality_result": {"path": quality_path, "commit": quality.get("commit"), "command": quality.get("command")},
+            "configs": quality.get("configs")}  # the trained runs' configurations
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quality", required=True, help="a benchmarks/quality.py result (its runs' final models)")
     p.add_argument("--work-dir", required=True, help="the --work-dir that quality.py ran with (its dataset)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
-    quality = json.loads(Path(args.quality).read_text())
-    # one quality.py run names its dataset; a merge of several (`quality.py --merge`) names each run's
-    keys = {d["key"] for d in ([quality["dataset"]] if "dataset" in quality else
-                               [m["dataset"] for m in quality.get("merged_from", [])])}
-    if len(keys) != 1:
-        raise SystemExit(f"--quality {args.quality}: expected its runs on one dataset; found {sorted(keys) or 'none'}")
-    dataset_dir = Path(args.work_dir) / "datasets" / keys.pop()
-    if not dataset_dir.is_dir():
-        raise SystemExit(f"--work-dir {args.work_dir}: no dataset {dataset_dir.name} under datasets/")
+    quality, dataset_dir, trained = trained_models(args.quality, args.work_dir)
     started_machine, started_commit, command = common.machine(), common.git_commit(), common.command_line()
-    models = run_models(Path(args.work_dir))
     runs = []
-    for result in quality["results"]:
-        model = models.get(result["config"]["digest"])
-        if model is None:
-            raise SystemExit(f"--work-dir {args.work_dir}: no complete run with the configuration of seed "
-                             f"{result['train_seed']} (digest {result['config']['digest'][:12]})")
+    for result, model in trained:
         common.log(f"seed {result['train_seed']}: {model}")
         runs.append({"train_seed": result["train_seed"], "best_val_mean_iou_in_training": result["best_val_mean_iou"],
                      **score_run(model, dataset_dir)})
@@ -198,8 +214,7 @@ def main() -> int:
         "benchmark": "test_time_levers",
         "command": command,
         "commit": started_commit,
-        "quality_result": {"path": args.quality, "commit": quality.get("commit"), "command": quality.get("command")},
-        "configs": quality.get("configs"),  # the trained runs' configurations: this benchmark trains nothing
+        **quality_provenance(quality, args.quality),
         "split_scored": "val (the held-out split is never read)",
         "summary": summarise(runs),
         "runs": runs,

@@ -359,3 +359,16 @@ def write_tiny_dataset(
         "num_examples": sum(s["num_examples"] for s in manifest_splits.values()),
     })
     return root
+
+
+def split_as_pngs(dataset_dir: Path, split: str, folder: Path) -> list[str]:
+    """Write every image of `split` of a dataset directory as `<id>.png` into `folder` (the pixels exactly as
+    the TFRecords hold them, for `segpipe predict`); return the ids in file order."""
+    from segpipe.data.tfrecords import read_examples
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for ex in read_examples(dataset_dir, split).as_numpy_iterator():
+        ids.append(ex["id"].decode())
+        Image.fromarray(ex["image"]).save(folder / f"{ids[-1]}.png")
+    return ids

@@ -14,7 +14,7 @@ from segpipe import predict
 from segpipe.evaluation import evaluate as evaluation
 from segpipe.evaluation.ensemble import load_models, model_sizes, scaled_inputs, tta_members
 from segpipe.fsutil import read_json
-from tests.synthetic import write_tiny_dataset
+from tests.synthetic import split_as_pngs, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,6 @@ def setup(tmp_path_factory):
     """A tiny U-Net taking 32x32 (random weights: a non-constant map), a dataset, and its test images as PNGs."""
     import keras
 
-    from segpipe.data.tfrecords import read_examples
     from segpipe.models import build_model
 
     root = tmp_path_factory.mktemp("mstta")
@@ -31,11 +30,7 @@ def setup(tmp_path_factory):
     build_model("unet", (32, 32, 3), 3, base_filters=4, depth=2).save(model)
     dataset = write_tiny_dataset(root / "ds", {"train": 2, "val": 2, "test": 5}, height=45, width=61)
     pngs = root / "pngs"
-    pngs.mkdir()
-    ids = []
-    for ex in read_examples(dataset, "test").as_numpy_iterator():
-        ids.append(ex["id"].decode())
-        Image.fromarray(ex["image"]).save(pngs / f"{ids[-1]}.png")
+    ids = split_as_pngs(dataset, "test", pngs)
     return {"model": model, "dataset": dataset, "pngs": pngs, "ids": ids}
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.synthetic import synthetic_example, write_tiny_dataset
+from tests.synthetic import split_as_pngs, synthetic_example, write_tiny_dataset
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -146,7 +146,6 @@ def test_an_ensemble_exports_as_one_artifact_with_parity(exported, tmp_path):
 def test_multi_scale_tta_exports_in_every_format_and_agrees_with_evaluate_and_predict(exported, tmp_path):
     """`tta_sizes` inside the graph: the served model takes the image at the largest size and resizes it to the
     others itself; evaluate, `segpipe predict` and each exported format give the same masks for the same image."""
-    from segpipe.data.tfrecords import read_examples
     from segpipe.evaluation.evaluate import collect_items
     from segpipe.export.exporter import export_models
     from segpipe.predict import predict_paths
@@ -161,11 +160,7 @@ def test_multi_scale_tta_exports_in_every_format_and_agrees_with_evaluate_and_pr
     assert result.manifest["parity"]["reference"]["mean_iou"] != single  # the sizes changed the reference
 
     pngs = tmp_path / "pngs"
-    pngs.mkdir()
-    ids = []
-    for ex in read_examples(dataset, "test").as_numpy_iterator():
-        ids.append(ex["id"].decode())
-        Image.fromarray(ex["image"]).save(pngs / f"{ids[-1]}.png")
+    ids = split_as_pngs(dataset, "test", pngs)
     evaluated = {it["id"]: it["pred"] + 1 for it in collect_items([model], dataset, "test", ids, flip=True,
                                                                    tta_sizes=[64])}
     predict_paths([model], [pngs], tmp_path / "keras", overlay=False, flip=True, tta_sizes=[64])
