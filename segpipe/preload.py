@@ -94,7 +94,7 @@ class Preloaded:
         else:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "segpipe.preload", "1" if flip else "0",
-                 ",".join(map(str, self.tta_sizes)), *self.paths],
+                 ",".join(map(str, self.tta_sizes)) or "none", *self.paths],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True,
                 start_new_session=True,  # out of the terminal's reach: a Ctrl-C while Python starts up there
             )                            # would print "Fatal Python error"; the caller stops it instead
@@ -246,7 +246,8 @@ def main(argv: list[str]) -> int:
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the answers
     try:
-        serve(argv[0] == "1", argv[2:], sys.stdin.buffer, answers, [int(s) for s in argv[1].split(",") if s])
+        sizes = [] if argv[1] == "none" else [int(s) for s in argv[1].split(",")]
+        serve(argv[0] == "1", argv[2:], sys.stdin.buffer, answers, sizes)
     except BrokenPipeError:  # the caller is gone
         pass
     return 0

@@ -93,7 +93,7 @@ def test_the_child_ignores_sigint_and_a_dead_child_is_named(unet, images, tmp_pa
 
 def test_the_child_exits_when_its_caller_goes_away(unet):
     """stdin at EOF (the caller died, or closed it): the child exits by itself, status 0, after loading."""
-    run = subprocess.run([sys.executable, "-m", "segpipe.preload", "0", str(unet)], stdin=subprocess.DEVNULL,
+    run = subprocess.run([sys.executable, "-m", "segpipe.preload", "0", "none", str(unet)], stdin=subprocess.DEVNULL,
                          capture_output=True, cwd=REPO, env=child_env(), timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout  # the ready message, pickled; nothing else
