@@ -52,20 +52,32 @@ def figures(report: dict) -> dict[str, list[float]]:
     }
 
 
+def _quality_rows(recipes: tuple[tuple[str, dict[str, list[float]]], ...], timing: bool = True) -> list[str]:
+    """The table of `figures` per recipe; with `timing`, what training cost too."""
+    head = "| recipe | seeds | best val mean IoU | held-out mean IoU | foreground IoU | border IoU |"
+    rule = "|---|---|---:|---:|---:|---:|"
+    if timing:
+        head += " train wall s | train CPU-s | CPU share (of 200%) | images per CPU-s |"
+        rule += "---:|---:|---:|---:|"
+    rows = [head, rule]
+    for label, f in recipes:
+        row = (f"| {label} | {', '.join(map(str, f['seeds']))} | {spread(f['best_val_mean_iou'])} "
+               f"| {spread(f['held_out_mean_iou'])} | {spread(f['held_out_foreground_iou'])} "
+               f"| {spread(f['held_out_border_iou'])} |")
+        if timing:
+            row += (f" {spread(f['train_seconds'], 0)} | {spread(f['train_cpu_seconds'], 0)} "
+                    f"| {spread([100 * c for c in f['cpu_share']], 0)}% | {spread(f['images_per_cpu_s'], 2)} |")
+        rows.append(row)
+    return rows
+
+
 def border_levers() -> str:
     reports = {name: load(name) for name in (STRIDE4, STRIDE2)}
     gone = [name for name, d in reports.items() if d is None]
     if gone:
         return "\n\n".join(missing(name, COMMAND.format(EXTRA[name], name)) for name in gone)
     base, cand = (figures(reports[n]) for n in (STRIDE4, STRIDE2))
-    rows = ["| recipe | seeds | best val mean IoU | held-out mean IoU | foreground IoU | border IoU | train wall s "
-            "| train CPU-s | CPU share (of 200%) | images per CPU-s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for label, f in (("`cpu-quick` (decoder stride 4)", base), ("`cpu-quick` + `model.decoder_stride=2`", cand)):
-        rows.append(f"| {label} | {', '.join(map(str, f['seeds']))} | {spread(f['best_val_mean_iou'])} "
-                    f"| {spread(f['held_out_mean_iou'])} | {spread(f['held_out_foreground_iou'])} "
-                    f"| {spread(f['held_out_border_iou'])} | {spread(f['train_seconds'], 0)} "
-                    f"| {spread(f['train_cpu_seconds'], 0)} | {spread([100 * c for c in f['cpu_share']], 0)}% "
-                    f"| {spread(f['images_per_cpu_s'], 2)} |")
+    rows = _quality_rows((("`cpu-quick` (decoder stride 4)", base), ("`cpu-quick` + `model.decoder_stride=2`", cand)))
     if base["seeds"] != cand["seeds"]:
         raise ValueError(f"{STRIDE4} and {STRIDE2} must hold the same training seeds to be paired")
     paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
@@ -82,6 +94,36 @@ def border_levers() -> str:
         f"trainings shared the two cores, so it does not measure the issue's share of one training alone.", "",
         provenance(reports[STRIDE4], STRIDE4), "", provenance(reports[STRIDE2], STRIDE2)])
 
+
+
+# --------------------------------------------------------------------------- the border class weighted in the loss
+
+BORDER_WEIGHT = "quality-cpu-quick-border-weight2.json"  # cpu-quick with train.class_weights=[1,1,2]
+BORDER_WEIGHT_COMMAND = COMMAND.format(" --set 'train.class_weights=[1,1,2]'", BORDER_WEIGHT)
+ADOPT_GAIN = 0.005  # the rule of render_levers.ADOPT_GAIN: a validation gain on every seed
+
+
+def border_weight() -> str:
+    """The border class weighted 2x in both terms of the loss (a boundary-aware loss in its simplest form),
+    against `cpu-quick` as it is (STRIDE4), paired by training seed on best validation mean IoU."""
+    reports = {name: load(name) for name in (STRIDE4, BORDER_WEIGHT)}
+    gone = [name for name, d in reports.items() if d is None]
+    if gone:
+        return "\n\n".join(missing(n, COMMAND.format(EXTRA[n], n) if n in EXTRA else BORDER_WEIGHT_COMMAND)
+                           for n in gone)
+    base, cand = (figures(reports[n]) for n in (STRIDE4, BORDER_WEIGHT))
+    if base["seeds"] != cand["seeds"]:
+        raise ValueError(f"{STRIDE4} and {BORDER_WEIGHT} must hold the same training seeds to be paired")
+    rows = _quality_rows((("`cpu-quick`", base), ("`cpu-quick` + `train.class_weights=[1,1,2]`", cand)), timing=False)
+    paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
+    verdict = ("**meets** the adoption rule" if min(paired) >= ADOPT_GAIN else
+               f"**misses** the adoption rule (a gain of {ADOPT_GAIN} on every seed): its smallest gain is "
+               f"{min(paired):+.3f}")
+    return "\n".join([
+        *rows, "",
+        f"Border weight 2 minus `cpu-quick`, best validation mean IoU per seed: "
+        f"{', '.join(f'{d:+.3f}' for d in paired)} (mean {statistics.fmean(paired):+.4f}); it {verdict}.", "",
+        provenance(reports[BORDER_WEIGHT], BORDER_WEIGHT), "", provenance(reports[STRIDE4], STRIDE4)])
 
 
 # --------------------------------------------------------------------------- timed alone, and the breed hold-outs
