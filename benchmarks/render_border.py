@@ -32,7 +32,9 @@ HELD_OUT = ("held_out_mean_iou", "held_out_foreground_iou", "held_out_border_iou
 def _images_seen(report: dict, run: dict) -> int:
     """Training images seen: completed epochs x whole batches of the train split (steps_per_epoch unset)."""
     batch = run["config"]["resolved"]["train"]["batch_size"]
-    train = report["dataset"]["splits"]["train"]
+    # one quality.py run names its dataset; a merge (`quality.py --merge`) names each merged run's
+    dataset = report.get("dataset") or report["merged_from"][0]["dataset"]
+    train = dataset["splits"]["train"]
     return run["epochs_completed"] * math.ceil(train / batch) * batch
 
 
