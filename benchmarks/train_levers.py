@@ -1,0 +1,146 @@
+"""Training throughput levers of issue 20, in one interleaved run: images per CPU-second and CPU share.
+
+    .venv/bin/python benchmarks/train_levers.py --source ../shared/pets-sample \
+        --set model.encoder_weights=../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5 \
+        --out benchmarks/results/train-levers.json
+
+Every variant is a short `cpu-quick` training (`--budget-images`, default 816: four epochs of the sample's
+random split, the first with the encoder frozen) in its own process: `benchmarks/cpu_share.py`, which
+reports the training's wall seconds, its CPU-seconds over every thread and the CPU share per phase. A
+process of its own per run is what thread settings need (TensorFlow reads them once, at start-up), and
+it keeps one variant's warm caches from helping the next. The variants run in turn, `--rounds` times,
+so the machine's drift falls on all of them alike; each round's figures are divided by the reference's
+of the same round, and the report gives the median of those ratios.
+
+What each variant changes (nothing else differs; all share `--set` and the budget):
+  cpu-quick        the reference: the preset as it is
+  bn-frozen        train.freeze_encoder_bn=true: the encoder's BatchNormalization stays in inference
+                   mode after unfreezing too (no batch statistics, no gradient for them)
+  batch-16         train.batch_size=16 with the learning rate doubled (the linear scaling rule)
+  batch-16-bn-frozen   both of the above
+  threads-2-1      TF_NUM_INTRAOP_THREADS=2, TF_NUM_INTEROP_THREADS=1 (TensorFlow's defaults on this
+                   machine are one pool thread per core for each)
+
+Quality is not judged here: a four-epoch run says nothing about it. A variant that is cheaper per image
+goes on to `benchmarks/quality.py` over three seeds, judged on the validation split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common  # noqa: E402
+
+REFERENCE = "cpu-quick"
+VARIANTS: dict[str, dict[str, Any]] = {
+    "cpu-quick": {"set": [], "env": {}},
+    "bn-frozen": {"set": ["train.freeze_encoder_bn=true"], "env": {}},
+    "batch-16": {"set": ["train.batch_size=16", "train.learning_rate=0.002"], "env": {}},
+    "batch-16-bn-frozen": {"set": ["train.batch_size=16", "train.learning_rate=0.002",
+                                   "train.freeze_encoder_bn=true"], "env": {}},
+    "threads-2-1": {"set": [], "env": {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}},
+}
+
+
+def figures(run: dict[str, Any], images: int) -> dict[str, float]:
+    """What one cpu_share run says about throughput: images per CPU-second and per wall second, the CPU
+    share of the whole training and of its train steps alone."""
+    steps = run["phases"].get("train steps", {})
+    return {
+        "wall_seconds": run["wall_seconds"],
+        "cpu_seconds": run["cpu_seconds"],
+        "images_per_cpu_second": images / run["cpu_seconds"],
+        "images_per_wall_second": images / run["wall_seconds"],
+        "cpu_share_percent": run["cpu_share_percent"],
+        "train_steps_cpu_share_percent": steps.get("cpu_share_percent"),
+    }
+
+
+def summarise(rounds: list[dict[str, dict[str, float]]], reference: str = REFERENCE) -> dict[str, Any]:
+    """Per variant: the median of each figure over the rounds, and the median of its per-round ratio to the
+    reference's figure of the same round (images per CPU-second, images per wall second)."""
+    names = list(rounds[0])
+    out: dict[str, Any] = {}
+    for name in names:
+        runs = [rnd[name] for rnd in rounds if name in rnd]
+        entry = {key: common.r(common.median([run[key] for run in runs if run[key] is not None]), 3)
+                 for key in runs[0]}
+        for key in ("images_per_cpu_second", "images_per_wall_second"):
+            ratios = [rnd[name][key] / rnd[reference][key] for rnd in rounds if name in rnd and reference in rnd]
+            entry[f"{key}_vs_reference"] = common.r(common.median(ratios), 3)
+            entry[f"{key}_vs_reference_per_round"] = [common.r(x, 3) for x in ratios]
+        entry["rounds"] = len(runs)
+        out[name] = entry
+    return out
+
+
+def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    spec = VARIANTS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        cmd = [sys.executable, str(Path(__file__).with_name("cpu_share.py")), "--source", args.source,
+               "--work-dir", args.work_dir, "--budget-images", str(args.budget_images), "--out", str(out)]
+        for item in [*args.set, *spec["set"]]:
+            cmd += ["--set", item]
+        done = common.run_measured(cmd, env={**os.environ, **spec["env"]})
+        if done["returncode"]:
+            raise SystemExit(f"variant {name} failed ({done['returncode']}):\n{done['stderr'][-3000:]}")
+        run = json.loads(out.read_text())
+    return {"figures": figures(run, args.budget_images), "config": run["configs"][0],
+            "epochs_completed": run["epochs_completed"], "child_wall_seconds": common.r(done["wall_s"], 1),
+            "child_cpu_seconds": common.r(done["cpu_s"], 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", default=str(Path(__file__).resolve().parents[2] / "shared" / "pets-sample"))
+    p.add_argument("--work-dir", default="bench-out/train-levers")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="for every variant")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--budget-images", type=int, default=816)
+    p.add_argument("--freeze-encoder-images", type=int, default=204,
+                   help="the frozen phase of every variant (default: one epoch of the sample's random split)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out")
+    args = p.parse_args()
+    if REFERENCE not in args.variants:
+        p.error(f"--variants must include the reference {REFERENCE!r}")
+    args.set = [*args.set, f"train.freeze_encoder_images={args.freeze_encoder_images}"]
+    started_machine, started_commit, command = common.machine(), common.git_commit(), common.command_line()
+
+    rounds: list[dict[str, dict[str, float]]] = []
+    details: dict[str, list[dict[str, Any]]] = {name: [] for name in args.variants}
+    for i in range(args.rounds):
+        rnd = {}
+        for name in args.variants:
+            common.log(f"round {i + 1}/{args.rounds}: {name}")
+            run = run_variant(name, args)
+            details[name].append(run)
+            rnd[name] = run["figures"]
+            common.log(f"  {json.dumps({k: common.r(v, 2) for k, v in run['figures'].items()})}")
+        rounds.append(rnd)
+    common.emit({
+        "benchmark": "train_levers",
+        "command": command,
+        "commit": started_commit,
+        "reference": REFERENCE,
+        "budget_images": args.budget_images,
+        "freeze_encoder_images": args.freeze_encoder_images,
+        "variants": {name: {**VARIANTS[name], "runs": details[name]} for name in args.variants},
+        "summary": summarise(rounds),
+        "configs": [details[name][0]["config"] for name in args.variants],
+        "machine": {**started_machine, "load_average_after": common.load_average()},
+    }, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
