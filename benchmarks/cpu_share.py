@@ -17,6 +17,8 @@ seconds:
 
 Each sample's CPU delta is charged to the phase the main thread was in at its end, so per phase the report
 gives wall seconds, CPU-seconds and the CPU share (of 100% per core). The machine has 2 cores: 200% is full.
+`epoch_ends` adds the wall and process CPU-seconds at the end of every epoch (once it is saved), from which
+`benchmarks/train_levers.py` takes the steady state after the first epochs (tracing and compiling).
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ def main() -> int:
     started_machine, started_commit, command = common.machine(), common.git_commit(), common.command_line()
 
     from segpipe import training
+    from segpipe.config.budget import training_plan
     from segpipe_app.flows.prepare_data import prepare_data_flow
 
     dataset = prepare_data_flow(config=cfg, work_dir=str(work.root))
@@ -149,8 +152,14 @@ def main() -> int:
     shutil.rmtree(run_dir, ignore_errors=True)  # measure training, never a cached run
     sampler = Sampler(args.interval)
     sampler.start()
-    t0 = sampler.started[0]
-    result = training.train(cfg, Path(dataset.path), run_dir, verbose=2)
+    t0, cpu0 = sampler.started[0], time.process_time()
+    epochs: list[dict[str, float]] = []  # the wall and process CPU-seconds at the end of each epoch (all saved)
+
+    def epoch_end(epoch: int, logs: dict[str, Any]) -> None:
+        epochs.append({"epoch": epoch, "wall_s": round(time.monotonic() - t0, 2),
+                       "cpu_s": round(time.process_time() - cpu0, 2)})
+
+    result = training.train(cfg, Path(dataset.path), run_dir, on_epoch_end=epoch_end, verbose=2)
     sampler.stop()
     wall = time.monotonic() - t0
 
@@ -170,6 +179,8 @@ def main() -> int:
         "commit": started_commit,
         "configs": [common.config_record(args.preset, overrides, cfg=cfg)],
         "epochs_completed": result.epochs_completed,
+        "images_per_epoch": training_plan(cfg.train, dataset.num_examples["train"]).images_per_epoch,
+        "epoch_ends": epochs,
         "wall_seconds": round(wall, 1),
         "cpu_seconds": round(total_cpu, 1),
         "cpu_share_percent": round(100 * total_cpu / wall, 1),
