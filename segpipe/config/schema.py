@@ -220,6 +220,11 @@ class TrainConfig(_AugmentFields):  # type: ignore[misc, valid-type]
     freeze_encoder_bn: bool = Field(
         False, description="keep the encoder's BatchNormalization in inference mode after unfreezing too"
     )
+    fold_frozen_bn: bool = Field(
+        False, description="while a BatchNormalization layer does not train (a frozen encoder, freeze_encoder_bn), "
+        "compute it inside the convolution before it: the same function and gradients, fewer ops per step "
+        "(segpipe.training.bn_folding)"
+    )
     schedule: Literal["cosine", "constant"] = "cosine"
     loss: Literal[LOSS_NAMES] = Field(DEFAULT_LOSS, description="one of segpipe.config.LOSS_NAMES")
     dice_weight: float = Field(1.0, ge=0.0)

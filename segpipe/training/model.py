@@ -10,6 +10,7 @@ import keras
 from segpipe.config.budget import TrainingPlan
 from segpipe.config import PipelineConfig
 from segpipe.models.encoders import encoder_of
+from segpipe.training.bn_folding import fold_frozen_batch_norms
 from segpipe.training.optimizers import build_optimizer
 from segpipe.data import NUM_CLASSES
 
@@ -39,6 +40,8 @@ def build_and_compile(cfg: PipelineConfig, plan: TrainingPlan) -> tuple[keras.Mo
     def compile_phase(encoder_frozen: bool) -> None:
         if encoder is not None:
             set_encoder_trainable(encoder, not encoder_frozen, batch_norm=not (encoder_frozen or t.freeze_encoder_bn))
+        if t.fold_frozen_bn:  # after what trains is set: only the batch norms that do not train fold
+            fold_frozen_batch_norms(model)
         model.compile(
             optimizer=optimizer,
             loss=loss,
