@@ -12,7 +12,7 @@ outside the blocks quotes a measured-looking number.
 The provenance rules every rendered result must pass: render_common.py's docstring.
 
 Where the code is: the provenance rules, WITHDRAWN, EARLIER_RECIPES and `load` in render_common.py; the
-blocks in render_quality.py, render_border.py, render_levers.py, render_training.py and render_serving.py, and the five-row results table
+blocks in render_quality.py, render_border.py, render_levers.py, render_throughput.py, render_training.py and render_serving.py, and the five-row results table
 README.md and BENCHMARKS.md open their results with (`results-summary`) in render_summary.py; this file maps
 block names to them and rewrites or checks the documents.
 """
@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.render_border import alone_and_breeds, border_levers, border_weight  # noqa: E402
 from benchmarks.render_levers import cpu_share, multiscale_tta, test_time_levers  # noqa: E402
+from benchmarks.render_throughput import throughput_recipe, train_levers  # noqa: E402
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
 from benchmarks.render_serving import export_inference, inference, local_start, orchestration  # noqa: E402
 from benchmarks.render_summary import results_summary  # noqa: E402
@@ -51,6 +52,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "alone-and-breeds": alone_and_breeds,
     "cpu-share": cpu_share,
     "test-time-levers": test_time_levers,
+    "train-levers": train_levers,
+    "throughput-recipe": throughput_recipe,
     "multiscale-tta": multiscale_tta,
     "input-pipeline": input_pipeline,
     "warp-check": warp_check,

@@ -13,7 +13,11 @@ The rules, fixed before any of these figures was measured:
 
 from __future__ import annotations
 
+import statistics
+
+from benchmarks.render_border import STRIDE4, TARGETS, _missed, _quality_rows, figures
 from benchmarks.render_common import load, missing, provenance
+from benchmarks.render_quality import spread
 
 LEVERS = "train-levers.json"
 CHEAPER = 1.05
@@ -58,3 +62,52 @@ def train_levers() -> str:
             "is judged on validation below." if winners else
             f"No lever was {CHEAPER:.2f}x cheaper than `cpu-quick` in every round.")
     return head + "\n\n" + "\n".join(rows) + "\n\n" + tail + "\n\n" + provenance(d, LEVERS) + "\n"
+
+
+# --------------------------------------------------------------------------- the cheaper recipe, trained whole
+
+RECIPE = "quality-cpu-quick-bn-frozen-folded.json"  # the cheaper lever as a whole recipe, three seeds, alone
+RECIPE_SETS = ("train.freeze_encoder_bn=true", "train.fold_frozen_bn=true")
+RECIPE_COMMAND = ("for S in 0 1 2; do .venv/bin/python benchmarks/quality.py --source ../shared/pets-sample "
+                  "--preset cpu-quick --train-seed $S --set model.encoder_weights=<weights file> "
+                  + " ".join(f"--set {s}" for s in RECIPE_SETS) + " --out /tmp/r$S.json; done; "
+                  ".venv/bin/python benchmarks/quality.py --merge /tmp/r0.json /tmp/r1.json /tmp/r2.json "
+                  f"--out benchmarks/results/{RECIPE}")
+
+
+def equal_quality(paired: list[float]) -> bool:
+    """The rule of the module doc: paired validation differences, on average and per seed."""
+    return sum(paired) / len(paired) >= EQUAL_MEAN and min(paired) >= EQUAL_SEED
+
+
+def throughput_recipe() -> str:
+    """The cheaper lever trained as a whole `cpu-quick` recipe over three seeds, one after the other alone:
+    its validation quality against `cpu-quick`'s (paired by seed), then its held-out figures and one training's
+    wall time and CPU share against issue 20's targets."""
+    reports = {name: load(name) for name in (STRIDE4, RECIPE)}
+    if reports[RECIPE] is None:
+        return missing(RECIPE, RECIPE_COMMAND)
+    if reports[STRIDE4] is None:
+        return missing(STRIDE4, "see the block border-levers")
+    base, cand = figures(reports[STRIDE4]), figures(reports[RECIPE])
+    if base["seeds"] != cand["seeds"]:
+        raise ValueError(f"{STRIDE4} and {RECIPE} must hold the same training seeds to be paired")
+    label = "`cpu-quick` + " + " + ".join(f"`{s}`" for s in RECIPE_SETS)
+    rows = _quality_rows((("`cpu-quick`", base), (label, cand)), timing=False)
+    paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
+    verdict = ("**keeps equal quality** by the rule" if equal_quality(paired) else
+               f"**does not keep equal quality** (the rule: mean ≥ {EQUAL_MEAN:+.3f} and every seed ≥ "
+               f"{EQUAL_SEED:+.3f})")
+    slowest, share = max(cand["train_seconds"]), min(cand["cpu_share"])
+    timing = (f"Each of its trainings ran alone: {spread(cand['train_seconds'])} s wall (target ≤ "
+              f"{TARGETS['train_seconds']} s; slowest {slowest:,.0f} s: "
+              f"{_missed(slowest, TARGETS['train_seconds'], False, ',.0f', ' s')}), a CPU share of the process tree of "
+              f"{spread([100 * c for c in cand['cpu_share']])}% (target ≥ {100 * TARGETS['cpu_share']:.0f}%; lowest "
+              f"{100 * share:.0f}%: {_missed(100 * share, 100 * TARGETS['cpu_share'], True, '.0f', ' points')}), "
+              f"{spread(cand['images_per_cpu_s'], 2)} training images per CPU-second.")
+    return "\n".join([
+        *rows, "",
+        "Minus `cpu-quick`, best validation mean IoU per seed: " + ", ".join(f"{d:+.3f}" for d in paired)
+        + f" (mean {statistics.fmean(paired):+.4f}); it {verdict}. " + timing, "",
+        provenance(reports[RECIPE], RECIPE), "", provenance(reports[STRIDE4], STRIDE4)])
+

@@ -91,8 +91,10 @@ def summarise(rounds: list[dict[str, dict[str, float]]], reference: str = REFERE
     out: dict[str, Any] = {}
     for name in names:
         runs = [rnd[name] for rnd in rounds if name in rnd]
-        entry = {key: common.r(common.median([run[key] for run in runs if run[key] is not None]), 3)
-                 for key in runs[0]}
+        entry = {}
+        for key in runs[0]:
+            values = [run[key] for run in runs if run[key] is not None]
+            entry[key] = common.r(common.median(values), 3) if values else None
         for key in ("images_per_cpu_second", "images_per_wall_second"):
             ratios = [rnd[name][key] / rnd[reference][key] for rnd in rounds if name in rnd and reference in rnd]
             entry[f"{key}_vs_reference"] = common.r(common.median(ratios), 3)
