@@ -338,12 +338,16 @@ class PipelineConfig(_Section):
         if self.model.encoder is None:
             for field, value, neutral in (("freeze_encoder_images", t.freeze_encoder_images, 0),
                                           ("encoder_lr_multiplier", t.encoder_lr_multiplier, 1.0),
-                                          ("freeze_encoder_bn", t.freeze_encoder_bn, False)):
+                                          ("freeze_encoder_bn", t.freeze_encoder_bn, False),
+                                          ("fold_frozen_bn", t.fold_frozen_bn, False)):
                 if value != neutral:
                     raise ValueError(
                         f"train.{field}: model {self.model.name!r} has no pretrained encoder to fine-tune "
                         "(set model.encoder)"
                     )
+        elif t.fold_frozen_bn and not (t.freeze_encoder_images or t.freeze_encoder_bn):
+            raise ValueError("train.fold_frozen_bn: no batch norm stays frozen to fold; expected "
+                             "train.freeze_encoder_images > 0 or train.freeze_encoder_bn=true with it")
         return self
 
     @model_validator(mode="after")
@@ -368,7 +372,7 @@ class PipelineConfig(_Section):
         return self
 
 
-_ENCODER_TRAIN_FIELDS = ("freeze_encoder_images", "encoder_lr_multiplier", "freeze_encoder_bn")
+_ENCODER_TRAIN_FIELDS = ("freeze_encoder_images", "encoder_lr_multiplier", "freeze_encoder_bn", "fold_frozen_bn")
 
 
 def _preset_for(preset: str, given: dict[str, Any]) -> dict[str, Any]:

@@ -170,6 +170,9 @@ def test_cli_names_a_missing_weights_file_and_exits_2(tmp_path):
         ({"model": {"encoder": "resnet50", "encoder_alpha": 0.5}}, r"model\.encoder_alpha: only mobilenetv2"),
         ({"train": {"freeze_encoder_images": 100}}, r"train\.freeze_encoder_images: model 'unet' has no pretrained"),
         ({"train": {"encoder_lr_multiplier": 0.1}}, r"train\.encoder_lr_multiplier: model 'unet' has no pretrained"),
+        ({"train": {"fold_frozen_bn": True}}, r"train\.fold_frozen_bn: model 'unet' has no pretrained"),
+        ({"model": {"encoder": "mobilenetv2"}, "train": {"fold_frozen_bn": True}},
+         r"train\.fold_frozen_bn: no batch norm stays frozen to fold; expected train\.freeze_encoder_images > 0"),
     ],
 )
 def test_encoder_options_that_do_not_fit_are_clear_errors(over, match):
