@@ -4,7 +4,7 @@
         --set model.encoder_weights=../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5 \
         --out benchmarks/results/train-levers.json
 
-Every variant is a short `cpu-quick` training (`--budget-images`, default 864: four epochs of the sample's
+Every variant is a short `cpu-quick` training (`--budget-images`, default 648: three epochs of the sample's
 random split at batch 8, all fine-tuning the whole model: `cpu-quick`'s frozen-encoder phase is a tenth of
 its images) in its own process: `benchmarks/cpu_share.py`, which reports the wall and CPU-seconds at the end
 of every epoch. The figures are the steady state: from the end of the first epoch (which traces and compiles
@@ -21,13 +21,17 @@ What each variant changes (nothing else differs; all share `--set` and the budge
                    mode after unfreezing too (no batch statistics, no gradient for them)
   bn-frozen-folded bn-frozen, and each batch norm that does not train computed inside the convolution
                    before it (train.fold_frozen_bn=true: the same function, fewer ops per step)
+  aspp-128         model.aspp_filters=128: DeepLabV3+'s ASPP and decoder convolutions at half the width (they
+                   do over half of the model's multiply-adds at 256)
+  aspp-128-bn-frozen-folded   aspp-128 and bn-frozen-folded
   batch-16         train.batch_size=16 with the learning rate doubled (the linear scaling rule)
   batch-16-bn-frozen-folded   both of the above
   threads-2-1      TF_NUM_INTRAOP_THREADS=2, TF_NUM_INTEROP_THREADS=1 (TensorFlow's defaults on this
                    machine are one pool thread per core for each)
+  threads-2-4      TF_NUM_INTEROP_THREADS=4: more independent ops at once, to fill the idle core
 
-`batch-16` alone runs only when `--variants` names it (the default set leaves it out to keep the run under
-an hour on a slow machine).
+`batch-16` alone and `threads-2-1` run only when `--variants` names them (the default set leaves them out to
+keep the run under an hour on a slow machine).
 
 Quality is not judged here: a four-epoch run says nothing about it. A variant that is cheaper per image
 goes on to `benchmarks/quality.py` over three seeds, judged on the validation split.
@@ -52,10 +56,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"set": [], "env": {}},
     "bn-frozen": {"set": ["train.freeze_encoder_bn=true"], "env": {}},
     "bn-frozen-folded": {"set": ["train.freeze_encoder_bn=true", "train.fold_frozen_bn=true"], "env": {}},
+    "aspp-128": {"set": ["model.aspp_filters=128"], "env": {}},
+    "aspp-128-bn-frozen-folded": {"set": ["model.aspp_filters=128", "train.freeze_encoder_bn=true",
+                                          "train.fold_frozen_bn=true"], "env": {}},
     "batch-16": {"set": ["train.batch_size=16", "train.learning_rate=0.002"], "env": {}},
     "batch-16-bn-frozen-folded": {"set": ["train.batch_size=16", "train.learning_rate=0.002",
                                           "train.freeze_encoder_bn=true", "train.fold_frozen_bn=true"], "env": {}},
     "threads-2-1": {"set": [], "env": {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}},
+    "threads-2-4": {"set": [], "env": {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "4"}},
 }
 
 
@@ -127,9 +135,9 @@ def main() -> int:
     p.add_argument("--work-dir", default="bench-out/train-levers")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="for every variant")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                   default=[v for v in VARIANTS if v != "batch-16"])
-    p.add_argument("--budget-images", type=int, default=864,
-                   help="each run's length (default: four epochs of the sample's random split at batch 8)")
+                   default=[v for v in VARIANTS if v not in ("batch-16", "threads-2-1")])
+    p.add_argument("--budget-images", type=int, default=648,
+                   help="each run's length (default: three epochs of the sample's random split at batch 8)")
     p.add_argument("--freeze-encoder-images", type=int, default=0,
                    help="the frozen phase of every variant (default none: the fine-tuning phase is 90%% of "
                         "cpu-quick's images, and one phase compiles once)")

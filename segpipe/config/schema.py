@@ -99,6 +99,9 @@ class ModelConfig(_Section):
     base_filters: int = Field(16, ge=1, le=512)
     depth: int = Field(4, ge=1, le=7)
     aspp_rates: tuple[int, ...] = (6, 12, 18)
+    aspp_filters: int = Field(
+        256, ge=8, le=2048, description="deeplabv3plus: the width of ASPP and of the decoder's convolutions"
+    )
     bn_momentum: float = Field(0.9, gt=0.0, lt=1.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     upsample_logits: bool = Field(
