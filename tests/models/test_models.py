@@ -349,3 +349,19 @@ def test_decoder_stride_is_in_the_config_with_a_clear_error_and_in_the_run_id():
     two = build_config("cpu-quick", {"model.decoder_stride": 2})
     assert two.model.params()["decoder_stride"] == 2
     assert run_id_for(four, "k" * 16) != run_id_for(two, "k" * 16)
+
+
+def test_aspp_filters_is_in_the_config_with_a_clear_error_reaches_the_model_and_the_run_id():
+    from segpipe.config import ConfigError, build_config
+    from segpipe.runs.naming import run_id_for
+
+    with pytest.raises(ConfigError, match=r"model\.aspp_filters: Input should be greater than or equal to 8 \(got 4\)"):
+        build_config("cpu-quick", {"model.aspp_filters": 4})
+    with pytest.raises(ConfigError, match=r"model\.aspp_filters: model 'unet' does not take aspp_filters"):
+        build_config("tiny", {"model.aspp_filters": 64})
+    wide, narrow = build_config("cpu-quick"), build_config("cpu-quick", {"model.aspp_filters": 128})
+    assert wide.model.params()["aspp_filters"] == 256 and narrow.model.params()["aspp_filters"] == 128
+    assert run_id_for(wide, "k" * 16) != run_id_for(narrow, "k" * 16)
+    model = build_model("deeplabv3plus", (32, 32, 3), 3, **{**narrow.model.params(), "encoder_weights": None,
+                                                             "encoder_alpha": 0.35})
+    assert model.get_layer("decoder_conv2_pointwise_conv").output.shape[-1] == 128
