@@ -53,14 +53,20 @@ def train_levers() -> str:
     first = next(iter(d["variants"].values()))["runs"][0]
     head = (f"Each run: `cpu-quick` fine-tuning the whole model for {first['epochs_completed']} epochs "
             f"(`train.budget_images={d['budget_images']}`, `train.freeze_encoder_images={d['freeze_encoder_images']}`) "
-            f"in a process of its own; the figures are the steady state after the first {d['skip_epochs']} epoch(s), "
+            f"in a process of its own; the figures are the steady state after the first "
+            f"{'epoch' if d['skip_epochs'] == 1 else str(d['skip_epochs']) + ' epochs'}, "
             "validation and epoch callbacks included; medians over "
             f"{min(s['rounds'] for s in d['summary'].values())} interleaved rounds, each ratio against `cpu-quick` "
             "of the same round. The train steps' CPU share is over the whole run.")
     winners = [n for n, s in d["summary"].items() if n != ref and cheaper(s)]
-    tail = ("Cheaper by the rule: " + ", ".join(f"`{n}`" for n in winners) + "; their quality as whole recipes "
-            "is judged on validation below." if winners else
-            f"No lever was {CHEAPER:.2f}x cheaper than `cpu-quick` in every round.")
+    if winners:
+        best = max(winners, key=lambda n: d["summary"][n]["images_per_cpu_second_vs_reference"])
+        others = [n for n in winners if n != best]
+        tail = (f"Cheaper by the rule: {', '.join(f'`{n}`' for n in winners)}. The cheapest, `{best}`, is trained as "
+                "a whole recipe below and judged on validation"
+                + (f"; {', '.join(f'`{n}`' for n in others)} were not trained whole." if others else "."))
+    else:
+        tail = f"No lever was {CHEAPER:.2f}x cheaper than `cpu-quick` in every round."
     return head + "\n\n" + "\n".join(rows) + "\n\n" + tail + "\n\n" + provenance(d, LEVERS) + "\n"
 
 
