@@ -83,8 +83,18 @@ REMEASURED: dict[str, str] = {
 }
 
 # Results whose configuration digest differs from what their preset resolves to today, rendered as an
-# earlier recipe: file name -> the label the text gives them. Empty: every rendered result ran today's presets.
-EARLIER_RECIPES: dict[str, str] = {}
+# earlier recipe: file name -> the label the text gives them.
+EARLIER_CPU_QUICK = ("`cpu-quick` before issue 20's throughput recipe (ASPP and decoder 256 wide, the encoder's batch "
+                     "norms training after unfreezing: today's `cpu-quick` with `model.aspp_filters=256`, "
+                     "`train.freeze_encoder_bn=false`, `train.fold_frozen_bn=false`)")
+EARLIER_RECIPES: dict[str, str] = {
+    name: EARLIER_CPU_QUICK for name in (
+        "cpu-share.json", "export_inference.json", "input_pipeline.json", "local_start.json", "multiscale-tta.json",
+        "quality-cpu-quick-border-weight2.json", "quality-cpu-quick-decoder-stride2.json",
+        "quality-cpu-quick-decoder-stride4.json", "test-time-levers.json", "transfer-breed-Abyssinian.json",
+        "transfer-breed-Bengal.json", "transfer-breed-american_bulldog.json", "transfer-random-quiet.json",
+        "transfer-random.json", "train-levers.json")
+}
 
 
 def _git(*args: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from benchmarks.render_common import load, n0, n1, n2, ratio
+from benchmarks.render_common import EARLIER_RECIPES, load, n0, n1, n2, ratio
+from benchmarks.render_quality import CURRENT
 
 # BENCHMARKS.md's section headings each row links to (tests/benchmarks/test_figures.py checks they are still there).
 SECTIONS = {
@@ -26,7 +27,7 @@ SECTIONS = {
 
 # The result files behind each row (the JSON under benchmarks/results/).
 FILES = {
-    "quality": ("transfer-random.json",),
+    "quality": (CURRENT,),
     "training speed": ("train_throughput.json",),
     "data preparation": ("tfrecord_conversion.json", "input_pipeline.json"),
     "serving": ("export_inference.json",),
@@ -152,5 +153,8 @@ def results_summary() -> str:
             continue
         machines = [machine(r["machine"]) for r in results]
         where = machines[0] if len(set(machines)) == 1 else "; ".join(f"`{n}`: {m}" for n, m in zip(names, machines))
-        lines.append(f"| {what} | {render_row(*results)} | {where} | {details} |")
+        earlier = [n for n in names if n in EARLIER_RECIPES]
+        note = (f" (measured with the earlier `cpu-quick`: {', '.join(f'`{n}`' for n in earlier)}, labelled in "
+                "BENCHMARKS.md)" if earlier else "")
+        lines.append(f"| {what} | {render_row(*results)}{note} | {where} | {details} |")
     return "\n".join(lines)

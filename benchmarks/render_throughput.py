@@ -17,7 +17,7 @@ import statistics
 
 from benchmarks.render_border import STRIDE4, TARGETS, _missed, _quality_rows, figures
 from benchmarks.render_common import load, missing, provenance
-from benchmarks.render_quality import spread
+from benchmarks.render_quality import CURRENT, spread
 
 LEVERS = "train-levers.json"
 CHEAPER = 1.05
@@ -73,7 +73,8 @@ def train_levers() -> str:
 # --------------------------------------------------------------------------- the cheaper recipe, trained whole
 
 # The cheapest variant by the rule (the largest median ratio), trained as a whole recipe: three seeds, alone
-RECIPE = "quality-cpu-quick-aspp128-bn-frozen-folded.json"
+RECIPE = CURRENT
+RECIPE_VARIANT = "aspp-128-bn-frozen-folded"  # its name in train_levers.py
 RECIPE_SETS = ("model.aspp_filters=128", "train.freeze_encoder_bn=true", "train.fold_frozen_bn=true")
 RECIPE_COMMAND = ("for S in 0 1 2; do .venv/bin/python benchmarks/quality.py --source ../shared/pets-sample "
                   "--preset cpu-quick --train-seed $S --set model.encoder_weights=<weights file> "
@@ -106,15 +107,39 @@ def throughput_recipe() -> str:
                f"**does not keep equal quality** (the rule: mean ≥ {EQUAL_MEAN:+.3f} and every seed ≥ "
                f"{EQUAL_SEED:+.3f})")
     slowest, share = max(cand["train_seconds"]), min(cand["cpu_share"])
-    timing = (f"Each of its trainings ran alone: {spread(cand['train_seconds'])} s wall (target ≤ "
+    probes = [m.get("machine", {}).get("peak_matmul_gflops_float32") for m in reports[RECIPE].get("merged_from", [])]
+    probe = (f" The machine's float32 matmul probe at each training's start: "
+             f"{', '.join(f'{x:.0f}' for x in probes)} GFLOP/s." if probes and all(probes) else "")
+    timing = (f"Each of its trainings ran alone: {spread(cand['train_seconds'], 0)} s wall (target ≤ "
               f"{TARGETS['train_seconds']} s; slowest {slowest:,.0f} s: "
               f"{_missed(slowest, TARGETS['train_seconds'], False, ',.0f', ' s')}), a CPU share of the process tree of "
-              f"{spread([100 * c for c in cand['cpu_share']])}% (target ≥ {100 * TARGETS['cpu_share']:.0f}%; lowest "
+              f"{spread([100 * c for c in cand['cpu_share']], 0)}% (target ≥ {100 * TARGETS['cpu_share']:.0f}%; lowest "
               f"{100 * share:.0f}%: {_missed(100 * share, 100 * TARGETS['cpu_share'], True, '.0f', ' points')}), "
-              f"{spread(cand['images_per_cpu_s'], 2)} training images per CPU-second.")
+              f"{spread(cand['images_per_cpu_s'], 2)} training images per CPU-second." + probe)
     return "\n".join([
         *rows, "",
         "Minus `cpu-quick`, best validation mean IoU per seed: " + ", ".join(f"{d:+.3f}" for d in paired)
         + f" (mean {statistics.fmean(paired):+.4f}); it {verdict}. " + timing, "",
         provenance(reports[RECIPE], RECIPE), "", provenance(reports[STRIDE4], STRIDE4)])
 
+
+
+def presets_quality() -> str:
+    """README.md, under the presets table: today's `cpu-quick` against the earlier one, from their three-seed
+    results (validation, then held-out, scored once after training) and the interleaved throughput run."""
+    reports = {name: load(name) for name in (STRIDE4, RECIPE)}
+    levers = load(LEVERS)
+    if reports[RECIPE] is None or reports[STRIDE4] is None or levers is None:
+        return "Not measured yet: BENCHMARKS.md section 4, \"Throughput levers\", says how."
+    now, before = figures(reports[RECIPE]), figures(reports[STRIDE4])
+    cheaper_by = levers["summary"][RECIPE_VARIANT]["images_per_cpu_second_vs_reference"]
+    rows = ["| recipe (3 training seeds) | best val mean IoU | held-out mean IoU | foreground IoU | border IoU "
+            "| training images per CPU-s, same run |", "|---|---:|---:|---:|---:|---:|"]
+    for label, f, speed in (("`cpu-quick` (today)", now, f"{cheaper_by:.2f}x"),
+                            ("`cpu-quick` before issue 20 (256-wide ASPP and decoder, BN trained after unfreezing)",
+                             before, "1.00x")):
+        rows.append(f"| {label} | {spread(f['best_val_mean_iou'])} | {spread(f['held_out_mean_iou'])} | "
+                    f"{spread(f['held_out_foreground_iou'])} | {spread(f['held_out_border_iou'])} | {speed} |")
+    return ("\n".join(rows) + "\n\nFrom `benchmarks/results/" + RECIPE + "`, `benchmarks/results/" + STRIDE4
+            + "` and `benchmarks/results/" + LEVERS + "` (machines, commits and commands in BENCHMARKS.md section 4, "
+            "\"Throughput levers\").\n")

@@ -24,13 +24,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Its recipe decisions were withdrawn for re-making on validation figures (benchmarks/recipe_selection.py,
     # benchmarks/results/recipe-selection.json says which and why). Without internet:
     # --set model.encoder_weights=FILE or a primed $KERAS_HOME (README).
+    # Issue 20's throughput levers (BENCHMARKS.md "Throughput levers"): ASPP and decoder 128 wide, the
+    # encoder's batch norms kept in inference mode after unfreezing and folded into their convolutions;
+    # cheaper per training image at the same validation quality. The earlier cpu-quick is this with
+    # model.aspp_filters=256, train.freeze_encoder_bn=false, train.fold_frozen_bn=false.
     "cpu-quick": {
         "model": {"name": "deeplabv3plus", "encoder": "mobilenetv2", "encoder_weights": "imagenet",
-                  "aspp_rates": (6, 12, 18), "bn_momentum": 0.9},
+                  "aspp_rates": (6, 12, 18), "aspp_filters": 128, "bn_momentum": 0.9},
         "train": {
             "img_size": 160, "batch_size": 8, "budget_images": 8_000, "optimizer": "adam", "learning_rate": 1e-3,
             "warmup_images": 272, "schedule": "cosine", "loss": "sce+dice", "augment": True,
-            "freeze_encoder_images": 800, "encoder_lr_multiplier": 0.1,
+            "freeze_encoder_images": 800, "encoder_lr_multiplier": 0.1, "freeze_encoder_bn": True,
+            "fold_frozen_bn": True,
             "aug_max_scale": 1.5, "aug_max_rotation": 20.0, "aug_brightness": 0.15, "aug_contrast": 0.3,
             # float32, not bfloat16: MobileNetV2's depthwise convolutions, ReLU6 and unfused batch norms
             # gain nothing from bfloat16 and pay its casts (1.27x the images per CPU-second in float32,

@@ -135,6 +135,6 @@ def test_training_with_folding_takes_a_step_and_saves_a_plain_model(weights_file
 def test_fold_frozen_bn_is_part_of_the_run_identity(weights_file):
     from segpipe.training import run_id_for
 
-    a = cfg_for(weights_file, epochs=1)
-    b = cfg_for(weights_file, epochs=1, fold_frozen_bn=True)
+    a = cfg_for(weights_file, epochs=1, freeze_encoder_bn=True)
+    b = cfg_for(weights_file, epochs=1, freeze_encoder_bn=True, fold_frozen_bn=True)
     assert run_id_for(a, "d" * 64) != run_id_for(b, "d" * 64)
