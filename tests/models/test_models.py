@@ -359,8 +359,9 @@ def test_aspp_filters_is_in_the_config_with_a_clear_error_reaches_the_model_and_
         build_config("cpu-quick", {"model.aspp_filters": 4})
     with pytest.raises(ConfigError, match=r"model\.aspp_filters: model 'unet' does not take aspp_filters"):
         build_config("tiny", {"model.aspp_filters": 64})
-    wide, narrow = build_config("cpu-quick"), build_config("cpu-quick", {"model.aspp_filters": 128})
-    assert wide.model.params()["aspp_filters"] == 256 and narrow.model.params()["aspp_filters"] == 128
+    narrow, wide = build_config("cpu-quick"), build_config("cpu-quick", {"model.aspp_filters": 256})
+    assert narrow.model.params()["aspp_filters"] == 128, "cpu-quick's width (issue 20's throughput recipe)"
+    assert wide.model.params()["aspp_filters"] == 256 == build_config("full").model.params()["aspp_filters"]
     assert run_id_for(wide, "k" * 16) != run_id_for(narrow, "k" * 16)
     model = build_model("deeplabv3plus", (32, 32, 3), 3, **{**narrow.model.params(), "encoder_weights": None,
                                                              "encoder_alpha": 0.35})
