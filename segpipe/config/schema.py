@@ -228,6 +228,12 @@ class TrainConfig(_AugmentFields):  # type: ignore[misc, valid-type]
         "compute it inside the convolution before it: the same function and gradients, fewer ops per step "
         "(segpipe.training.bn_folding)"
     )
+    border_band: Literal["argmax", "calibrated"] = Field(
+        "argmax", description="how the border is drawn at the original resolution: argmax of the probabilities, "
+        "or calibrated = after training, a band around the predicted pet outline whose width is chosen on the "
+        "validation split (kept only if it beats the argmax there) and saved inside model.keras "
+        "(segpipe.evaluation.band)"
+    )
     schedule: Literal["cosine", "constant"] = "cosine"
     loss: Literal[LOSS_NAMES] = Field(DEFAULT_LOSS, description="one of segpipe.config.LOSS_NAMES")
     dice_weight: float = Field(1.0, ge=0.0)

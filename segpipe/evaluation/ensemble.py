@@ -144,9 +144,20 @@ def resize_probs(probs: Any, size: tuple[int, int]) -> np.ndarray:
     return tf.image.resize(probs, size, method="bilinear", antialias=True).numpy()
 
 
-def labels_at(probs: Any, size: tuple[int, int]) -> np.ndarray:
-    """argmax labels (HxW int64) of an (h, w, C) probability map resized to `size`."""
-    return resize_probs(probs, size).argmax(axis=-1).astype(np.int64)
+def labels_at(probs: Any, size: tuple[int, int], band: tuple[int, int] | None = None) -> np.ndarray:
+    """Labels (HxW int64) of an (h, w, C) probability map resized to `size`: the argmax, or with `band` (a
+    model's calibrated border band, `segpipe.evaluation.band`) the border drawn around the pet's outline."""
+    from segpipe.export.runtime import band_labels
+
+    full = resize_probs(probs, size)
+    return full.argmax(axis=-1).astype(np.int64) if band is None else band_labels(full, band)
+
+
+def models_band(models: Sequence[Any]) -> tuple[int, int] | None:
+    """The border band an ensemble draws with: its first member's (the member that sets the model resolution)."""
+    from segpipe.evaluation.band import band_of
+
+    return band_of(models[0])
 
 
 EAGER_CALLS = 4
@@ -220,4 +231,5 @@ def predict_labels(models: Sequence[Any], images: Sequence[np.ndarray], flip: bo
     scaled = [scaled_inputs(img, sizes) for img in images]
     inputs = {s: np.stack([np.asarray(x[s]) for x in scaled]) for s in sizes}
     probs = ensemble_probs(models, inputs, sizes[0], flip)
-    return [labels_at(p, img.shape[:2]) for p, img in zip(probs, images)]
+    band = models_band(models)
+    return [labels_at(p, img.shape[:2], band) for p, img in zip(probs, images)]

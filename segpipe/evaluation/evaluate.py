@@ -45,8 +45,10 @@ from segpipe.evaluation.ensemble import (  # noqa: F401
     load_models,
     model_records,
     model_sizes,
+    models_band,
     predict_probs,
     resize_image,
+    resize_probs,
     scaled_inputs,
     tta_members,
 )
@@ -74,7 +76,8 @@ def _predict_split(
     models: Sequence[Any], dataset_dir: PathLike, split: str, *, batch_size: int, ids: Sequence[str] | None = None,
     flip: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Per image: id, image (original uint8), truth/pred (original HxW), truth_model/pred_model (model size).
+    """Per image: id, image (original uint8), truth/pred (original HxW), probs (the ensemble's probabilities at
+    model size), truth_model/pred_model (model size). `pred` is drawn with the models' border band, if any.
 
     Streams: at most one batch of images is held. `ids` restricts to those ids.
     """
@@ -97,6 +100,7 @@ def _predict_split(
         return out
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    band = models_band(models)
     for batch in _batches(ds.as_numpy_iterator(), batch_size):
         inputs = {s: np.stack([b[f"x{i}"] for b in batch]) for i, s in enumerate(sizes)}
         probs = ensemble_probs(models, inputs, primary, flip)
@@ -106,10 +110,19 @@ def _predict_split(
                 "id": b["id"].decode("utf-8"),
                 "image": b["image"],
                 "truth": truth,
-                "pred": labels_at(p, truth.shape),
+                "probs": p,
+                "pred": labels_at(p, truth.shape, band),
                 "truth_model": b["mask_model"][..., 0].astype(np.int64) - 1,
                 "pred_model": p.argmax(axis=-1),
             }
+
+
+def predict_split_probs(
+    models: Sequence[Any], dataset_dir: PathLike, split: str, *, batch_size: int, flip: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(truth labels, probabilities (H, W, C)) of every image of `split`, both at the image's original size."""
+    for item in _predict_split(models, dataset_dir, split, batch_size=batch_size, flip=flip):
+        yield item["truth"], resize_probs(item["probs"], item["truth"].shape)
 
 
 def _split_size(dataset_dir: PathLike, split: str) -> tuple[dict[str, Any], int]:

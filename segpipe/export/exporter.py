@@ -11,6 +11,7 @@ leaves what was at `out_dir` untouched. `out_dir` then holds:
     pets-float32.tflite, pets-float16.tflite, pets-int8.tflite     LiteRT
     pets.onnx                     ONNX Runtime
     pets_runtime.py               decoding, resizing and running any of them without segpipe
+    border_band.json              the model's calibrated border band (only for a model that has one)
     export.json                   sources, dataset, contract, library versions, files and parity figures
 """
 
@@ -88,18 +89,22 @@ def export_models(
 
     Raises `ParityError` (nothing installed) when an artifact fails to load or is outside its bound.
     """
-    from segpipe.evaluation.ensemble import load_models, model_records, tta_members
+    from segpipe.evaluation.ensemble import load_models, model_records, models_band, tta_members
     from segpipe.export import parity
     from segpipe.export.graph import serving_model
+    from segpipe.export.runtime import BAND_FILE
 
     wanted = check_formats(formats)
     out = check_out_dir(out_dir)
     models = tta_members(load_models(model_paths), tta_sizes)
     data = parity.parity_set(dataset_dir, split)
     served = serving_model(models, flip)
+    band = models_band(models)
     tmp = tempdir_beside(out)
     try:
-        artifacts = [a for f in wanted for a in WRITERS[f](served, tmp)]
+        artifacts = [a for f in wanted for a in WRITERS[f](served, tmp, band)]
+        if band is not None:  # pets_runtime draws LiteRT's and ONNX's masks with it; the SavedModel has it inside
+            atomic_write_json(tmp / BAND_FILE, {"band": list(band), "unit": "thousandths of the longer side"})
         runtime = Path(shutil.copy2(Path(__file__).with_name("runtime.py"), tmp / RUNTIME_FILE))
         reference = parity.reference_labels(models, data.blobs, flip)
         reference_score = parity.score(reference, data.truths)
@@ -108,7 +113,7 @@ def export_models(
         if failed:
             raise ParityError("export outside its parity bound: " + "; ".join(r.describe() for r in failed))
         manifest = _manifest(model_records(model_paths), served, artifacts, results, reference_score, data,
-                             dataset_dir, flip, sorted(set(int(s) for s in tta_sizes)), tmp)
+                             dataset_dir, flip, sorted(set(int(s) for s in tta_sizes)), band, tmp)
         atomic_write_json(tmp / MANIFEST, manifest)
         tmp.chmod(0o777 & ~current_umask())  # a temporary directory is private; the export is not
         _install(tmp, out)
@@ -138,7 +143,7 @@ def _install(tmp: Path, out: Path) -> None:
 
 def _manifest(sources: list[dict[str, str]], served: Any, artifacts: list[Artifact], results: list[ParityResult],
               reference_score: dict[str, Any], data: Any, dataset_dir: PathLike, flip: bool, tta_sizes: list[int],
-              root: Path) -> dict[str, Any]:
+              band: tuple[int, int] | None, root: Path) -> dict[str, Any]:
     from segpipe.data.tfrecords import load_manifest
     from segpipe.export.runtime import MASK_VALUES, MAX_PIXELS, SAVED_MODEL_SIGNATURES
 
@@ -154,12 +159,14 @@ def _manifest(sources: list[dict[str, str]], served: Any, artifacts: list[Artifa
             "input_size": size,
             "tta_flip": flip,
             "tta_sizes": tta_sizes,
+            "border_band": list(band) if band else None,
             "mask_values": {str(k): v for k, v in MASK_VALUES.items()},
             "max_pixels": MAX_PIXELS,
             "saved_model_signatures": SAVED_MODEL_SIGNATURES,
             "litert_onnx": {"input": f"image uint8[B,{size[0]},{size[1]},3] RGB",
                             "output": f"probabilities float32[B,{out_size[0]},{out_size[1]},3] (pet, background, border)",
-                            "around_it": f"{RUNTIME_FILE}: decode, resize (antialiased bilinear), argmax + 1"},
+                            "around_it": f"{RUNTIME_FILE}: decode, resize (antialiased bilinear), "
+                                         + ("the border band of border_band.json" if band else "argmax") + " + 1"},
         },
         "artifacts": {a.name: {"format": a.format, "path": str(a.path.relative_to(root))} for a in artifacts},
         "parity": {

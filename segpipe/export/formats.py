@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 FORMATS: tuple[str, ...] = ("saved_model", "litert", "onnx")
+Band = tuple[int, int]  # a model's border band (segpipe.evaluation.band): inner, outer
 ONNX_OPSET = 17
 
 
@@ -49,17 +50,19 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def write_saved_model(model: Any, out: Path) -> list[Artifact]:
+def write_saved_model(model: Any, out: Path, band: Band | None = None) -> list[Artifact]:
+    """The SavedModel, its masks drawn with `band` (the model's border band) inside its graph."""
     from segpipe.export.graph import saved_model_archive
 
     path = out  # saved_model.pb and variables/ at the top: the directory is a TF Serving version directory
     with _quiet():
-        saved_model_archive(model).write_out(str(path), verbose=False)
+        saved_model_archive(model, band).write_out(str(path), verbose=False)
     return [Artifact("saved_model", "saved_model", path)]
 
 
-def write_litert(model: Any, out: Path) -> list[Artifact]:
-    """float32, float16 and dynamic-range int8 `.tflite` files, builtin ops only (no Flex delegate needed)."""
+def write_litert(model: Any, out: Path, band: Band | None = None) -> list[Artifact]:
+    """float32, float16 and dynamic-range int8 `.tflite` files, builtin ops only (no Flex delegate needed).
+    They output probabilities; `band` is drawn outside them (`runtime.BAND_FILE`)."""
     import tensorflow as tf
 
     def convert(quantize: Callable[[Any], None] | None) -> bytes:
@@ -85,8 +88,9 @@ def write_litert(model: Any, out: Path) -> list[Artifact]:
     return artifacts
 
 
-def write_onnx(model: Any, out: Path) -> list[Artifact]:
-    """`pets.onnx` through Keras' own ONNX export (tf2onnx on the TensorFlow backend)."""
+def write_onnx(model: Any, out: Path, band: Band | None = None) -> list[Artifact]:
+    """`pets.onnx` through Keras' own ONNX export (tf2onnx on the TensorFlow backend); it outputs probabilities,
+    `band` is drawn outside it (`runtime.BAND_FILE`)."""
     import tensorflow as tf
 
     path = out / "pets.onnx"
@@ -99,7 +103,7 @@ def write_onnx(model: Any, out: Path) -> list[Artifact]:
     return [Artifact("onnx", "onnx", path)]
 
 
-WRITERS: dict[str, Callable[[Any, Path], list[Artifact]]] = {
+WRITERS: dict[str, Callable[[Any, Path, Band | None], list[Artifact]]] = {
     "saved_model": write_saved_model,
     "litert": write_litert,
     "onnx": write_onnx,

@@ -88,11 +88,50 @@ class FixedResize:
         return layers.Lambda(resize, name=self.name)(x)
 
 
+# --------------------------------------------------------------------------- the border band, in the graph
+
+
+def band_labels_graph(full: Any, band: tuple[int, int]) -> Any:
+    """`runtime.band_labels` inside the graph: int64 (H, W) labels of (H, W, 3) probabilities, in the same
+    integer arithmetic (band radii, disk counts), so the SavedModel draws exactly the pixels numpy draws."""
+    import tensorflow as tf
+
+    pet = full[..., 0] > full[..., 1]
+    side = tf.reduce_max(tf.shape(pet))
+    border = tf.zeros_like(pet)
+    inner, outer = (int(b) for b in band)
+    if inner > 0:
+        border = border | (pet & (_disk_counts(tf.logical_not(pet), (inner * side + 500) // 1000) > 0))
+    if outer > 0:
+        border = border | (tf.logical_not(pet) & (_disk_counts(pet, (outer * side + 500) // 1000) > 0))
+    return tf.where(border, tf.constant(2, tf.int64), tf.where(pet, tf.constant(0, tf.int64), tf.constant(1, tf.int64)))
+
+
+def _disk_counts(mask: Any, radius: Any) -> Any:
+    """`runtime.disk_counts` with a radius known only when the graph runs (it scales with the image)."""
+    import tensorflow as tf
+
+    h, w = tf.shape(mask)[0], tf.shape(mask)[1]
+    padded = tf.pad(tf.cast(mask, tf.int32), [[radius, radius], [radius, radius]])
+    prefix = tf.pad(tf.cumsum(padded, axis=1), [[0, 0], [1, 0]])
+
+    def step(dy: Any, out: Any) -> tuple[Any, Any]:
+        rest = radius * radius - dy * dy
+        half = tf.cast(tf.floor(tf.sqrt(tf.cast(rest, tf.float64))), tf.int32)
+        half = half - tf.cast(half * half > rest, tf.int32) + tf.cast((half + 1) * (half + 1) <= rest, tf.int32)
+        rows = prefix[radius + dy:radius + dy + h]
+        return dy + 1, out + rows[:, radius + half + 1:radius + half + 1 + w] - rows[:, radius - half:radius - half + w]
+
+    _, counts = tf.while_loop(lambda dy, _: dy <= radius, step, (-radius, tf.zeros([h, w], tf.int32)))
+    return counts
+
+
 # --------------------------------------------------------------------------- the SavedModel around it
 
 
-def saved_model_archive(model: Any) -> Any:
-    """A `keras.export.ExportArchive` with the four signatures of `runtime.SAVED_MODEL_SIGNATURES`."""
+def saved_model_archive(model: Any, band: tuple[int, int] | None = None) -> Any:
+    """A `keras.export.ExportArchive` with the four signatures of `runtime.SAVED_MODEL_SIGNATURES`; its masks
+    are drawn with `band` (the model's calibrated border band) when it has one, as `runtime` draws them."""
     import keras
     import tensorflow as tf
 
@@ -105,9 +144,13 @@ def saved_model_archive(model: Any) -> Any:
         x = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=True)
         return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
 
+    def trimap(full: Any) -> Any:
+        labels = tf.argmax(full, axis=-1) if band is None else band_labels_graph(full, band)
+        return tf.cast(labels + 1, tf.uint8)
+
     def labels(probs: Any, height: Any, width: Any) -> tuple[Any, Any]:
         full = tf.image.resize(probs, tf.stack([height, width]), method="bilinear", antialias=True)
-        return tf.cast(tf.argmax(full, axis=-1) + 1, tf.uint8), full
+        return trimap(full), full
 
     def from_bytes(images: Any) -> dict[str, Any]:
         decoded = tf.map_fn(
@@ -150,7 +193,8 @@ def saved_model_archive(model: Any) -> Any:
         image_size = tf.shape(images)[1:3]
         x = to_input(tf.clip_by_value(images, 0.0, 1.0) * 255.0)
         full = tf.image.resize(core(x), image_size, method="bilinear", antialias=True)
-        return {"masks": tf.cast(tf.argmax(full, axis=-1) + 1, tf.uint8), "probabilities": full}
+        masks = tf.map_fn(trimap, full, fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
+        return {"masks": masks, "probabilities": full}
 
     archive.add_endpoint(
         "serving_float", from_float, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")],

@@ -19,7 +19,9 @@ segpipe does around its Keras model:
 2. resize to the model's input size with TensorFlow's antialiased bilinear kernel (`tf.image.resize(...,
    antialias=True)`, re-implemented in numpy below), rounded to uint8;
 3. run the model;
-4. resize the probabilities back to the original size with the same kernel, take the argmax, add 1.
+4. resize the probabilities back to the original size with the same kernel, take the argmax, add 1; or,
+   for a model with a calibrated border band (`border_band.json` beside the artifact), draw the border as
+   a band of that width around the outline where p(pet) > p(background) (`band_labels`).
 
 The SavedModel does all four inside its graph (`serving_default` takes encoded image bytes); see
 `SAVED_MODEL_SIGNATURES`.
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import importlib.abc
 import io
+import math
 import os
 import sys
 from pathlib import Path
@@ -151,19 +154,65 @@ def to_model_input(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.round(resize(rgb.astype(np.float32), size)), 0, 255).astype(np.uint8)
 
 
-def labels_from_probabilities(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Trimap (HxW uint8: 1 pet, 2 background, 3 border) at `size` from (h, w, 3) probabilities."""
-    return (resize(probs, size).argmax(axis=-1) + 1).astype(np.uint8)
+def labels_from_probabilities(probs: np.ndarray, size: tuple[int, int],
+                              band: tuple[int, int] | None = None) -> np.ndarray:
+    """Trimap (HxW uint8: 1 pet, 2 background, 3 border) at `size` from (h, w, 3) probabilities; with `band`
+    (the model's calibrated border band), the border is drawn by `band_labels`, else it is the argmax."""
+    full = resize(probs, size)
+    labels = full.argmax(axis=-1) if band is None else band_labels(full, band)
+    return (labels + 1).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- the border band
+
+
+BAND_FILE = "border_band.json"  # beside an exported artifact: the band calibrated for its model (if any)
+
+
+def band_radius(permille: int, size: tuple[int, int]) -> int:
+    """A band width in pixels: `permille` thousandths of the image's longer side, rounded half up (integers
+    only, so numpy and the SavedModel's graph agree exactly)."""
+    return (int(permille) * max(int(size[0]), int(size[1])) + 500) // 1000
+
+
+def disk_counts(mask: np.ndarray, radius: int) -> np.ndarray:
+    """int32 HxW: how many pixels of `mask` (HxW bool) lie in the disk dy^2 + dx^2 <= radius^2 around each
+    pixel; pixels outside the image count as none. Row by row with prefix sums: 2 * radius + 1 steps."""
+    h, w = mask.shape
+    padded = np.pad(mask.astype(np.int32), radius)
+    prefix = np.pad(np.cumsum(padded, axis=1, dtype=np.int32), ((0, 0), (1, 0)))
+    out = np.zeros((h, w), dtype=np.int32)
+    for dy in range(-radius, radius + 1):
+        half = math.isqrt(radius * radius - dy * dy)
+        rows = prefix[radius + dy:radius + dy + h]
+        out += rows[:, radius + half + 1:radius + half + 1 + w] - rows[:, radius - half:radius - half + w]
+    return out
+
+
+def band_labels(probs: np.ndarray, band: tuple[int, int]) -> np.ndarray:
+    """HxW int64 labels (0 pet, 1 background, 2 border) of (H, W, 3) probabilities at the image's own size,
+    with the border drawn as geometry: the pet is where p(pet) > p(background); every pixel within
+    `band = (inner, outer)` permille of the longer side of that outline (inside it, outside it) is border."""
+    pet = probs[..., 0] > probs[..., 1]
+    border = np.zeros(pet.shape, dtype=bool)
+    inner, outer = (band_radius(b, pet.shape) for b in band)
+    if inner > 0:
+        border |= pet & (disk_counts(~pet, inner) > 0)
+    if outer > 0:
+        border |= ~pet & (disk_counts(pet, outer) > 0)
+    return np.where(border, 2, np.where(pet, 0, 1)).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- models
 
 
 class Model:
-    """One exported artifact; `probabilities(batch)` maps uint8 (B, h, w, 3) at `input_size` to (B, h, w, 3)."""
+    """One exported artifact; `probabilities(batch)` maps uint8 (B, h, w, 3) at `input_size` to (B, h, w, 3).
+    `band`: the border band its masks are drawn with (read from `BAND_FILE` beside it), or None (argmax)."""
 
     kind = "?"
     input_size: tuple[int, int]
+    band: tuple[int, int] | None = None
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -235,26 +284,50 @@ class SavedModel(Model):
 
 
 def load(path: str | Path) -> Model:
-    """The exported artifact at `path`: a SavedModel directory, a `.tflite` file or an `.onnx` file."""
+    """The exported artifact at `path`: a SavedModel directory, a `.tflite` file or an `.onnx` file (with the
+    border band of `BAND_FILE` in its directory, when the export has one)."""
     path = Path(path)
+    model: Model
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise ValueError(f"{path} is a directory without saved_model.pb; expected a SavedModel directory")
-        return SavedModel(path)
-    if not path.is_file():
+        model = SavedModel(path)
+    elif not path.is_file():
         raise FileNotFoundError(f"exported model {path} does not exist")
-    if path.suffix == ".tflite":
-        return LiteRTModel(path)
-    if path.suffix == ".onnx":
-        return OnnxModel(path)
-    raise ValueError(f"{path}: expected a SavedModel directory, a .tflite file or an .onnx file")
+    elif path.suffix == ".tflite":
+        model = LiteRTModel(path)
+    elif path.suffix == ".onnx":
+        model = OnnxModel(path)
+    else:
+        raise ValueError(f"{path}: expected a SavedModel directory, a .tflite file or an .onnx file")
+    model.band = read_band(path if path.is_dir() else path.parent)
+    return model
+
+
+def read_band(folder: Path) -> tuple[int, int] | None:
+    """The band of `folder / BAND_FILE` ({"band": [inner, outer]}), None without the file; a clear error for
+    a file that says something else."""
+    import json
+
+    file = Path(folder) / BAND_FILE
+    if not file.is_file():
+        return None
+    try:
+        band = json.loads(file.read_text(encoding="utf-8"))["band"]
+        inner, outer = (int(b) for b in band)
+        if [inner, outer] != list(band) or min(inner, outer) < 0 or inner + outer == 0:
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{file} must hold {{\"band\": [inner, outer]}}, two whole widths >= 0 in thousandths "
+                         f"of the longer side, not both 0") from None
+    return inner, outer
 
 
 def predict_masks(model: Model, images: list[np.ndarray]) -> list[np.ndarray]:
     """Trimaps (HxW uint8) of decoded RGB images, each at its own size; one batch."""
     batch = np.stack([to_model_input(img, model.input_size) for img in images])
     probs = model.probabilities(batch)
-    return [labels_from_probabilities(p, img.shape[:2]) for p, img in zip(probs, images)]
+    return [labels_from_probabilities(p, img.shape[:2], model.band) for p, img in zip(probs, images)]
 
 
 def predict_mask(model: Model, image: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ pretrained encoder) convert inside the model with `BackbonePreprocess`, so a sav
 `.keras` file is self-contained. Every model ends in a float32 softmax, so
 its output is float32 probabilities even under mixed precision.
 
-The custom layers here (`BackbonePreprocess`, `MaxPoolingWithArgmax2D`,
+The custom layers here (`BackbonePreprocess`, `MaxPoolingWithArgmax2D`, `BorderBand`,
 `MaxUnpooling2D`) are registered under the "segpipe" package: import this
 module before `keras.saving.load_model` on a DeepLabV3+ or SegNet file.
 """
@@ -175,3 +175,24 @@ class MaxUnpooling2D(layers.Layer):
         height, width = values.shape[1] * 2, values.shape[2] * 2
         onehot = ops.one_hot(argmax, 4, axis=3, dtype=values.dtype)  # (B, h, w, 4, C)
         return _from_windows(onehot * ops.expand_dims(values, 3), height, width)
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class BorderBand(layers.Layer):
+    """The identity on a model's probabilities, carrying the border band calibrated for it on validation:
+    `inner` and `outer` widths in thousandths of an image's longer side (`segpipe.evaluation.band`). As the
+    model's last layer it keeps the band inside the `.keras` file, so everything that loads the file draws
+    the same masks."""
+
+    def __init__(self, inner: int, outer: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.inner, self.outer = int(inner), int(outer)
+
+    def call(self, inputs: Any) -> Any:
+        return inputs
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "inner": self.inner, "outer": self.outer}

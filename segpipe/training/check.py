@@ -46,9 +46,10 @@ def inference_check(
 
 def _summarise(
     cfg: PipelineConfig, dataset_dir: Path, run_dir: Path, dataset_key: str, identity: dict[str, Any],
-    resumed: int, stop_reason: str, plan: TrainingPlan,
+    resumed: int, stop_reason: str, plan: TrainingPlan, border_band: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """train_summary.json: best epoch and score, epochs completed, and the inference-mode check."""
+    """train_summary.json: best epoch and score, epochs completed, the inference-mode check and the border
+    band's calibration (`train.border_band`)."""
     model_path, best_path = run_dir / MODEL_FILE, run_dir / BEST_FILE
     if not (model_path.is_file() and best_path.is_file()):
         raise RuntimeError(
@@ -84,5 +85,6 @@ def _summarise(
         "predicted_class_share": share,
         "collapsed": bool(check["collapsed"]),
         "inference_val": {k: check[k] for k in ("mean_iou", "pixel_accuracy", "iou", "confusion_matrix")},
+        "border_band": border_band,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

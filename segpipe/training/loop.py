@@ -21,6 +21,7 @@ from segpipe.config.budget import TrainingPlan, training_plan
 from segpipe.config import PipelineConfig, TrainConfig
 from segpipe.data.input import eval_dataset, num_examples, training_dataset
 from segpipe.data.split import require_train_split
+from segpipe.evaluation.band import calibrate_saved_model
 from segpipe.fsutil import atomic_write_json, file_lock, read_json
 from segpipe.kerascompat import fit_reads_one_iterator, fit_under_multi_worker_strategy
 from segpipe.layout import MANIFEST
@@ -113,12 +114,25 @@ def train(
                 return dataclasses.replace(
                     _result_from_summary(run_dir, read_json(run_dir / SUMMARY_FILE), cached=False), chief=False
                 )
-        summary = _summarise(cfg, dataset_dir, run_dir, dataset_key, identity, resumed, stop_reason, plan)
+        band = _calibrate_border_band(cfg, dataset_dir, run_dir)
+        summary = _summarise(cfg, dataset_dir, run_dir, dataset_key, identity, resumed, stop_reason, plan, band)
         atomic_write_json(run_dir / SUMMARY_FILE, summary)
         shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
         if task is not None:
             distribute.barrier(strategy)  # the other workers leave with this one
         return _result_from_summary(run_dir, summary, cached=False)
+
+
+def _calibrate_border_band(cfg: PipelineConfig, dataset_dir: Path, run_dir: Path) -> dict[str, Any] | None:
+    """`train.border_band=calibrated`: choose the band on validation and save it inside model.keras."""
+    if cfg.train.border_band != "calibrated" or not (run_dir / MODEL_FILE).is_file():
+        return None  # without a model file, _summarise says why
+    # the model's own predictions (no test-time augmentation): the run's identity holds no eval settings
+    result = calibrate_saved_model(run_dir / MODEL_FILE, dataset_dir, batch_size=cfg.train.batch_size)
+    log.info("border band calibrated on %d validation images: %s (mean IoU %.4f, argmax %.4f)", result.n_images,
+             f"{result.band[0]}/{result.band[1]} thousandths inside/outside" if result.band else "the argmax wins",
+             result.chosen["mean_iou"], result.argmax["mean_iou"])
+    return result.to_dict()
 
 
 def _prepared_dataset(dataset_dir: Path) -> tuple[str, int]:
