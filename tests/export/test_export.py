@@ -177,6 +177,48 @@ def test_multi_scale_tta_exports_in_every_format_and_agrees_with_evaluate_and_pr
         assert min(agree) >= 0.999, (artifact, agree)
 
 
+def test_a_calibrated_border_band_gives_the_same_masks_in_evaluate_predict_and_every_export(tmp_path):
+    """The band calibrated on validation and saved with the model: what evaluate scores, `segpipe predict`, the
+    SavedModel (its bytes signature, the band inside its graph) and pets_runtime on LiteRT and ONNX (the band
+    from border_band.json) draw the same mask on the same images."""
+    from segpipe.evaluation.band import calibrate_saved_model
+    from segpipe.evaluation.evaluate import collect_items, evaluate
+    from segpipe.export.exporter import export_models
+    from segpipe.export.runtime import load
+    from segpipe.predict import predict_paths
+    from tests.evaluation.test_band import SIZE, colour_model, ring_example
+
+    dataset = write_tiny_dataset(tmp_path / "ds", {"train": 2, "val": 6, "test": 4}, height=SIZE, width=SIZE,
+                                 draw=ring_example)
+    model = tmp_path / "model.keras"
+    colour_model().save(model)
+    calibration = calibrate_saved_model(model, dataset)
+    assert calibration.band is not None and calibration.band[1] > 0  # the ring outside the disc
+    scored = evaluate([model], dataset, "test")
+    assert scored.metrics["iou"]["border"] > 0.5                       # evaluate draws the band: argmax gives 0
+
+    result = export_models([model], tmp_path / "out", dataset_dir=dataset, split="test")
+    assert result.manifest["contract"]["border_band"] == list(calibration.band)
+    assert all(r.passed for r in result.parity) and len(result.parity) == 5
+    assert load(result.out_dir / "pets.onnx").band == calibration.band
+
+    pngs = tmp_path / "pngs"
+    ids = split_as_pngs(dataset, "test", pngs)
+    evaluated = {it["id"]: it["pred"] + 1 for it in collect_items([model], dataset, "test", ids)}
+    predict_paths([model], [pngs], tmp_path / "keras", overlay=False)
+    served = load(result.out_dir).predict_encoded([(pngs / f"{i}.png").read_bytes() for i in ids])
+    for artifact in ("", "pets-float32.tflite", "pets.onnx"):
+        predict_paths([result.out_dir / artifact if artifact else result.out_dir], [pngs],
+                      tmp_path / f"served{artifact}", overlay=False)
+        for n, i in enumerate(ids):
+            keras_mask = np.asarray(Image.open(tmp_path / "keras" / f"{i}_mask.png"))
+            assert (keras_mask == 3).any()
+            np.testing.assert_array_equal(keras_mask, evaluated[i])
+            np.testing.assert_array_equal(served[n], keras_mask)
+            np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"served{artifact}" / f"{i}_mask.png")),
+                                          keras_mask)
+
+
 # --------------------------------------------------------------------------- the SavedModel's signatures
 
 
