@@ -16,9 +16,7 @@ argmax, and the model carrying the band that was best on validation (whether or 
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -29,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402
 from benchmarks.render_levers import ADOPT_GAIN  # noqa: E402
-from benchmarks.test_time_levers import quality_provenance, trained_models  # noqa: E402
+from benchmarks.test_time_levers import (held_out_summary, quality_arguments, quality_provenance,  # noqa: E402
+                                         trained_models)
 
 KEPT = ("mean_iou", "foreground_iou", "pixel_accuracy", "iou", "n_images")
 
@@ -46,62 +45,55 @@ def _held_out(model: Path, dataset_dir: Path, band: tuple[int, int] | None) -> d
     return {k: metrics[k] for k in KEPT}
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.mean(values), "min": min(values), "max": max(values)}
+def _on_validation(result: dict[str, Any], model: Path, dataset_dir: Path) -> dict[str, Any]:
+    """One training seed's calibration: every band's validation figures, the best band, its gain, its cost."""
+    from segpipe.evaluation.band import calibrate_band
+    from segpipe.evaluation.ensemble import load_models
+
+    common.log(f"seed {result['train_seed']}: calibrating on validation, {model}")
+    c0 = time.process_time()
+    calibration = calibrate_band(load_models([model]), dataset_dir, split="val")
+    cpu = time.process_time() - c0
+    best = max(calibration.candidates, key=lambda c: c["mean_iou"])
+    return {"train_seed": result["train_seed"], "model": str(model), "calibration": calibration.to_dict(),
+            "calibration_cpu_seconds": round(cpu, 1), "best_band_on_val": best,
+            "val_gain_of_best_band": round(best["mean_iou"] - calibration.argmax["mean_iou"], 6)}
 
 
 def main() -> int:
-    from segpipe.evaluation.band import GRID, calibrate_band
-    from segpipe.evaluation.ensemble import load_models
+    from segpipe.evaluation.band import GRID
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quality", required=True, help="a benchmarks/quality.py result (its runs' final models)")
-    p.add_argument("--work-dir", required=True, help="the --work-dir that quality.py ran with (its dataset)")
-    p.add_argument("--out", help="also write the JSON here")
-    args = p.parse_args()
+    args = quality_arguments(__doc__).parse_args()
     quality, dataset_dir, trained = trained_models(args.quality, args.work_dir)
-    started_machine, started_commit, command = common.machine(), common.git_commit(), common.command_line()
-    runs = []
-    for result, model in trained:
-        common.log(f"seed {result['train_seed']}: calibrating on validation, {model}")
-        c0 = time.process_time()
-        calibration = calibrate_band(load_models([model]), dataset_dir, split="val")
-        cpu = time.process_time() - c0
-        best = max(calibration.candidates, key=lambda c: c["mean_iou"])
-        runs.append({"train_seed": result["train_seed"], "model": str(model),
-                     "calibration": calibration.to_dict(), "calibration_cpu_seconds": round(cpu, 1),
-                     "best_band_on_val": best,
-                     "val_gain_of_best_band": round(best["mean_iou"] - calibration.argmax["mean_iou"], 6)})
+    machine, commit, command = common.machine(), common.git_commit(), common.command_line()
+    runs = [_on_validation(result, model, dataset_dir) for result, model in trained]
     gains = [r["val_gain_of_best_band"] for r in runs]
     adopt = min(gains) >= ADOPT_GAIN
     for run in runs:  # the choice is made: held-out images, once per recipe
         common.log(f"seed {run['train_seed']}: held-out split")
         run["held_out_argmax"] = _held_out(Path(run["model"]), dataset_dir, None)
         run["held_out_best_band"] = _held_out(Path(run["model"]), dataset_dir, tuple(run["best_band_on_val"]["band"]))
-    held = {way: {"mean_iou": _spread([r[key]["mean_iou"] for r in runs]),
-                  "foreground_iou": _spread([r[key]["foreground_iou"] for r in runs]),
-                  "border_iou": _spread([r[key]["iou"]["border"] for r in runs])}
-            for way, key in (("argmax", "held_out_argmax"), ("best_band", "held_out_best_band"))}
+    held = held_out_summary(runs, {"argmax": "held_out_argmax", "best_band": "held_out_best_band"})
     common.emit({
         "benchmark": "border_band",
         "command": command,
-        "commit": started_commit,
+        "commit": commit,
+        "machine": {**machine, "load_average_after": common.load_average()},
         "grid": list(GRID),
         **quality_provenance(quality, args.quality),
         "rule": f"adopt when the best band raises validation mean IoU over the argmax by >= {ADOPT_GAIN} on every "
                 "training seed",
         "summary": {
-            "val_gain_of_best_band": _spread(gains),
+            "val_gain_of_best_band": common.spread(gains),
             "meets_rule_on_validation": adopt,
             "bands_kept_by_calibration": [r["calibration"]["band"] for r in runs],
-            "val_border_iou": {"argmax": _spread([r["calibration"]["argmax"]["border_iou"] for r in runs]),
-                               "best_band": _spread([r["best_band_on_val"]["border_iou"] for r in runs])},
-            "calibration_cpu_seconds": _spread([r["calibration_cpu_seconds"] for r in runs]),
+            "val_border_iou": {"argmax": common.spread([r["calibration"]["argmax"]["border_iou"] for r in runs]),
+                               "best_band": common.spread([r["best_band_on_val"]["border_iou"] for r in runs])},
+            "calibration_cpu_seconds": common.spread([r["calibration_cpu_seconds"] for r in runs]),
             "held_out": held,
             "n_held_out_images": runs[0]["held_out_argmax"]["n_images"],
             "n_val_images": runs[0]["calibration"]["n_images"],
         },
-        "machine": {**started_machine, "load_average_after": common.load_average()},
         "runs": runs,
     }, args.out)
     return 0

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import statistics
 import platform
 import resource
 import subprocess
@@ -285,6 +286,11 @@ def timer() -> Iterator[dict[str, float]]:
         yield t
     finally:
         t["s"] = time.perf_counter() - start
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """{mean, min, max} of per-seed figures."""
+    return {"mean": statistics.mean(values), "min": min(values), "max": max(values)}
 
 
 def median(xs: Sequence[float]) -> float:

@@ -17,7 +17,6 @@ the one-off cost of building the model at the extra sizes (paid by every command
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -28,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402
 from benchmarks.render_levers import ADOPT_GAIN  # noqa: E402
-from benchmarks.test_time_levers import quality_provenance, trained_models  # noqa: E402
+from benchmarks.test_time_levers import (held_out_summary, quality_arguments, quality_provenance,  # noqa: E402
+                                         trained_models)
 
 KEPT = ("mean_iou", "foreground_iou", "pixel_accuracy", "dice", "iou", "n_images")
 
@@ -53,16 +53,9 @@ def _rebuild_seconds(model: Path, sizes: tuple[int, ...]) -> float:
     return round(time.perf_counter() - t0, 2)
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.mean(values), "min": min(values), "max": max(values)}
-
-
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quality", required=True, help="a benchmarks/quality.py result (its runs' final models)")
-    p.add_argument("--work-dir", required=True, help="the --work-dir that quality.py ran with (its dataset)")
+    p = quality_arguments(__doc__)
     p.add_argument("--sizes", required=True, help="the extra input sizes, e.g. 224")
-    p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
     try:
         sizes = tuple(int(s) for s in args.sizes.split(","))
@@ -85,10 +78,7 @@ def main() -> int:
         run["held_out_flip+sizes"] = _scored(Path(run["model"]), dataset_dir, "test", sizes)
     cpu_ratio = [r["val"]["flip+sizes"]["cpu_seconds_per_image"] / r["val"]["flip"]["cpu_seconds_per_image"]
                  for r in runs]
-    held = {way: {"mean_iou": _spread([r[key]["mean_iou"] for r in runs]),
-                  "foreground_iou": _spread([r[key]["foreground_iou"] for r in runs]),
-                  "border_iou": _spread([r[key]["iou"]["border"] for r in runs])}
-            for way, key in (("flip", "held_out_flip_from_quality"), ("flip+sizes", "held_out_flip+sizes"))}
+    held = held_out_summary(runs, {"flip": "held_out_flip_from_quality", "flip+sizes": "held_out_flip+sizes"})
     common.emit({
         "benchmark": "multiscale_tta",
         "command": command,
@@ -97,10 +87,10 @@ def main() -> int:
         **quality_provenance(quality, args.quality),
         "rule": f"adopt when flip+sizes raises validation mean IoU by >= {ADOPT_GAIN} on every training seed",
         "summary": {
-            "val_gain_over_flip": _spread(gains),
+            "val_gain_over_flip": common.spread(gains),
             "meets_rule_on_validation": adopt,
             "cpu_per_image_vs_flip": round(statistics.mean(cpu_ratio), 3),
-            "rebuild_seconds": _spread([r["rebuild_seconds"] for r in runs]),
+            "rebuild_seconds": common.spread([r["rebuild_seconds"] for r in runs]),
             "held_out": held,
             "n_held_out_images": runs[0]["held_out_flip+sizes"]["n_images"],
             "n_val_images": runs[0]["val"]["flip"]["n_images"],

@@ -197,12 +197,26 @@ def quality_provenance(quality: dict[str, Any], quality_path: str) -> dict[str, 
             "configs": quality.get("configs")}  # the trained runs' configurations
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def quality_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments of a benchmark that scores the models of a quality.py result: --quality, --work-dir, --out."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quality", required=True, help="a benchmarks/quality.py result (its runs' final models)")
     p.add_argument("--work-dir", required=True, help="the --work-dir that quality.py ran with (its dataset)")
     p.add_argument("--out", help="also write the JSON here")
-    args = p.parse_args()
+    return p
+
+
+def held_out_summary(runs: list[dict[str, Any]], ways: dict[str, str]) -> dict[str, Any]:
+    """{way: mean IoU, foreground IoU and border IoU over the seeds} of the held-out figures each run holds
+    under `ways[way]`."""
+    return {way: {"mean_iou": common.spread([r[key]["mean_iou"] for r in runs]),
+                  "foreground_iou": common.spread([r[key]["foreground_iou"] for r in runs]),
+                  "border_iou": common.spread([r[key]["iou"]["border"] for r in runs])}
+            for way, key in ways.items()}
+
+
+def main() -> int:
+    args = quality_arguments(__doc__).parse_args()
     quality, dataset_dir, trained = trained_models(args.quality, args.work_dir)
     started_machine, started_commit, command = common.machine(), common.git_commit(), common.command_line()
     runs = []
