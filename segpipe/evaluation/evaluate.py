@@ -189,7 +189,9 @@ def evaluate(
     split, models [{path, sha256}], dataset_key and warnings.
     `keep_for_gallery(id)` selects the images whose pixels are kept in `items`.
     `flip` adds the mirrored image to every prediction and `tta_sizes` each model rebuilt at those input
-    sizes (test-time augmentation; recorded as metrics["tta"] and metrics["tta_sizes"]).
+    sizes (test-time augmentation; recorded as metrics["tta"] and metrics["tta_sizes"]). A model that carries
+    a border band (`segpipe.evaluation.band`) is scored with it at the original resolution
+    (metrics["border_band"]; the model-resolution figures stay the argmax's).
     """
     check_batch_size(batch_size)
     manifest, expected = _split_size(dataset_dir, split)
@@ -212,6 +214,7 @@ def evaluate(
         "split": split,
         "tta": "flip" if flip else None,
         "tta_sizes": sorted(set(int(s) for s in tta_sizes)),
+        "border_band": list(band) if (band := models_band(models)) else None,
         "models": model_records(model_paths),
         "dataset_key": manifest.get("dataset_key", Path(dataset_dir).name),
         "warnings": _warnings(top, split, expected, sizes),
@@ -283,7 +286,10 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         "",
         f"- images: {metrics.get('n_images')}",
         f"- models: {models or 'n/a'}{ensemble}",
-        "- headline figures are at the ORIGINAL image resolution (probabilities resized back, then argmax);",
+        "- headline figures are at the ORIGINAL image resolution (probabilities resized back, then "
+        + ("the argmax);" if not metrics.get("border_band") else
+           "the border band {}/{} thousandths of the longer side, calibrated on validation);".format(
+               *metrics["border_band"])),
         f"  the second table is at MODEL resolution ({size}, trimap resized nearest), as seen during training.",
         "",
     ]

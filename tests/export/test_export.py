@@ -196,6 +196,8 @@ def test_a_calibrated_border_band_gives_the_same_masks_in_evaluate_predict_and_e
     assert calibration.band is not None and calibration.band[1] > 0  # the ring outside the disc
     scored = evaluate([model], dataset, "test")
     assert scored.metrics["iou"]["border"] > 0.5                       # evaluate draws the band: argmax gives 0
+    assert scored.metrics["border_band"] == list(calibration.band)
+    assert scored.metrics["at_model_resolution"]["iou"]["border"] == 0.0  # there, the argmax
 
     result = export_models([model], tmp_path / "out", dataset_dir=dataset, split="test")
     assert result.manifest["contract"]["border_band"] == list(calibration.band)
