@@ -36,4 +36,6 @@ def train_task(
     if trained.resumed_from_epoch:
         logger.info("resumed from epoch %d", trained.resumed_from_epoch)
     logger.info("best val mean IoU %.4g at epoch %d", trained.best_val_mean_iou, trained.best_epoch + 1)  # 1-based
+    if trained.border_band:
+        logger.info("%s", trained.border_band)
     return trained

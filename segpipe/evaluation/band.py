@@ -54,6 +54,16 @@ class BandCalibration:
                 "candidates": self.candidates}
 
 
+def describe_calibration(record: dict[str, Any]) -> str:
+    """One line for a calibration's record (`BandCalibration.to_dict()`, as train_summary.json keeps it)."""
+    band, chosen, argmax = record["band"], record["chosen"], record["argmax"]
+    what = ("the argmax kept (no band beat it)" if band is None else
+            f"band {band[0]}/{band[1]} thousandths of the longer side inside/outside the pet's outline")
+    return (f"border band calibrated on {record['n_images']} {record['split']} images: {what}; mean IoU "
+            f"{chosen['mean_iou']:.4f} (argmax {argmax['mean_iou']:.4f}), border IoU {chosen['border_iou']:.4f} "
+            f"(argmax {argmax['border_iou']:.4f})")
+
+
 def check_band(band: Any) -> Band:
     """(inner, outer) as two ints in 0..250 (thousandths of the longer side), not both 0; a clear error else."""
     try:

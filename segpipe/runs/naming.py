@@ -84,14 +84,18 @@ class TrainedRun:
     best_epoch: int | None
     best_val_mean_iou: float | None
     resumed_from_epoch: int = 0
+    border_band: str | None = None  # train.border_band=calibrated: what the calibration chose, in words
 
     @classmethod
     def of(cls, result: TrainResult, dataset_key: str, run_dir: str | Path | None = None) -> "TrainedRun":
         """The `TrainResult` of a run on `dataset_key` (in `run_dir`, default `result.run_dir`), without its
         history."""
         run_dir = Path(result.run_dir if run_dir is None else run_dir)
+        from segpipe.evaluation.band import describe_calibration
+
+        band = describe_calibration(result.border_band) if result.border_band else None
         return cls(run_dir.name, str(run_dir), str(result.model_path), dataset_key, result.epochs_completed,
-                   result.best_epoch, result.best_val_mean_iou, result.resumed_from_epoch)
+                   result.best_epoch, result.best_val_mean_iou, result.resumed_from_epoch, band)
 
 
 def train_run(

@@ -21,7 +21,7 @@ from segpipe.config.budget import TrainingPlan, training_plan
 from segpipe.config import PipelineConfig, TrainConfig
 from segpipe.data.input import eval_dataset, num_examples, training_dataset
 from segpipe.data.split import require_train_split
-from segpipe.evaluation.band import calibrate_saved_model
+from segpipe.evaluation.band import calibrate_saved_model, describe_calibration
 from segpipe.fsutil import atomic_write_json, file_lock, read_json
 from segpipe.kerascompat import fit_reads_one_iterator, fit_under_multi_worker_strategy
 from segpipe.layout import MANIFEST
@@ -129,10 +129,9 @@ def _calibrate_border_band(cfg: PipelineConfig, dataset_dir: Path, run_dir: Path
         return None  # without a model file, _summarise says why
     # the model's own predictions (no test-time augmentation): the run's identity holds no eval settings
     result = calibrate_saved_model(run_dir / MODEL_FILE, dataset_dir, batch_size=cfg.train.batch_size)
-    log.info("border band calibrated on %d validation images: %s (mean IoU %.4f, argmax %.4f)", result.n_images,
-             f"{result.band[0]}/{result.band[1]} thousandths inside/outside" if result.band else "the argmax wins",
-             result.chosen["mean_iou"], result.argmax["mean_iou"])
-    return result.to_dict()
+    record = result.to_dict()
+    log.info("%s", describe_calibration(record))
+    return record
 
 
 def _prepared_dataset(dataset_dir: Path) -> tuple[str, int]:

@@ -53,6 +53,7 @@ class TrainResult:
     stop_reason: str = "completed"
     cached: bool = False
     chief: bool = True  # False on the workers of a multi-worker run other than the chief
+    border_band: dict[str, Any] | None = None  # train.border_band=calibrated: the calibration's record
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -169,6 +170,7 @@ def _result_from_summary(run_dir: Path, summary: dict[str, Any], *, cached: bool
         collapsed=summary["collapsed"],
         stop_reason=summary["stop_reason"],
         cached=cached,
+        border_band=summary.get("border_band"),
     )
 
 
