@@ -20,6 +20,7 @@ masks from the same file.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from segpipe.evaluation.metrics import ConfusionAccumulator
 PathLike = str | os.PathLike[str]
 Band = tuple[int, int]
 GRID: tuple[int, ...] = (0, 8, 16, 24, 32, 40)  # band widths tried, in thousandths of the longer side
+MAX_IMAGES = 200  # validation images a calibration reads at most (the split's first, in its seeded order)
 LAYER_NAME = "border_band"
 
 
@@ -133,15 +135,17 @@ def calibrate_saved_model(model_path: PathLike, dataset_dir: PathLike, *, batch_
 
 
 def calibrate_band(models: Sequence[Any], dataset_dir: PathLike, *, split: str = "val", flip: bool = False,
-                   grid: Sequence[int] = GRID, batch_size: int = 8) -> BandCalibration:
-    """Choose the band (or none) with the best mean IoU on `split`, every image at its original resolution."""
+                   grid: Sequence[int] = GRID, batch_size: int = 8, max_images: int = MAX_IMAGES) -> BandCalibration:
+    """Choose the band (or none) with the best mean IoU on `split` (its first `max_images` images), every image
+    at its original resolution."""
     from segpipe.evaluation.evaluate import predict_split_probs
     from segpipe.export.runtime import band_radius, disk_counts
 
     grid = sorted({int(g) for g in grid})
     confusions: dict[Band, ConfusionAccumulator] = {}
     n = 0
-    for truth, probs in predict_split_probs(models, dataset_dir, split, batch_size=batch_size, flip=flip):
+    predictions = predict_split_probs(models, dataset_dir, split, batch_size=batch_size, flip=flip)
+    for truth, probs in itertools.islice(predictions, max_images):
         n += 1
         _add(confusions, (0, 0), truth, probs.argmax(axis=-1))
         pet = probs[..., 0] > probs[..., 1]

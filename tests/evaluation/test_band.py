@@ -153,6 +153,8 @@ def test_calibration_finds_the_ring_the_model_cannot_see(ring_dataset):
     best = max(result.candidates, key=lambda c: c["mean_iou"])
     assert best["band"] == [0, 62] and best["mean_iou"] == result.chosen["mean_iou"]
     assert len(result.candidates) == 15                # 4 x 4 widths, less (0, 0): the argmax
+    capped = calibrate_band([colour_model()], ring_dataset, grid=(0, 62), max_images=2)
+    assert capped.n_images == 2 and capped.band == (0, 62)
 
 
 def test_calibration_keeps_the_argmax_when_no_band_beats_it(tmp_path):
