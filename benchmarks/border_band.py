@@ -63,16 +63,21 @@ def _on_validation(result: dict[str, Any], model: Path, dataset_dir: Path) -> di
 def main() -> int:
     from segpipe.evaluation.band import GRID
 
-    args = quality_arguments(__doc__).parse_args()
-    quality, dataset_dir, trained = trained_models(args.quality, args.work_dir)
+    args = quality_arguments(__doc__, several=True).parse_args()
     machine, commit, command = common.machine(), common.git_commit(), common.command_line()
-    runs = [_on_validation(result, model, dataset_dir) for result, model in trained]
+    runs, sources = [], []
+    for path in args.quality:  # several results: each names its own dataset (the same split, another key)
+        quality, dataset_dir, trained = trained_models(path, args.work_dir)
+        sources.append(quality_provenance(quality, path))
+        runs += [{**_on_validation(result, model, dataset_dir), "dataset_dir": str(dataset_dir)}
+                 for result, model in trained]
     gains = [r["val_gain_of_best_band"] for r in runs]
     adopt = min(gains) >= ADOPT_GAIN
     for run in runs:  # the choice is made: held-out images, once per recipe
         common.log(f"seed {run['train_seed']}: held-out split")
-        run["held_out_argmax"] = _held_out(Path(run["model"]), dataset_dir, None)
-        run["held_out_best_band"] = _held_out(Path(run["model"]), dataset_dir, tuple(run["best_band_on_val"]["band"]))
+        model, dataset_dir = Path(run["model"]), Path(run["dataset_dir"])
+        run["held_out_argmax"] = _held_out(model, dataset_dir, None)
+        run["held_out_best_band"] = _held_out(model, dataset_dir, tuple(run["best_band_on_val"]["band"]))
     held = held_out_summary(runs, {"argmax": "held_out_argmax", "best_band": "held_out_best_band"})
     common.emit({
         "benchmark": "border_band",
@@ -80,7 +85,8 @@ def main() -> int:
         "commit": commit,
         "machine": {**machine, "load_average_after": common.load_average()},
         "grid": list(GRID),
-        **quality_provenance(quality, args.quality),
+        "quality_results": [s["quality_result"] for s in sources],
+        "configs": [c for s in sources for c in (s["configs"] or [])],
         "rule": f"adopt when the best band raises validation mean IoU over the argmax by >= {ADOPT_GAIN} on every "
                 "training seed",
         "summary": {

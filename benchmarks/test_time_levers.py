@@ -197,10 +197,12 @@ def quality_provenance(quality: dict[str, Any], quality_path: str) -> dict[str, 
             "configs": quality.get("configs")}  # the trained runs' configurations
 
 
-def quality_arguments(description: str) -> argparse.ArgumentParser:
-    """The arguments of a benchmark that scores the models of a quality.py result: --quality, --work-dir, --out."""
+def quality_arguments(description: str, several: bool = False) -> argparse.ArgumentParser:
+    """The arguments of a benchmark that scores the models of a quality.py result: --quality, --work-dir, --out
+    (`several`: --quality takes several results, each on its own dataset of the work dir)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quality", required=True, help="a benchmarks/quality.py result (its runs' final models)")
+    p.add_argument("--quality", required=True, nargs="+" if several else None,
+                   help="a benchmarks/quality.py result (its runs' final models)" + (", or several" if several else ""))
     p.add_argument("--work-dir", required=True, help="the --work-dir that quality.py ran with (its dataset)")
     p.add_argument("--out", help="also write the JSON here")
     return p
