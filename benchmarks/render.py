@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.render_border import alone_and_breeds, border_levers, border_weight  # noqa: E402
-from benchmarks.render_levers import cpu_share, multiscale_tta, test_time_levers  # noqa: E402
+from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import presets_quality, throughput_recipe, train_levers  # noqa: E402
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
 from benchmarks.render_serving import export_inference, inference, local_start, orchestration  # noqa: E402
@@ -56,6 +56,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "throughput-recipe": throughput_recipe,
     "presets-quality": presets_quality,
     "multiscale-tta": multiscale_tta,
+    "border-band": border_band,
     "input-pipeline": input_pipeline,
     "warp-check": warp_check,
     "tfrecord-conversion": tfrecord_conversion,

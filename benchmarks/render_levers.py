@@ -122,3 +122,38 @@ def multiscale_tta() -> str:
             f"extra size {s['rebuild_seconds']['mean']:.1f} s once per command.")
     return text + "\n\n" + provenance(d, MULTISCALE) + "\n"
 
+
+
+BAND = "border-band.json"
+BAND_COMMAND = (".venv/bin/python benchmarks/border_band.py --quality <quality.py results> "
+                "--work-dir <its work dir> --out benchmarks/results/border-band.json")
+
+
+def border_band() -> str:
+    """The calibrated border band as built (`train.border_band=calibrated`) against the argmax."""
+    d = load(BAND)
+    if d is None:
+        return missing(BAND, BAND_COMMAND)
+    s, runs = d["summary"], d["runs"]
+    rows = ["| training seed | val mean IoU, argmax | best band on val (inner/outer, ‰ of the longer side) | "
+            "its val mean IoU | gain | val border IoU, argmax → band | held-out mean IoU, argmax → band | "
+            "held-out border IoU, argmax → band |",
+            "|---:|---:|---|---:|---:|---|---|---|"]
+    for r in runs:
+        c, b, a, h = r["calibration"], r["best_band_on_val"], r["held_out_argmax"], r["held_out_best_band"]
+        rows.append(f"| {r['train_seed']} | {c['argmax']['mean_iou']:.3f} | {b['band'][0]}/{b['band'][1]} | "
+                    f"{b['mean_iou']:.3f} | {r['val_gain_of_best_band']:+.4f} | {c['argmax']['border_iou']:.3f} → "
+                    f"{b['border_iou']:.3f} | {a['mean_iou']:.3f} → {h['mean_iou']:.3f} | "
+                    f"{a['iou']['border']:.3f} → {h['iou']['border']:.3f} |")
+    gain = s["val_gain_of_best_band"]
+    kept = ", ".join("the argmax" if b is None else f"band {b[0]}/{b[1]}" for b in s["bands_kept_by_calibration"])
+    verdict = (f"**Meets the rule** on validation (smallest gain {gain['min']:+.4f})." if s["meets_rule_on_validation"]
+               else f"**Misses the rule** on validation: the best band's smallest gain is {gain['min']:+.4f}, "
+                    f"{ADOPT_GAIN - gain['min']:.4f} short of {ADOPT_GAIN}.")
+    seeds = "seed" if len(runs) == 1 else "seeds"
+    text = (f"Validation ({s['n_val_images']} images) and held-out ({s['n_held_out_images']} images) splits, "
+            "both scored without test-time augmentation, as the calibration predicts, "
+            f"{len(runs)} training {seeds}; {len(d['grid']) ** 2 - 1} bands tried.\n\n" + "\n".join(rows)
+            + "\n\n" + verdict + f" What a calibrated training run would keep: {kept}. The calibration adds "
+            f"{s['calibration_cpu_seconds']['mean']:.0f} CPU-seconds to a training run.")
+    return text + "\n\n" + provenance(d, BAND) + "\n"
