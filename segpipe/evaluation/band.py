@@ -122,30 +122,28 @@ def save_with_band(model_path: PathLike, band: Band | None) -> Path:
 # --------------------------------------------------------------------------- calibration on validation
 
 
-def calibrate_saved_model(model_path: PathLike, dataset_dir: PathLike, *, batch_size: int = 8) -> BandCalibration:
+def calibrate_saved_model(model_path: PathLike, dataset_dir: PathLike) -> BandCalibration:
     """Calibrate the band of the `.keras` file at `model_path` on the validation split (the model's own
     predictions, no test-time augmentation) and save the result inside it: the chosen band, or no band when
     the argmax wins. Running it again on the same file chooses the same band."""
     from segpipe.evaluation.ensemble import load_models
 
-    result = calibrate_band(load_models([model_path]), dataset_dir, split="val", batch_size=batch_size)
+    result = calibrate_band(load_models([model_path]), dataset_dir, split="val")
     save_with_band(model_path, result.band)
     return result
 
 
 
 def calibrate_band(models: Sequence[Any], dataset_dir: PathLike, *, split: str = "val", flip: bool = False,
-                   grid: Sequence[int] = GRID, batch_size: int = 8, max_images: int = MAX_IMAGES) -> BandCalibration:
+                   grid: Sequence[int] = GRID, max_images: int = MAX_IMAGES) -> BandCalibration:
     """Choose the band (or none) with the best mean IoU on `split` (its first `max_images` images), every image
     at its original resolution."""
-    from segpipe.evaluation.evaluate import predict_split_probs
     from segpipe.export.runtime import band_radius, disk_counts
 
     grid = sorted({int(g) for g in grid})
     confusions: dict[Band, ConfusionAccumulator] = {}
     n = 0
-    predictions = predict_split_probs(models, dataset_dir, split, batch_size=batch_size, flip=flip)
-    for truth, probs in itertools.islice(predictions, max_images):
+    for truth, probs in itertools.islice(_split_probs(models, dataset_dir, split, flip), max_images):
         n += 1
         _add(confusions, (0, 0), truth, probs.argmax(axis=-1))
         pet = probs[..., 0] > probs[..., 1]
@@ -167,6 +165,20 @@ def calibrate_band(models: Sequence[Any], dataset_dir: PathLike, *, split: str =
         band=None if best == (0, 0) else best, split=split, n_images=n, argmax=scores[(0, 0)], chosen=scores[best],
         candidates=[{"band": list(b), **scores[b]} for b in sorted(scores) if b != (0, 0)],
     )
+
+
+def _split_probs(models: Sequence[Any], dataset_dir: PathLike, split: str, flip: bool) -> Any:
+    """(truth labels, probabilities (H, W, C)) of each image of `split`, both at the image's original size,
+    predicted as evaluate predicts (`segpipe.evaluation.ensemble`), one image at a time. (Not through
+    `evaluate.py`: the train stage runs this, and its code key must not cover the gallery that module reaches.)"""
+    from segpipe.data.tfrecords import read_examples
+    from segpipe.evaluation.ensemble import ensemble_probs, model_sizes, resize_probs, scaled_inputs
+
+    sizes = model_sizes(models)
+    for example in read_examples(dataset_dir, split).as_numpy_iterator():
+        truth = example["mask"][..., 0].astype(np.int64) - 1
+        inputs = {size: np.asarray(x)[None] for size, x in scaled_inputs(example["image"], sizes).items()}
+        yield truth, resize_probs(ensemble_probs(models, inputs, sizes[0], flip)[0], truth.shape)
 
 
 def _add(confusions: dict[Band, ConfusionAccumulator], band: Band, truth: np.ndarray, pred: np.ndarray) -> None:

@@ -48,7 +48,6 @@ from segpipe.evaluation.ensemble import (  # noqa: F401
     models_band,
     predict_probs,
     resize_image,
-    resize_probs,
     scaled_inputs,
     tta_members,
 )
@@ -76,8 +75,8 @@ def _predict_split(
     models: Sequence[Any], dataset_dir: PathLike, split: str, *, batch_size: int, ids: Sequence[str] | None = None,
     flip: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Per image: id, image (original uint8), truth/pred (original HxW), probs (the ensemble's probabilities at
-    model size), truth_model/pred_model (model size). `pred` is drawn with the models' border band, if any.
+    """Per image: id, image (original uint8), truth/pred (original HxW), truth_model/pred_model (model size).
+    `pred` is drawn with the models' border band, if any.
 
     Streams: at most one batch of images is held. `ids` restricts to those ids.
     """
@@ -110,19 +109,10 @@ def _predict_split(
                 "id": b["id"].decode("utf-8"),
                 "image": b["image"],
                 "truth": truth,
-                "probs": p,
                 "pred": labels_at(p, truth.shape, band),
                 "truth_model": b["mask_model"][..., 0].astype(np.int64) - 1,
                 "pred_model": p.argmax(axis=-1),
             }
-
-
-def predict_split_probs(
-    models: Sequence[Any], dataset_dir: PathLike, split: str, *, batch_size: int, flip: bool = False,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(truth labels, probabilities (H, W, C)) of every image of `split`, both at the image's original size."""
-    for item in _predict_split(models, dataset_dir, split, batch_size=batch_size, flip=flip):
-        yield item["truth"], resize_probs(item["probs"], item["truth"].shape)
 
 
 def _split_size(dataset_dir: PathLike, split: str) -> tuple[dict[str, Any], int]:

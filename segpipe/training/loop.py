@@ -128,7 +128,7 @@ def _calibrate_border_band(cfg: PipelineConfig, dataset_dir: Path, run_dir: Path
     if cfg.train.border_band != "calibrated" or not (run_dir / MODEL_FILE).is_file():
         return None  # without a model file, _summarise says why
     # the model's own predictions (no test-time augmentation): the run's identity holds no eval settings
-    result = calibrate_saved_model(run_dir / MODEL_FILE, dataset_dir, batch_size=cfg.train.batch_size)
+    result = calibrate_saved_model(run_dir / MODEL_FILE, dataset_dir)
     record = result.to_dict()
     log.info("%s", describe_calibration(record))
     return record

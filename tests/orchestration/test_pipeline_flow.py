@@ -94,7 +94,7 @@ def test_the_configured_collapse_threshold_reaches_training(flow_name, prefect_a
     def fake_train(cfg, dataset_dir, run_dir, **kwargs):
         seen.append(cfg)
         return SimpleNamespace(model_path=Path(run_dir) / "model.keras", resumed_from_epoch=0, best_val_mean_iou=0.5,
-                               best_epoch=0, epochs_completed=1)
+                               best_epoch=0, epochs_completed=1, border_band=None)
 
     ref = DatasetRef("threshold-ds", str(tmp_path / "dataset"), {"train": 4, "val": 2, "test": 2})
     monkeypatch.setattr(training, "train", fake_train)
