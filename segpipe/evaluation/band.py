@@ -103,13 +103,17 @@ def with_band(model: Any, band: Band | None) -> Any:
 
 
 def save_with_band(model_path: PathLike, band: Band | None) -> Path:
-    """Rewrite the `.keras` file at `model_path` to carry `band` (atomically: a temporary file renamed)."""
+    """Rewrite the `.keras` file at `model_path` to carry `band` (atomically: a temporary file renamed); a file
+    that already carries it is left as it is, byte for byte."""
     import keras
 
     from segpipe.evaluation.ensemble import load_models
 
     path = Path(model_path)
-    model = with_band(load_models([path])[0], band)
+    loaded = load_models([path])[0]
+    if band_of(loaded) == (None if band is None else check_band(band)):
+        return path
+    model = with_band(loaded, band)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")  # Keras saves only to a name ending .keras
     try:
         keras.saving.save_model(model, tmp)

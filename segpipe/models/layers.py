@@ -187,6 +187,9 @@ class BorderBand(layers.Layer):
     def __init__(self, inner: int, outer: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.inner, self.outer = int(inner), int(outer)
+        if min(self.inner, self.outer) < 0 or max(self.inner, self.outer) > 250 or self.inner + self.outer == 0:
+            raise ValueError(f"BorderBand: inner and outer must be widths in 0..250 thousandths of the longer side, "
+                             f"not both 0; got {inner!r}, {outer!r}")
 
     def call(self, inputs: Any) -> Any:
         return inputs

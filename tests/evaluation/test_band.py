@@ -102,6 +102,7 @@ def test_a_band_is_saved_inside_the_model_and_replaced_not_stacked(tmp_path):
 
     from segpipe.evaluation.band import band_of, save_with_band
     from segpipe.evaluation.ensemble import load_models
+    from segpipe.fsutil import sha256_file
 
     path = tmp_path / "model.keras"
     model = colour_model()
@@ -114,6 +115,9 @@ def test_a_band_is_saved_inside_the_model_and_replaced_not_stacked(tmp_path):
     save_with_band(path, (0, 16))
     again = load_models([path])[0]
     assert band_of(again) == (0, 16) and len(again.layers) == len(loaded.layers)
+    digest = sha256_file(path)
+    save_with_band(path, (0, 16))                          # the band it carries already: the file is untouched
+    assert sha256_file(path) == digest
     save_with_band(path, None)
     assert band_of(load_models([path])[0]) is None
     assert not [p for p in tmp_path.iterdir() if p.name != "model.keras"]  # no temporary file left
@@ -126,6 +130,15 @@ def test_a_bad_band_gets_a_clear_error(band):
 
     with pytest.raises(ValueError, match=r"border band must be two whole widths \(inner, outer\) in 0\.\.250"):
         check_band(band)
+
+
+def test_a_band_layer_with_bad_widths_is_refused():
+    from segpipe.models.layers import BorderBand
+
+    with pytest.raises(ValueError, match=r"BorderBand: inner and outer must be widths in 0\.\.250"):
+        BorderBand(0, 0)
+    with pytest.raises(ValueError, match=r"BorderBand"):
+        BorderBand(-4, 16)
 
 
 def test_a_bad_band_file_beside_an_export_gets_a_clear_error(tmp_path):
