@@ -142,7 +142,7 @@ def calibrate_band(models: Sequence[Any], dataset_dir: PathLike, *, split: str =
                    grid: Sequence[int] = GRID, max_images: int = MAX_IMAGES) -> BandCalibration:
     """Choose the band (or none) with the best mean IoU on `split` (its first `max_images` images), every image
     at its original resolution."""
-    from segpipe.export.runtime import band_radius, disk_counts
+    from segpipe.export.runtime import band_side
 
     grid = sorted({int(g) for g in grid})
     confusions: dict[Band, ConfusionAccumulator] = {}
@@ -151,13 +151,13 @@ def calibrate_band(models: Sequence[Any], dataset_dir: PathLike, *, split: str =
         n += 1
         _add(confusions, (0, 0), truth, probs.argmax(axis=-1))
         pet = probs[..., 0] > probs[..., 1]
-        inside = {g: pet & (disk_counts(~pet, band_radius(g, pet.shape)) > 0) for g in grid if g}
-        outside = {g: ~pet & (disk_counts(pet, band_radius(g, pet.shape)) > 0) for g in grid if g}
+        inside = {g: band_side(pet, g, inside=True) for g in grid}
+        outside = {g: band_side(pet, g, inside=False) for g in grid}
         for inner in grid:
             for outer in grid:
                 if inner + outer == 0:
                     continue
-                border = inside.get(inner, False) | outside.get(outer, False)
+                border = inside[inner] | outside[outer]
                 _add(confusions, (inner, outer), truth, np.where(border, 2, np.where(pet, 0, 1)))
     if n == 0:
         raise ValueError(f"split {split!r} of {dataset_dir} has no images: cannot calibrate the border band")

@@ -194,13 +194,18 @@ def band_labels(probs: np.ndarray, band: tuple[int, int]) -> np.ndarray:
     with the border drawn as geometry: the pet is where p(pet) > p(background); every pixel within
     `band = (inner, outer)` permille of the longer side of that outline (inside it, outside it) is border."""
     pet = probs[..., 0] > probs[..., 1]
-    border = np.zeros(pet.shape, dtype=bool)
-    inner, outer = (band_radius(b, pet.shape) for b in band)
-    if inner > 0:
-        border |= pet & (disk_counts(~pet, inner) > 0)
-    if outer > 0:
-        border |= ~pet & (disk_counts(pet, outer) > 0)
+    border = band_side(pet, band[0], inside=True) | band_side(pet, band[1], inside=False)
     return np.where(border, 2, np.where(pet, 0, 1)).astype(np.int64)
+
+
+def band_side(pet: np.ndarray, permille: int, *, inside: bool) -> np.ndarray:
+    """HxW bool: the pixels of the pet (`inside`) or of the background within `permille` thousandths of the
+    longer side of the pet's outline (none for 0)."""
+    radius = band_radius(permille, pet.shape)
+    if radius == 0:
+        return np.zeros(pet.shape, dtype=bool)
+    own, other = (pet, ~pet) if inside else (~pet, pet)
+    return own & (disk_counts(other, radius) > 0)
 
 
 # --------------------------------------------------------------------------- models
