@@ -39,7 +39,16 @@ from collections.abc import Callable
 from typing import Any
 
 from segpipe import cancel
-from segpipe.config.budget import format_duration
+
+def format_duration(seconds: float) -> str:
+    """`42 s`, `4 min 10 s`, `2 h 05 min`."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
 
 LOGGER = "segpipe.progress"
 log = logging.getLogger(LOGGER)

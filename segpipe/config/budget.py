@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from segpipe.config import TrainConfig
+from segpipe.progress import format_duration
 
 MIN_EPOCHS_PER_BUDGET = 10  # an epoch is at most budget / 10 images ...
 MIN_CAPPED_EPOCH_IMAGES = 1_000  # ... but a capped epoch holds at least this many
@@ -70,16 +71,6 @@ def training_plan(train: TrainConfig, n_train: int) -> TrainingPlan:
         warmup_steps=math.ceil(train.warmup_images / train.batch_size),
         frozen_epochs=frozen,
     )
-
-
-def format_duration(seconds: float) -> str:
-    """`42 s`, `4 min 10 s`, `2 h 05 min`."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
 def progress_line(plan: TrainingPlan, epoch: int, seconds_per_epoch: float | None) -> str:

@@ -180,6 +180,17 @@ def test_importing_a_stage_loads_no_segpipe_module_its_key_misses(entries):
     assert sorted(imported - set(module_closure(entries))) == []
 
 
+def test_the_dataset_key_reaches_no_model_training_or_config_code():
+    """A dataset's content is decided by the data code alone: editing a model, the training loop, evaluation or
+    the config schema must not re-key (and so re-prepare) every dataset. `segpipe.progress` once pulled the
+    whole config package (and through its schema, every model) into the key for a duration formatter."""
+    closure = module_closure(data_stages.CONTENT_ENTRY)
+    outside = {"models", "training", "evaluation", "config", "runs", "gallery", "predict", "model_host"}
+    assert [m for m in closure if m.split(".")[1:2] and m.split(".")[1] in outside] == []
+    # The one RGB conversion is shared with the exports' runtime on purpose: it stays in the key.
+    assert "segpipe.export.runtime" in closure and "segpipe.data.images" in closure
+
+
 @pytest.mark.slow
 def test_evaluate_and_gallery_run_no_segpipe_module_their_keys_miss(tmp_path):
     """The stages run for real (lazy imports, model loading with segpipe's layers, the gallery)."""
