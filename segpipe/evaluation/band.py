@@ -173,16 +173,11 @@ def calibrate_band(models: Sequence[Any], dataset_dir: PathLike, *, split: str =
 
 def _split_probs(models: Sequence[Any], dataset_dir: PathLike, split: str, flip: bool) -> Any:
     """(truth labels, probabilities (H, W, C)) of each image of `split`, both at the image's original size,
-    predicted as evaluate predicts (`segpipe.evaluation.ensemble`), one image at a time. (Not through
-    `evaluate.py`: the train stage runs this, and its code key must not cover the gallery that module reaches.)"""
-    from segpipe.data.tfrecords import read_examples
-    from segpipe.evaluation.ensemble import ensemble_probs, model_sizes, resize_probs, scaled_inputs
+    predicted as evaluate predicts (`segpipe.evaluation.ensemble.predict_split`, one image at a time)."""
+    from segpipe.evaluation.ensemble import predict_split, resize_probs
 
-    sizes = model_sizes(models)
-    for example in read_examples(dataset_dir, split).as_numpy_iterator():
-        truth = example["mask"][..., 0].astype(np.int64) - 1
-        inputs = {size: np.asarray(x)[None] for size, x in scaled_inputs(example["image"], sizes).items()}
-        yield truth, resize_probs(ensemble_probs(models, inputs, sizes[0], flip)[0], truth.shape)
+    for r in predict_split(models, dataset_dir, split, batch_size=1, flip=flip):
+        yield r["truth"], resize_probs(r["probs"], r["truth"].shape)
 
 
 def _add(confusions: dict[Band, ConfusionAccumulator], band: Band, truth: np.ndarray, pred: np.ndarray) -> None:

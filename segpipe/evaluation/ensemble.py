@@ -8,7 +8,8 @@ pipeline does (bilinear with antialiasing, rounded to uint8, scaled to [0, 1]);
 an ensemble averages its members' softmax outputs, each resized (bilinear) to
 the size of the first member; with `flip`, every member also predicts the
 mirrored image and its output, mirrored back, joins the average. Used by
-`segpipe.evaluation.evaluate` (scores) and `segpipe.predict` (masks for new images).
+`segpipe.evaluation.evaluate` (scores), `segpipe.evaluation.band` (the border band's calibration) and
+`segpipe.predict` (masks for new images); `predict_split` streams a prepared split for the first two.
 
 Members of different input sizes (an ensemble of mixed sizes, or multi-scale TTA: `tta_members` adds each
 model rebuilt at other sizes) see the image resized to the LARGEST size first, and the smaller sizes resized
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +234,59 @@ def predict_labels(models: Sequence[Any], images: Sequence[np.ndarray], flip: bo
     probs = ensemble_probs(models, inputs, sizes[0], flip)
     band = models_band(models)
     return [labels_at(p, img.shape[:2], band) for p, img in zip(probs, images)]
+
+
+# --------------------------------------------------------------------------- a prepared split
+
+
+def batches(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """`items` in lists of `n` (the last one shorter)."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict_split(
+    models: Sequence[Any], dataset_dir: PathLike, split: str, *, batch_size: int, ids: Sequence[str] | None = None,
+    flip: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Per image of `split`: id, image (original uint8), truth (original HxW labels), truth_model (labels at the
+    first member's size, nearest neighbour) and probs (the ensemble's probabilities at that size).
+
+    Streams: at most one batch of images is held. `ids` restricts to those ids.
+    """
+    import tensorflow as tf
+
+    from segpipe.data.tfrecords import read_examples
+
+    sizes = model_sizes(models)
+    primary = sizes[0]
+    ds = read_examples(dataset_dir, split)
+    if ids is not None:
+        wanted = tf.constant(sorted(set(ids)), dtype=tf.string)
+        ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["id"], wanted)))
+
+    def prepare(ex: dict[str, Any]) -> dict[str, Any]:
+        out = {"id": ex["id"], "image": ex["image"], "mask": ex["mask"],
+               "mask_model": tf.image.resize(ex["mask"], primary, method="nearest")}
+        scaled = scaled_inputs(ex["image"], sizes)
+        out.update({f"x{i}": scaled[s] for i, s in enumerate(sizes)})
+        return out
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    for batch in batches(ds.as_numpy_iterator(), batch_size):
+        inputs = {s: np.stack([b[f"x{i}"] for b in batch]) for i, s in enumerate(sizes)}
+        probs = ensemble_probs(models, inputs, primary, flip)
+        for b, p in zip(batch, probs):
+            yield {
+                "id": b["id"].decode("utf-8"),
+                "image": b["image"],
+                "truth": b["mask"][..., 0].astype(np.int64) - 1,
+                "truth_model": b["mask_model"][..., 0].astype(np.int64) - 1,
+                "probs": p,
+            }

@@ -22,8 +22,8 @@ How images are predicted:
 
 Labels are 0 pet, 1 background, 2 border (= trimap - 1).
 
-Somewhat over 300 lines, for a reason: evaluating a split and re-predicting the gallery's images share
-one streaming prediction (`_predict_split`); they stay beside it.
+Evaluating a split and re-predicting the gallery's images share
+one streaming prediction (`_predict_split`, over `ensemble.predict_split`); they stay beside it.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from segpipe.evaluation.ensemble import (  # noqa: F401
     model_sizes,
     models_band,
     predict_probs,
+    predict_split,
     resize_image,
     scaled_inputs,
     tta_members,
@@ -60,59 +61,16 @@ from segpipe.progress import Progress
 # --------------------------------------------------------------------------- dataset predictions
 
 
-def _batches(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _predict_split(
     models: Sequence[Any], dataset_dir: PathLike, split: str, *, batch_size: int, ids: Sequence[str] | None = None,
     flip: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Per image: id, image (original uint8), truth/pred (original HxW), truth_model/pred_model (model size).
-    `pred` is drawn with the models' border band, if any.
-
-    Streams: at most one batch of images is held. `ids` restricts to those ids.
-    """
-    import tensorflow as tf
-
-    from segpipe.data.tfrecords import read_examples
-
-    sizes = model_sizes(models)
-    primary = sizes[0]
-    ds = read_examples(dataset_dir, split)
-    if ids is not None:
-        wanted = tf.constant(sorted(set(ids)), dtype=tf.string)
-        ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["id"], wanted)))
-
-    def prepare(ex: dict[str, Any]) -> dict[str, Any]:
-        out = {"id": ex["id"], "image": ex["image"], "mask": ex["mask"],
-               "mask_model": tf.image.resize(ex["mask"], primary, method="nearest")}
-        scaled = scaled_inputs(ex["image"], sizes)
-        out.update({f"x{i}": scaled[s] for i, s in enumerate(sizes)})
-        return out
-
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    `pred` is drawn with the models' border band, if any. Streams (`ensemble.predict_split`)."""
     band = models_band(models)
-    for batch in _batches(ds.as_numpy_iterator(), batch_size):
-        inputs = {s: np.stack([b[f"x{i}"] for b in batch]) for i, s in enumerate(sizes)}
-        probs = ensemble_probs(models, inputs, primary, flip)
-        for b, p in zip(batch, probs):
-            truth = b["mask"][..., 0].astype(np.int64) - 1
-            yield {
-                "id": b["id"].decode("utf-8"),
-                "image": b["image"],
-                "truth": truth,
-                "pred": labels_at(p, truth.shape, band),
-                "truth_model": b["mask_model"][..., 0].astype(np.int64) - 1,
-                "pred_model": p.argmax(axis=-1),
-            }
+    for r in predict_split(models, dataset_dir, split, batch_size=batch_size, ids=ids, flip=flip):
+        probs = r.pop("probs")
+        yield {**r, "pred": labels_at(probs, r["truth"].shape, band), "pred_model": probs.argmax(axis=-1)}
 
 
 def _split_size(dataset_dir: PathLike, split: str) -> tuple[dict[str, Any], int]:
