@@ -14,7 +14,7 @@ import math
 import statistics
 
 from benchmarks.render_common import load, missing, provenance
-from benchmarks.render_quality import BREED, BREEDS, QUIET, spread
+from benchmarks.render_quality import BREED, BREEDS, CURRENT, QUIET, spread
 
 STRIDE4 = "quality-cpu-quick-decoder-stride4.json"  # cpu-quick as it is (DeepLabV3+ logits at /4)
 STRIDE2 = "quality-cpu-quick-decoder-stride2.json"  # the same with model.decoder_stride=2
@@ -27,6 +27,7 @@ EXTRA = {STRIDE4: "", STRIDE2: " --set model.decoder_stride=2"}
 TARGETS = {"held_out_mean_iou": 0.80, "held_out_foreground_iou": 0.90, "held_out_border_iou": 0.62,
            "train_seconds": 600, "cpu_share": 1.80, "breed_mean_iou": 0.78}
 HELD_OUT = ("held_out_mean_iou", "held_out_foreground_iou", "held_out_border_iou")
+ADOPT_GAIN = 0.005  # the rule of render_levers.ADOPT_GAIN: a validation gain on every seed
 
 
 def _images_seen(report: dict, run: dict) -> int:
@@ -98,11 +99,46 @@ def border_levers() -> str:
 
 
 
+# --------------------------------------------------------------------------- the U-Net decoder at equal training CPU
+
+UNET = "quality-cpu-quick-unet-mobilenetv2.json"  # cpu-quick with model.name=unet, its budget cut to about the same CPU
+UNET_COMMAND = COMMAND.format(" --set model.name=unet --set train.budget_images=2400", UNET)
+CURRENT_COMMAND = ("BENCHMARKS.md section 4, \"Throughput levers\", gives the commands of "
+                   "benchmarks/results/" + CURRENT)
+
+
+def unet_decoder() -> str:
+    """Issue 20's decoder lever: segmentation_models' U-Net decoder on the same MobileNetV2 encoder (its /2, /4,
+    /8 and /16 skips), trained on about the training CPU of today's `cpu-quick` (DeepLabV3+), paired by training
+    seed on best validation mean IoU."""
+    reports = {name: load(name) for name in (CURRENT, UNET)}
+    gone = [name for name, d in reports.items() if d is None]
+    if gone:
+        return "\n\n".join(missing(n, UNET_COMMAND if n == UNET else CURRENT_COMMAND) for n in gone)
+    base, cand = (figures(reports[n]) for n in (CURRENT, UNET))
+    if base["seeds"] != cand["seeds"]:
+        raise ValueError(f"{CURRENT} and {UNET} must hold the same training seeds to be paired")
+    budget = reports[UNET]["results"][0]["config"]["resolved"]["train"]["budget_images"]
+    rows = _quality_rows((("`cpu-quick` (DeepLabV3+ decoder, 8,000 images)", base),
+                          (f"`cpu-quick` + `model.name=unet`, {budget:,} images", cand)))
+    paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
+    verdict = ("**meets** the adoption rule" if min(paired) >= ADOPT_GAIN else
+               f"**misses** the adoption rule (a gain of {ADOPT_GAIN} on every seed): its largest gain is "
+               f"{max(paired):+.3f}")
+    cpu = statistics.fmean(cand["train_cpu_seconds"]) / statistics.fmean(base["train_cpu_seconds"])
+    return "\n".join([
+        *rows, "",
+        f"U-Net decoder minus DeepLabV3+, best validation mean IoU per seed: "
+        f"{', '.join(f'{d:+.3f}' for d in paired)} (mean {statistics.fmean(paired):+.4f}); it {verdict}. "
+        f"Its training CPU-seconds are {cpu:.2f}x DeepLabV3+'s, the two measured in different runs (CPU-seconds "
+        "being the figure that load moves least; neither run's wall seconds are comparable).", "",
+        provenance(reports[UNET], UNET), "", provenance(reports[CURRENT], CURRENT)])
+
+
 # --------------------------------------------------------------------------- the border class weighted in the loss
 
 BORDER_WEIGHT = "quality-cpu-quick-border-weight2.json"  # cpu-quick with train.class_weights=[1,1,2]
 BORDER_WEIGHT_COMMAND = COMMAND.format(" --set 'train.class_weights=[1,1,2]'", BORDER_WEIGHT)
-ADOPT_GAIN = 0.005  # the rule of render_levers.ADOPT_GAIN: a validation gain on every seed
 
 
 def border_weight() -> str:
@@ -142,11 +178,39 @@ def _missed(got: float, want: float, at_least: bool, fmt: str, unit: str = "") -
     return "**met**" if ok else f"**missed** by {abs(want - got):{fmt}}{unit}"
 
 
+TODAY_BREED = "quality-cpu-quick-breed-{}.json"  # today's cpu-quick (issue 20's recipe), one breed held out
+
+
+def _breed_table(label: str, breeds: dict[str, dict], *, timed: bool, verdict: bool = True) -> list[str]:
+    """One row per held-out breed of `label`'s recipe, then their average against the issue's target."""
+    head = f"| held-out breed ({label}, seed 0) | train images | best val mean IoU | held-out mean IoU | foreground IoU | border IoU |"
+    rule = "|---|---:|---:|---:|---:|---:|"
+    if timed:
+        head, rule = head + " train wall s | CPU share (of 200%) |", rule + "---:|---:|"
+    rows, means = [head, rule], []
+    for breed, report in breeds.items():
+        (r,) = report["results"]
+        means.append(r["held_out"]["mean_iou"])
+        row = (f"| {breed} | {report['dataset']['splits'].get('train', 0)} | {r['best_val_mean_iou']:.3f} "
+               f"| {r['held_out']['mean_iou']:.3f} | {r['held_out']['foreground_iou']:.3f} "
+               f"| {r['held_out']['iou']['border']:.3f} |")
+        if timed:
+            row += f" {r['train_seconds']:,.0f} | {100 * figures(report)['cpu_share'][0]:.0f}% |"
+        rows.append(row)
+    avg = statistics.fmean(means)
+    tail = (f"Average held-out mean IoU over the {len(means)} breeds ({label}): **{avg:.3f}**"
+            + (f" (target ≥ {TARGETS['breed_mean_iou']:.2f}: {_missed(avg, TARGETS['breed_mean_iou'], True, '.3f')})"
+               if verdict else "") + "."
+            + ("" if len(breeds) == len(BREEDS) else f" Not measured: {', '.join(b for b in BREEDS if b not in breeds)}."))
+    return ["\n".join(rows), tail]
+
+
 def alone_and_breeds() -> str:
     """Issue 20's timing of one cpu-quick training alone (wall seconds, the process tree's CPU share) and its
     breed hold-outs (mean IoU on a breed training never saw), each against the issue's targets."""
     quiet = load(QUIET)
     breeds = {b: r for b in BREEDS if (r := load(BREED.format(b))) is not None}
+    today = {b: r for b in BREEDS if (r := load(TODAY_BREED.format(b))) is not None}
     parts: list[str] = []
     if quiet is None:
         parts.append(missing(QUIET, QUIET_COMMAND))
@@ -168,29 +232,21 @@ def alone_and_breeds() -> str:
             f"{q['best_val_mean_iou']:.3f}; held-out (scored once, after training) mean IoU "
             f"{q['held_out']['mean_iou']:.3f}, foreground {q['held_out']['foreground_iou']:.3f}, border "
             f"{q['held_out']['iou']['border']:.3f}.")
+    if breeds or today:
+        parts.append("Breed hold-out (`--split breed --holdout-breed B`: trained and validated on the two other "
+                     "breeds, scored once after training on every image of B, original resolution, flip TTA), one "
+                     "training seed per breed:")
+    if today:
+        parts += _breed_table("today's `cpu-quick`", today, timed=False)
+        parts.append("Today's `cpu-quick` hold-outs ran one after the other while another training shared the "
+                     "machine, so their wall seconds and CPU shares are not given.")
     if breeds:
-        rows = ["| held-out breed (cpu-quick, seed 0) | train images | best val mean IoU | held-out mean IoU "
-                "| foreground IoU | border IoU | train wall s | CPU share (of 200%) |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        means = []
-        for breed, report in breeds.items():
-            (r,) = report["results"]
-            f = figures(report)
-            means.append(r["held_out"]["mean_iou"])
-            rows.append(f"| {breed} | {report['dataset']['splits'].get('train', 0)} | {r['best_val_mean_iou']:.3f} "
-                        f"| {r['held_out']['mean_iou']:.3f} | {r['held_out']['foreground_iou']:.3f} "
-                        f"| {r['held_out']['iou']['border']:.3f} | {r['train_seconds']:,.0f} "
-                        f"| {100 * f['cpu_share'][0]:.0f}% |")
-        avg = statistics.fmean(means)
-        parts += ["Breed hold-out (`--split breed --holdout-breed B`: trained and validated on the two other "
-                  "breeds, scored once after training on every image of B, original resolution, flip TTA), one "
-                  "training seed per breed, run one after the other alone:", "\n".join(rows),
-                  f"Average held-out mean IoU over the {len(means)} breeds: **{avg:.3f}** (target ≥ "
-                  f"{TARGETS['breed_mean_iou']:.2f}: {_missed(avg, TARGETS['breed_mean_iou'], True, '.3f')})."
-                  + ("" if len(breeds) == len(BREEDS) else
-                     f" Not measured: {', '.join(b for b in BREEDS if b not in breeds)}.")]
-    else:
+        parts += _breed_table("the earlier `cpu-quick`" if today else "cpu-quick", breeds, timed=True,
+                              verdict=not today)
+        parts.append("The earlier recipe's hold-outs ran one after the other alone.")
+    if not breeds and not today:
         parts += [missing(BREED.format(b), BREED_COMMAND.format(b=b)) for b in BREEDS]
+    parts += [provenance(d, TODAY_BREED.format(b)) for b, d in today.items()]
     parts += [provenance(d, n) for n, d in ((QUIET, quiet), *((BREED.format(b), r) for b, r in breeds.items()))
               if d is not None]
     return "\n\n".join(parts)
