@@ -32,15 +32,22 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = CHUNK) -> str:
     return h.hexdigest()
 
 
-# (resolved path, size, mtime_ns) -> sha256: a memo for this process only, never a key.
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+# (device, inode, size, mtime_ns, ctime_ns) -> sha256: a memo for this process only, never a key.
+_DIGESTS: dict[tuple[int, int, int, int, int], str] = {}
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What changes whenever a file's bytes can have changed: a replacement (every atomic write here is a rename)
+    is a new inode, and any write in place moves the change time, which no one can set back (unlike the
+    modification time, which `os.utime` sets to anything)."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def sha256_file_memo(path: str | os.PathLike[str]) -> str:
-    """`sha256_file`, remembered for this process while the file's size and mtime stay the same: for large
-    files read again and again (model and weights files in every cache key and metrics record)."""
-    st = os.stat(path)
-    memo = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    """`sha256_file`, remembered for this process while the file stays the same file, unwritten (`_identity`):
+    for large files read again and again (model and weights files in every cache key and metrics record). The
+    digest is always of the content; the memo only saves reading it twice."""
+    memo = _identity(os.stat(path))
     if memo not in _DIGESTS:
         _DIGESTS[memo] = sha256_file(path)
     return _DIGESTS[memo]

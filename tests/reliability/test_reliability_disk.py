@@ -8,6 +8,7 @@ The first three tests inject ENOSPC in-process after a byte budget; the last one
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -186,3 +187,34 @@ def test_shard_lost_before_the_manifest_is_written_is_rebuilt_on_rerun(prefect_a
         shards[-1].unlink()
         again = run_prepare_flow(srv.url, work, work / "prefect-results", **small_shards)
     assert verify_dataset(again.path) == []
+
+
+def _rewritten_in_place(path: Path, data: bytes, like: os.stat_result) -> None:
+    """`data` written over `path` in place (same inode), its modification time set back to `like`'s; waits until
+    the change time has moved (it moves with the kernel's clock tick, not with each write)."""
+    while True:
+        with open(path, "r+b") as f:
+            f.write(data)
+        os.utime(path, ns=(like.st_atime_ns, like.st_mtime_ns))
+        if os.stat(path).st_ctime_ns != like.st_ctime_ns:
+            return
+
+
+def test_the_digest_memo_sees_a_file_rewritten_with_its_old_size_and_modification_time(tmp_path):
+    """The memo behind the model and weights digests in cache keys: a file rewritten with the same size and its
+    modification time set back, in place or by a rename over it, gets its new content's digest."""
+    from segpipe.fsutil import sha256_file, sha256_file_memo
+
+    path = tmp_path / "weights.h5"
+    path.write_bytes(b"a" * 64)
+    before = os.stat(path)
+    first = sha256_file_memo(path)
+    _rewritten_in_place(path, b"b" * 64, before)
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
+    assert sha256_file_memo(path) == sha256_file(path) != first
+
+    other = tmp_path / "other.h5"
+    other.write_bytes(b"c" * 64)
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(other, path)
+    assert sha256_file_memo(path) == hashlib.sha256(b"c" * 64).hexdigest()
