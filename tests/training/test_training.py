@@ -135,11 +135,20 @@ def test_the_resumed_fit_starts_from_the_backup_bit_for_bit(run: dict) -> None:
 
 
 def test_the_resumed_run_ends_where_the_uninterrupted_run_ends(run: dict) -> None:
+    """Every logged value and every weight, to float32 rounding: TensorFlow's multi-threaded CPU kernels do not
+    promise the same summation order in two runs (once, on a loaded machine, epoch 0 - before any interruption
+    - differed in its last digits between the two). Where the resumed run starts is checked bit for bit above."""
     resumed, straight = run["result"], run["straight"]
-    assert [{k: v for k, v in row.items()} for row in resumed.history] == straight.history  # every logged value
-    assert (resumed.best_epoch, resumed.best_val_mean_iou) == (straight.best_epoch, straight.best_val_mean_iou)
+    assert [sorted(row) for row in resumed.history] == [sorted(row) for row in straight.history]
+    for got, want in zip(resumed.history, straight.history):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert resumed.best_epoch == straight.best_epoch
+    assert resumed.best_val_mean_iou == pytest.approx(straight.best_val_mean_iou, rel=1e-4)
     weights = lambda path: keras.saving.load_model(path, compile=False).get_weights()  # noqa: E731
-    assert as_multiset(weights(resumed.model_path)) == as_multiset(weights(straight.model_path))
+    got, want = weights(resumed.model_path), weights(straight.model_path)
+    assert [w.shape for w in got] == [w.shape for w in want]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-5)
 
 
 def test_run_directory_contents(run: dict, tiny_dataset: Path) -> None:
