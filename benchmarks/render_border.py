@@ -205,33 +205,44 @@ def _breed_table(label: str, breeds: dict[str, dict], *, timed: bool, verdict: b
     return ["\n".join(rows), tail]
 
 
+TODAY_QUIET = "quality-cpu-quick-alone.json"  # today's cpu-quick (issue 20's recipe), seed 0, timed alone
+TODAY_QUIET_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --preset cpu-quick "
+                       "--train-seed 0 --set model.encoder_weights=<weights file> --out benchmarks/results/"
+                       + TODAY_QUIET)
+
+
+def _alone(label: str, report: dict) -> str:
+    """One training timed alone: wall seconds and the process tree's CPU share against the issue's targets."""
+    (q,) = report["results"]
+    f = figures(report)
+    share = f["cpu_share"][0]
+    m = report["machine"]
+    return (
+        f"{label} timed alone (nothing else ran; load average {m['load_average'][0]:.1f} at the start, "
+        f"{m['load_average_after'][0]:.1f} at the end, on {m['cpu_model']}, {m['cpus']} cores), seed "
+        f"{q['train_seed']} on the random split trained in **{q['train_seconds']:,.0f} s** wall "
+        f"({q['epochs_completed']} epochs; target ≤ {TARGETS['train_seconds']} s: "
+        f"{_missed(q['train_seconds'], TARGETS['train_seconds'], False, ',.0f', ' s')}), "
+        f"{q['train_cpu_seconds']:,.0f} CPU-seconds of the process tree: a CPU share of **{100 * share:.0f}%** of "
+        f"the 200% two cores give (target ≥ {100 * TARGETS['cpu_share']:.0f}%: "
+        f"{_missed(100 * share, 100 * TARGETS['cpu_share'], True, '.0f', ' points')}), "
+        f"{f['images_per_cpu_s'][0]:.2f} training images per CPU-second. Best validation mean IoU "
+        f"{q['best_val_mean_iou']:.3f}; held-out (scored once, after training) mean IoU "
+        f"{q['held_out']['mean_iou']:.3f}, foreground {q['held_out']['foreground_iou']:.3f}, border "
+        f"{q['held_out']['iou']['border']:.3f}.")
+
+
 def alone_and_breeds() -> str:
-    """Issue 20's timing of one cpu-quick training alone (wall seconds, the process tree's CPU share) and its
-    breed hold-outs (mean IoU on a breed training never saw), each against the issue's targets."""
+    """Issue 20's timing of one cpu-quick training alone (wall seconds, the process tree's CPU share), today's
+    recipe and the earlier one, and their breed hold-outs (mean IoU on a breed training never saw), each against
+    the issue's targets."""
     quiet = load(QUIET)
+    today_quiet = load(TODAY_QUIET)
     breeds = {b: r for b in BREEDS if (r := load(BREED.format(b))) is not None}
     today = {b: r for b in BREEDS if (r := load(TODAY_BREED.format(b))) is not None}
-    parts: list[str] = []
-    if quiet is None:
-        parts.append(missing(QUIET, QUIET_COMMAND))
-    else:
-        (q,) = quiet["results"]
-        f = figures(quiet)
-        share = f["cpu_share"][0]
-        m = quiet["machine"]
-        parts.append(
-            f"Timed alone (nothing else ran; load average {m['load_average'][0]:.1f} at the start, "
-            f"{m['load_average_after'][0]:.1f} at the end, on {m['cpu_model']}, {m['cpus']} cores), `cpu-quick` seed "
-            f"{q['train_seed']} on the random split trained in **{q['train_seconds']:,.0f} s** wall "
-            f"({q['epochs_completed']} epochs; target ≤ {TARGETS['train_seconds']} s: "
-            f"{_missed(q['train_seconds'], TARGETS['train_seconds'], False, ',.0f', ' s')}), "
-            f"{q['train_cpu_seconds']:,.0f} CPU-seconds of the process tree: a CPU share of **{100 * share:.0f}%** of "
-            f"the 200% two cores give (target ≥ {100 * TARGETS['cpu_share']:.0f}%: "
-            f"{_missed(100 * share, 100 * TARGETS['cpu_share'], True, '.0f', ' points')}), "
-            f"{f['images_per_cpu_s'][0]:.2f} training images per CPU-second. Best validation mean IoU "
-            f"{q['best_val_mean_iou']:.3f}; held-out (scored once, after training) mean IoU "
-            f"{q['held_out']['mean_iou']:.3f}, foreground {q['held_out']['foreground_iou']:.3f}, border "
-            f"{q['held_out']['iou']['border']:.3f}.")
+    parts: list[str] = [
+        missing(TODAY_QUIET, TODAY_QUIET_COMMAND) if today_quiet is None else _alone("Today's `cpu-quick`", today_quiet),
+        missing(QUIET, QUIET_COMMAND) if quiet is None else _alone("The earlier `cpu-quick`", quiet)]
     if breeds or today:
         parts.append("Breed hold-out (`--split breed --holdout-breed B`: trained and validated on the two other "
                      "breeds, scored once after training on every image of B, original resolution, flip TTA), one "
@@ -247,6 +258,6 @@ def alone_and_breeds() -> str:
     if not breeds and not today:
         parts += [missing(BREED.format(b), BREED_COMMAND.format(b=b)) for b in BREEDS]
     parts += [provenance(d, TODAY_BREED.format(b)) for b, d in today.items()]
-    parts += [provenance(d, n) for n, d in ((QUIET, quiet), *((BREED.format(b), r) for b, r in breeds.items()))
-              if d is not None]
+    parts += [provenance(d, n) for n, d in ((TODAY_QUIET, today_quiet), (QUIET, quiet),
+                                            *((BREED.format(b), r) for b, r in breeds.items())) if d is not None]
     return "\n\n".join(parts)
