@@ -210,8 +210,7 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         _prepare_runtime(args, tensorflow=not all(map(runs_without_tensorflow, args.model_paths)))
     from segpipe_app.flows.predict import predict_flow
 
-    report = predict_flow(models, [str(p) for p in args.paths], str(args.out.resolve()), args.batch_size, cfg.eval.tta_flip,
-                          list(cfg.eval.tta_sizes))
+    report = predict_flow(models, [str(p) for p in args.paths], str(args.out.resolve()), cfg.eval)
     print(f"{len(report['written'])} masks written to {args.out} (values: 1 pet, 2 background, 3 border)")
     for failure in report["failed"]:
         print(f"  could not read {failure['input']}: {failure['error']}", file=sys.stderr)

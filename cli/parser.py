@@ -146,7 +146,8 @@ def _stage_commands(sub: Any) -> None:
                            "directory (e.g. WORK/models/serving/pets/N), a .tflite or an .onnx file")
     p.add_argument("paths", nargs="+", type=Path, help="image files or directories")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output directory (default ./predictions)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", dest="eval_batch_size", type=int, metavar="N",
+                   help="images per model call (eval.batch_size; default 8)")
     _tta(p)
     _export_command(sub)
 

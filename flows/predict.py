@@ -8,17 +8,19 @@ from typing import Any
 
 from prefect import flow
 
+from segpipe.config import EvalConfig
 from segpipe_app.tasks.predict import champion_export_task, predict_task
 
 
 @flow(name="predict-flow")
 def predict_flow(
-    model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8, tta_flip: bool = False,
-    tta_sizes: list[int] | None = None,
+    model_paths: list[str], inputs: list[str], out_dir: str, eval_config: EvalConfig = EvalConfig()
 ) -> dict[str, Any]:
-    return predict_task(model_paths, inputs, out_dir, batch_size, tta_flip, tta_sizes)
+    return predict_task(model_paths, inputs, out_dir, eval_config)
 
 
 @flow(name="champion-predict-flow")
-def champion_predict_flow(inputs: list[str], out_dir: str, work_dir: str | None = None, batch_size: int = 8) -> dict[str, Any]:
-    return predict_task([champion_export_task(work_dir)], inputs, out_dir, batch_size)
+def champion_predict_flow(
+    inputs: list[str], out_dir: str, work_dir: str | None = None, eval_config: EvalConfig = EvalConfig()
+) -> dict[str, Any]:
+    return predict_task([champion_export_task(work_dir)], inputs, out_dir, eval_config)

@@ -8,20 +8,21 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from segpipe.config import EvalConfig
 from segpipe_app.tasks.caching import PREDICT_CACHE
 
 
 @task(name="predict", cache_policy=PREDICT_CACHE)
 def predict_task(
-    model_paths: list[str], inputs: list[str], out_dir: str, batch_size: int = 8, tta_flip: bool = False,
-    tta_sizes: list[int] | None = None,
+    model_paths: list[str], inputs: list[str], out_dir: str, eval_config: EvalConfig = EvalConfig()
 ) -> dict[str, Any]:
+    """Masks for `inputs` with eval_config's batch size and test-time augmentation (flip, sizes)."""
     from segpipe.predict import predict_paths
 
     logger = get_run_logger()
     report = predict_paths(
-        [Path(p) for p in model_paths], [Path(p) for p in inputs], Path(out_dir), batch_size=batch_size, flip=tta_flip,
-        tta_sizes=tta_sizes or (),
+        [Path(p) for p in model_paths], [Path(p) for p in inputs], Path(out_dir), batch_size=eval_config.batch_size,
+        flip=eval_config.tta_flip, tta_sizes=eval_config.tta_sizes,
     )
     for failure in report.failed:
         logger.warning("could not read %s: %s", failure["input"], failure["error"])

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from segpipe.config import build_config
 from segpipe_app.cli.main import main
 
 
@@ -29,12 +30,23 @@ def test_config_prints_resolved_json(capsys):
         (["config", "--set", "train.img_size=30"], "train.img_size"),
         (["config", "--ema-momentum", "1.5"], "train.ema_momentum"),
         (["config", "--set", "train.mixed_precision=float8"], "train.mixed_precision"),
+        (["predict", "--model", "m.keras", "img", "--batch-size", "0"], "eval.batch_size"),
     ],
 )
 def test_bad_parameters_exit_2_naming_the_field(argv, field, capsys, tmp_path):
     assert main([*argv, "--work-dir", str(tmp_path)]) == 2
     assert field in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "nothing may be written before validation passes"
+
+
+def test_predict_batch_size_is_the_eval_batch_size():
+    """`segpipe predict --batch-size` sets eval.batch_size (what the predict flow takes), not the training batch."""
+    from segpipe_app.cli.options import config_from_args
+    from segpipe_app.cli.parser import build_parser
+
+    args = build_parser().parse_args(["predict", "--model", "m.keras", "img", "--batch-size", "3"])
+    cfg = config_from_args(args)
+    assert (cfg.eval.batch_size, cfg.train.batch_size) == (3, build_config("cpu-quick").train.batch_size)
 
 
 def test_precision_ema_and_tta_flags(capsys):

@@ -153,7 +153,7 @@ def test_deploy_all_then_worker_runs_pipeline_and_retrain(server, tmp_path):
             # Batch prediction with the champion's served export, through its deployment.
             images = sorted((work / "extracted").rglob("*.jpg"))[:3]
             predict_params = {"inputs": [str(p) for p in images], "out_dir": str(tmp_path / "served-masks"),
-                              "work_dir": str(work)}
+                              "work_dir": str(work), "eval_config": {"batch_size": 2}}
             out = _prefect(env, "deployment", "run", "champion-predict-flow/champion-predict", "--params",
                            json.dumps(predict_params), "--job-variable", f"env={json.dumps(job_env)}",
                            "--watch", "--watch-timeout", "600", timeout=660)
