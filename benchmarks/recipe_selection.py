@@ -36,11 +36,22 @@ DECISIONS: list[dict[str, Any]] = [
                     "/2, /4, /8 and /16 skips), at about the same training CPU (issue 20's decoder lever)",
         "preset_today": "deeplabv3plus on mobilenetv2",
         "first_decided": "on validation figures assembled by hand from training logs that were never committed; "
-                         "re-measured in issue 20: the U-Net's budget cut to 2,400 images, about DeepLabV3+'s "
-                         "training CPU at 8,000 (a U-Net training image costs several times the CPU)",
+                         "re-measured in issue 20 in one interleaved run with cpu-quick as it is, the U-Net's "
+                         "budget cut to 3,500 images for about DeepLabV3+'s training CPU at 8,000",
         "candidates": {
-            "deeplabv3plus-mobilenetv2 (cpu-quick today)": "quality-cpu-quick-aspp128-bn-frozen-folded.json",
-            "unet-mobilenetv2, 2,400 images": "quality-cpu-quick-unet-mobilenetv2.json",
+            "deeplabv3plus-mobilenetv2 (cpu-quick today)": "quality-cpu-quick-interleaved.json",
+            "unet-mobilenetv2, 3,500 images": "quality-cpu-quick-unet-mobilenetv2.json",
+        },
+    },
+    {
+        "id": "cpu-quick-input-size",
+        "question": "cpu-quick's input size: 160 px, or 224 px (the ImageNet encoder's own) with the image budget "
+                    "cut for about the same training CPU (issue 20, for the border class)",
+        "preset_today": "160 px (train.img_size 160), 8,000 images",
+        "first_decided": "160 px since the first cpu-quick; measured in issue 20 in one interleaved run",
+        "candidates": {
+            "160 px, 8,000 images (cpu-quick today)": "quality-cpu-quick-interleaved.json",
+            "224 px, 4,100 images": "quality-cpu-quick-img224.json",
         },
     },
     {

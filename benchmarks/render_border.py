@@ -14,7 +14,7 @@ import math
 import statistics
 
 from benchmarks.render_common import load, missing, provenance
-from benchmarks.render_quality import BREED, BREEDS, CURRENT, QUIET, spread
+from benchmarks.render_quality import BREED, BREEDS, QUIET, spread
 
 STRIDE4 = "quality-cpu-quick-decoder-stride4.json"  # cpu-quick as it is (DeepLabV3+ logits at /4)
 STRIDE2 = "quality-cpu-quick-decoder-stride2.json"  # the same with model.decoder_stride=2
@@ -99,40 +99,47 @@ def border_levers() -> str:
 
 
 
-# --------------------------------------------------------------------------- the U-Net decoder at equal training CPU
+# --------------------------------------------------------------------------- two levers at equal training CPU
 
-UNET = "quality-cpu-quick-unet-mobilenetv2.json"  # cpu-quick with model.name=unet, its budget cut to about the same CPU
-UNET_COMMAND = COMMAND.format(" --set model.name=unet --set train.budget_images=2400", UNET)
-CURRENT_COMMAND = ("BENCHMARKS.md section 4, \"Throughput levers\", gives the commands of "
-                   "benchmarks/results/" + CURRENT)
+# One interleaved run (`equal_cpu`): for each training seed, cpu-quick as it is, then the U-Net decoder, then
+# 224-pixel inputs, one after the other with the machine to itself; the candidates' image budgets were cut
+# before the run for about cpu-quick's training CPU. Each file merges its recipe's three seeds.
+INTERLEAVED = "quality-cpu-quick-interleaved.json"  # cpu-quick as it is: the run's reference
+UNET = "quality-cpu-quick-unet-mobilenetv2.json"  # model.name=unet, train.budget_images=3500
+IMG224 = "quality-cpu-quick-img224.json"  # train.img_size=224, train.budget_images=4100
+EQUAL_CPU_LABELS = {INTERLEAVED: "`cpu-quick` (DeepLabV3+, 160 px, 8,000 images)",
+                    UNET: "`cpu-quick` + `model.name=unet`, 3,500 images",
+                    IMG224: "`cpu-quick` + `train.img_size=224`, 4,100 images"}
+EQUAL_CPU_RUNS = {INTERLEAVED: "reference", UNET: "unet", IMG224: "img224"}  # the per-seed outputs each merges
+EQUAL_CPU_COMMAND = (".venv/bin/python benchmarks/quality.py --merge {0}-0.json {0}-1.json {0}-2.json "
+                     "--out benchmarks/results/{1}")
 
 
-def unet_decoder() -> str:
-    """Issue 20's decoder lever: segmentation_models' U-Net decoder on the same MobileNetV2 encoder (its /2, /4,
-    /8 and /16 skips), trained on about the training CPU of today's `cpu-quick` (DeepLabV3+), paired by training
-    seed on best validation mean IoU."""
-    reports = {name: load(name) for name in (CURRENT, UNET)}
+def equal_cpu() -> str:
+    """Issue 20's decoder lever (segmentation_models' U-Net decoder on the same MobileNetV2 encoder) and a
+    resolution lever (224-pixel inputs), each against cpu-quick as it is, trained in one interleaved run at about
+    the same training CPU, paired by training seed on best validation mean IoU."""
+    reports = {name: load(name) for name in EQUAL_CPU_LABELS}
     gone = [name for name, d in reports.items() if d is None]
     if gone:
-        return "\n\n".join(missing(n, UNET_COMMAND if n == UNET else CURRENT_COMMAND) for n in gone)
-    base, cand = (figures(reports[n]) for n in (CURRENT, UNET))
-    if base["seeds"] != cand["seeds"]:
-        raise ValueError(f"{CURRENT} and {UNET} must hold the same training seeds to be paired")
-    budget = reports[UNET]["results"][0]["config"]["resolved"]["train"]["budget_images"]
-    rows = _quality_rows((("`cpu-quick` (DeepLabV3+ decoder, 8,000 images)", base),
-                          (f"`cpu-quick` + `model.name=unet`, {budget:,} images", cand)))
-    paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
-    verdict = ("**meets** the adoption rule" if min(paired) >= ADOPT_GAIN else
-               f"**misses** the adoption rule (a gain of {ADOPT_GAIN} on every seed): its largest gain is "
-               f"{max(paired):+.3f}")
-    cpu = statistics.fmean(cand["train_cpu_seconds"]) / statistics.fmean(base["train_cpu_seconds"])
-    return "\n".join([
-        *rows, "",
-        f"U-Net decoder minus DeepLabV3+, best validation mean IoU per seed: "
-        f"{', '.join(f'{d:+.3f}' for d in paired)} (mean {statistics.fmean(paired):+.4f}); it {verdict}. "
-        f"Its training CPU-seconds are {cpu:.2f}x DeepLabV3+'s, the two measured in different runs (CPU-seconds "
-        "being the figure that load moves least; neither run's wall seconds are comparable).", "",
-        provenance(reports[UNET], UNET), "", provenance(reports[CURRENT], CURRENT)])
+        return "\n\n".join(missing(n, EQUAL_CPU_COMMAND.format(EQUAL_CPU_RUNS[n], n)) for n in gone)
+    f = {name: figures(d) for name, d in reports.items()}
+    base = f[INTERLEAVED]
+    table = "\n".join(_quality_rows(tuple((EQUAL_CPU_LABELS[n], f[n]) for n in EQUAL_CPU_LABELS)))
+    lines: list[str] = []
+    for name in (UNET, IMG224):
+        cand = f[name]
+        if base["seeds"] != cand["seeds"]:
+            raise ValueError(f"{INTERLEAVED} and {name} must hold the same training seeds to be paired")
+        paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
+        verdict = ("**meets** the adoption rule" if min(paired) >= ADOPT_GAIN else
+                   f"**misses** the adoption rule (a gain of {ADOPT_GAIN} on every seed): its largest gain is "
+                   f"{max(paired):+.3f}")
+        cpu = statistics.fmean(cand["train_cpu_seconds"]) / statistics.fmean(base["train_cpu_seconds"])
+        lines.append(f"{EQUAL_CPU_LABELS[name]} minus `cpu-quick`, best validation mean IoU per seed: "
+                     f"{', '.join(f'{d:+.3f}' for d in paired)} (mean {statistics.fmean(paired):+.4f}); it {verdict}. "
+                     f"Its training CPU-seconds are {cpu:.2f}x `cpu-quick`'s in the same run.")
+    return "\n\n".join([table, *lines, *(provenance(reports[n], n) for n in EQUAL_CPU_LABELS)])
 
 
 # --------------------------------------------------------------------------- the border class weighted in the loss
