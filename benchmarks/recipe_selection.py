@@ -47,7 +47,9 @@ DECISIONS: list[dict[str, Any]] = [
         "id": "cpu-quick-input-size",
         "question": "cpu-quick's input size: 160 px, or 224 px (the ImageNet encoder's own) with the image budget "
                     "cut for about the same training CPU (issue 20, for the border class)",
-        "preset_today": "160 px (train.img_size 160), 8,000 images",
+        "preset_today": "160 px (train.img_size 160), 8,000 images; not switched: 224 px has the higher validation "
+                        "mean, but its gain misses the adoption rule (a gain of 0.005 on every seed) on one seed of "
+                        "three (BENCHMARKS.md, the equal-CPU block)",
         "first_decided": "160 px since the first cpu-quick; measured in issue 20 in one interleaved run",
         "candidates": {
             "160 px, 8,000 images (cpu-quick today)": "quality-cpu-quick-interleaved.json",
