@@ -74,6 +74,16 @@ def _quality_rows(recipes: tuple[tuple[str, dict[str, list[float]]], ...], timin
     return rows
 
 
+def _paired_sentence(label: str, base: dict[str, list[float]], cand: dict[str, list[float]]) -> str:
+    """`cand` minus `base` in best validation mean IoU per seed, and whether it meets the adoption rule."""
+    paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
+    verdict = ("**meets** the adoption rule" if min(paired) >= ADOPT_GAIN else
+               f"**misses** the adoption rule (a gain of {ADOPT_GAIN} on every seed): its smallest gain is "
+               f"{min(paired):+.3f}")
+    return (f"{label}, best validation mean IoU per seed: {', '.join(f'{d:+.3f}' for d in paired)} "
+            f"(mean {statistics.fmean(paired):+.4f}); it {verdict}.")
+
+
 def border_levers() -> str:
     reports = {name: load(name) for name in (STRIDE4, STRIDE2)}
     gone = [name for name, d in reports.items() if d is None]
@@ -107,10 +117,10 @@ def border_levers() -> str:
 INTERLEAVED = "quality-cpu-quick-interleaved.json"  # cpu-quick as it is: the run's reference
 UNET = "quality-cpu-quick-unet-mobilenetv2.json"  # model.name=unet, train.budget_images=3500
 IMG224 = "quality-cpu-quick-img224.json"  # train.img_size=224, train.budget_images=4100
-EQUAL_CPU_LABELS = {INTERLEAVED: "`cpu-quick` (DeepLabV3+, 160 px, 8,000 images)",
-                    UNET: "`cpu-quick` + `model.name=unet`, 3,500 images",
-                    IMG224: "`cpu-quick` + `train.img_size=224`, 4,100 images"}
-EQUAL_CPU_RUNS = {INTERLEAVED: "reference", UNET: "unet", IMG224: "img224"}  # the per-seed outputs each merges
+# file -> (its row's label, the name of the per-seed outputs it merges)
+EQUAL_CPU = {INTERLEAVED: ("`cpu-quick` (DeepLabV3+, 160 px, 8,000 images)", "reference"),
+             UNET: ("`cpu-quick` + `model.name=unet`, 3,500 images", "unet"),
+             IMG224: ("`cpu-quick` + `train.img_size=224`, 4,100 images", "img224")}
 EQUAL_CPU_COMMAND = (".venv/bin/python benchmarks/quality.py --merge {0}-0.json {0}-1.json {0}-2.json "
                      "--out benchmarks/results/{1}")
 
@@ -119,27 +129,22 @@ def equal_cpu() -> str:
     """Issue 20's decoder lever (segmentation_models' U-Net decoder on the same MobileNetV2 encoder) and a
     resolution lever (224-pixel inputs), each against cpu-quick as it is, trained in one interleaved run at about
     the same training CPU, paired by training seed on best validation mean IoU."""
-    reports = {name: load(name) for name in EQUAL_CPU_LABELS}
+    reports = {name: load(name) for name in EQUAL_CPU}
     gone = [name for name, d in reports.items() if d is None]
     if gone:
-        return "\n\n".join(missing(n, EQUAL_CPU_COMMAND.format(EQUAL_CPU_RUNS[n], n)) for n in gone)
+        return "\n\n".join(missing(n, EQUAL_CPU_COMMAND.format(EQUAL_CPU[n][1], n)) for n in gone)
     f = {name: figures(d) for name, d in reports.items()}
     base = f[INTERLEAVED]
-    table = "\n".join(_quality_rows(tuple((EQUAL_CPU_LABELS[n], f[n]) for n in EQUAL_CPU_LABELS)))
+    table = "\n".join(_quality_rows(tuple((EQUAL_CPU[n][0], f[n]) for n in EQUAL_CPU)))
     lines: list[str] = []
     for name in (UNET, IMG224):
         cand = f[name]
         if base["seeds"] != cand["seeds"]:
             raise ValueError(f"{INTERLEAVED} and {name} must hold the same training seeds to be paired")
-        paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
-        verdict = ("**meets** the adoption rule" if min(paired) >= ADOPT_GAIN else
-                   f"**misses** the adoption rule (a gain of {ADOPT_GAIN} on every seed): its largest gain is "
-                   f"{max(paired):+.3f}")
         cpu = statistics.fmean(cand["train_cpu_seconds"]) / statistics.fmean(base["train_cpu_seconds"])
-        lines.append(f"{EQUAL_CPU_LABELS[name]} minus `cpu-quick`, best validation mean IoU per seed: "
-                     f"{', '.join(f'{d:+.3f}' for d in paired)} (mean {statistics.fmean(paired):+.4f}); it {verdict}. "
-                     f"Its training CPU-seconds are {cpu:.2f}x `cpu-quick`'s in the same run.")
-    return "\n\n".join([table, *lines, *(provenance(reports[n], n) for n in EQUAL_CPU_LABELS)])
+        lines.append(_paired_sentence(f"{EQUAL_CPU[name][0]} minus `cpu-quick`", base, cand)
+                     + f" Its training CPU-seconds are {cpu:.2f}x `cpu-quick`'s in the same run.")
+    return "\n\n".join([table, *lines, *(provenance(reports[n], n) for n in EQUAL_CPU)])
 
 
 # --------------------------------------------------------------------------- the border class weighted in the loss
@@ -160,14 +165,8 @@ def border_weight() -> str:
     if base["seeds"] != cand["seeds"]:
         raise ValueError(f"{STRIDE4} and {BORDER_WEIGHT} must hold the same training seeds to be paired")
     rows = _quality_rows((("`cpu-quick`", base), ("`cpu-quick` + `train.class_weights=[1,1,2]`", cand)), timing=False)
-    paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
-    verdict = ("**meets** the adoption rule" if min(paired) >= ADOPT_GAIN else
-               f"**misses** the adoption rule (a gain of {ADOPT_GAIN} on every seed): its smallest gain is "
-               f"{min(paired):+.3f}")
     return "\n".join([
-        *rows, "",
-        f"Border weight 2 minus `cpu-quick`, best validation mean IoU per seed: "
-        f"{', '.join(f'{d:+.3f}' for d in paired)} (mean {statistics.fmean(paired):+.4f}); it {verdict}.", "",
+        *rows, "", _paired_sentence("Border weight 2 minus `cpu-quick`", base, cand), "",
         provenance(reports[BORDER_WEIGHT], BORDER_WEIGHT), "", provenance(reports[STRIDE4], STRIDE4)])
 
 

@@ -147,7 +147,7 @@ def _stage_commands(sub: Any) -> None:
     p.add_argument("paths", nargs="+", type=Path, help="image files or directories")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output directory (default ./predictions)")
     p.add_argument("--batch-size", dest="eval_batch_size", type=int, metavar="N",
-                   help="images per model call (eval.batch_size; default 8)")
+                   help="images per model call (eval.batch_size; default: the preset's)")
     _tta(p)
     _export_command(sub)
 
