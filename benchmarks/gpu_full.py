@@ -19,7 +19,8 @@ Records, as JSON (stdout and `--out`):
   held-out metrics of the best model (original resolution, and at model resolution);
   the command, the commit and the machine (GPU name, CPU model, cores), and the wall time.
 
-Without a GPU it refuses (exit 2) unless `--allow-cpu` (then shrink it: e.g. `--steps 2
+Without the pipeline's packages (TensorFlow, Keras, Prefect, ...) in this Python it refuses (exit 2), naming
+the missing ones. Without a GPU it refuses (exit 2) unless `--allow-cpu` (then shrink it: e.g. `--steps 2
 --steps-per-epoch 1 --set train.img_size=64 --set train.batch_size=4 --set train.mixed_precision=off`).
 """
 
@@ -132,9 +133,27 @@ def steady_state(curve: list[dict], frozen_epochs: int, steps: int, batch: int) 
     }
 
 
+# What the pipeline imports (pyproject.toml's dependencies, by import name), checked before any work.
+REQUIRED_MODULES = ("tensorflow", "keras", "prefect", "pydantic", "numpy", "PIL", "requests")
+
+
+def missing_modules(names: tuple[str, ...] | None = None) -> list[str]:
+    """The modules (default: REQUIRED_MODULES) this Python cannot import, found by name without importing them."""
+    import importlib.util
+
+    return [name for name in (REQUIRED_MODULES if names is None else names) if importlib.util.find_spec(name) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
+    missing = missing_modules()
+    if missing:
+        print(f"gpu_full: this Python ({sys.executable}, {sys.version.split()[0]}) cannot import "
+              f"{', '.join(missing)}. The GPU path is the pipeline itself: run it with the project's virtual "
+              "environment (`make install`; on a GPU machine TensorFlow also needs its CUDA libraries, "
+              "`pip install 'tensorflow[and-cuda]'`).", file=sys.stderr)
+        return 2
     import tensorflow as tf
 
     found = gpus()

@@ -89,3 +89,16 @@ def test_runs_end_to_end_on_a_cpu_when_allowed(tmp_path):
     assert 0.0 <= report["held_out"]["mean_iou"] <= 1.0 and report["held_out"]["n_images"] > 0
     assert report["command"].startswith("benchmarks/gpu_full.py --allow-cpu") and report["commit"]
     assert report["machine"]["cpus"] and "cpu_model" in report["machine"]
+
+
+def test_missing_packages_are_named_before_any_work(gpu_full, tmp_path, monkeypatch, capsys):
+    """On a machine whose Python lacks the pipeline's packages (a bare GPU image: no TensorFlow), one line
+    names them and the run stops with exit 2, before it touches the data or writes a report."""
+    out = tmp_path / "gpu_full.json"
+    monkeypatch.setattr(gpu_full, "REQUIRED_MODULES", ("numpy", "segpipe_no_such_module", "tensorflow"))
+    code = gpu_full.main(["--source", str(tmp_path), "--weights", "none", "--work-dir", str(tmp_path / "w"),
+                          "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot import segpipe_no_such_module" in err and "tensorflow[and-cuda]" in err
+    assert not out.exists() and not (tmp_path / "w").exists()
+    assert gpu_full.missing_modules(("numpy", "segpipe_no_such_module")) == ["segpipe_no_such_module"]
