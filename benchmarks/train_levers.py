@@ -29,8 +29,10 @@ What each variant changes (nothing else differs; all share `--set` and the budge
   threads-2-1      TF_NUM_INTRAOP_THREADS=2, TF_NUM_INTEROP_THREADS=1 (TensorFlow's defaults on this
                    machine are one pool thread per core for each)
   threads-2-4      TF_NUM_INTEROP_THREADS=4: more independent ops at once, to fill the idle core
+  xla              train.jit_compile=true: the train and validation steps compiled by XLA, which fuses the
+                   element-wise ops and reductions (batch norm, activations) into the convolutions' loops
 
-`batch-16` alone and `threads-2-1` run only when `--variants` names them (the default set leaves them out to
+`batch-16` alone, `threads-2-1` and `xla` run only when `--variants` names them (the default set leaves them out to
 keep the run under an hour on a slow machine).
 
 Quality is not judged here: a four-epoch run says nothing about it. A variant that is cheaper per image
@@ -64,6 +66,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                           "train.freeze_encoder_bn=true", "train.fold_frozen_bn=true"], "env": {}},
     "threads-2-1": {"set": [], "env": {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}},
     "threads-2-4": {"set": [], "env": {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "4"}},
+    "xla": {"set": ["train.jit_compile=true"], "env": {}},
 }
 
 
@@ -135,7 +138,7 @@ def main() -> int:
     p.add_argument("--work-dir", default="bench-out/train-levers")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="for every variant")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                   default=[v for v in VARIANTS if v not in ("batch-16", "threads-2-1")])
+                   default=[v for v in VARIANTS if v not in ("batch-16", "threads-2-1", "xla")])
     p.add_argument("--budget-images", type=int, default=648,
                    help="each run's length (default: three epochs of the sample's random split at batch 8)")
     p.add_argument("--freeze-encoder-images", type=int, default=0,
