@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.render_border import alone_and_breeds, border_levers, border_weight, equal_cpu  # noqa: E402
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
-from benchmarks.render_throughput import presets_quality, throughput_recipe, train_levers  # noqa: E402
+from benchmarks.render_throughput import presets_quality, throughput_recipe, train_levers, xla_lever  # noqa: E402
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
 from benchmarks.render_serving import export_inference, inference, local_start, orchestration  # noqa: E402
 from benchmarks.render_summary import results_summary  # noqa: E402
@@ -54,6 +54,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cpu-share": cpu_share,
     "test-time-levers": test_time_levers,
     "train-levers": train_levers,
+    "xla-lever": xla_lever,
     "throughput-recipe": throughput_recipe,
     "presets-quality": presets_quality,
     "multiscale-tta": multiscale_tta,

@@ -32,10 +32,8 @@ def cheaper(summary: dict) -> bool:
     return min(summary["images_per_cpu_second_vs_reference_per_round"]) >= CHEAPER
 
 
-def train_levers() -> str:
-    d = load(LEVERS)
-    if d is None:
-        return missing(LEVERS, LEVERS_COMMAND)
+def _levers_table(d: dict) -> tuple[str, list[str]]:
+    """The lever run's header sentence and table (one row per variant, against `cpu-quick` of each round)."""
     ref = d["reference"]
     rows = ["| variant | what it changes | images per CPU-s | vs `cpu-quick` (per round) | images per wall s vs "
             "`cpu-quick` | CPU share (of 200%) | train steps' CPU share | cheaper (≥ "
@@ -58,7 +56,15 @@ def train_levers() -> str:
             "validation and epoch callbacks included; medians over "
             f"{min(s['rounds'] for s in d['summary'].values())} interleaved rounds, each ratio against `cpu-quick` "
             "of the same round. The train steps' CPU share is over the whole run.")
-    winners = [n for n, s in d["summary"].items() if n != ref and cheaper(s)]
+    return head, rows
+
+
+def train_levers() -> str:
+    d = load(LEVERS)
+    if d is None:
+        return missing(LEVERS, LEVERS_COMMAND)
+    head, rows = _levers_table(d)
+    winners = [n for n, s in d["summary"].items() if n != d["reference"] and cheaper(s)]
     if winners:
         best = max(winners, key=lambda n: d["summary"][n]["images_per_cpu_second_vs_reference"])
         others = [n for n in winners if n != best]
@@ -68,6 +74,28 @@ def train_levers() -> str:
     else:
         tail = f"No lever was {CHEAPER:.2f}x cheaper than `cpu-quick` in every round."
     return head + "\n\n" + "\n".join(rows) + "\n\n" + tail + "\n\n" + provenance(d, LEVERS) + "\n"
+
+
+LEVERS_XLA = "train-levers-xla.json"
+LEVERS_XLA_COMMAND = (".venv/bin/python benchmarks/train_levers.py --source ../shared/pets-sample "
+                      "--set model.encoder_weights=<weights file> --variants cpu-quick xla "
+                      "--out benchmarks/results/train-levers-xla.json")
+
+
+def xla_lever() -> str:
+    """XLA (`train.jit_compile=true`) against today's `cpu-quick`, in a lever run of its own: the CPU share it
+    reaches, and what each image costs for it."""
+    d = load(LEVERS_XLA)
+    if d is None:
+        return missing(LEVERS_XLA, LEVERS_XLA_COMMAND)
+    head, rows = _levers_table(d)
+    x, ref = d["summary"]["xla"], d["summary"][d["reference"]]
+    verdict = ("cheaper by the rule" if cheaper(x) else
+               f"**not** cheaper: each training image costs {1 / x['images_per_cpu_second_vs_reference']:.1f}x "
+               "the CPU-seconds of `cpu-quick`'s")
+    tail = (f"XLA keeps the cores busier ({x['cpu_share_percent']:.0f}% against {ref['cpu_share_percent']:.0f}%) "
+            f"and is {verdict}, so `cpu-quick` keeps `train.jit_compile=false`.")
+    return head + "\n\n" + "\n".join(rows) + "\n\n" + tail + "\n\n" + provenance(d, LEVERS_XLA) + "\n"
 
 
 # --------------------------------------------------------------------------- the cheaper recipe, trained whole
