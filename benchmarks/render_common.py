@@ -254,12 +254,22 @@ def load_range(m: dict) -> tuple[float | None, float | None]:
     return (start[0] if start else None, end[0] if end else None)
 
 
+def load_text(result: dict) -> str:
+    """The 1-minute load average at the start and end: the run's own, or each merged run's (a merged file's
+    machine is the one that merged, which trained nothing)."""
+    start, end = load_range(result.get("machine") or {})
+    if start is not None and end is not None:
+        return f"load average {start:.1f} at the start, {end:.1f} at the end"
+    runs = [load_range(part.get("machine") or {}) for part in result.get("merged_from") or []]
+    if runs and all(a is not None and b is not None for a, b in runs):
+        return "load average of each merged run, at its start and end: " + ", ".join(f"{a:.1f} and {b:.1f}" for a, b in runs)
+    return "load average not recorded"
+
+
 def provenance(result: dict, name: str) -> str:
     """Where a result came from: its file, the command, the commit and the machine - or what is missing."""
     m = result.get("machine") or {}
-    start, end = load_range(m)
-    load = (f"load average {start:.1f} at the start, {end:.1f} at the end" if start is not None and end is not None
-            else "load average not recorded")
+    load = load_text(result)
     problems = provenance_problems(result)
     if problems:
         return f"`benchmarks/results/{name}`: **not rendered: {'; '.join(problems)}**."

@@ -481,3 +481,19 @@ def test_every_allowed_phrase_is_still_needed():
     text = "\n".join(INLINE_CODE.sub(" ", FENCE.sub(" ", BLOCK.sub(" ", (ROOT / n).read_text()))) for n in DOCS)
     unused = [phrase for phrase in ALLOWED if not re.search(phrase, text)]
     assert not unused, f"remove these from ALLOWED: {unused}"
+
+
+def test_a_merged_result_renders_each_runs_load_average():
+    """A merged file's own machine record is the merging process's; the load each training ran under is in
+    merged_from, one record per run, and the provenance line gives those."""
+    from benchmarks.render_common import load_text
+
+    def run(start: float, end: float) -> dict:
+        return {"machine": {"load_average": [start, 0, 0], "load_average_after": [end, 0, 0]}}
+
+    merged = {"machine": {"load_average": [9.0, 0, 0], "note": "the machine that merged"},
+              "merged_from": [run(0.3, 1.4), run(1.55, 1.83)]}
+    assert load_text(merged) == "load average of each merged run, at its start and end: 0.3 and 1.4, 1.6 and 1.8"
+    assert load_text(run(0.3, 1.4)) == "load average 0.3 at the start, 1.4 at the end"
+    merged["merged_from"].append({"machine": {}})
+    assert load_text(merged) == "load average not recorded"
