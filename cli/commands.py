@@ -191,6 +191,7 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     if missing:
         raise CliError(f"--model: no such file or directory: {', '.join(missing)} "
                        "(expected a .keras model or an exported SavedModel directory, .tflite or .onnx file)")
+    _check_export_tta(args)
     models = [str(p.resolve()) for p in args.model_paths]
     from segpipe.preload import can_preload, preloaded
 
@@ -215,6 +216,30 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     for failure in report["failed"]:
         print(f"  could not read {failure['input']}: {failure['error']}", file=sys.stderr)
     return 1 if report["failed"] and not report["written"] else 0
+
+
+def _check_export_tta(args: argparse.Namespace) -> None:
+    """An exported model runs the test-time augmentation it was exported with: a --tta-flip or --tta-sizes
+    asking for another is refused before any work, rather than silently ignored."""
+    asked = {"--tta-flip": args.tta_flip, "--tta-sizes": None if args.tta_sizes is None else sorted(args.tta_sizes)}
+    if all(value is None for value in asked.values()):
+        return
+    from segpipe.export.exporter import exported_artifact
+
+    for path in args.model_paths:
+        try:
+            record = exported_artifact(path)
+        except ValueError:
+            return  # not a model at all: the predict flow names the problem
+        if record is None:
+            continue
+        held = {"--tta-flip": bool(record["tta_flip"]), "--tta-sizes": sorted(record["tta_sizes"] or [])}
+        for flag, value in asked.items():
+            if value is not None and value != held[flag]:
+                raise CliError(
+                    f"{flag}: {path} is an exported model, which runs the test-time augmentation it was exported "
+                    f"with ({_tta_words(held['--tta-flip'], held['--tta-sizes'])}); drop {flag}, or export the "
+                    "model again with it (segpipe export)")
 
 
 def _preload_settings() -> tuple[str, float]:

@@ -49,6 +49,30 @@ def test_predict_batch_size_is_the_eval_batch_size():
     assert (cfg.eval.batch_size, cfg.train.batch_size) == (3, build_config("cpu-quick").train.batch_size)
 
 
+def test_predict_refuses_tta_flags_an_exported_model_does_not_hold(tmp_path, capsys):
+    """An exported model runs the TTA it was exported with: asking predict for another is exit 2, naming the
+    flag and what the export holds; asking for what it holds is fine."""
+    from segpipe_app.cli.commands import _check_export_tta
+    from segpipe_app.cli.parser import build_parser
+
+    model = tmp_path / "pets.onnx"
+    model.write_bytes(b"stand-in: only the manifest beside it is read before the run")
+    (tmp_path / "export.json").write_text(json.dumps({"contract": {"tta_flip": True, "tta_sizes": [224]}}))
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model), str(tmp_path), "--out", str(out), "--no-tta-flip",
+                 "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "--tta-flip" in err and "exported model" in err and "flip TTA on, sizes 224" in err
+    assert main(["predict", "--model", str(model), str(tmp_path), "--out", str(out), "--tta-sizes", "none",
+                 "--work-dir", str(tmp_path / "w")]) == 2
+    assert "--tta-sizes" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "w").exists()
+    parse = build_parser().parse_args
+    _check_export_tta(parse(["predict", "--model", str(model), "x", "--tta-flip", "--tta-sizes", "224"]))
+    _check_export_tta(parse(["predict", "--model", str(model), "x"]))
+    _check_export_tta(parse(["predict", "--model", str(tmp_path / "m.keras"), "x", "--no-tta-flip"]))
+
+
 def test_precision_ema_and_tta_flags(capsys):
     argv = ["config", "--preset", "cpu-quick", "--mixed-precision", "off", "--ema-momentum", "0.9", "--no-tta-flip"]
     assert main(argv) == 0
