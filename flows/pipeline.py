@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow
 
 from segpipe_app.flows.prepare_data import prepare_data_flow
-from segpipe.config import EvalConfig, PipelineConfig
+from segpipe.config import PipelineConfig
 from segpipe.data.dataset import DatasetRef
 from segpipe.layout import resolve_work_dir
 from segpipe.runs.naming import TrainedRun
@@ -18,6 +18,9 @@ from segpipe_app.tasks.evaluation import evaluate_task, gallery_task
 from segpipe_app.tasks.export import export_task
 from segpipe_app.tasks.promotion import champion_task, promote_task
 from segpipe_app.tasks.training import train_task
+
+
+METRICS_FILE = "metrics.json"  # a run's scores on the eval split
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ def pipeline(config: PipelineConfig = PipelineConfig(), work_dir: str | None = N
     dataset = prepare_data_flow(config, work)
     trained = train_task(dataset, config.model, config.train, work, eval_config=config.eval)
     run_dir = Path(trained.run_dir)
-    scored = evaluate_task([trained.model_path], dataset, config.eval, str(run_dir / "metrics.json"))
+    scored = evaluate_task([trained.model_path], dataset, config.eval, str(run_dir / METRICS_FILE))
     index = gallery_task(
         [trained.model_path], dataset, config.eval, scored["per_image"], str(run_dir / "gallery"), scored["metrics"]
     )
@@ -51,12 +54,18 @@ def retrain(config: PipelineConfig = PipelineConfig(), work_dir: str | None = No
     result = pipeline(config, work)
     e, p = config.eval, config.promotion
     run_dir = Path(result.trained.run_dir)
-    candidate = scored_on(result.trained.model_path, result, p.gate_split, run_dir / f"metrics-{p.gate_split}.json", e)
+    # The candidate on the eval split is the pipeline's own metrics file, so evaluate's cache returns it; a
+    # champion scored on one split twice (gate split = eval split) is evaluated once, the second call cached.
+    candidate = evaluate_task([result.trained.model_path], result.dataset, e,
+                              str(run_dir / metrics_name(p.gate_split, e.split)), split=p.gate_split)["metrics"]
     current = champion_task(work)
     champion_gate = champion_test = None
     if current is not None:
-        champion_gate = scored_on(current["model_path"], result, p.gate_split, run_dir / "champion-metrics.json", e)
-        champion_test = scored_on(current["model_path"], result, e.split, run_dir / f"champion-metrics-{e.split}.json", e)
+        champion = [current["model_path"]]
+        champion_gate, champion_test = (
+            evaluate_task(champion, result.dataset, e, str(run_dir / f"champion-metrics-{split}.json"),
+                          split=split)["metrics"]
+            for split in (p.gate_split, e.split))
     exports = export_task([result.trained.model_path], str(run_dir / "export"), result.dataset.path, e,
                           list(p.export_formats), raise_on_failure=False)
     reported = {"split": e.split, "candidate_mean_iou": result.metrics.get("mean_iou"),
@@ -65,8 +74,6 @@ def retrain(config: PipelineConfig = PipelineConfig(), work_dir: str | None = No
                         exports, reported)
 
 
-def scored_on(model_path: str, result: PipelineResult, split: str, out_path: Path, e: EvalConfig) -> dict[str, Any]:
-    """A model's metrics on `split` of the run's dataset (the pipeline's own when it scored that model there)."""
-    if model_path == result.trained.model_path and split == e.split:
-        return result.metrics
-    return evaluate_task([model_path], result.dataset, e, str(out_path), split=split)["metrics"]
+def metrics_name(split: str, eval_split: str) -> str:
+    """A run's metrics file for `split`: METRICS_FILE is the eval split's (the pipeline's own)."""
+    return METRICS_FILE if split == eval_split else f"metrics-{split}.json"

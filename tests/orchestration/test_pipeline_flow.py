@@ -109,3 +109,34 @@ def test_the_configured_collapse_threshold_reaches_training(flow_name, prefect_a
     with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(tmp_path / "prefect-results")}):
         flow(config=cfg, work_dir=str(tmp_path / "work"))
     assert [c.eval.collapse_threshold for c in seen] == [0.6]
+
+
+def test_retrains_scoring_of_the_candidate_on_the_eval_split_is_the_pipelines_cached_evaluation(tmp_path):
+    """retrain scores the candidate on the gate split. When that is the eval split, its call differs from the
+    pipeline's only in naming the split, with the same metrics file, so the key is the pipeline's and evaluate's
+    cache returns those scores (no second evaluation). Another split is another key and another file."""
+    from types import SimpleNamespace
+
+    from segpipe.config import EvalConfig
+    from segpipe.data.dataset import DatasetRef
+    from segpipe_app.flows.pipeline import METRICS_FILE, metrics_name
+    from segpipe_app.tasks import caching
+    from segpipe_app.tasks.evaluation import evaluate_task
+
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"stand-in model bytes")
+    e = EvalConfig(split="test")
+    dataset = DatasetRef("k1", str(tmp_path / "datasets" / "k1"), {"train": 4, "val": 2, "test": 2})
+
+    def key(out_name: str, **split) -> str | None:
+        return caching.EVALUATE_CACHE.compute_key(
+            task_ctx=SimpleNamespace(task=evaluate_task, result_store=None), flow_parameters={},
+            inputs={"model_paths": [str(model)], "dataset": dataset, "eval_config": e,
+                    "out_path": str(tmp_path / out_name), **split})
+
+    assert metrics_name("test", e.split) == METRICS_FILE and metrics_name("val", e.split) == "metrics-val.json"
+    (tmp_path / METRICS_FILE).write_text("{}")  # the pipeline's evaluation has written its file
+    pipeline_key = key(METRICS_FILE)
+    assert pipeline_key is not None and pipeline_key == key(metrics_name("test", e.split), split="test")
+    (tmp_path / "metrics-val.json").write_text("{}")
+    assert key(metrics_name("val", e.split), split="val") not in (None, pipeline_key)

@@ -77,7 +77,7 @@ def test_retrain_promotes_first_then_keeps_a_better_champion_rescored_on_a_new_d
     assert len(masks) == 4 and parity.agreement(served_masks, keras_masks) >= 0.999
 
     second = _retrain(_config(src_b, **{"train.epochs": 1}), work)
-    (rescored_path,) = work.glob("runs/*/champion-metrics.json")  # only the run on B had a champion to re-score
+    (rescored_path,) = work.glob("runs/*/champion-metrics-val.json")  # only the run on B had a champion to re-score
     rescored = json.loads(rescored_path.read_text())
     candidate = json.loads((rescored_path.parent / "metrics-val.json").read_text())
 
