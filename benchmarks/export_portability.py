@@ -106,6 +106,8 @@ def prepare(args: argparse.Namespace) -> int:
     np.savez(part / "inputs.npz", **{str(i): np.frombuffer(p.read_bytes(), dtype=np.uint8)
                                      for i, p in enumerate(picked)})
     (part / "images.json").write_text(json.dumps([p.name for p in picked], indent=1) + "\n")
+    if (Path(args.model).parent / "config.json").is_file():  # a training run's model: the configuration it ran
+        shutil.copy2(Path(args.model).parent / "config.json", part / "model-config.json")
     reports = {name: run_worker(part, name, part / f"labels-here-{name}.npz") for name in ARTIFACTS}
     (part / "here.json").write_text(json.dumps({"worker": reports, "this_python": this_python()}, indent=1) + "\n")
     shutil.rmtree(bundle, ignore_errors=True)
@@ -170,6 +172,8 @@ def compare(args: argparse.Namespace) -> int:
         "export": {"sources": manifest.get("sources"), "contract": manifest.get("contract"),
                    "parity": manifest.get("parity"), "libraries": manifest.get("libraries")},
         "images": json.loads((bundle / "images.json").read_text()),
+        "model_config": (json.loads((bundle / "model-config.json").read_text())
+                         if (bundle / "model-config.json").is_file() else None),
         "results": results,
         "skipped_there": there_report.get("skipped", {}),
         "here": here,
