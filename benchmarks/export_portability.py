@@ -129,11 +129,16 @@ def there(args: argparse.Namespace) -> int:
     if not runnable:
         raise SystemExit(f"this Python ({sys.executable}) has neither onnxruntime nor ai_edge_litert: nothing to run")
     out.mkdir(parents=True, exist_ok=True)
-    reports = {name: run_worker(bundle, name, out / f"labels-there-{name}.npz") for name in runnable}
-    (out / "there.json").write_text(json.dumps({"worker": reports, "skipped": skipped, "this_python": this_python()},
-                                               indent=1) + "\n")
-    print(json.dumps({"ran": runnable, "skipped": skipped}))
-    return 0
+    reports, failed = {}, {}
+    for name in runnable:
+        try:
+            reports[name] = run_worker(bundle, name, out / f"labels-there-{name}.npz")
+        except SystemExit as error:  # one runtime failing here is a finding, not the end of the run
+            failed[name] = str(error)
+    (out / "there.json").write_text(json.dumps({"worker": reports, "skipped": skipped, "failed": failed,
+                                                "this_python": this_python()}, indent=1) + "\n")
+    print(json.dumps({"ran": sorted(reports), "skipped": skipped, "failed": failed}))
+    return 1 if failed else 0
 
 
 def agreement(here: dict[str, Any], there: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +181,7 @@ def compare(args: argparse.Namespace) -> int:
                          if (bundle / "model-config.json").is_file() else None),
         "results": results,
         "skipped_there": there_report.get("skipped", {}),
+        "failed_there": there_report.get("failed", {}),
         "here": here,
         "there": there_report,
         "blocked_imports": list(BLOCKED),

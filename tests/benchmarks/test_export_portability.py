@@ -67,7 +67,7 @@ def test_prepare_there_compare_on_one_machine_agree_exactly(tmp_path):
     done = _run("compare", "--bundle", str(bundle), "--there", str(far), "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert sorted(result["results"]) == sorted(artifacts) and result["skipped_there"] == {}
+    assert sorted(result["results"]) == sorted(artifacts) and result["skipped_there"] == result["failed_there"] == {}
     for name in artifacts:
         got = result["results"][name]
         assert (got["n_images"], got["identical_masks"], got["pixel_agreement_min"]) == (5, 5, 1.0), name
