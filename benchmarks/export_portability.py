@@ -51,6 +51,7 @@ BLOCKED = ("segpipe", "tensorflow", "keras")
 
 def run_worker(bundle: Path, artifact: str, out: Path) -> dict[str, Any]:
     """`pets_runtime.py` on one of the bundle's artifacts and its inputs, in a fresh isolated process."""
+    bundle, out = bundle.resolve(), out.resolve()  # the worker runs in the bundle: relative paths would miss
     cmd = [sys.executable, "-I", str(bundle / "pets_runtime.py"), "--artifact", str(bundle / ARTIFACTS[artifact][0]),
            "--inputs", str(bundle / "inputs.npz"), "--out", str(out)]
     for name in BLOCKED:

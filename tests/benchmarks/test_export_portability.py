@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "export_portability.py"
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 def test_agreement_counts_identical_masks_and_the_share_of_equal_pixels(bench):
@@ -61,7 +61,7 @@ def test_prepare_there_compare_on_one_machine_agree_exactly(tmp_path):
     assert {"pets.onnx", "pets-int8.tflite", "pets_runtime.py", "export.json", "inputs.npz", "here.json",
             "images.json", *(f"labels-here-{a}.npz" for a in artifacts)} <= {p.name for p in bundle.iterdir()}
     assert not bundle.with_name("bundle.partial").exists()
-    done = _run("there", "--bundle", str(bundle), "--out-dir", str(far))
+    done = _run("there", "--bundle", "bundle", "--out-dir", "there", cwd=tmp_path)  # relative, as typed
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "result.json"
     done = _run("compare", "--bundle", str(bundle), "--there", str(far), "--out", str(out))
