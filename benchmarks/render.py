@@ -37,7 +37,8 @@ from benchmarks.render_border import alone_and_breeds, border_levers, border_wei
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import presets_quality, throughput_recipe, train_levers, xla_lever  # noqa: E402
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
-from benchmarks.render_serving import export_inference, inference, local_start, orchestration  # noqa: E402
+from benchmarks.render_serving import (export_inference, export_portability, inference, local_start,  # noqa: E402
+                                       orchestration)
 from benchmarks.render_summary import results_summary  # noqa: E402
 from benchmarks.render_training import (bfloat16_summary, input_pipeline, roofline, storage_summary,  # noqa: E402
                                         tfrecord_conversion, train_throughput, warp_check)
@@ -67,6 +68,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "orchestration": orchestration,
     "inference": inference,
     "export-inference": export_inference,
+    "export-portability": export_portability,
     "local-start": local_start,
     "recipe-selection": recipe_selection,
     "roofline": roofline,

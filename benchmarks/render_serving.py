@@ -103,6 +103,37 @@ def export_inference() -> str:
         "", provenance(d, name)])
 
 
+PORTABILITY = "export-portability.json"
+PORTABILITY_COMMAND = (".venv/bin/python benchmarks/export_portability.py prepare --model <a cpu-quick run's model.keras> "
+                       "--bundle B; python3 benchmarks/export_portability.py there --bundle B --out-dir T (on the "
+                       "other machine); .venv/bin/python benchmarks/export_portability.py compare --bundle B --there T "
+                       "--out benchmarks/results/export-portability.json")
+
+
+def export_portability() -> str:
+    """The TensorFlow-free exports run here and on another machine's Python and runtimes: identical masks per
+    artifact, and what differed between the two machines."""
+    d = load(PORTABILITY)
+    if d is None:
+        return missing(PORTABILITY, PORTABILITY_COMMAND)
+    here, there = d["here"]["this_python"], d["there"]["this_python"]
+    keys = ("python", "numpy", "pillow", "onnxruntime", "ai-edge-litert", "cores")
+    rows = ["| | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys),
+            "| this machine | " + " | ".join(str(here.get(k)) for k in keys) + " |",
+            "| the other machine | " + " | ".join(str(there.get(k)) for k in keys) + " |", "",
+            "| artifact | images | identical masks | pixel agreement (lowest image) |", "|---|---:|---:|---:|"]
+    for name, res in d["results"].items():
+        rows.append(f"| `{d['artifacts'][name]}` | {res['n_images']} | {res['identical_masks']} | "
+                    f"{res['pixel_agreement_min']:.4f} |")
+    gaps = [f"`{n}` skipped there ({why})" for n, why in d.get("skipped_there", {}).items()]
+    gaps += [f"`{n}` failed there ({why.splitlines()[0]})" for n, why in d.get("failed_there", {}).items()]
+    same = all(r["identical_masks"] == r["n_images"] for r in d["results"].values())
+    verdict = ("Every mask is identical, pixel for pixel, on both machines." if same else
+               "Not every mask is identical across the two machines: see the table.")
+    return "\n".join([*rows, "", verdict + (" " + "; ".join(gaps) + "." if gaps else ""), "",
+                      provenance(d, PORTABILITY)]) + "\n"
+
+
 def _wall_cpu(run: dict) -> str:
     return f"{n1(run['wall_s'])} ({n1(run['cpu_s'])})"
 
