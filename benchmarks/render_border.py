@@ -272,15 +272,15 @@ def alone_and_breeds() -> str:
     breeds = {b: r for b in BREEDS if (r := load(BREED.format(b))) is not None}
     today = {b: r for b in BREEDS if (r := load(TODAY_BREED.format(b))) is not None}
     parts: list[str] = [
-        missing(TODAY_QUIET, TODAY_QUIET_COMMAND) if today_quiet is None else _alone("Today's `cpu-quick`", today_quiet),
+        missing(TODAY_QUIET, TODAY_QUIET_COMMAND) if today_quiet is None else _alone("`cpu-quick` at 160 px (issue 20's throughput recipe)", today_quiet),
         missing(QUIET, QUIET_COMMAND) if quiet is None else _alone("The earlier `cpu-quick`", quiet)]
     if breeds or today:
         parts.append("Breed hold-out (`--split breed --holdout-breed B`: trained and validated on the two other "
                      "breeds, scored once after training on every image of B, original resolution, flip TTA), one "
                      "training seed per breed:")
     if today:
-        parts += _breed_table("today's `cpu-quick`", today, timed=False)
-        parts.append("Today's `cpu-quick` hold-outs ran one after the other while another training shared the "
+        parts += _breed_table("`cpu-quick` at 160 px", today, timed=False)
+        parts.append("The 160-px `cpu-quick` hold-outs ran one after the other while another training shared the "
                      "machine, so their wall seconds and CPU shares are not given.")
     if breeds:
         parts += _breed_table("the earlier `cpu-quick`" if today else "cpu-quick", breeds, timed=True,

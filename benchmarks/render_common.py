@@ -85,8 +85,11 @@ REMEASURED: dict[str, str] = {
 # Results whose configuration digest differs from what their preset resolves to today, rendered as an
 # earlier recipe: file name -> the label the text gives them.
 EARLIER_CPU_QUICK = ("`cpu-quick` before issue 20's throughput recipe (ASPP and decoder 256 wide, the encoder's batch "
-                     "norms training after unfreezing: today's `cpu-quick` with `model.aspp_filters=256`, "
-                     "`train.freeze_encoder_bn=false`, `train.fold_frozen_bn=false`)")
+                     "norms training after unfreezing, 160 px: today's `cpu-quick` with `model.aspp_filters=256`, "
+                     "`train.freeze_encoder_bn=false`, `train.fold_frozen_bn=false`, `train.img_size=160`, "
+                     "`train.budget_images=8000`)")
+EARLIER_CPU_QUICK_160 = ("`cpu-quick` at 160 px, before issue 20's input-size decision (issue 20's throughput recipe: "
+                         "today's `cpu-quick` with `train.img_size=160`, `train.budget_images=8000`)")
 EARLIER_RECIPES: dict[str, str] = {
     name: EARLIER_CPU_QUICK for name in (
         "cpu-share.json", "export_inference.json", "input_pipeline.json", "local_start.json", "multiscale-tta.json",
@@ -94,6 +97,13 @@ EARLIER_RECIPES: dict[str, str] = {
         "quality-cpu-quick-decoder-stride4.json", "test-time-levers.json", "transfer-breed-Abyssinian.json",
         "transfer-breed-Bengal.json", "transfer-breed-american_bulldog.json", "transfer-random-quiet.json",
         "transfer-random.json", "train-levers.json")
+} | {
+    name: EARLIER_CPU_QUICK_160 for name in (
+        "border-band.json", "export-portability.json", "quality-cpu-quick-alone.json",
+        "quality-cpu-quick-aspp128-bn-frozen-folded.json", "quality-cpu-quick-breed-Abyssinian.json",
+        "quality-cpu-quick-breed-Bengal.json", "quality-cpu-quick-breed-american_bulldog.json",
+        "quality-cpu-quick-interleaved.json", "quality-cpu-quick-interleaved-2.json",
+        "quality-cpu-quick-unet-mobilenetv2.json", "train-levers-xla.json")
 }
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from benchmarks.render_common import REMEASURED, RESULTS, WITHDRAWN, load, missing, n0, provenance, provenance_problems
 
 RANDOM = "transfer-random.json"  # the earlier cpu-quick, 3 training seeds, random split
-CURRENT = "quality-cpu-quick-aspp128-bn-frozen-folded.json"  # today's cpu-quick, 3 seeds (issue 20), random split
+CURRENT = "quality-cpu-quick-img224-4800.json"  # today's cpu-quick (224 px), 5 seeds (issue 20), random split
 BEFORE = "transfer-random-bf16.json"  # the same, with cpu-quick as it was before the roofline (section "Roofline")
 KERAS = "transfer-random-keras-example.json"  # keras-example, same split
 SCRATCH = "transfer-random-cpu-scratch.json"  # cpu-scratch, same split, stopped at a training CPU budget
@@ -204,8 +204,8 @@ def quality_summary() -> str:
             f"`../shared/pets-sample`'s random split at original resolution: mean IoU {spread('held_out.mean_iou')}, "
             f"foreground IoU {spread('held_out.foreground_iou')}; {spread('train_cpu_seconds', n0)} CPU-s of "
             f"training on {m['cpu_model']}, {m.get('cpus') or m.get('cores')} cores "
-            f"(`benchmarks/results/{name}`; its provenance is under \"Throughput levers\" below, and the table that "
-            "follows gives the earlier `cpu-quick`).")
+            f"(`benchmarks/results/{name}`; its provenance is under \"Larger inputs at `cpu-quick`'s own training "
+            "CPU\" below, and the table that follows gives the earlier `cpu-quick`).")
 
 
 def recipe_selection() -> str:

@@ -18,6 +18,7 @@ import statistics
 from benchmarks.render_border import STRIDE4, TARGETS, _missed, _quality_rows, figures
 from benchmarks.render_common import load, missing, provenance
 from benchmarks.render_quality import CURRENT, spread
+from benchmarks.render_border import IMG224_4800, INTERLEAVED_2
 
 LEVERS = "train-levers.json"
 CHEAPER = 1.05
@@ -101,7 +102,7 @@ def xla_lever() -> str:
 # --------------------------------------------------------------------------- the cheaper recipe, trained whole
 
 # The cheapest variant by the rule (the largest median ratio), trained as a whole recipe: three seeds, alone
-RECIPE = CURRENT
+RECIPE = "quality-cpu-quick-aspp128-bn-frozen-folded.json"  # the throughput recipe, 3 seeds (cpu-quick at 160 px)
 RECIPE_VARIANT = "aspp-128-bn-frozen-folded"  # its name in train_levers.py
 RECIPE_SETS = ("model.aspp_filters=128", "train.freeze_encoder_bn=true", "train.fold_frozen_bn=true")
 RECIPE_COMMAND = ("for S in 0 1 2; do .venv/bin/python benchmarks/quality.py --source ../shared/pets-sample "
@@ -153,21 +154,28 @@ def throughput_recipe() -> str:
 
 
 def presets_quality() -> str:
-    """README.md, under the presets table: today's `cpu-quick` against the earlier one, from their three-seed
-    results (validation, then held-out, scored once after training) and the interleaved throughput run."""
-    reports = {name: load(name) for name in (STRIDE4, RECIPE)}
+    """README.md, under the presets table: today's `cpu-quick` (224 px) against the same recipe at 160 px (paired
+    seeds, one interleaved run) and against `cpu-quick` before issue 20 (validation, then held-out, scored once
+    after training)."""
+    reports = {name: load(name) for name in (CURRENT, INTERLEAVED_2, STRIDE4, RECIPE)}
     levers = load(LEVERS)
-    if reports[RECIPE] is None or reports[STRIDE4] is None or levers is None:
-        return "Not measured yet: BENCHMARKS.md section 4, \"Throughput levers\", says how."
-    now, before = figures(reports[RECIPE]), figures(reports[STRIDE4])
+    if any(d is None for d in reports.values()) or levers is None:
+        return "Not measured yet: BENCHMARKS.md section 4 says how."
+    f = {name: figures(d) for name, d in reports.items()}
+    cpu = statistics.fmean(f[CURRENT]["train_cpu_seconds"]) / statistics.fmean(f[INTERLEAVED_2]["train_cpu_seconds"])
     cheaper_by = levers["summary"][RECIPE_VARIANT]["images_per_cpu_second_vs_reference"]
-    rows = ["| recipe (3 training seeds) | best val mean IoU | held-out mean IoU | foreground IoU | border IoU "
-            "| training images per CPU-s, same run |", "|---|---:|---:|---:|---:|---:|"]
-    for label, f, speed in (("`cpu-quick` (today)", now, f"{cheaper_by:.2f}x"),
-                            ("`cpu-quick` before issue 20 (256-wide ASPP and decoder, BN trained after unfreezing)",
-                             before, "1.00x")):
-        rows.append(f"| {label} | {spread(f['best_val_mean_iou'])} | {spread(f['held_out_mean_iou'])} | "
-                    f"{spread(f['held_out_foreground_iou'])} | {spread(f['held_out_border_iou'])} | {speed} |")
-    return ("\n".join(rows) + "\n\nFrom `benchmarks/results/" + RECIPE + "`, `benchmarks/results/" + STRIDE4
-            + "` and `benchmarks/results/" + LEVERS + "` (machines, commits and commands in BENCHMARKS.md section 4, "
-            "\"Throughput levers\").\n")
+    rows = ["| recipe | training seeds | best val mean IoU | held-out mean IoU | foreground IoU | border IoU "
+            "| training cost |", "|---|---|---:|---:|---:|---:|---|"]
+    for label, name, cost in (
+            ("`cpu-quick` (today: 224 px, 4,800 images)", CURRENT,
+             f"{cpu:.2f}x the CPU-seconds of 160 px, same run"),
+            ("`cpu-quick` at 160 px, 8,000 images (issue 20's throughput recipe)", INTERLEAVED_2, "1.00x"),
+            ("`cpu-quick` at 160 px, same recipe, an earlier run", RECIPE,
+             f"{cheaper_by:.2f}x the training images per CPU-second of the recipe below (throughput run)"),
+            ("`cpu-quick` before issue 20 (256-wide ASPP and decoder, BN trained after unfreezing)", STRIDE4, "—")):
+        x = f[name]
+        rows.append(f"| {label} | {', '.join(str(s) for s in x['seeds'])} | {spread(x['best_val_mean_iou'])} | "
+                    f"{spread(x['held_out_mean_iou'])} | {spread(x['held_out_foreground_iou'])} | "
+                    f"{spread(x['held_out_border_iou'])} | {cost} |")
+    files = ", ".join(f"`benchmarks/results/{n}`" for n in (*reports, LEVERS))
+    return ("\n".join(rows) + f"\n\nFrom {files} (machines, commits and commands in BENCHMARKS.md section 4).\n")

@@ -94,7 +94,7 @@ def _tta(p: Any) -> None:
                    help="also predict the mirrored image and average (test-time augmentation)")
     p.add_argument("--tta-sizes", type=_sizes, default=None, metavar="N,N",
                    help="also predict with the model rebuilt at these input sizes and average (multi-scale "
-                        "test-time augmentation), e.g. 224; 'none' for none")
+                        "test-time augmentation), e.g. 288; 'none' for none")
 
 
 def _sizes(raw: str) -> list[int]:

@@ -84,8 +84,8 @@ def test_precision_ema_and_tta_flags(capsys):
 
 
 def test_tta_sizes_flag(capsys):
-    assert main(["config", "--preset", "cpu-quick", "--tta-sizes", "224,128"]) == 0
-    assert json.loads(capsys.readouterr().out)["eval"]["tta_sizes"] == [224, 128]
+    assert main(["config", "--preset", "cpu-quick", "--tta-sizes", "288,128"]) == 0
+    assert json.loads(capsys.readouterr().out)["eval"]["tta_sizes"] == [288, 128]
     assert main(["config", "--preset", "cpu-quick", "--tta-sizes", "none"]) == 0
     assert json.loads(capsys.readouterr().out)["eval"]["tta_sizes"] == []
     with pytest.raises(SystemExit) as exit_:

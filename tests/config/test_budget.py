@@ -31,7 +31,7 @@ def test_epochs_derived_from_the_budget_and_the_split():
 
 
 def test_an_epoch_is_at_most_a_tenth_of_the_budget_on_a_large_split():
-    train = build_config("cpu-quick").train  # 8,000 images, the first 800 frozen, batch 8
+    train = build_config("cpu-quick", {"train": {"budget_images": 8_000}}).train  # the first 800 frozen, batch 8
     sample, official = training_plan(train, 270), training_plan(train, 3_312)
     assert (sample.steps_per_epoch, sample.epochs, sample.frozen_epochs) == (34, 30, 3)  # one pass: 272 images
     assert (official.steps_per_epoch, official.epochs, official.frozen_epochs) == (125, 8, 1)  # 1,000-image epochs

@@ -119,12 +119,12 @@ def test_augmentation_strength_is_configurable_and_checked() -> None:
 ])
 def test_tta_sizes_are_checked_against_the_model_before_any_work(sizes, words):
     with pytest.raises(ConfigError, match="eval.tta_sizes") as err:
-        build_config("cpu-quick", {"eval.tta_sizes": sizes})
+        build_config("cpu-quick", {"train.img_size": 160, "eval.tta_sizes": sizes})
     assert words in str(err.value)
 
 
 def test_tta_sizes_take_the_models_own_rule():
-    assert build_config("cpu-quick", {"eval.tta_sizes": [224, 128]}).eval.tta_sizes == (224, 128)
+    assert build_config("cpu-quick", {"eval.tta_sizes": [288, 128]}).eval.tta_sizes == (288, 128)
     build_config(None, {"model.name": "unet", "model.depth": 2, "train.img_size": 36, "eval.tta_sizes": [44]})
     with pytest.raises(ConfigError, match="eval.tta_sizes.*multiples of 4"):
         build_config(None, {"model.name": "unet", "model.depth": 2, "train.img_size": 36, "eval.tta_sizes": [42]})
