@@ -272,7 +272,8 @@ def alone_and_breeds() -> str:
     breeds = {b: r for b in BREEDS if (r := load(BREED.format(b))) is not None}
     today = {b: r for b in BREEDS if (r := load(TODAY_BREED.format(b))) is not None}
     parts: list[str] = [
-        missing(TODAY_QUIET, TODAY_QUIET_COMMAND) if today_quiet is None else _alone("`cpu-quick` at 160 px (issue 20's throughput recipe)", today_quiet),
+        missing(TODAY_QUIET, TODAY_QUIET_COMMAND) if today_quiet is None
+        else _alone("`cpu-quick` at 160 px (issue 20's throughput recipe)", today_quiet),
         missing(QUIET, QUIET_COMMAND) if quiet is None else _alone("The earlier `cpu-quick`", quiet)]
     if breeds or today:
         parts.append("Breed hold-out (`--split breed --holdout-breed B`: trained and validated on the two other "
