@@ -47,13 +47,27 @@ DECISIONS: list[dict[str, Any]] = [
         "id": "cpu-quick-input-size",
         "question": "cpu-quick's input size: 160 px, or 224 px (the ImageNet encoder's own) with the image budget "
                     "cut for about the same training CPU (issue 20, for the border class)",
-        "preset_today": "160 px (train.img_size 160), 8,000 images; not switched: 224 px has the higher validation "
-                        "mean, but its gain misses the adoption rule (a gain of 0.005 on every seed) on one seed of "
-                        "three (BENCHMARKS.md, the equal-CPU block)",
+        "preset_today": "224 px since the second run (decision cpu-quick-input-size-at-its-cpu); in this first run, "
+                        "at 0.85x cpu-quick's training CPU, 224 px had the higher validation mean but missed the "
+                        "adoption rule (a gain of 0.005 on every seed) on one seed of three",
         "first_decided": "160 px since the first cpu-quick; measured in issue 20 in one interleaved run",
         "candidates": {
-            "160 px, 8,000 images (cpu-quick today)": "quality-cpu-quick-interleaved.json",
+            "160 px, 8,000 images (cpu-quick then)": "quality-cpu-quick-interleaved.json",
             "224 px, 4,100 images": "quality-cpu-quick-img224.json",
+        },
+    },
+    {
+        "id": "cpu-quick-input-size-at-its-cpu",
+        "question": "cpu-quick's input size at cpu-quick's own training CPU: 160 px at 8,000 images, or 224 px with "
+                    "the budget set before the run to 4,800 images for about the same CPU (issue 20), five seeds",
+        "preset_today": "224 px (train.img_size 224), 4,800 images: switched in issue 20 on this run, where 224 px "
+                        "gained on validation by at least 0.005 on every one of five seeds (BENCHMARKS.md, the "
+                        "input-size block)",
+        "first_decided": "160 px since the first cpu-quick; issue 20's second interleaved run, its budget and seeds "
+                         "fixed before the run",
+        "candidates": {
+            "160 px, 8,000 images": "quality-cpu-quick-interleaved-2.json",
+            "224 px, 4,800 images": "quality-cpu-quick-img224-4800.json",
         },
     },
     {

@@ -33,7 +33,7 @@ MARKER = re.compile(r"<!-- ([a-z0-9-]+):begin -->\n(.*?)<!-- \1:end -->", re.S)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.render_border import alone_and_breeds, border_levers, border_weight, equal_cpu  # noqa: E402
+from benchmarks.render_border import alone_and_breeds, border_levers, border_weight, equal_cpu, input_size  # noqa: E402
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import presets_quality, throughput_recipe, train_levers, xla_lever  # noqa: E402
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
@@ -51,6 +51,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "border-levers": border_levers,
     "border-weight": border_weight,
     "equal-cpu": equal_cpu,
+    "input-size": input_size,
     "alone-and-breeds": alone_and_breeds,
     "cpu-share": cpu_share,
     "test-time-levers": test_time_levers,
