@@ -39,7 +39,7 @@ DECISIONS: list[dict[str, Any]] = [
                          "re-measured in issue 20 in one interleaved run with cpu-quick as it is, the U-Net's "
                          "budget cut to 3,500 images for about DeepLabV3+'s training CPU at 8,000",
         "candidates": {
-            "deeplabv3plus-mobilenetv2 (cpu-quick today)": "quality-cpu-quick-interleaved.json",
+            "deeplabv3plus-mobilenetv2, 160 px (cpu-quick then)": "quality-cpu-quick-interleaved.json",
             "unet-mobilenetv2, 3,500 images": "quality-cpu-quick-unet-mobilenetv2.json",
         },
     },

@@ -137,8 +137,8 @@ def equal_cpu() -> str:
 # spent 0.85x of it at 4,100 images).
 INTERLEAVED_2 = "quality-cpu-quick-interleaved-2.json"  # cpu-quick as it is: the second run's reference
 IMG224_4800 = "quality-cpu-quick-img224-4800.json"  # train.img_size=224, train.budget_images=4800
-INPUT_SIZE = {INTERLEAVED_2: ("`cpu-quick` (DeepLabV3+, 160 px, 8,000 images)", "reference"),
-              IMG224_4800: ("`cpu-quick` + `train.img_size=224`, 4,800 images", "img224b")}
+INPUT_SIZE = {INTERLEAVED_2: ("`cpu-quick` at 160 px, 8,000 images (the preset before this run)", "reference"),
+              IMG224_4800: ("224 px, 4,800 images (`cpu-quick` since this run)", "img224b")}
 INPUT_SIZE_COMMAND = (".venv/bin/python benchmarks/quality.py --merge {0}-0.json {0}-1.json {0}-2.json {0}-3.json "
                       "{0}-4.json --out benchmarks/results/{1}")
 
@@ -146,10 +146,11 @@ INPUT_SIZE_COMMAND = (".venv/bin/python benchmarks/quality.py --merge {0}-0.json
 def input_size() -> str:
     """224-pixel inputs against cpu-quick as it is, at cpu-quick's training CPU, over five seeds in one
     interleaved run, paired by training seed on best validation mean IoU."""
-    return _interleaved(INPUT_SIZE, INTERLEAVED_2, INPUT_SIZE_COMMAND)
+    return _interleaved(INPUT_SIZE, INTERLEAVED_2, INPUT_SIZE_COMMAND, reference_word="160 px")
 
 
-def _interleaved(files: dict[str, tuple[str, str]], reference: str, command: str) -> str:
+def _interleaved(files: dict[str, tuple[str, str]], reference: str, command: str,
+                 reference_word: str = "`cpu-quick`") -> str:
     """An interleaved run's table (reference first), each candidate's paired validation sentence with its
     training CPU against the reference's in the same run, and every file's provenance."""
     reports = {name: load(name) for name in files}
@@ -167,8 +168,8 @@ def _interleaved(files: dict[str, tuple[str, str]], reference: str, command: str
         if base["seeds"] != cand["seeds"]:
             raise ValueError(f"{reference} and {name} must hold the same training seeds to be paired")
         cpu = statistics.fmean(cand["train_cpu_seconds"]) / statistics.fmean(base["train_cpu_seconds"])
-        lines.append(_paired_sentence(f"{files[name][0]} minus `cpu-quick`", base, cand)
-                     + f" Its training CPU-seconds are {cpu:.2f}x `cpu-quick`'s in the same run.")
+        lines.append(_paired_sentence(f"{files[name][0]} minus {reference_word}", base, cand)
+                     + f" Its training CPU-seconds are {cpu:.2f}x {reference_word}'s in the same run.")
     return "\n\n".join([table, *lines, *(provenance(reports[n], n) for n in files)])
 
 
