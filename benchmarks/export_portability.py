@@ -63,18 +63,18 @@ def run_worker(bundle: Path, artifact: str, out: Path) -> dict[str, Any]:
 
 
 def this_python() -> dict[str, Any]:
-    """This Python's versions of what the ONNX path uses, and the machine (standard library only)."""
+    """This Python's versions of what the exported runtimes use, and the machine (standard library only)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from benchmarks.common import cpu_model
+
     versions: dict[str, Any] = {"python": platform.python_version()}
-    for module, name in (("numpy", "numpy"), ("PIL", "pillow"), ("onnxruntime", "onnxruntime"),
-                         ("ai_edge_litert", "ai-edge-litert")):
-        probe = subprocess.run([sys.executable, "-I", "-c", f"from importlib.metadata import version; "
-                                f"import {module}; print(version({name!r}))"], capture_output=True, text=True)
-        versions[name] = probe.stdout.strip() if probe.returncode == 0 else None
-    cpu = ""
-    if Path("/proc/cpuinfo").is_file():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")
-    return {**versions, "cpu_model": cpu or platform.processor(), "cores": os.cpu_count(), "arch": platform.machine(),
+    for name in ("numpy", "pillow", "onnxruntime", "ai-edge-litert"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {**versions, "cpu_model": cpu_model(), "cores": os.cpu_count(), "arch": platform.machine(),
             "system": platform.system()}
 
 

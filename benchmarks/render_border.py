@@ -14,7 +14,7 @@ import math
 import statistics
 
 from benchmarks.render_common import load, missing, provenance
-from benchmarks.render_quality import BREED, BREEDS, QUIET, spread
+from benchmarks.render_quality import BREED, BREEDS, CURRENT, QUIET, spread
 
 STRIDE4 = "quality-cpu-quick-decoder-stride4.json"  # cpu-quick as it is (DeepLabV3+ logits at /4)
 STRIDE2 = "quality-cpu-quick-decoder-stride2.json"  # the same with model.decoder_stride=2
@@ -136,9 +136,9 @@ def equal_cpu() -> str:
 # inputs with the budget set before the run for cpu-quick's training CPU (the first run's 224-pixel recipe
 # spent 0.85x of it at 4,100 images).
 INTERLEAVED_2 = "quality-cpu-quick-interleaved-2.json"  # cpu-quick as it is: the second run's reference
-IMG224_4800 = "quality-cpu-quick-img224-4800.json"  # train.img_size=224, train.budget_images=4800
+# the candidate, train.img_size=224 and train.budget_images=4800, is today's cpu-quick: render_quality.CURRENT
 INPUT_SIZE = {INTERLEAVED_2: ("`cpu-quick` at 160 px, 8,000 images (the preset before this run)", "reference"),
-              IMG224_4800: ("224 px, 4,800 images (`cpu-quick` since this run)", "img224b")}
+              CURRENT: ("224 px, 4,800 images (`cpu-quick` since this run)", "img224b")}
 INPUT_SIZE_COMMAND = (".venv/bin/python benchmarks/quality.py --merge {0}-0.json {0}-1.json {0}-2.json {0}-3.json "
                       "{0}-4.json --out benchmarks/results/{1}")
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import statistics
 
-from benchmarks.render_border import STRIDE4, TARGETS, _missed, _quality_rows, figures
+from benchmarks.render_border import INTERLEAVED_2, STRIDE4, TARGETS, _missed, _quality_rows, figures
 from benchmarks.render_common import load, missing, provenance
 from benchmarks.render_quality import CURRENT, spread
-from benchmarks.render_border import IMG224_4800, INTERLEAVED_2
 
 LEVERS = "train-levers.json"
 CHEAPER = 1.05
