@@ -241,6 +241,14 @@ class TrainConfig(_AugmentFields):  # type: ignore[misc, valid-type]
     class_weights: tuple[float, float, float] | None = Field(
         None, description="weights for (pet, background, border)"
     )
+    boundary_loss_weight: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="add this weight x a boundary-aware term to the loss: the expected distance by which the "
+        "predicted class misses the true class's region (segpipe.training.boundary_loss); 0 = off",
+    )
+    boundary_loss_radius: int = Field(
+        8, ge=1, le=64, description="pixels (at img_size) up to which the boundary-aware term measures distance"
+    )
     augment: bool = True
     # aug_max_scale, aug_max_rotation, aug_brightness, aug_contrast, aug_hue, aug_saturation: from
     # segpipe.config.augment, through _AugmentFields

@@ -11,6 +11,7 @@ from segpipe.config.budget import TrainingPlan
 from segpipe.config import PipelineConfig
 from segpipe.models.encoders import encoder_of
 from segpipe.training.bn_folding import fold_frozen_batch_norms
+from segpipe.training.boundary_loss import with_boundary_term
 from segpipe.training.optimizers import build_optimizer
 from segpipe.data import NUM_CLASSES
 
@@ -36,6 +37,7 @@ def build_and_compile(cfg: PipelineConfig, plan: TrainingPlan) -> tuple[keras.Mo
         inner.scale_learning_rate(encoder.trainable_variables, t.encoder_lr_multiplier)
     loss = build_loss(t.loss, num_classes=NUM_CLASSES, dice_weight=t.dice_weight,
                       focal_gamma=t.focal_gamma, class_weights=t.class_weights)
+    loss = with_boundary_term(loss, t.boundary_loss_weight, t.boundary_loss_radius)
 
     def compile_phase(encoder_frozen: bool) -> None:
         if encoder is not None:

@@ -1,0 +1,103 @@
+"""A boundary-aware loss term: the geometry of each class's outline, as the loss sees it (issue 20).
+
+`train.boundary_loss_weight` adds to any named loss (`segpipe.training.losses`), per image,
+
+    weight * mean over pixels x of  sum_c p_c(x) * (phi_c(x) - phi_y(x))
+
+where y is the pixel's true class and phi_c the signed distance to class c's region in the label map
+(negative inside, positive outside; chessboard pixels, truncated at `train.boundary_loss_radius` and divided
+by it, so it lies in [-1, 1]). It is the expected distance by which the predicted class misses the true
+class's region: zero for a perfect prediction, and a border (or pet) predicted eight pixels from the true band
+costs eight times one predicted next to it. The boundary loss of Kervadec et al. (2019, "Boundary loss for
+highly unbalanced segmentation") in this form; the cross-entropy counts every wrong pixel alike.
+
+The distances come from the labels alone, with `radius` 3x3 max-pools (dilations) and as many erosions, so
+no distance transform and no gradient flows through them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from segpipe.data import NUM_CLASSES
+from segpipe.training.losses import _prepare
+
+MAX_RADIUS = 64
+
+
+def _check_radius(radius: Any) -> None:
+    if isinstance(radius, bool) or not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
+        raise ValueError(f"boundary loss radius must be an int in [1, {MAX_RADIUS}] pixels, got {radius!r}")
+
+
+def signed_contour_distance(labels: Any, num_classes: int, radius: int) -> Any:
+    """(B, H, W) int labels -> (B, H, W, C) float32 signed distances to each class's region, in [-1, 1].
+
+    Outside class c: the chessboard distance to its nearest pixel (1 next to it); inside: minus the depth
+    below its outline (0 on the outline's own pixels); both truncated at `radius`, then divided by it. A class
+    absent from an image is `radius` away everywhere (+1).
+    """
+    _check_radius(radius)
+    region = ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
+
+    def dilate(x: Any) -> Any:
+        return ops.max_pool(x, pool_size=3, strides=1, padding="same")
+
+    grown, shrunk = region, region
+    outside = ops.zeros_like(region)
+    inside = ops.zeros_like(region)
+    for _ in range(radius):
+        outside = outside + (1.0 - grown)
+        grown = dilate(grown)
+        shrunk = 1.0 - dilate(1.0 - shrunk)  # erosion; beyond the image's edge counts as inside
+        inside = inside + shrunk
+    return ops.stop_gradient((outside - inside) / float(radius))
+
+
+def boundary_term(y_true: Any, y_pred: Any, radius: int) -> Any:
+    """Per image (B,): the mean over pixels of sum_c p_c * (phi_c - phi_true), >= 0, 0 when perfect."""
+    labels, probs = _prepare(y_true, y_pred, None)
+    phi = signed_contour_distance(labels, probs.shape[-1] or NUM_CLASSES, radius)
+    phi_true = ops.take_along_axis(phi, ops.expand_dims(labels, -1), axis=-1)
+    excess = ops.sum(probs * (phi - phi_true), axis=-1)  # (B, H, W)
+    return ops.mean(ops.reshape(excess, (ops.shape(excess)[0], -1)), axis=-1)
+
+
+def _per_image(values: Any) -> Any:
+    """A loss's values, (B,) or (B, H, W): the mean per image, (B,)."""
+    if len(values.shape) == 1:
+        return values
+    return ops.mean(ops.reshape(values, (ops.shape(values)[0], -1)), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class BoundaryAwareLoss(keras.losses.Loss):
+    """`base` (any segpipe loss) per image + `weight` * `boundary_term` with `radius` pixels."""
+
+    def __init__(self, base: keras.losses.Loss | dict[str, Any], weight: float = 1.0, radius: int = 8,
+                 **kwargs: Any):
+        if isinstance(base, dict):
+            base = keras.saving.deserialize_keras_object(base)
+        if not isinstance(base, keras.losses.Loss):
+            raise ValueError(f"boundary-aware loss needs a keras loss to add to, got {base!r}")
+        if not weight > 0:
+            raise ValueError(f"boundary loss weight must be > 0 (0 is no boundary term), got {weight!r}")
+        _check_radius(radius)
+        kwargs.setdefault("name", f"{base.name}_boundary")
+        super().__init__(**kwargs)
+        self.base, self.weight, self.radius = base, float(weight), radius
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        return _per_image(self.base.call(y_true, y_pred)) + self.weight * boundary_term(y_true, y_pred, self.radius)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "base": keras.saving.serialize_keras_object(self.base),
+                "weight": self.weight, "radius": self.radius}
+
+
+def with_boundary_term(loss: keras.losses.Loss, weight: float, radius: int) -> keras.losses.Loss:
+    """`loss` itself when `weight` is 0, else `loss` + `weight` x the boundary term."""
+    return loss if weight == 0 else BoundaryAwareLoss(loss, weight, radius)
