@@ -33,7 +33,8 @@ MARKER = re.compile(r"<!-- ([a-z0-9-]+):begin -->\n(.*?)<!-- \1:end -->", re.S)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.render_border import alone_and_breeds, border_levers, border_weight, equal_cpu, input_size  # noqa: E402
+from benchmarks.render_border import (  # noqa: E402
+    alone_and_breeds, border_levers, border_weight, boundary_loss, equal_cpu, input_size)
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import presets_quality, throughput_recipe, train_levers, xla_lever  # noqa: E402
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
@@ -50,6 +51,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "quality-summary": quality_summary,
     "border-levers": border_levers,
     "border-weight": border_weight,
+    "boundary-loss": boundary_loss,
     "equal-cpu": equal_cpu,
     "input-size": input_size,
     "alone-and-breeds": alone_and_breeds,

@@ -173,6 +173,21 @@ def _interleaved(files: dict[str, tuple[str, str]], reference: str, command: str
     return "\n\n".join([table, *lines, *(provenance(reports[n], n) for n in files)])
 
 
+# A third interleaved run (`boundary_loss`): for each of three training seeds, cpu-quick as it is (224 px), then the
+# same with the boundary-aware loss term (segpipe.training.boundary_loss), its weight 1 and radius 8 fixed before
+# the run.
+INTERLEAVED_3 = "quality-cpu-quick-interleaved-3.json"  # cpu-quick as it is: the third run's reference
+BOUNDARY = "quality-cpu-quick-boundary-loss.json"  # cpu-quick + train.boundary_loss_weight=1
+BOUNDARY_LOSS = {INTERLEAVED_3: ("`cpu-quick` (224 px, 4,800 images)", "reference"),
+                 BOUNDARY: ("`cpu-quick` + `train.boundary_loss_weight=1` (radius 8 px)", "boundary")}
+
+
+def boundary_loss() -> str:
+    """The boundary-aware loss term against cpu-quick as it is, over three seeds in one interleaved run, paired by
+    training seed on best validation mean IoU."""
+    return _interleaved(BOUNDARY_LOSS, INTERLEAVED_3, EQUAL_CPU_COMMAND)
+
+
 # --------------------------------------------------------------------------- the border class weighted in the loss
 
 BORDER_WEIGHT = "quality-cpu-quick-border-weight2.json"  # cpu-quick with train.class_weights=[1,1,2]
@@ -210,7 +225,8 @@ def _missed(got: float, want: float, at_least: bool, fmt: str, unit: str = "") -
     return "**met**" if ok else f"**missed** by {abs(want - got):{fmt}}{unit}"
 
 
-TODAY_BREED = "quality-cpu-quick-breed-{}.json"  # today's cpu-quick (issue 20's recipe), one breed held out
+TODAY_BREED = "quality-cpu-quick-img224-breed-{}.json"  # today's cpu-quick (224 px), one breed held out
+BREED_160 = "quality-cpu-quick-breed-{}.json"  # cpu-quick at 160 px (issue 20's throughput recipe), one breed held out
 
 
 def _breed_table(label: str, breeds: dict[str, dict], *, timed: bool, verdict: bool = True) -> list[str]:
@@ -237,10 +253,14 @@ def _breed_table(label: str, breeds: dict[str, dict], *, timed: bool, verdict: b
     return ["\n".join(rows), tail]
 
 
-TODAY_QUIET = "quality-cpu-quick-alone.json"  # today's cpu-quick (issue 20's recipe), seed 0, timed alone
+TODAY_QUIET = "quality-cpu-quick-img224-alone.json"  # today's cpu-quick (224 px), seed 0, timed alone
+QUIET_160 = "quality-cpu-quick-alone.json"  # cpu-quick at 160 px (issue 20's throughput recipe), seed 0, timed alone
 TODAY_QUIET_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --preset cpu-quick "
                        "--train-seed 0 --set model.encoder_weights=<weights file> --out benchmarks/results/"
                        + TODAY_QUIET)
+TODAY_BREED_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --split breed "
+                       "--holdout-breed {b} --preset cpu-quick --train-seed 0 --set model.encoder_weights=<weights "
+                       "file> --out benchmarks/results/" + TODAY_BREED.replace("{}", "{b}"))
 
 
 def _alone(label: str, report: dict) -> str:
@@ -265,32 +285,38 @@ def _alone(label: str, report: dict) -> str:
 
 
 def alone_and_breeds() -> str:
-    """Issue 20's timing of one cpu-quick training alone (wall seconds, the process tree's CPU share), today's
-    recipe and the earlier one, and their breed hold-outs (mean IoU on a breed training never saw), each against
-    the issue's targets."""
-    quiet = load(QUIET)
-    today_quiet = load(TODAY_QUIET)
+    """Issue 20's timing of one cpu-quick training alone (wall seconds, the process tree's CPU share) and the breed
+    hold-outs (mean IoU on a breed training never saw): today's recipe (224 px), the 160-px recipe before it and
+    the earlier one, each against the issue's targets."""
+    quiet, quiet_160, today_quiet = load(QUIET), load(QUIET_160), load(TODAY_QUIET)
     breeds = {b: r for b in BREEDS if (r := load(BREED.format(b))) is not None}
+    breeds_160 = {b: r for b in BREEDS if (r := load(BREED_160.format(b))) is not None}
     today = {b: r for b in BREEDS if (r := load(TODAY_BREED.format(b))) is not None}
     parts: list[str] = [
         missing(TODAY_QUIET, TODAY_QUIET_COMMAND) if today_quiet is None
-        else _alone("`cpu-quick` at 160 px (issue 20's throughput recipe)", today_quiet),
+        else _alone("`cpu-quick` (224 px, 4,800 images)", today_quiet),
+        *([] if quiet_160 is None else [_alone("`cpu-quick` at 160 px (issue 20's throughput recipe)", quiet_160)]),
         missing(QUIET, QUIET_COMMAND) if quiet is None else _alone("The earlier `cpu-quick`", quiet)]
-    if breeds or today:
-        parts.append("Breed hold-out (`--split breed --holdout-breed B`: trained and validated on the two other "
-                     "breeds, scored once after training on every image of B, original resolution, flip TTA), one "
-                     "training seed per breed:")
+    parts.append("Breed hold-out (`--split breed --holdout-breed B`: trained and validated on the two other "
+                 "breeds, scored once after training on every image of B, original resolution, flip TTA), one "
+                 "training seed per breed:")
     if today:
-        parts += _breed_table("`cpu-quick` at 160 px", today, timed=False)
+        parts += _breed_table("`cpu-quick`, 224 px", today, timed=False)
+        parts.append("The 224-px hold-outs ran one after the other with the machine to themselves, apart from this "
+                     "repository's own short tests and rendering; so their wall seconds and CPU shares are not "
+                     "given.")
+    parts += [missing(TODAY_BREED.format(b), TODAY_BREED_COMMAND.format(b=b)) for b in BREEDS if b not in today]
+    if breeds_160:
+        parts += _breed_table("`cpu-quick` at 160 px", breeds_160, timed=False)
         parts.append("The 160-px `cpu-quick` hold-outs ran one after the other while another training shared the "
                      "machine, so their wall seconds and CPU shares are not given.")
     if breeds:
-        parts += _breed_table("the earlier `cpu-quick`" if today else "cpu-quick", breeds, timed=True,
-                              verdict=not today)
+        parts += _breed_table("the earlier `cpu-quick`", breeds, timed=True, verdict=False)
         parts.append("The earlier recipe's hold-outs ran one after the other alone.")
-    if not breeds and not today:
+    else:
         parts += [missing(BREED.format(b), BREED_COMMAND.format(b=b)) for b in BREEDS]
-    parts += [provenance(d, TODAY_BREED.format(b)) for b, d in today.items()]
-    parts += [provenance(d, n) for n, d in ((TODAY_QUIET, today_quiet), (QUIET, quiet),
-                                            *((BREED.format(b), r) for b, r in breeds.items())) if d is not None]
+    named = ((TODAY_QUIET, today_quiet), *((TODAY_BREED.format(b), r) for b, r in today.items()),
+             (QUIET_160, quiet_160), *((BREED_160.format(b), r) for b, r in breeds_160.items()),
+             (QUIET, quiet), *((BREED.format(b), r) for b, r in breeds.items()))
+    parts += [provenance(d, n) for n, d in named if d is not None]
     return "\n\n".join(parts)
