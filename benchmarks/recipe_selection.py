@@ -71,6 +71,19 @@ DECISIONS: list[dict[str, Any]] = [
         },
     },
     {
+        "id": "cpu-quick-boundary-loss",
+        "question": "cpu-quick's loss: cross-entropy + Dice as it is, or with the boundary-aware term "
+                    "(train.boundary_loss_weight 1, radius 8 px, both fixed before the run), for the border class "
+                    "(issue 20), three seeds in one interleaved run",
+        "preset_today": "off (train.boundary_loss_weight 0): the term must gain on validation by at least 0.005 on "
+                        "every seed to be adopted (BENCHMARKS.md, the boundary-loss block)",
+        "first_decided": "cross-entropy + Dice since the first cpu-quick; issue 20's third interleaved run",
+        "candidates": {
+            "cpu-quick (224 px) as it is": "quality-cpu-quick-interleaved-3.json",
+            "with the boundary-aware term": "quality-cpu-quick-boundary-loss.json",
+        },
+    },
+    {
         "id": "cpu-quick-frozen-phase",
         "question": "cpu-quick's DeepLabV3+ on the MobileNetV2 encoder: with or without a frozen encoder phase",
         "preset_today": "encoder frozen for the first 800 images",
