@@ -303,8 +303,8 @@ def alone_and_breeds() -> str:
     if today:
         parts += _breed_table("`cpu-quick`, 224 px", today, timed=False)
         parts.append("The 224-px hold-outs ran one after the other with the machine to themselves, apart from this "
-                     "repository's own short tests and rendering; so their wall seconds and CPU shares are not "
-                     "given.")
+                     "repository's own short tests, rendering and a gallery checked by hand; so their wall seconds "
+                     "and CPU shares are not given.")
     parts += [missing(TODAY_BREED.format(b), TODAY_BREED_COMMAND.format(b=b)) for b in BREEDS if b not in today]
     if breeds_160:
         parts += _breed_table("`cpu-quick` at 160 px", breeds_160, timed=False)
