@@ -260,7 +260,7 @@ TODAY_QUIET_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../share
                        + TODAY_QUIET)
 TODAY_BREED_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --split breed "
                        "--holdout-breed {b} --preset cpu-quick --train-seed 0 --set model.encoder_weights=<weights "
-                       "file> --out benchmarks/results/" + TODAY_BREED.replace("{}", "{b}"))
+                       "file> --out benchmarks/results/" + TODAY_BREED.format("{b}"))
 
 
 def _alone(label: str, report: dict) -> str:

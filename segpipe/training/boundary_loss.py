@@ -7,12 +7,15 @@
 where y is the pixel's true class and phi_c the signed distance to class c's region in the label map
 (negative inside, positive outside; chessboard pixels, truncated at `train.boundary_loss_radius` and divided
 by it, so it lies in [-1, 1]). It is the expected distance by which the predicted class misses the true
-class's region: zero for a perfect prediction, and a border (or pet) predicted eight pixels from the true band
-costs eight times one predicted next to it. The boundary loss of Kervadec et al. (2019, "Boundary loss for
-highly unbalanced segmentation") in this form; the cross-entropy counts every wrong pixel alike.
+class's region: zero for a perfect prediction, and growing with the distance. With radius 8, one background
+pixel predicted as border beside the band costs 1/8; six pixels from it, 6/8 plus its own 5/8 depth in the
+background (`tests/training/test_boundary_loss.py` works both by hand). The cross-entropy counts every wrong
+pixel alike. This is the boundary loss of Kervadec et al. (2019, "Boundary loss for highly unbalanced
+segmentation") in this form.
 
 The distances come from the labels alone, with `radius` 3x3 max-pools (dilations) and as many erosions, so
-no distance transform and no gradient flows through them.
+no distance transform and no gradient flows through them. They are built inside every training step: the
+term adds training CPU (measured in BENCHMARKS.md, "A boundary-aware loss") and is off by default.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import keras
 from keras import ops
 
 from segpipe.data import NUM_CLASSES
-from segpipe.training.losses import _prepare
+from segpipe.training.losses import per_image_mean, prepare
 
 MAX_RADIUS = 64
 
@@ -59,18 +62,10 @@ def signed_contour_distance(labels: Any, num_classes: int, radius: int) -> Any:
 
 def boundary_term(y_true: Any, y_pred: Any, radius: int) -> Any:
     """Per image (B,): the mean over pixels of sum_c p_c * (phi_c - phi_true), >= 0, 0 when perfect."""
-    labels, probs = _prepare(y_true, y_pred, None)
+    labels, probs = prepare(y_true, y_pred, None)
     phi = signed_contour_distance(labels, probs.shape[-1] or NUM_CLASSES, radius)
     phi_true = ops.take_along_axis(phi, ops.expand_dims(labels, -1), axis=-1)
-    excess = ops.sum(probs * (phi - phi_true), axis=-1)  # (B, H, W)
-    return ops.mean(ops.reshape(excess, (ops.shape(excess)[0], -1)), axis=-1)
-
-
-def _per_image(values: Any) -> Any:
-    """A loss's values, (B,) or (B, H, W): the mean per image, (B,)."""
-    if len(values.shape) == 1:
-        return values
-    return ops.mean(ops.reshape(values, (ops.shape(values)[0], -1)), axis=-1)
+    return per_image_mean(ops.sum(probs * (phi - phi_true), axis=-1))
 
 
 @keras.saving.register_keras_serializable(package="segpipe")
@@ -91,7 +86,7 @@ class BoundaryAwareLoss(keras.losses.Loss):
         self.base, self.weight, self.radius = base, float(weight), radius
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        return _per_image(self.base.call(y_true, y_pred)) + self.weight * boundary_term(y_true, y_pred, self.radius)
+        return per_image_mean(self.base.call(y_true, y_pred)) + self.weight * boundary_term(y_true, y_pred, self.radius)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "base": keras.saving.serialize_keras_object(self.base),

@@ -42,8 +42,8 @@ def _check_weights(class_weights: Sequence[float] | None, num_classes: int | Non
     return weights
 
 
-def _prepare(y_true: Any, y_pred: Any, class_weights: tuple[float, ...] | None) -> tuple[Any, Any]:
-    """Return (int32 labels (B, H, W), clipped float32 probabilities (B, H, W, C))."""
+def prepare(y_true: Any, y_pred: Any, class_weights: tuple[float, ...] | None) -> tuple[Any, Any]:
+    """Return (int32 labels (B, H, W), clipped float32 probabilities (B, H, W, C)); every loss term starts here."""
     y_pred = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
     if len(y_true.shape) == len(y_pred.shape):
         y_true = ops.squeeze(y_true, axis=-1)
@@ -57,6 +57,13 @@ def _prepare(y_true: Any, y_pred: Any, class_weights: tuple[float, ...] | None) 
             f"class_weights has {len(class_weights)} entries but predictions have {y_pred.shape[-1]} classes"
         )
     return ops.cast(y_true, "int32"), y_pred
+
+
+def per_image_mean(values: Any) -> Any:
+    """A loss's values, per image (B,) or per pixel (B, H, W): the mean per image, (B,)."""
+    if len(values.shape) == 1:
+        return values
+    return ops.mean(ops.reshape(values, (ops.shape(values)[0], -1)), axis=-1)
 
 
 def _pixel_weights(y_true: Any, class_weights: tuple[float, ...] | None) -> Any:
@@ -89,7 +96,7 @@ class FocalLoss(_SegLoss):
         self.gamma = float(gamma)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        labels, probs = _prepare(y_true, y_pred, self.class_weights)
+        labels, probs = prepare(y_true, y_pred, self.class_weights)
         p_true = ops.take_along_axis(probs, ops.expand_dims(labels, -1), axis=-1)[..., 0]
         loss = -ops.log(p_true) * _pixel_weights(labels, self.class_weights)
         if self.gamma:
@@ -140,7 +147,7 @@ class SoftDiceLoss(_SegLoss):
         self.smooth = float(smooth)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        labels, probs = _prepare(y_true, y_pred, self.class_weights)
+        labels, probs = prepare(y_true, y_pred, self.class_weights)
         onehot = ops.one_hot(labels, self.num_classes, dtype="float32")
         axes = tuple(range(1, len(probs.shape) - 1))
         intersection = ops.sum(probs * onehot, axis=axes)
@@ -176,9 +183,7 @@ class CombinedLoss(_SegLoss):
         self._dice = SoftDiceLoss(num_classes, class_weights, smooth)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        sce = self._sce.call(y_true, y_pred)
-        per_image_sce = ops.mean(ops.reshape(sce, (ops.shape(sce)[0], -1)), axis=-1)
-        return per_image_sce + self.dice_weight * self._dice.call(y_true, y_pred)
+        return per_image_mean(self._sce.call(y_true, y_pred)) + self.dice_weight * self._dice.call(y_true, y_pred)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -159,8 +159,8 @@ def test_a_tiny_run_with_the_boundary_term_trains_and_compiles_it(tiny_dataset, 
     compile_phase(False)
     assert isinstance(model.loss, BoundaryAwareLoss) and model.loss.radius == 3
     result = train(cfg, tiny_dataset, tmp_path / "run", verbose=0)
-    history = read_json(result.run_dir / "train_summary.json")
-    assert history["stop_reason"] == "completed"
+    summary = read_json(result.run_dir / "train_summary.json")
+    assert summary["stop_reason"] == "completed"
     losses = [float(row["loss"]) for row in _history_rows(result.run_dir)]
     assert len(losses) == 2 and all(np.isfinite(losses))
 
