@@ -98,6 +98,40 @@ def xla_lever() -> str:
     return head + "\n\n" + "\n".join(rows) + "\n\n" + tail + "\n\n" + provenance(d, LEVERS_XLA) + "\n"
 
 
+LEVERS_INPUT_SIZE = "train-levers-input-size.json"
+LEVERS_INPUT_SIZE_COMMAND = (".venv/bin/python benchmarks/train_levers.py --source ../shared/pets-sample "
+                             "--set model.encoder_weights=<weights file> --variants cpu-quick img-160 earlier-recipe "
+                             "--out benchmarks/results/train-levers-input-size.json")
+EARLIER = "earlier-recipe"  # cpu-quick as issue 20 found it: the reference of its throughput target
+THROUGHPUT_TARGET = 1.5  # issue 20: training images per CPU-second against the cpu-quick it was filed on
+
+
+def over_earlier(d: dict, name: str) -> list[float]:
+    """Per round, `name`'s images per CPU-second over the earlier recipe's of the same round."""
+    s = d["summary"]
+    return [a / b for a, b in zip(s[name]["images_per_cpu_second_vs_reference_per_round"],
+                                  s[EARLIER]["images_per_cpu_second_vs_reference_per_round"])]
+
+
+def input_size_throughput() -> str:
+    """cpu-quick at 224 px and at 160 px against the earlier cpu-quick in one lever run: issue 20's throughput
+    target (training images per CPU-second, median of the per-round ratios)."""
+    d = load(LEVERS_INPUT_SIZE)
+    if d is None:
+        return missing(LEVERS_INPUT_SIZE, LEVERS_INPUT_SIZE_COMMAND)
+    head, rows = _levers_table(d)
+    lines = []
+    for name, label in ((d["reference"], "`cpu-quick` (224 px)"), ("img-160", "`cpu-quick` at 160 px")):
+        ratios = over_earlier(d, name)
+        median = statistics.median(ratios)
+        verdict = "**met**" if median >= THROUGHPUT_TARGET else f"**missed** by {THROUGHPUT_TARGET - median:.2f}x"
+        lines.append(f"- {label} over the earlier recipe: {median:.2f}x the training images per CPU-second "
+                     f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); the target "
+                     f"≥ {THROUGHPUT_TARGET:.1f}x: {verdict}.")
+    return (head + "\n\n" + "\n".join(rows) + "\n\n" + "\n".join(lines) + "\n\n"
+            + provenance(d, LEVERS_INPUT_SIZE) + "\n")
+
+
 # --------------------------------------------------------------------------- the cheaper recipe, trained whole
 
 # The cheapest variant by the rule (the largest median ratio), trained as a whole recipe: three seeds, alone

@@ -31,9 +31,13 @@ What each variant changes (nothing else differs; all share `--set` and the budge
   threads-2-4      TF_NUM_INTEROP_THREADS=4: more independent ops at once, to fill the idle core
   xla              train.jit_compile=true: the train and validation steps compiled by XLA, which fuses the
                    element-wise ops and reductions (batch norm, activations) into the convolutions' loops
+  img-160          train.img_size=160: cpu-quick at 160 px, issue 20's throughput recipe before its
+                   input-size decision
+  earlier-recipe   cpu-quick as issue 20 found it: 160 px, ASPP and decoder 256 wide, the encoder's batch
+                   norms training after unfreezing (the reference of the issue's throughput target)
 
-`batch-16` alone, `threads-2-1` and `xla` run only when `--variants` names them (the default set leaves them out to
-keep the run under an hour on a slow machine).
+`batch-16` alone, `threads-2-1`, `xla`, `img-160` and `earlier-recipe` run only when `--variants` names them
+(the default set leaves them out to keep the run under an hour on a slow machine).
 
 Quality is not judged here: a four-epoch run says nothing about it. A variant that is cheaper per image
 goes on to `benchmarks/quality.py` over three seeds, judged on the validation split.
@@ -54,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common  # noqa: E402
 
 REFERENCE = "cpu-quick"
+OPT_IN = ("batch-16", "threads-2-1", "xla", "img-160", "earlier-recipe")  # run only when --variants names them
 VARIANTS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"set": [], "env": {}},
     "bn-frozen": {"set": ["train.freeze_encoder_bn=true"], "env": {}},
@@ -67,6 +72,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "threads-2-1": {"set": [], "env": {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}},
     "threads-2-4": {"set": [], "env": {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "4"}},
     "xla": {"set": ["train.jit_compile=true"], "env": {}},
+    # cpu-quick's earlier recipes, for the issue's throughput target against the cpu-quick it was filed on
+    "img-160": {"set": ["train.img_size=160"], "env": {}},
+    "earlier-recipe": {"set": ["model.aspp_filters=256", "train.freeze_encoder_bn=false",
+                               "train.fold_frozen_bn=false", "train.img_size=160"], "env": {}},
 }
 
 
@@ -138,7 +147,7 @@ def main() -> int:
     p.add_argument("--work-dir", default="bench-out/train-levers")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="for every variant")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                   default=[v for v in VARIANTS if v not in ("batch-16", "threads-2-1", "xla")])
+                   default=[v for v in VARIANTS if v not in OPT_IN])
     p.add_argument("--budget-images", type=int, default=648,
                    help="each run's length (default: three epochs of the sample's random split at batch 8)")
     p.add_argument("--freeze-encoder-images", type=int, default=0,

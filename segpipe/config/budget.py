@@ -1,7 +1,7 @@
 """A training run's length from its budget of images seen: importable without TensorFlow.
 
     plan = training_plan(cfg.train, n_train=270)
-    plan.epochs, plan.steps_per_epoch, plan.warmup_steps, plan.frozen_epochs
+    plan.epochs, plan.steps_per_epoch, plan.warmup_steps, plan.frozen_epochs, plan.small_epochs
 
 Presets state their length in training images seen (`train.budget_images`), and
 warm-up and encoder freezing in the same unit, so one preset costs about the
@@ -9,7 +9,8 @@ same on 300 or 7,390 images. An epoch is one pass over the train split, but at
 most a tenth of the budget (and never less than 1,000 images when capped), so a
 budget always gives about ten or more checkpoints, validations and ETA updates,
 and the frozen phase ends close to where it was asked to; the run is the whole
-number of epochs that covers the budget. `train.epochs` overrides the budget
+number of epochs that covers the budget. Progressive resizing (`train.progressive_images`) is in whole
+epochs too, and always leaves the last epoch at `train.img_size`. `train.epochs` overrides the budget
 (an epoch is then one pass), `train.steps_per_epoch` the epoch's length.
 """
 
@@ -34,6 +35,7 @@ class TrainingPlan:
     budget_images: int  # what the config asked for (epochs * images_per_epoch when `epochs` overrides it)
     warmup_steps: int
     frozen_epochs: int  # leading epochs with the encoder frozen (0: never frozen)
+    small_epochs: int = 0  # leading epochs at train.progressive_img_size (0: all at train.img_size)
 
     @property
     def images_per_epoch(self) -> int:
@@ -63,6 +65,7 @@ def training_plan(train: TrainConfig, n_train: int) -> TrainingPlan:
     per_epoch = steps * train.batch_size
     epochs = train.epochs if train.epochs is not None else max(1, math.ceil(train.budget_images / per_epoch))
     frozen = min(epochs, math.ceil(train.freeze_encoder_images / per_epoch))
+    small = min(epochs - 1, math.ceil(train.progressive_images / per_epoch)) if train.progressive_img_size else 0
     return TrainingPlan(
         steps_per_epoch=steps,
         epochs=epochs,
@@ -70,6 +73,7 @@ def training_plan(train: TrainConfig, n_train: int) -> TrainingPlan:
         budget_images=train.budget_images if train.epochs is None else epochs * per_epoch,
         warmup_steps=math.ceil(train.warmup_images / train.batch_size),
         frozen_epochs=frozen,
+        small_epochs=small,
     )
 
 

@@ -249,6 +249,16 @@ class TrainConfig(_AugmentFields):  # type: ignore[misc, valid-type]
     boundary_loss_radius: int = Field(
         8, ge=1, le=64, description="pixels (at img_size) up to which the boundary-aware term measures distance"
     )
+    progressive_img_size: int | None = Field(
+        None, ge=16, le=2048,
+        description="progressive resizing: train the first progressive_images images at this smaller size, "
+        "then at img_size (validation, the saved model and everything after training stay at img_size); "
+        "None = off",
+    )
+    progressive_images: int = Field(
+        0, ge=0, le=10**9,
+        description="images seen at progressive_img_size from the start, rounded up to whole epochs",
+    )
     augment: bool = True
     # aug_max_scale, aug_max_rotation, aug_brightness, aug_contrast, aug_hue, aug_saturation: from
     # segpipe.config.augment, through _AugmentFields
@@ -377,6 +387,32 @@ class PipelineConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _progressive_resizing(self) -> "PipelineConfig":
+        t = self.train
+        if t.progressive_img_size is None:
+            if t.progressive_images:
+                raise ValueError("train.progressive_images: no smaller size to train them at; expected "
+                                 "train.progressive_img_size with it")
+            return self
+        if self.model.name not in PROGRESSIVE_MODELS:
+            raise ValueError(f"train.progressive_img_size: model {self.model.name!r} cannot change its input size "
+                             f"while training; expected one of {', '.join(PROGRESSIVE_MODELS)}")
+        if t.progressive_img_size >= t.img_size:
+            raise ValueError(f"train.progressive_img_size: {t.progressive_img_size} must be smaller than "
+                             f"train.img_size ({t.img_size})")
+        try:
+            check_input_size(self.model.name, (t.progressive_img_size,) * 2, self.model.params())
+        except ValueError as exc:
+            raise ValueError(f"train.progressive_img_size: {exc}") from None
+        if t.progressive_images < 1:
+            raise ValueError("train.progressive_images: expected the number of images to train at "
+                             f"train.progressive_img_size ({t.progressive_img_size}), got {t.progressive_images}")
+        if t.epochs is None and t.progressive_images >= t.budget_images:
+            raise ValueError(f"train.progressive_images: {t.progressive_images} leaves none of train.budget_images "
+                             f"({t.budget_images}) at train.img_size; expected fewer")
+        return self
+
+    @model_validator(mode="after")
     def _tta_sizes_suit_model(self) -> "PipelineConfig":
         for size in self.eval.tta_sizes:
             if size == self.train.img_size:
@@ -389,6 +425,8 @@ class PipelineConfig(_Section):
         return self
 
 
+# Models whose training can change input size (train.progressive_img_size): built with free spatial dims
+PROGRESSIVE_MODELS = ("deeplabv3plus",)
 _ENCODER_TRAIN_FIELDS = ("freeze_encoder_images", "encoder_lr_multiplier", "freeze_encoder_bn", "fold_frozen_bn")
 
 

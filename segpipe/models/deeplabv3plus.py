@@ -33,6 +33,7 @@ from keras import layers
 from segpipe.models.encoders import ENCODERS, build_encoder, check_encoder_input
 from segpipe.models.layers import (
     BackbonePreprocess,
+    SpatialBroadcast,
     check_common,
     conv_bn_relu,
     sep_conv_bn_relu,
@@ -50,7 +51,10 @@ def aspp(x: Any, rates: tuple[int, ...], filters: int, bn_momentum: float, dropo
     height, width = x.shape[1], x.shape[2]
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pool")(x)
     pooled = conv_bn_relu(pooled, filters, 1, bn_momentum=bn_momentum, name="aspp_pool_proj")
-    pooled = layers.UpSampling2D((height, width), name="aspp_pool_upsample")(pooled)
+    if height is None or width is None:  # a model built for any input size: the same function
+        pooled = SpatialBroadcast(name="aspp_pool_upsample")([pooled, x])
+    else:
+        pooled = layers.UpSampling2D((height, width), name="aspp_pool_upsample")(pooled)
 
     branches = [conv_bn_relu(x, filters, 1, bn_momentum=bn_momentum, name="aspp_1x1")]
     for rate in rates:
@@ -78,8 +82,9 @@ def build_deeplabv3plus(
     upsample_logits: bool = True,
     decoder_stride: int = 4,
 ) -> keras.Model:
-    """DeepLabV3+; height and width must be multiples of 16 and at least 32."""
-    input_shape = check_common(input_shape, num_classes, bn_momentum)
+    """DeepLabV3+; height and width must be multiples of 16 and at least 32, or both None: a model that
+    takes any such size (what progressive resizing trains; `train.progressive_img_size`)."""
+    input_shape = check_common(input_shape, num_classes, bn_momentum, free_size=True)
     check_encoder_input(encoder, input_shape)
     rates = tuple(aspp_rates)
     if not rates or any(not isinstance(r, int) or r < 1 for r in rates) or len(set(rates)) != len(rates):
@@ -92,7 +97,8 @@ def build_deeplabv3plus(
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if decoder_stride not in DECODER_STRIDES or isinstance(decoder_stride, bool):
         raise ValueError(f"decoder_stride must be one of {', '.join(map(str, DECODER_STRIDES))}, got {decoder_stride!r}")
-    check_input_size("deeplabv3plus", input_shape[:2])
+    if input_shape[0] is not None:
+        check_input_size("deeplabv3plus", input_shape[:2])
 
     strides = (2, 4, 16) if decoder_stride == 2 else (4, 16)
     features = build_encoder(encoder, input_shape, encoder_weights, alpha=encoder_alpha, strides=strides)

@@ -7,7 +7,7 @@ pretrained encoder) convert inside the model with `BackbonePreprocess`, so a sav
 its output is float32 probabilities even under mixed precision.
 
 The custom layers here (`BackbonePreprocess`, `MaxPoolingWithArgmax2D`, `BorderBand`,
-`MaxUnpooling2D`) are registered under the "segpipe" package: import this
+`MaxUnpooling2D`, `SpatialBroadcast`) are registered under the "segpipe" package: import this
 module before `keras.saving.load_model` on a DeepLabV3+ or SegNet file.
 """
 
@@ -23,11 +23,18 @@ CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 def check_common(
-    input_shape: tuple[int, ...], num_classes: int, bn_momentum: float = 0.99
+    input_shape: tuple[int | None, ...], num_classes: int, bn_momentum: float = 0.99, *, free_size: bool = False
 ) -> tuple[int, int, int]:
-    """Validate the arguments every builder shares; return input_shape as a tuple of 3 ints."""
+    """Validate the arguments every builder shares; return input_shape as a tuple of 3 ints.
+
+    With `free_size`, (None, None, channels) is valid too: a model that takes any height and width (returned
+    as given)."""
     shape = tuple(input_shape)
-    if len(shape) != 3 or any(not isinstance(d, int) or d <= 0 for d in shape):
+    if free_size and len(shape) == 3 and shape[:2] == (None, None):
+        dims: tuple[Any, ...] = shape[2:]
+    else:
+        dims = shape
+    if len(shape) != 3 or any(not isinstance(d, int) or d <= 0 for d in dims):
         raise ValueError(f"input_shape must be (height, width, channels) of positive ints, got {input_shape!r}")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
@@ -97,6 +104,22 @@ def softmax_head(
     if upsample > 1:
         x = layers.UpSampling2D(upsample, interpolation="bilinear", name=upsample_name or f"{name}_upsample")(x)
     return layers.Activation("softmax", dtype="float32", name=f"{name}_softmax")(x)
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class SpatialBroadcast(layers.Layer):
+    """`[pooled (B, 1, 1, C), like (B, H, W, _)]` -> pooled repeated over like's H x W: (B, H, W, C).
+
+    What `UpSampling2D((H, W))` does to a 1x1 map, for a model whose H and W are known only when it runs
+    (DeepLabV3+'s image-pooling branch in a model built for progressive resizing)."""
+
+    def call(self, inputs: list[Any]) -> Any:
+        pooled, like = inputs
+        return pooled * ops.ones_like(like[..., :1], dtype=pooled.dtype)
+
+    def compute_output_shape(self, input_shape: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+        pooled, like = input_shape
+        return (like[0], like[1], like[2], pooled[3])
 
 
 @keras.saving.register_keras_serializable(package="segpipe")

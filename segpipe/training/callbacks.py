@@ -116,15 +116,18 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
     The best score is kept in `state_path`, so a resumed run only replaces the
     model with a better one. With `weights` (an `AveragedWeights`), the model is
-    saved with the averaged weights.
+    saved with the averaged weights. With `for_saving`, the model saved is what it returns (called
+    with the averaged weights in place): a progressive run's fixed-size copy of the model it trains.
     """
 
     def __init__(
-        self, path: Path, state_path: Path, monitor: str = MONITOR, weights: AveragedWeights | None = None
+        self, path: Path, state_path: Path, monitor: str = MONITOR, weights: AveragedWeights | None = None,
+        for_saving: Callable[[], keras.Model] | None = None,
     ):
         super().__init__()
         self.path, self.state_path, self.monitor = Path(path), Path(state_path), monitor
         self.weights = weights
+        self.for_saving = for_saving
         state = read_json(self.state_path) if self.state_path.is_file() and self.path.is_file() else {}
         self.best = float(state.get("value", -math.inf))
         self.best_epoch: int | None = state.get("epoch")
@@ -137,7 +140,8 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if not (_finite_loss(logs) and math.isfinite(value) and value > self.best):
             return
         with self.weights.averaged() if self.weights is not None else contextlib.nullcontext():
-            _save_atomically(self.path, self.model.save)
+            model = self.for_saving() if self.for_saving is not None else self.model
+            _save_atomically(self.path, model.save)
         self.best, self.best_epoch = value, epoch
         atomic_write_json(self.state_path, {"epoch": epoch, "monitor": self.monitor, "value": value})
 

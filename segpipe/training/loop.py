@@ -37,7 +37,7 @@ from segpipe.training.callbacks import (
 )
 from segpipe.models.encoders import recording_weights_files
 from segpipe.training.check import _summarise
-from segpipe.training.model import build_and_compile, phases
+from segpipe.training.model import Phase, build_and_compile, phases
 from segpipe.training.precision import global_policy, precision_policy
 from segpipe.training.run_dir import (
     BACKUP_DIR,
@@ -176,25 +176,25 @@ def _fit(
     keras.utils.set_random_seed(t.seed)
     val_ds = eval_dataset(dataset_dir, "val", img_size=t.img_size, batch_size=t.batch_size)
     with strategy.scope(), recording_weights_files() as weights_files:
-        model, compile_phase = build_and_compile(cfg, plan)
+        model, compile_phase, for_saving = build_and_compile(cfg, plan)
     _record_weights_files(run_dir, weights_files)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         fit_under_multi_worker_strategy(model)  # keras-team/keras#20585
     elif isinstance(strategy, tf.distribute.MirroredStrategy):
         fit_reads_one_iterator(model)  # the batches a run trains on do not depend on timing
 
-    callbacks, early, backup = _callbacks(t, run_dir, plan, on_epoch_end)
+    callbacks, early, backup = _callbacks(t, run_dir, plan, on_epoch_end, for_saving)
     losses: list[float] = []
-    for frozen, end_epoch in phases(plan, resumed):
+    for phase in phases(plan, resumed, t.img_size, t.progressive_img_size):
         with strategy.scope():  # the compiled metrics' variables too: reduced over all replicas and workers
-            compile_phase(frozen)
-        if frozen or plan.frozen_epochs:
-            log.info("epochs up to %d: encoder %s", end_epoch, "frozen" if frozen else "fine-tuned")
+            compile_phase(phase.frozen)  # a new compile: new train and test functions, traced at this size
+        _log_phase(phase, plan, t)
         # Each fit starts a new iterator: this one continues the stream where the completed epochs left it,
         # so a resumed run (and a phase change) reads the batches an uninterrupted run reads.
-        train_ds = _train_dataset(dataset_dir, t, skip_batches=backup.completed_epochs() * plan.steps_per_epoch)
+        train_ds = _train_dataset(dataset_dir, t, skip_batches=backup.completed_epochs() * plan.steps_per_epoch,
+                                  img_size=phase.img_size)
         history = model.fit(
-            train_ds, validation_data=val_ds, epochs=end_epoch, initial_epoch=backup.completed_epochs(),
+            train_ds, validation_data=val_ds, epochs=phase.end_epoch, initial_epoch=backup.completed_epochs(),
             steps_per_epoch=plan.steps_per_epoch, shuffle=False, callbacks=callbacks,
             verbose=_default_verbose() if verbose is None else verbose,
         )
@@ -204,19 +204,33 @@ def _fit(
     return _stop_reason(losses, early)
 
 
-def _train_dataset(dataset_dir: Path, t: TrainConfig, skip_batches: int) -> tf.data.Dataset:
-    """The training dataset (endless), from batch `skip_batches` of its stream on."""
+def _log_phase(phase: Phase, plan: TrainingPlan, t: TrainConfig) -> None:
+    """One line per fit of a run in phases: up to which epoch, the encoder's state and the images' size."""
+    if not (plan.frozen_epochs or plan.small_epochs):
+        return
+    parts = []
+    if plan.frozen_epochs:
+        parts.append(f"encoder {'frozen' if phase.frozen else 'fine-tuned'}")
+    if plan.small_epochs:
+        parts.append(f"training images {phase.img_size} px" + (", validation at " + str(t.img_size) + " px"
+                                                               if phase.img_size != t.img_size else ""))
+    log.info("epochs up to %d: %s", phase.end_epoch, "; ".join(parts))
+
+
+def _train_dataset(dataset_dir: Path, t: TrainConfig, skip_batches: int, img_size: int) -> tf.data.Dataset:
+    """The training dataset (endless) at `img_size`, from batch `skip_batches` of its stream on."""
     # Endless, with steps_per_epoch given to fit: fit then keeps ONE iterator for the whole phase instead of
     # starting a new one every epoch (each start re-optimises the augmenting map: ~45 ms of CPU per epoch,
     # and the prefetch buffers start empty; see BENCHMARKS.md, input pipeline).
     return training_dataset(
-        dataset_dir, img_size=t.img_size, batch_size=t.batch_size, augment=t.augment, seed=t.seed, repeat=True,
+        dataset_dir, img_size=img_size, batch_size=t.batch_size, augment=t.augment, seed=t.seed, repeat=True,
         augment_options=t.augment_options(), skip_batches=skip_batches,
     )
 
 
 def _callbacks(
-    t: TrainConfig, run_dir: Path, plan: TrainingPlan, on_epoch_end: EpochHook | None
+    t: TrainConfig, run_dir: Path, plan: TrainingPlan, on_epoch_end: EpochHook | None,
+    for_saving: Callable[[], keras.Model],
 ) -> tuple[list[keras.callbacks.Callback], ResumableEarlyStopping | None, AtomicBackupAndRestore]:
     """The run's callbacks in order, with its early stopping (when the config has one) and its backup."""
     history_path = run_dir / HISTORY_FILE
@@ -230,7 +244,7 @@ def _callbacks(
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR), write_graph=False, update_freq="epoch"),
-        BestModelCheckpoint(run_dir / MODEL_FILE, run_dir / BEST_FILE, weights=averaged),
+        BestModelCheckpoint(run_dir / MODEL_FILE, run_dir / BEST_FILE, weights=averaged, for_saving=for_saving),
     ]
     early = None
     if t.early_stopping_patience > 0:

@@ -4,6 +4,7 @@ frozen, or fine-tuned)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import keras
 
@@ -16,17 +17,43 @@ from segpipe.training.optimizers import build_optimizer
 from segpipe.data import NUM_CLASSES
 
 
-def build_and_compile(cfg: PipelineConfig, plan: TrainingPlan) -> tuple[keras.Model, Callable[[bool], None]]:
-    """The model and a `compile_phase(encoder_frozen)` that sets the encoder's state and (re)compiles.
+class Phase(NamedTuple):
+    """One `fit` of a run: the encoder frozen or not, the training images' size, and its last epoch."""
+
+    frozen: bool
+    img_size: int
+    end_epoch: int
+
+
+def build_and_compile(
+    cfg: PipelineConfig, plan: TrainingPlan
+) -> tuple[keras.Model, Callable[[bool], None], Callable[[], keras.Model]]:
+    """The model, a `compile_phase(encoder_frozen)` that sets the encoder's state and (re)compiles, and
+    `for_saving()`: the model to write to a file, with the trained model's current weights.
 
     The optimizer is built here over every variable that will ever train, so a
     phase change keeps its state and a backup holds the same variables in both phases.
+    With progressive resizing (`train.progressive_img_size`) the model trained takes any input size, and
+    `for_saving()` copies its weights into the same model built at `train.img_size` (the same layers in the
+    same order; only the image-pooling branch's broadcast differs, and it has no weights), so every file a
+    run writes is the model the rest of segpipe expects.
     """
     from segpipe.training.losses import build_loss
     from segpipe.models import build_model
 
     t = cfg.train
-    model = build_model(cfg.model.name, (t.img_size, t.img_size, 3), NUM_CLASSES, **cfg.model.params())
+    size = (t.img_size, t.img_size, 3)
+    model = build_model(cfg.model.name, (None, None, 3) if t.progressive_img_size else size, NUM_CLASSES,
+                        **cfg.model.params())
+    fixed: list[keras.Model] = []  # built on first use, once
+
+    def for_saving() -> keras.Model:
+        if not t.progressive_img_size:
+            return model
+        if not fixed:
+            fixed.append(build_model(cfg.model.name, size, NUM_CLASSES, **_without_weights_file(cfg.model.params())))
+        fixed[0].set_weights(model.get_weights())
+        return fixed[0]
     encoder = encoder_of(model)
     optimizer = build_optimizer(t, plan)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
@@ -54,7 +81,12 @@ def build_and_compile(cfg: PipelineConfig, plan: TrainingPlan) -> tuple[keras.Mo
             jit_compile=t.jit_compile,
         )
 
-    return model, compile_phase
+    return model, compile_phase, for_saving
+
+
+def _without_weights_file(params: dict[str, Any]) -> dict[str, Any]:
+    """The model's knobs without loading pretrained weights: the copy gets the trained model's weights."""
+    return {**params, "encoder_weights": None} if "encoder_weights" in params else params
 
 
 def set_encoder_trainable(encoder: keras.Model, trainable: bool, *, batch_norm: bool) -> None:
@@ -67,10 +99,11 @@ def set_encoder_trainable(encoder: keras.Model, trainable: bool, *, batch_norm: 
                 layer.trainable = False
 
 
-def phases(plan: TrainingPlan, resumed: int) -> list[tuple[bool, int]]:
-    """The fit phases still to run: (encoder frozen?, last epoch). A resume past the frozen phase goes
-    straight to the second."""
-    todo = [(True, plan.frozen_epochs)] if resumed < plan.frozen_epochs else []
-    if plan.frozen_epochs < plan.epochs:
-        todo.append((False, plan.epochs))
-    return todo
+def phases(plan: TrainingPlan, resumed: int, img_size: int, small_size: int | None = None) -> list[Phase]:
+    """The fits still to run after `resumed` epochs: a new one wherever the encoder unfreezes
+    (`plan.frozen_epochs`) or the images grow from `small_size` to `img_size` (`plan.small_epochs`). A resume
+    past a boundary goes straight to the phase it is in."""
+    ends = sorted({e for e in (plan.frozen_epochs, plan.small_epochs, plan.epochs) if e > resumed})
+    return [Phase(frozen=end <= plan.frozen_epochs,
+                  img_size=small_size if small_size and end <= plan.small_epochs else img_size,
+                  end_epoch=end) for end in ends]

@@ -155,7 +155,7 @@ def test_a_tiny_run_with_the_boundary_term_trains_and_compiles_it(tiny_dataset, 
 
     cfg = build_config("tiny", {"train": {"epochs": 2, "batch_size": 4, "img_size": 32,
                                           "boundary_loss_weight": 1.0, "boundary_loss_radius": 3}})
-    model, compile_phase = build_and_compile(cfg, training_plan(cfg.train, 12))
+    model, compile_phase, _ = build_and_compile(cfg, training_plan(cfg.train, 12))
     compile_phase(False)
     assert isinstance(model.loss, BoundaryAwareLoss) and model.loss.radius == 3
     result = train(cfg, tiny_dataset, tmp_path / "run", verbose=0)

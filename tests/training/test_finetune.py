@@ -64,7 +64,7 @@ def batches(n: int = 2, seed: int = 0):
 
 def _built(cfg):
     keras.utils.set_random_seed(0)
-    return build_and_compile(cfg, training_plan(cfg.train, n_train=8))
+    return build_and_compile(cfg, training_plan(cfg.train, n_train=8))[:2]  # (model, compile_phase)
 
 
 def test_frozen_phase_keeps_encoder_weights_and_bn_statistics_then_unfreezing_changes_them(weights_file):
