@@ -47,3 +47,23 @@ def test_a_lever_is_cheaper_only_when_every_round_says_so(bench):
     render = bench("render_throughput")
     assert render.cheaper({"images_per_cpu_second_vs_reference_per_round": [1.06, 1.30]})
     assert not render.cheaper({"images_per_cpu_second_vs_reference_per_round": [1.04, 1.30]})
+
+
+def test_the_throughput_target_is_read_against_the_earlier_recipe_of_each_round(bench):
+    render = bench("render_throughput")
+    # per round, each variant against cpu-quick; the target's ratio is cpu-quick (or img-160) over earlier-recipe
+    d = {"summary": {"cpu-quick": {"images_per_cpu_second_vs_reference_per_round": [1.0, 1.0]},
+                     "img-160": {"images_per_cpu_second_vs_reference_per_round": [1.8, 1.6]},
+                     "earlier-recipe": {"images_per_cpu_second_vs_reference_per_round": [1.25, 0.8]}}}
+    assert render.over_earlier(d, "cpu-quick") == pytest.approx([0.8, 1.25])
+    assert render.over_earlier(d, "img-160") == pytest.approx([1.44, 2.0])
+
+
+def test_the_earlier_recipe_variant_is_cpu_quick_as_issue_20_found_it(levers):
+    from segpipe.config.schema import build_config
+
+    spec = levers.VARIANTS["earlier-recipe"]
+    cfg = build_config("cpu-quick", dict(item.split("=", 1) for item in spec["set"]))
+    assert (cfg.train.img_size, cfg.model.aspp_filters, cfg.train.freeze_encoder_bn, cfg.train.fold_frozen_bn) == (
+        160, 256, False, False)
+    assert set(levers.OPT_IN) >= {"img-160", "earlier-recipe"}
