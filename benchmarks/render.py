@@ -37,7 +37,7 @@ from benchmarks.render_border import (  # noqa: E402
     alone_and_breeds, border_levers, border_weight, boundary_loss, equal_cpu, input_size)
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import (  # noqa: E402
-    input_size_throughput, presets_quality, throughput_recipe, train_levers, xla_lever)
+    input_size_throughput, presets_quality, progressive, throughput_recipe, train_levers, xla_lever)
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
 from benchmarks.render_serving import (export_inference, export_portability, inference, local_start,  # noqa: E402
                                        orchestration)
@@ -61,6 +61,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "train-levers": train_levers,
     "xla-lever": xla_lever,
     "input-size-throughput": input_size_throughput,
+    "progressive": progressive,
     "throughput-recipe": throughput_recipe,
     "presets-quality": presets_quality,
     "multiscale-tta": multiscale_tta,

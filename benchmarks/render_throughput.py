@@ -186,6 +186,48 @@ def throughput_recipe() -> str:
 
 
 
+# Progressive resizing (issue 20's lever): for each of three training seeds, cpu-quick as it is (224 px, 4,800
+# images), then the same budget with its first 2,400 images at 160 px; both settings fixed before the run. A
+# throughput lever, judged by the rules of the module doc: cheaper (images per CPU-second, every seed, in the same
+# run) and equal quality on validation.
+INTERLEAVED_4 = "quality-cpu-quick-interleaved-4.json"  # cpu-quick as it is: the fourth run's reference
+PROGRESSIVE = "quality-cpu-quick-progressive.json"  # + train.progressive_img_size=160, train.progressive_images=2400
+PROGRESSIVE_LABEL = ("`cpu-quick` + its first 2,400 images at 160 px (`train.progressive_img_size=160`, "
+                     "`train.progressive_images=2400`)")
+PROGRESSIVE_COMMAND = (".venv/bin/python benchmarks/quality.py --merge {0}-0.json {0}-1.json {0}-2.json "
+                       "--out benchmarks/results/{1}")
+
+
+def progressive() -> str:
+    """Progressive resizing against cpu-quick as it is, three seeds in one interleaved run: per seed, the images
+    per CPU-second against the reference's (cheaper?) and the best validation mean IoU against it (equal
+    quality?); held-out figures are shown, scored once, and choose nothing."""
+    names = {INTERLEAVED_4: "reference", PROGRESSIVE: "progressive"}
+    reports = {name: load(name) for name in names}
+    gone = [name for name, d in reports.items() if d is None]
+    if gone:
+        return "\n\n".join(missing(n, PROGRESSIVE_COMMAND.format(names[n], n)) for n in gone)
+    base, cand = figures(reports[INTERLEAVED_4]), figures(reports[PROGRESSIVE])
+    if base["seeds"] != cand["seeds"]:
+        raise ValueError(f"{INTERLEAVED_4} and {PROGRESSIVE} must hold the same training seeds to be paired")
+    rows = _quality_rows((("`cpu-quick` (224 px, 4,800 images)", base), (PROGRESSIVE_LABEL, cand)))
+    speed = [c / b for b, c in zip(base["images_per_cpu_s"], cand["images_per_cpu_s"])]
+    paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
+    is_cheaper, is_equal = min(speed) >= CHEAPER, equal_quality(paired)
+    verdict = ("so by the two rules it **becomes `cpu-quick`**" if is_cheaper and is_equal else
+               "so by the rules it is **not adopted**: " + " and ".join(
+                   part for part, failed in ((f"it is not {CHEAPER:.2f}x cheaper on every seed", not is_cheaper),
+                                             ("it does not keep equal quality", not is_equal)) if failed))
+    return "\n".join([
+        *rows, "",
+        "Progressive resizing over `cpu-quick`, training images per CPU-second per seed (the same run): "
+        + ", ".join(f"{x:.2f}x" for x in speed) + f" (cheaper: ≥ {CHEAPER:.2f}x on every seed: "
+        + ("**yes**" if is_cheaper else "**no**") + "). Minus `cpu-quick`, best validation mean IoU per seed: "
+        + ", ".join(f"{d:+.3f}" for d in paired) + f" (mean {statistics.fmean(paired):+.4f}; equal quality: mean ≥ "
+        f"{EQUAL_MEAN:+.3f} and every seed ≥ {EQUAL_SEED:+.3f}: " + ("**yes**" if is_equal else "**no**")
+        + f"); {verdict}.", "",
+        provenance(reports[INTERLEAVED_4], INTERLEAVED_4), "", provenance(reports[PROGRESSIVE], PROGRESSIVE)])
+
 def presets_quality() -> str:
     """README.md, under the presets table: today's `cpu-quick` (224 px) against the same recipe at 160 px (paired
     seeds, one interleaved run) and against `cpu-quick` before issue 20 (validation, then held-out, scored once
