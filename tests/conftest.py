@@ -122,6 +122,7 @@ LONGEST_FIRST = (
     "tests/deployments/test_deployments.py",
     "tests/cli/test_cli_interrupt.py",
     "tests/training/test_finetune.py",
+    "tests/training/test_progressive.py",
     "tests/cli/test_cli_stages.py",
     "tests/evaluation/test_model_host.py",
     "tests/benchmarks/test_gpu_full.py",

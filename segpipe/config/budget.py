@@ -77,10 +77,13 @@ def training_plan(train: TrainConfig, n_train: int) -> TrainingPlan:
     )
 
 
-def progress_line(plan: TrainingPlan, epoch: int, seconds_per_epoch: float | None) -> str:
-    """`epoch 3/15, 816/4,080 images (20%), ETA 4 min 10 s` after 0-based `epoch` completed."""
+def progress_line(plan: TrainingPlan, epoch: int, seconds_per_epoch: float | None, img_size: int | None = None) -> str:
+    """`epoch 3/15, 816/4,080 images (20%), ETA 4 min 10 s` after 0-based `epoch` completed; with `img_size` (a
+    progressive run), `epoch 3/15 at 160 px, ...`."""
     done = (epoch + 1) * plan.images_per_epoch
-    line = f"epoch {epoch + 1}/{plan.epochs}, {done:,}/{plan.total_images:,} images ({100 * done / plan.total_images:.0f}%)"
+    at = f" at {img_size} px" if img_size else ""
+    line = (f"epoch {epoch + 1}/{plan.epochs}{at}, {done:,}/{plan.total_images:,} images "
+            f"({100 * done / plan.total_images:.0f}%)")
     if seconds_per_epoch is not None:
         line += f", ETA {format_duration(seconds_per_epoch * (plan.epochs - epoch - 1))}"
     return line

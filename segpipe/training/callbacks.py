@@ -173,11 +173,13 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 
 class BudgetProgress(keras.callbacks.Callback):
-    """Time each epoch; `line(epoch)` reports progress against the budget and an ETA."""
+    """Time each epoch; `line(epoch)` reports progress against the budget and an ETA (and, in a progressive run,
+    the size the epoch trained at: `sizes` = (progressive_img_size, img_size))."""
 
-    def __init__(self, plan: TrainingPlan) -> None:
+    def __init__(self, plan: TrainingPlan, sizes: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.plan = plan
+        self.sizes = sizes if plan.small_epochs else None
         self._durations: list[float] = []
         self._started = 0.0
 
@@ -190,4 +192,5 @@ class BudgetProgress(keras.callbacks.Callback):
     def line(self, epoch: int) -> str:
         recent = self._durations[-5:]  # the first epoch includes tracing; later ones say more
         per_epoch = sum(recent) / len(recent) if recent else None
-        return progress_line(self.plan, epoch, per_epoch)
+        size = None if self.sizes is None else self.sizes[0 if epoch < self.plan.small_epochs else 1]
+        return progress_line(self.plan, epoch, per_epoch, size)

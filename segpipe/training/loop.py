@@ -235,7 +235,7 @@ def _callbacks(
     """The run's callbacks in order, with its early stopping (when the config has one) and its backup."""
     history_path = run_dir / HISTORY_FILE
     averaged = AveragedWeights() if t.ema_momentum is not None else None
-    progress = BudgetProgress(plan)
+    progress = BudgetProgress(plan, (t.progressive_img_size, t.img_size) if t.progressive_img_size else None)
     callbacks: list[keras.callbacks.Callback] = [
         StopOnRequest(),  # first: a stopped epoch reaches none of the callbacks below
         LearningRateLogger(),  # the callbacks below see logs["learning_rate"]

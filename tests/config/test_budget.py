@@ -71,6 +71,7 @@ def test_progress_line_reports_images_against_the_budget_and_an_eta():
     assert progress_line(plan, 2, 20.0) == "epoch 3/13, 720/3,120 images (23%), ETA 3 min 20 s"
     assert progress_line(plan, 12, 20.0).endswith("(100%), ETA 0 s")
     assert progress_line(plan, 0, None) == "epoch 1/13, 240/3,120 images (8%)"
+    assert progress_line(plan, 0, None, 160) == "epoch 1/13 at 160 px, 240/3,120 images (8%)"  # a progressive run
     assert [format_duration(s) for s in (4.4, 250, 7_500)] == ["4 s", "4 min 10 s", "2 h 05 min"]
 
 

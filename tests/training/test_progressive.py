@@ -91,6 +91,7 @@ def progressive_runs(tmp_path_factory: pytest.TempPathFactory):
                   learning_rate=1e-2)
     run_dir = tmp / "runs" / run_id_for(cfg, "prog-ds", "test")
     seen: list[int] = []
+    progress: list[str] = []
     sizes: list[tuple[int, int]] = []
     fit = keras.Model.fit
 
@@ -101,6 +102,7 @@ def progressive_runs(tmp_path_factory: pytest.TempPathFactory):
     def kill_after(stop: int):
         def hook(epoch: int, logs: dict) -> None:
             seen.append(epoch)
+            progress.append(logs["progress"])
             if epoch == stop:
                 raise Interrupt(f"killed after epoch {stop}")
         return hook
@@ -110,7 +112,8 @@ def progressive_runs(tmp_path_factory: pytest.TempPathFactory):
         for stop in (0, 1):
             with pytest.raises(Interrupt):
                 train(cfg, ds, run_dir, on_epoch_end=kill_after(stop), verbose=0)
-        resumed = train(cfg, ds, run_dir, on_epoch_end=lambda e, logs: seen.append(e), verbose=0)
+        resumed = train(cfg, ds, run_dir, on_epoch_end=lambda e, logs: (seen.append(e), progress.append(logs["progress"])),
+                        verbose=0)
     lines: list[str] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
@@ -124,7 +127,7 @@ def progressive_runs(tmp_path_factory: pytest.TempPathFactory):
         logger.removeHandler(handler)
         logger.setLevel(level)
     return {"cfg": cfg, "run_dir": run_dir, "seen": seen, "sizes": sizes, "resumed": resumed, "straight": straight,
-            "straight_log": lines}
+            "straight_log": lines, "progress": progress}
 
 
 @pytest.mark.slow
@@ -134,6 +137,9 @@ def test_a_progressive_run_trains_small_first_and_validates_and_saves_at_img_siz
     # validation always at 64 px
     assert progressive_runs["sizes"] == [(32, 64), (32, 64), (64, 64)]
     assert progressive_runs["seen"] == [0, 1, 2, 3]
+    # what the CLI prints after each epoch says the size it trained at
+    assert [line.split(",")[0] for line in progressive_runs["progress"]] == [
+        "epoch 1/4 at 32 px", "epoch 2/4 at 32 px", "epoch 3/4 at 64 px", "epoch 4/4 at 64 px"]
     assert resumed.epochs_completed == 4 and resumed.resumed_from_epoch == 2
     assert [row["epoch"] for row in read_history(run_dir / "history.csv")] == [0, 1, 2, 3]
     assert read_json(run_dir / "lineage.json")["plan"]["small_epochs"] == 2
