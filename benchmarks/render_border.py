@@ -336,14 +336,17 @@ def alone_and_breeds() -> str:
         *([] if quiet_160 is None else [_alone("`cpu-quick` at 160 px (issue 20's throughput recipe)", quiet_160)]),
         missing(QUIET, QUIET_COMMAND) if quiet is None else _alone("The earlier `cpu-quick`", quiet)]
     if len(today_seeds) == len(BREEDS):
+        seeds = sorted({seed for r in today_seeds.values() for seed in figures(r)["seeds"]})
+        later = " and ".join(str(seed) for seed in seeds if seed != 0)
         parts.append("Breed hold-out (`--split breed --holdout-breed B`: trained and validated on the two other "
-                     "breeds, scored once after training on every image of B, original resolution, flip TTA), three "
-                     "training seeds per breed for today's recipe (seed 0 is the run of the one-seed table that "
-                     "follows, merged with seeds 1 and 2):")
+                     "breeds, scored once after training on every image of B, original resolution, flip TTA), "
+                     f"training seeds {', '.join(map(str, seeds))} per breed for today's recipe (seed 0 is the run of "
+                     f"the one-seed table that follows, merged with seed{'s' if len(seeds) > 2 else ''} {later}):")
         parts += _breed_seeds_table("`cpu-quick`, 224 px", today_seeds)
-        parts.append("Seeds 1 and 2 ran one after the other while this repository's own work (tests, a short "
-                     "training of tiny models) shared the machine, so their wall seconds and CPU "
-                     "shares are not given; their quality does not depend on it (training is seeded end to end).")
+        parts.append(f"The runs of seed{'s' if len(seeds) > 2 else ''} {later} ran one after the other while this repository's own "
+                     "work (tests, short trainings of tiny models by hand) shared the machine, so their wall seconds "
+                     "and CPU shares are not given; their quality does not depend on it (training is seeded end to "
+                     "end).")
     else:
         parts += [missing(TODAY_BREED_SEEDS.format(b), TODAY_BREED_SEEDS_COMMAND.format(b=b))
                   for b in BREEDS if b not in today_seeds]
