@@ -84,6 +84,19 @@ DECISIONS: list[dict[str, Any]] = [
         },
     },
     {
+        "id": "cpu-quick-progressive",
+        "question": "cpu-quick's input size while training: 224 px throughout, or the first 2,400 of its 4,800 images "
+                    "at 160 px (progressive resizing: train.progressive_img_size 160, train.progressive_images 2400, "
+                    "both fixed before the run), a throughput lever (issue 20), three seeds in one interleaved run",
+        "preset_today": "224 px throughout (train.progressive_img_size unset): cheaper on every seed but not of equal "
+                        "validation quality by the throughput rules (BENCHMARKS.md, the progressive-resizing block)",
+        "first_decided": "224 px throughout since the input-size decision; issue 20's fourth interleaved run",
+        "candidates": {
+            "cpu-quick (224 px) as it is": "quality-cpu-quick-interleaved-4.json",
+            "first 2,400 images at 160 px": "quality-cpu-quick-progressive.json",
+        },
+    },
+    {
         "id": "cpu-quick-frozen-phase",
         "question": "cpu-quick's DeepLabV3+ on the MobileNetV2 encoder: with or without a frozen encoder phase",
         "preset_today": "encoder frozen for the first 800 images",
