@@ -344,12 +344,11 @@ def alone_and_breeds() -> str:
                      f"the one-seed table that follows, merged with seed{'s' if len(seeds) > 2 else ''} {later}):")
         parts += _breed_seeds_table("`cpu-quick`, 224 px", today_seeds)
         commits = sorted({m["commit"][:10] for r in today_seeds.values() for m in r["merged_from"]})
-        parts.append(f"The runs of seed{'s' if len(seeds) > 2 else ''} {later} ran one after the other, with nothing else "
-                     "running but a short code scan, at a later commit than seed 0's (the merged runs' commits: "
-                     f"{', '.join(f'`{c}`' for c in commits)}; the training code between them changed for progressive "
-                     "resizing, which `cpu-quick` leaves off, and in a refactor of the loss that computes the same "
-                     "values). The table gives no wall seconds or CPU shares: the "
-                     "issue's timing targets are for the random split's training timed alone, above.")
+        parts.append(f"The runs of seed{'s' if len(seeds) > 2 else ''} {later} ran one after the other"
+                     + ("" if len(commits) == 1 else f", at a later commit than seed 0's (the merged runs' commits: "
+                        f"{', '.join(f'`{c}`' for c in commits)}; BENCHMARKS.md says what changed between them)")
+                     + ". The table gives no wall seconds or CPU shares: the issue's timing targets are for the random "
+                     "split's training timed alone, above.")
     else:
         parts += [missing(TODAY_BREED_SEEDS.format(b), TODAY_BREED_SEEDS_COMMAND.format(b=b))
                   for b in BREEDS if b not in today_seeds]
