@@ -346,7 +346,7 @@ def alone_and_breeds() -> str:
         commits = sorted({m["commit"][:10] for r in today_seeds.values() for m in r["merged_from"]})
         parts.append(f"The runs of seed{'s' if len(seeds) > 2 else ''} {later} ran one after the other"
                      + ("" if len(commits) == 1 else f", at a later commit than seed 0's (the merged runs' commits: "
-                        f"{', '.join(f'`{c}`' for c in commits)}; BENCHMARKS.md says what changed between them)")
+                        f"{', '.join(f'`{c}`' for c in commits)}; the notes after this block say what changed between them)")
                      + ". The table gives no wall seconds or CPU shares: the issue's timing targets are for the random "
                      "split's training timed alone, above.")
     else:
