@@ -249,6 +249,16 @@ class TrainConfig(_AugmentFields):  # type: ignore[misc, valid-type]
     boundary_loss_radius: int = Field(
         8, ge=1, le=64, description="pixels (at img_size) up to which the boundary-aware term measures distance"
     )
+    edge_head_weight: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="train a training-only edge head beside the softmax (the closeness of each pixel to the "
+        "border band, segpipe.training.edge_head) with this weight x its cross-entropy; the saved model has "
+        "no head; 0 = off",
+    )
+    edge_head_radius: int = Field(
+        8, ge=1, le=64, description="pixels (at img_size) from the border band at which the edge head's "
+        "target reaches 0",
+    )
     progressive_img_size: int | None = Field(
         None, ge=16, le=2048,
         description="progressive resizing: train the first progressive_images images at this smaller size, "

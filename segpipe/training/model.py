@@ -13,6 +13,7 @@ from segpipe.config import PipelineConfig
 from segpipe.models.encoders import encoder_of
 from segpipe.training.bn_folding import fold_frozen_batch_norms
 from segpipe.training.boundary_loss import with_boundary_term
+from segpipe.training.edge_head import AccuracyOfClasses, EdgeHeadLoss, MeanIoUOfClasses, with_edge_head
 from segpipe.training.optimizers import build_optimizer
 from segpipe.data import NUM_CLASSES
 
@@ -36,23 +37,26 @@ def build_and_compile(
     With progressive resizing (`train.progressive_img_size`) the model trained takes any input size, and
     `for_saving()` copies its weights into the same model built at `train.img_size` (the same layers in the
     same order; only the image-pooling branch's broadcast differs, and it has no weights), so every file a
-    run writes is the model the rest of segpipe expects.
+    run writes is the model the rest of segpipe expects. With an edge head (`train.edge_head_weight`) the model
+    trained is the saved one plus the head (`segpipe.training.edge_head`), and `for_saving()` leaves the head out.
     """
     from segpipe.training.losses import build_loss
     from segpipe.models import build_model
 
     t = cfg.train
     size = (t.img_size, t.img_size, 3)
-    model = build_model(cfg.model.name, (None, None, 3) if t.progressive_img_size else size, NUM_CLASSES,
+    saved = build_model(cfg.model.name, (None, None, 3) if t.progressive_img_size else size, NUM_CLASSES,
                         **cfg.model.params())
+    # With an edge head (train.edge_head_weight), the model trained is `saved` plus the head, on its variables.
+    model = with_edge_head(saved) if t.edge_head_weight else saved
     fixed: list[keras.Model] = []  # built on first use, once
 
     def for_saving() -> keras.Model:
         if not t.progressive_img_size:
-            return model
+            return saved
         if not fixed:
             fixed.append(build_model(cfg.model.name, size, NUM_CLASSES, **_without_weights_file(cfg.model.params())))
-        fixed[0].set_weights(model.get_weights())
+        fixed[0].set_weights(saved.get_weights())
         return fixed[0]
     encoder = encoder_of(model)
     optimizer = build_optimizer(t, plan)
@@ -65,6 +69,10 @@ def build_and_compile(
     loss = build_loss(t.loss, num_classes=NUM_CLASSES, dice_weight=t.dice_weight,
                       focal_gamma=t.focal_gamma, class_weights=t.class_weights)
     loss = with_boundary_term(loss, t.boundary_loss_weight, t.boundary_loss_radius)
+    mean_iou, accuracy = keras.metrics.MeanIoU, keras.metrics.SparseCategoricalAccuracy
+    if t.edge_head_weight:
+        loss = EdgeHeadLoss(loss, t.edge_head_weight, t.edge_head_radius)
+        mean_iou, accuracy = MeanIoUOfClasses, AccuracyOfClasses
 
     def compile_phase(encoder_frozen: bool) -> None:
         if encoder is not None:
@@ -75,8 +83,8 @@ def build_and_compile(
             optimizer=optimizer,
             loss=loss,
             metrics=[
-                keras.metrics.MeanIoU(num_classes=NUM_CLASSES, sparse_y_pred=False, name="mean_iou"),
-                keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
+                mean_iou(num_classes=NUM_CLASSES, sparse_y_pred=False, name="mean_iou"),
+                accuracy(name="pixel_accuracy"),
             ],
             jit_compile=t.jit_compile,
         )

@@ -1,0 +1,113 @@
+"""An edge head: a training-only branch that regresses how close each pixel is to the pet's outline (issue 20).
+
+`train.edge_head_weight` > 0 trains, beside the model's softmax, a 1x1 convolution on the features the
+softmax head reads (`head_logits`' input), resized as the logits are and passed through a sigmoid. Its target
+is the closeness to the trimap's border band, from the labels alone:
+
+    closeness(x) = 1 - min(d(x), radius) / radius
+
+where d is the chessboard distance (pixels at `img_size`) from x to the nearest border pixel: 1 on the band,
+falling to 0 at `radius` pixels from it (`boundary_loss.signed_contour_distance`'s border channel, clipped
+at 0). The term is `weight` x the per-image mean binary cross-entropy between the two. The head shares the
+decoder's features, so its gradient asks them to encode where the outline is, beyond the border class's
+own cross-entropy, which counts a pixel one off the band like one far from it.
+
+The head exists only while training: `with_edge_head(model)` returns a model built on `model`'s own layers
+(the same variables) whose output is the softmax's 3 channels and the head's 1 channel concatenated;
+`EdgeHeadLoss` and the `*_of_classes` metrics read the first 3 channels as the model's prediction. What a run
+saves is `model` itself (`segpipe.training.model.build_and_compile`'s `for_saving`), so evaluate, predict and
+export never see the head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+from segpipe.data import NUM_CLASSES
+from segpipe.training.boundary_loss import MAX_RADIUS, signed_contour_distance
+from segpipe.training.losses import per_image_mean, prepare
+
+BORDER = 2  # the trimap's border class (segpipe.data: pet 0, background 1, border 2)
+HEAD_LAYER = "head_logits"  # segpipe.models.layers.softmax_head's convolution: every model has one
+EDGE_PREFIX = "edge_head"
+
+
+def _check(weight: Any, radius: Any) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        raise ValueError(f"edge head weight must be > 0 (0 is no edge head), got {weight!r}")
+    if isinstance(radius, bool) or not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
+        raise ValueError(f"edge head radius must be an int in [1, {MAX_RADIUS}] pixels, got {radius!r}")
+
+
+def border_closeness(labels: Any, radius: int) -> Any:
+    """(B, H, W) int labels -> (B, H, W, 1) float32 in [0, 1]: 1 on the border band, 0 at `radius` from it."""
+    phi = signed_contour_distance(labels, NUM_CLASSES, radius)[..., BORDER:BORDER + 1]
+    return 1.0 - ops.clip(phi, 0.0, 1.0)
+
+
+def with_edge_head(model: keras.Model) -> keras.Model:
+    """A model on `model`'s layers that outputs (B, H, W, NUM_CLASSES + 1): its softmax, then the edge head's
+    sigmoid. Training it trains `model`'s variables; the head's own two layers are the only new ones."""
+    try:
+        logits = model.get_layer(HEAD_LAYER)
+    except ValueError:
+        raise ValueError(f"train.edge_head_weight: model {model.name!r} has no {HEAD_LAYER!r} layer to put an "
+                         "edge head beside") from None
+    edge = layers.Conv2D(1, 1, padding="same", name=f"{EDGE_PREFIX}_logits")(logits.input)
+    for layer in model.layers:  # the logits' resize, when the head has one (DeepLabV3+): the same for the edge
+        if isinstance(layer, layers.UpSampling2D) and layer.input is logits.output:
+            edge = layers.UpSampling2D(layer.size, interpolation=layer.interpolation,
+                                       name=f"{EDGE_PREFIX}_upsample")(edge)
+    edge = layers.Activation("sigmoid", dtype="float32", name=f"{EDGE_PREFIX}_sigmoid")(edge)
+    outputs = layers.Concatenate(name=f"{EDGE_PREFIX}_concat", dtype="float32")([model.output, edge])
+    return keras.Model(model.input, outputs, name=f"{model.name}_with_edge_head")
+
+
+def classes_of(y_pred: Any) -> Any:
+    """The model's prediction (its first NUM_CLASSES channels) from a with-edge-head output."""
+    return y_pred[..., :NUM_CLASSES]
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class EdgeHeadLoss(keras.losses.Loss):
+    """`base` (any segpipe loss) on the first NUM_CLASSES channels, per image, + `weight` x the edge head's
+    binary cross-entropy against `border_closeness(labels, radius)` on the last one."""
+
+    def __init__(self, base: keras.losses.Loss | dict[str, Any], weight: float = 1.0, radius: int = 8,
+                 **kwargs: Any):
+        if isinstance(base, dict):
+            base = keras.saving.deserialize_keras_object(base)
+        if not isinstance(base, keras.losses.Loss):
+            raise ValueError(f"edge head loss needs a keras loss to add to, got {base!r}")
+        _check(weight, radius)
+        kwargs.setdefault("name", f"{base.name}_edge_head")
+        super().__init__(**kwargs)
+        self.base, self.weight, self.radius = base, float(weight), radius
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        labels, _ = prepare(y_true, classes_of(y_pred), None)
+        target = border_closeness(labels, self.radius)
+        edge = ops.clip(y_pred[..., NUM_CLASSES:], keras.config.epsilon(), 1.0 - keras.config.epsilon())
+        bce = -(target * ops.log(edge) + (1.0 - target) * ops.log(1.0 - edge))
+        return per_image_mean(self.base.call(y_true, classes_of(y_pred))) + self.weight * per_image_mean(bce[..., 0])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "base": keras.saving.serialize_keras_object(self.base),
+                "weight": self.weight, "radius": self.radius}
+
+
+class MeanIoUOfClasses(keras.metrics.MeanIoU):
+    """`keras.metrics.MeanIoU` on a with-edge-head output's class channels."""
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        return super().update_state(y_true, classes_of(y_pred), sample_weight)
+
+
+class AccuracyOfClasses(keras.metrics.SparseCategoricalAccuracy):
+    """`keras.metrics.SparseCategoricalAccuracy` on a with-edge-head output's class channels."""
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        return super().update_state(y_true, classes_of(y_pred), sample_weight)
