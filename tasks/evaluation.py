@@ -30,8 +30,8 @@ def evaluate_task(
     for warning in metrics.get("warnings", []):
         logger.warning(warning)
     logger.info(
-        "%s split (%d images): mean IoU %.4f, pixel accuracy %.4f, foreground IoU %.4f -> %s",
-        split, metrics["n_images"], metrics["mean_iou"], metrics["pixel_accuracy"], metrics["foreground_iou"],
+        "%s split (%d image%s): mean IoU %.4f, pixel accuracy %.4f, foreground IoU %.4f -> %s",
+        split, metrics["n_images"], "" if metrics["n_images"] == 1 else "s", metrics["mean_iou"], metrics["pixel_accuracy"], metrics["foreground_iou"],
         out_path,
     )
     create_markdown_artifact(
