@@ -84,6 +84,19 @@ DECISIONS: list[dict[str, Any]] = [
         },
     },
     {
+        "id": "cpu-quick-edge-head",
+        "question": "cpu-quick's model while training: as it is, or with the training-only edge head that regresses "
+                    "each pixel's closeness to the border band (train.edge_head_weight 1, radius 8 px, both fixed "
+                    "before the run), for the border class (issue 20), three seeds in one interleaved run",
+        "preset_today": "off (train.edge_head_weight 0): the head must gain on validation by at least 0.005 on every "
+                        "seed to be adopted (BENCHMARKS.md, the edge-head block)",
+        "first_decided": "no edge head since the first cpu-quick; issue 20's fifth interleaved run",
+        "candidates": {
+            "cpu-quick (224 px) as it is": "quality-cpu-quick-interleaved-5.json",
+            "with the edge head": "quality-cpu-quick-edge-head.json",
+        },
+    },
+    {
         "id": "cpu-quick-progressive",
         "question": "cpu-quick's input size while training: 224 px throughout, or the first 2,400 of its 4,800 images "
                     "at 160 px (progressive resizing: train.progressive_img_size 160, train.progressive_images 2400, "

@@ -188,6 +188,20 @@ def boundary_loss() -> str:
     return _interleaved(BOUNDARY_LOSS, INTERLEAVED_3, EQUAL_CPU_COMMAND)
 
 
+# A fifth interleaved run (`edge_head`): for each of three training seeds, cpu-quick with the training-only edge
+# head (segpipe.training.edge_head), its weight 1 and radius 8 fixed before the run, then cpu-quick as it is.
+INTERLEAVED_5 = "quality-cpu-quick-interleaved-5.json"  # cpu-quick as it is: the fifth run's reference
+EDGE_HEAD = "quality-cpu-quick-edge-head.json"  # cpu-quick + train.edge_head_weight=1
+EDGE_HEAD_RUN = {INTERLEAVED_5: ("`cpu-quick` (224 px, 4,800 images)", "reference"),
+                 EDGE_HEAD: ("`cpu-quick` + `train.edge_head_weight=1` (radius 8 px)", "edge")}
+
+
+def edge_head() -> str:
+    """The training-only edge head against cpu-quick as it is, over three seeds in one interleaved run, paired by
+    training seed on best validation mean IoU."""
+    return _interleaved(EDGE_HEAD_RUN, INTERLEAVED_5, EQUAL_CPU_COMMAND)
+
+
 # --------------------------------------------------------------------------- the border class weighted in the loss
 
 BORDER_WEIGHT = "quality-cpu-quick-border-weight2.json"  # cpu-quick with train.class_weights=[1,1,2]
