@@ -31,8 +31,8 @@ def evaluate_task(
         logger.warning(warning)
     logger.info(
         "%s split (%d image%s): mean IoU %.4f, pixel accuracy %.4f, foreground IoU %.4f -> %s",
-        split, metrics["n_images"], "" if metrics["n_images"] == 1 else "s", metrics["mean_iou"], metrics["pixel_accuracy"], metrics["foreground_iou"],
-        out_path,
+        split, metrics["n_images"], "" if metrics["n_images"] == 1 else "s", metrics["mean_iou"],
+        metrics["pixel_accuracy"], metrics["foreground_iou"], out_path,
     )
     create_markdown_artifact(
         markdown=metrics_markdown(metrics), key="evaluation-metrics", description="segpipe evaluation"

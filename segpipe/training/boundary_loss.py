@@ -31,9 +31,10 @@ from segpipe.training.losses import per_image_mean, prepare
 MAX_RADIUS = 64
 
 
-def _check_radius(radius: Any) -> None:
+def check_radius(radius: Any, term: str = "boundary loss") -> None:
+    """`radius` must be an int in [1, MAX_RADIUS] pixels; the error names `term`."""
     if isinstance(radius, bool) or not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
-        raise ValueError(f"boundary loss radius must be an int in [1, {MAX_RADIUS}] pixels, got {radius!r}")
+        raise ValueError(f"{term} radius must be an int in [1, {MAX_RADIUS}] pixels, got {radius!r}")
 
 
 def signed_contour_distance(labels: Any, num_classes: int, radius: int) -> Any:
@@ -43,7 +44,7 @@ def signed_contour_distance(labels: Any, num_classes: int, radius: int) -> Any:
     below its outline (0 on the outline's own pixels); both truncated at `radius`, then divided by it. A class
     absent from an image is `radius` away everywhere (+1).
     """
-    _check_radius(radius)
+    check_radius(radius)
     region = ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
 
     def dilate(x: Any) -> Any:
@@ -68,29 +69,50 @@ def boundary_term(y_true: Any, y_pred: Any, radius: int) -> Any:
     return per_image_mean(ops.sum(probs * (phi - phi_true), axis=-1))
 
 
-@keras.saving.register_keras_serializable(package="segpipe")
-class BoundaryAwareLoss(keras.losses.Loss):
-    """`base` (any segpipe loss) per image + `weight` * `boundary_term` with `radius` pixels."""
+class RadiusTermLoss(keras.losses.Loss):
+    """`base` (any segpipe loss) per image + `weight` x a term measured up to `radius` pixels (`term(y_true,
+    y_pred)`, per image). `classes(y_pred)` is what `base` scores: the whole prediction unless a subclass says
+    otherwise. Subclasses name their term (`TERM`) for the errors."""
+
+    TERM = "the term"
+    SUFFIX = "term"  # the loss's name: the base loss's, then this
 
     def __init__(self, base: keras.losses.Loss | dict[str, Any], weight: float = 1.0, radius: int = 8,
                  **kwargs: Any):
         if isinstance(base, dict):
             base = keras.saving.deserialize_keras_object(base)
         if not isinstance(base, keras.losses.Loss):
-            raise ValueError(f"boundary-aware loss needs a keras loss to add to, got {base!r}")
-        if not weight > 0:
-            raise ValueError(f"boundary loss weight must be > 0 (0 is no boundary term), got {weight!r}")
-        _check_radius(radius)
-        kwargs.setdefault("name", f"{base.name}_boundary")
+            raise ValueError(f"{self.TERM} needs a keras loss to add to, got {base!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise ValueError(f"{self.TERM} weight must be > 0 (0 is no {self.TERM}), got {weight!r}")
+        check_radius(radius, self.TERM)
+        kwargs.setdefault("name", f"{base.name}_{self.SUFFIX}")
         super().__init__(**kwargs)
         self.base, self.weight, self.radius = base, float(weight), radius
 
+    def classes(self, y_pred: Any) -> Any:
+        return y_pred
+
+    def term(self, y_true: Any, y_pred: Any) -> Any:
+        raise NotImplementedError
+
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        return per_image_mean(self.base.call(y_true, y_pred)) + self.weight * boundary_term(y_true, y_pred, self.radius)
+        base = per_image_mean(self.base.call(y_true, self.classes(y_pred)))
+        return base + self.weight * self.term(y_true, y_pred)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "base": keras.saving.serialize_keras_object(self.base),
                 "weight": self.weight, "radius": self.radius}
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class BoundaryAwareLoss(RadiusTermLoss):
+    """`base` (any segpipe loss) per image + `weight` * `boundary_term` with `radius` pixels."""
+
+    TERM, SUFFIX = "boundary loss", "boundary"
+
+    def term(self, y_true: Any, y_pred: Any) -> Any:
+        return boundary_term(y_true, y_pred, self.radius)
 
 
 def with_boundary_term(loss: keras.losses.Loss, weight: float, radius: int) -> keras.losses.Loss:

@@ -7,8 +7,7 @@ is the closeness to the trimap's border band, from the labels alone:
     closeness(x) = 1 - min(d(x), radius) / radius
 
 where d is the chessboard distance (pixels at `img_size`) from x to the nearest border pixel: 1 on the band,
-falling to 0 at `radius` pixels from it (`boundary_loss.signed_contour_distance`'s border channel, clipped
-at 0). The term is `weight` x the per-image mean binary cross-entropy between the two. The head shares the
+falling to 0 at `radius` pixels from it (the band grown by 3x3 max-pools, as `boundary_loss` grows regions). The term is `weight` x the per-image mean binary cross-entropy between the two. The head shares the
 decoder's features, so its gradient asks them to encode where the outline is, beyond the border class's
 own cross-entropy, which counts a pixel one off the band like one far from it.
 
@@ -27,7 +26,7 @@ import keras
 from keras import layers, ops
 
 from segpipe.data import NUM_CLASSES
-from segpipe.training.boundary_loss import MAX_RADIUS, signed_contour_distance
+from segpipe.training.boundary_loss import RadiusTermLoss
 from segpipe.training.losses import per_image_mean, prepare
 
 BORDER = 2  # the trimap's border class (segpipe.data: pet 0, background 1, border 2)
@@ -35,17 +34,16 @@ HEAD_LAYER = "head_logits"  # segpipe.models.layers.softmax_head's convolution: 
 EDGE_PREFIX = "edge_head"
 
 
-def _check(weight: Any, radius: Any) -> None:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-        raise ValueError(f"edge head weight must be > 0 (0 is no edge head), got {weight!r}")
-    if isinstance(radius, bool) or not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
-        raise ValueError(f"edge head radius must be an int in [1, {MAX_RADIUS}] pixels, got {radius!r}")
-
-
 def border_closeness(labels: Any, radius: int) -> Any:
-    """(B, H, W) int labels -> (B, H, W, 1) float32 in [0, 1]: 1 on the border band, 0 at `radius` from it."""
-    phi = signed_contour_distance(labels, NUM_CLASSES, radius)[..., BORDER:BORDER + 1]
-    return 1.0 - ops.clip(phi, 0.0, 1.0)
+    """(B, H, W) int labels -> (B, H, W, 1) float32 in [0, 1]: 1 on the border band, 1 - d / radius at chessboard
+    distance d from it, 0 from `radius` on. The band grown by one pixel `radius - 1` times: a pixel d away is in
+    `radius - d` of the `radius` maps (no gradient flows through it)."""
+    grown = ops.cast(ops.expand_dims(ops.equal(labels, BORDER), -1), "float32")
+    count = grown
+    for _ in range(radius - 1):
+        grown = ops.max_pool(grown, pool_size=3, strides=1, padding="same")
+        count = count + grown
+    return ops.stop_gradient(count / float(radius))
 
 
 def with_edge_head(model: keras.Model) -> keras.Model:
@@ -72,42 +70,33 @@ def classes_of(y_pred: Any) -> Any:
 
 
 @keras.saving.register_keras_serializable(package="segpipe")
-class EdgeHeadLoss(keras.losses.Loss):
+class EdgeHeadLoss(RadiusTermLoss):
     """`base` (any segpipe loss) on the first NUM_CLASSES channels, per image, + `weight` x the edge head's
     binary cross-entropy against `border_closeness(labels, radius)` on the last one."""
 
-    def __init__(self, base: keras.losses.Loss | dict[str, Any], weight: float = 1.0, radius: int = 8,
-                 **kwargs: Any):
-        if isinstance(base, dict):
-            base = keras.saving.deserialize_keras_object(base)
-        if not isinstance(base, keras.losses.Loss):
-            raise ValueError(f"edge head loss needs a keras loss to add to, got {base!r}")
-        _check(weight, radius)
-        kwargs.setdefault("name", f"{base.name}_edge_head")
-        super().__init__(**kwargs)
-        self.base, self.weight, self.radius = base, float(weight), radius
+    TERM, SUFFIX = "edge head", "edge_head"
 
-    def call(self, y_true: Any, y_pred: Any) -> Any:
+    def classes(self, y_pred: Any) -> Any:
+        return classes_of(y_pred)
+
+    def term(self, y_true: Any, y_pred: Any) -> Any:
         labels, _ = prepare(y_true, classes_of(y_pred), None)
         target = border_closeness(labels, self.radius)
         edge = ops.clip(y_pred[..., NUM_CLASSES:], keras.config.epsilon(), 1.0 - keras.config.epsilon())
         bce = -(target * ops.log(edge) + (1.0 - target) * ops.log(1.0 - edge))
-        return per_image_mean(self.base.call(y_true, classes_of(y_pred))) + self.weight * per_image_mean(bce[..., 0])
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "base": keras.saving.serialize_keras_object(self.base),
-                "weight": self.weight, "radius": self.radius}
+        return per_image_mean(bce[..., 0])
 
 
-class MeanIoUOfClasses(keras.metrics.MeanIoU):
+class _OnClassChannels:
+    """A metric mixin: `update_state` on a with-edge-head output's class channels."""
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        return super().update_state(y_true, classes_of(y_pred), sample_weight)  # type: ignore[misc]
+
+
+class MeanIoUOfClasses(_OnClassChannels, keras.metrics.MeanIoU):
     """`keras.metrics.MeanIoU` on a with-edge-head output's class channels."""
 
-    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        return super().update_state(y_true, classes_of(y_pred), sample_weight)
 
-
-class AccuracyOfClasses(keras.metrics.SparseCategoricalAccuracy):
+class AccuracyOfClasses(_OnClassChannels, keras.metrics.SparseCategoricalAccuracy):
     """`keras.metrics.SparseCategoricalAccuracy` on a with-edge-head output's class channels."""
-
-    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        return super().update_state(y_true, classes_of(y_pred), sample_weight)

@@ -38,6 +38,19 @@ def test_the_target_is_one_on_the_band_and_falls_to_zero_at_the_radius():
     np.testing.assert_array_equal(numpy(border_closeness(no_band, radius=2)), 0.0)
 
 
+def test_the_target_is_the_border_channel_of_the_signed_distances_it_was_measured_with():
+    """The run in BENCHMARKS.md measured the target as 1 - the border's signed distance (clipped at 0); the max-pools
+    that grow one channel give the same values."""
+    from segpipe.training.boundary_loss import signed_contour_distance
+
+    labels = np.random.default_rng(3).integers(0, 3, (2, 20, 24)).astype("int32")
+    labels[1] = BACKGROUND
+    labels[1, 5:9, 7:10] = BORDER
+    for radius in (1, 3, 8):
+        phi = numpy(signed_contour_distance(labels, 3, radius))[..., BORDER:]
+        np.testing.assert_allclose(numpy(border_closeness(labels, radius)), 1.0 - np.clip(phi, 0.0, 1.0), atol=1e-6)
+
+
 @pytest.mark.parametrize("name, params, size", [
     ("deeplabv3plus", DEEPLAB, 64),  # the logits are upsampled: the edge head is upsampled alike
     ("unet", {"base_filters": 4, "depth": 2}, 32),
