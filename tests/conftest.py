@@ -113,20 +113,41 @@ def pytest_sessionfinish(session, exitstatus):
         server.SubprocessASGIServer().stop()  # the process's one ephemeral server (Prefect's own fixtures stop it so)
 
 
-# The test files that take longest (minutes each on 2 cores: real servers, workers, trainings, terminals).
-# `make test` spreads whole files over two workers in collection order (`--dist loadfile`); started last,
-# one of them kept a worker busy alone at the end of the run. Started first, the short files fill the gaps.
+# The test files that take longest, longest first (per-file seconds of a profile on 2 cores: real servers,
+# workers, trainings, terminals). `make test` spreads whole files over two workers (`--dist loadfile`), each
+# worker taking the next file when it runs short. Started last, one of them kept a worker busy alone at the
+# end of the run; started first, the short files fill the gaps (longest-first scheduling).
 LONGEST_FIRST = (
+    "tests/deployments/test_deployments.py",
     "tests/cli/test_local_server.py",
     "tests/training/test_distributed.py",
-    "tests/deployments/test_deployments.py",
-    "tests/cli/test_cli_interrupt.py",
     "tests/training/test_finetune.py",
+    "tests/models/test_models.py",
+    "tests/export/test_export.py",
     "tests/training/test_progressive.py",
     "tests/cli/test_cli_stages.py",
-    "tests/evaluation/test_model_host.py",
+    "tests/cli/test_cli_interrupt.py",
     "tests/benchmarks/test_gpu_full.py",
+    "tests/reliability/test_reliability_kills.py",
+    "tests/runs/test_retrain_champion.py",
+    "tests/orchestration/test_prepare_flow.py",
+    "tests/training/test_training_paths.py",
+    "tests/training/test_training.py",
+    "tests/models/test_encoders.py",
+    "tests/benchmarks/test_export_portability.py",
+    "tests/evaluation/test_model_host.py",
 )
+
+
+def pytest_configure(config):
+    """Keep the collection order when xdist hands out whole files. By default (`--loadscope-reorder`) it
+    re-sorts the files by their number of tests, which put the long files with few tests (real servers,
+    trainings) last and so undid LONGEST_FIRST."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    if not hasattr(config.option, "loadscopereorder"):  # a pytest-xdist upgrade renamed it: LONGEST_FIRST would be lost
+        raise pytest.UsageError("pytest-xdist has no loadscopereorder option any more: see tests/conftest.py")
+    config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(session, config, items):
