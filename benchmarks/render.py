@@ -34,7 +34,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.render_border import (  # noqa: E402
-    alone_and_breeds, border_levers, border_weight, boundary_loss, edge_head, equal_cpu, input_size)
+    alone_and_breeds, border_levers, border_weight, boundary_loss, edge_head, equal_cpu, input_size,
+    training_budget)
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import (  # noqa: E402
     input_size_throughput, presets_quality, progressive, throughput_recipe, train_levers, xla_lever)
@@ -54,6 +55,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "border-weight": border_weight,
     "boundary-loss": boundary_loss,
     "edge-head": edge_head,
+    "training-budget": training_budget,
     "equal-cpu": equal_cpu,
     "input-size": input_size,
     "alone-and-breeds": alone_and_breeds,
