@@ -12,7 +12,8 @@ outside the blocks quotes a measured-looking number.
 The provenance rules every rendered result must pass: render_common.py's docstring.
 
 Where the code is: the provenance rules, WITHDRAWN, EARLIER_RECIPES and `load` in render_common.py; the
-blocks in render_quality.py, render_border.py, render_levers.py, render_throughput.py, render_training.py and render_serving.py, and the five-row results table
+blocks in render_quality.py, render_border.py, render_interleaved.py, render_levers.py, render_throughput.py,
+render_training.py and render_serving.py, and the five-row results table
 README.md and BENCHMARKS.md open their results with (`results-summary`) in render_summary.py; this file maps
 block names to them and rewrites or checks the documents.
 """
@@ -33,9 +34,9 @@ MARKER = re.compile(r"<!-- ([a-z0-9-]+):begin -->\n(.*?)<!-- \1:end -->", re.S)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.render_border import (  # noqa: E402
-    alone_and_breeds, border_levers, border_weight, boundary_loss, edge_head, equal_cpu, input_size,
-    training_budget)
+from benchmarks.render_border import alone_and_breeds, border_levers, border_weight  # noqa: E402
+from benchmarks.render_interleaved import (boundary_loss, edge_head, equal_cpu, input_size,  # noqa: E402
+                                           training_budget)
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import (  # noqa: E402
     input_size_throughput, presets_quality, progressive, throughput_recipe, train_levers, xla_lever)

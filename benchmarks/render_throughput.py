@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import statistics
 
-from benchmarks.render_border import INTERLEAVED_2, STRIDE4, TARGETS, _missed, _quality_rows, figures
+from benchmarks.render_border import STRIDE4, TARGETS, _missed, _quality_rows, figures
+from benchmarks.render_interleaved import INTERLEAVED_2
 from benchmarks.render_common import load, missing, provenance
 from benchmarks.render_quality import CURRENT, spread
 

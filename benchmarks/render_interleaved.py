@@ -1,0 +1,135 @@
+"""BENCHMARKS.md, section 4, issue 20's interleaved runs: for each training seed, the recipes of a run one after
+the other, each with the machine to itself, so that their figures compare; each lever is paired with the run's
+own `cpu-quick` by training seed on best validation mean IoU and judged by the adoption rule (render_border.py's
+figures, rows and paired sentence).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from benchmarks.render_border import TARGETS, TODAY_QUIET, _missed, _paired_sentence, _quality_rows, figures
+from benchmarks.render_common import load, missing, provenance
+from benchmarks.render_quality import CURRENT
+
+
+# --------------------------------------------------------------------------- two levers at equal training CPU
+
+# One interleaved run (`equal_cpu`): for each training seed, cpu-quick as it is, then the U-Net decoder, then
+# 224-pixel inputs, one after the other with the machine to itself; the candidates' image budgets were cut
+# before the run for about cpu-quick's training CPU. Each file merges its recipe's three seeds.
+INTERLEAVED = "quality-cpu-quick-interleaved.json"  # cpu-quick as it is: the run's reference
+UNET = "quality-cpu-quick-unet-mobilenetv2.json"  # model.name=unet, train.budget_images=3500
+IMG224 = "quality-cpu-quick-img224.json"  # train.img_size=224, train.budget_images=4100
+# file -> (its row's label, the name of the per-seed outputs it merges)
+EQUAL_CPU = {INTERLEAVED: ("`cpu-quick` (DeepLabV3+, 160 px, 8,000 images)", "reference"),
+             UNET: ("`cpu-quick` + `model.name=unet`, 3,500 images", "unet"),
+             IMG224: ("`cpu-quick` + `train.img_size=224`, 4,100 images", "img224")}
+EQUAL_CPU_COMMAND = (".venv/bin/python benchmarks/quality.py --merge {0}-0.json {0}-1.json {0}-2.json "
+                     "--out benchmarks/results/{1}")
+
+
+def equal_cpu() -> str:
+    """Issue 20's decoder lever (segmentation_models' U-Net decoder on the same MobileNetV2 encoder) and a
+    resolution lever (224-pixel inputs), each against cpu-quick as it is, trained in one interleaved run at about
+    the same training CPU, paired by training seed on best validation mean IoU."""
+    return _interleaved(EQUAL_CPU, INTERLEAVED, EQUAL_CPU_COMMAND)
+
+
+# A second interleaved run (`input_size`): for each of five training seeds, cpu-quick as it is, then 224-pixel
+# inputs with the budget set before the run for cpu-quick's training CPU (the first run's 224-pixel recipe
+# spent 0.85x of it at 4,100 images).
+INTERLEAVED_2 = "quality-cpu-quick-interleaved-2.json"  # cpu-quick as it is: the second run's reference
+# the candidate, train.img_size=224 and train.budget_images=4800, is today's cpu-quick: render_quality.CURRENT
+INPUT_SIZE = {INTERLEAVED_2: ("`cpu-quick` at 160 px, 8,000 images (the preset before this run)", "reference"),
+              CURRENT: ("224 px, 4,800 images (`cpu-quick` since this run)", "img224b")}
+INPUT_SIZE_COMMAND = (".venv/bin/python benchmarks/quality.py --merge {0}-0.json {0}-1.json {0}-2.json {0}-3.json "
+                      "{0}-4.json --out benchmarks/results/{1}")
+
+
+def input_size() -> str:
+    """224-pixel inputs against cpu-quick as it is, at cpu-quick's training CPU, over five seeds in one
+    interleaved run, paired by training seed on best validation mean IoU."""
+    return _interleaved(INPUT_SIZE, INTERLEAVED_2, INPUT_SIZE_COMMAND, reference_word="160 px")
+
+
+def _interleaved(files: dict[str, tuple[str, str]], reference: str, command: str,
+                 reference_word: str = "`cpu-quick`") -> str:
+    """An interleaved run's table (reference first), each candidate's paired validation sentence with its
+    training CPU against the reference's in the same run, and every file's provenance."""
+    reports = {name: load(name) for name in files}
+    gone = [name for name, d in reports.items() if d is None]
+    if gone:
+        return "\n\n".join(missing(n, command.format(files[n][1], n)) for n in gone)
+    f = {name: figures(d) for name, d in reports.items()}
+    base = f[reference]
+    table = "\n".join(_quality_rows(tuple((files[n][0], f[n]) for n in files)))
+    lines: list[str] = []
+    for name in files:
+        if name == reference:
+            continue
+        cand = f[name]
+        if base["seeds"] != cand["seeds"]:
+            raise ValueError(f"{reference} and {name} must hold the same training seeds to be paired")
+        cpu = statistics.fmean(cand["train_cpu_seconds"]) / statistics.fmean(base["train_cpu_seconds"])
+        lines.append(_paired_sentence(f"{files[name][0]} minus {reference_word}", base, cand)
+                     + f" Its training CPU-seconds are {cpu:.2f}x {reference_word}'s in the same run.")
+    return "\n\n".join([table, *lines, *(provenance(reports[n], n) for n in files)])
+
+
+CPU_QUICK_224 = "`cpu-quick` (224 px, 4,800 images)"  # the reference row of every run since the input-size decision
+
+
+def _against_cpu_quick(reference: str, candidate: str, label: str, stem: str) -> str:
+    """One lever against cpu-quick as it is, over three seeds in one interleaved run (`reference` is that run's
+    cpu-quick, `stem` the name of the lever's per-seed outputs), paired by training seed on best validation mean
+    IoU."""
+    return _interleaved({reference: (CPU_QUICK_224, "reference"), candidate: (label, stem)}, reference,
+                        EQUAL_CPU_COMMAND)
+
+
+# A third interleaved run: for each of three training seeds, cpu-quick as it is (224 px), then the same with the
+# boundary-aware loss term (segpipe.training.boundary_loss), its weight 1 and radius 8 fixed before the run.
+INTERLEAVED_3 = "quality-cpu-quick-interleaved-3.json"  # cpu-quick as it is: the third run's reference
+BOUNDARY = "quality-cpu-quick-boundary-loss.json"  # cpu-quick + train.boundary_loss_weight=1
+
+
+def boundary_loss() -> str:
+    return _against_cpu_quick(INTERLEAVED_3, BOUNDARY, "`cpu-quick` + `train.boundary_loss_weight=1` (radius 8 px)",
+                              "boundary")
+
+
+# A fifth interleaved run: for each of three training seeds, cpu-quick with the training-only edge head
+# (segpipe.training.edge_head), its weight 1 and radius 8 fixed before the run, then cpu-quick as it is.
+INTERLEAVED_5 = "quality-cpu-quick-interleaved-5.json"  # cpu-quick as it is: the fifth run's reference
+EDGE_HEAD = "quality-cpu-quick-edge-head.json"  # cpu-quick + train.edge_head_weight=1
+
+
+def edge_head() -> str:
+    return _against_cpu_quick(INTERLEAVED_5, EDGE_HEAD, "`cpu-quick` + `train.edge_head_weight=1` (radius 8 px)",
+                              "edge")
+
+
+# A sixth interleaved run: for each of three training seeds, cpu-quick with a third more training images (6,400,
+# not 4,800: the rest of the issue's 600-s training target, fixed before the run), then cpu-quick as it is.
+INTERLEAVED_6 = "quality-cpu-quick-interleaved-6.json"  # cpu-quick as it is: the sixth run's reference
+BUDGET_6400 = "quality-cpu-quick-budget-6400.json"  # cpu-quick + train.budget_images=6400
+
+
+def training_budget() -> str:
+    """A longer cpu-quick training against cpu-quick as it is, over three seeds in one interleaved run, paired by
+    training seed on best validation mean IoU; with the longer one's training time alone, estimated from today's
+    cpu-quick timed alone and the two recipes' CPU ratio in this run, against the issue's 600-s target."""
+    text = _against_cpu_quick(INTERLEAVED_6, BUDGET_6400, "`cpu-quick` + `train.budget_images=6400`", "budget6400")
+    runs, alone = (load(INTERLEAVED_6), load(BUDGET_6400)), load(TODAY_QUIET)
+    if any(r is None for r in runs) or alone is None:
+        return text
+    base, cand = (figures(r) for r in runs)
+    ratio = statistics.fmean(cand["train_cpu_seconds"]) / statistics.fmean(base["train_cpu_seconds"])
+    (q,) = alone["results"]
+    estimate = q["train_seconds"] * ratio
+    return text + (
+        f"\n\nEstimated alone: `cpu-quick`'s training timed alone ({q['train_seconds']:,.0f} s, the "
+        f"one-training-alone block below) times this run's CPU ratio ({ratio:.2f}x) is {estimate:,.0f} s "
+        f"(target ≤ {TARGETS['train_seconds']} s: "
+        f"{_missed(estimate, TARGETS['train_seconds'], False, ',.0f', ' s')}); an estimate, not a timing.")
