@@ -7,8 +7,10 @@ figures, rows and paired sentence).
 from __future__ import annotations
 
 import statistics
+from typing import Callable
 
-from benchmarks.render_border import TARGETS, TODAY_QUIET, _missed, _paired_sentence, _quality_rows, figures
+from benchmarks.render_border import (TARGETS, TODAY_QUIET, TODAY_QUIET_COMMAND, _missed, _paired_sentence,
+                                      _quality_rows, figures)
 from benchmarks.render_common import load, missing, provenance
 from benchmarks.render_quality import CURRENT
 
@@ -53,10 +55,17 @@ def input_size() -> str:
     return _interleaved(INPUT_SIZE, INTERLEAVED_2, INPUT_SIZE_COMMAND, reference_word="160 px")
 
 
+def _cpu_ratio(base: dict[str, list[float]], cand: dict[str, list[float]]) -> float:
+    """The candidate's mean training CPU-seconds over the reference's, in the same run."""
+    return statistics.fmean(cand["train_cpu_seconds"]) / statistics.fmean(base["train_cpu_seconds"])
+
+
 def _interleaved(files: dict[str, tuple[str, str]], reference: str, command: str,
-                 reference_word: str = "`cpu-quick`") -> str:
+                 reference_word: str = "`cpu-quick`",
+                 after: Callable[[dict[str, list[float]], dict[str, list[float]]], str] | None = None) -> str:
     """An interleaved run's table (reference first), each candidate's paired validation sentence with its
-    training CPU against the reference's in the same run, and every file's provenance."""
+    training CPU against the reference's in the same run, what `after` makes of the reference's and the
+    candidate's figures (one candidate), and every file's provenance."""
     reports = {name: load(name) for name in files}
     gone = [name for name, d in reports.items() if d is None]
     if gone:
@@ -71,21 +80,24 @@ def _interleaved(files: dict[str, tuple[str, str]], reference: str, command: str
         cand = f[name]
         if base["seeds"] != cand["seeds"]:
             raise ValueError(f"{reference} and {name} must hold the same training seeds to be paired")
-        cpu = statistics.fmean(cand["train_cpu_seconds"]) / statistics.fmean(base["train_cpu_seconds"])
         lines.append(_paired_sentence(f"{files[name][0]} minus {reference_word}", base, cand)
-                     + f" Its training CPU-seconds are {cpu:.2f}x {reference_word}'s in the same run.")
+                     + f" Its training CPU-seconds are {_cpu_ratio(base, cand):.2f}x {reference_word}'s in the same "
+                     "run.")
+        if after is not None:
+            lines.append(after(base, cand))
     return "\n\n".join([table, *lines, *(provenance(reports[n], n) for n in files)])
 
 
 CPU_QUICK_224 = "`cpu-quick` (224 px, 4,800 images)"  # the reference row of every run since the input-size decision
 
 
-def _against_cpu_quick(reference: str, candidate: str, label: str, stem: str) -> str:
+def _against_cpu_quick(reference: str, candidate: str, label: str, stem: str,
+                       after: Callable[[dict[str, list[float]], dict[str, list[float]]], str] | None = None) -> str:
     """One lever against cpu-quick as it is, over three seeds in one interleaved run (`reference` is that run's
     cpu-quick, `stem` the name of the lever's per-seed outputs), paired by training seed on best validation mean
     IoU."""
     return _interleaved({reference: (CPU_QUICK_224, "reference"), candidate: (label, stem)}, reference,
-                        EQUAL_CPU_COMMAND)
+                        EQUAL_CPU_COMMAND, after=after)
 
 
 # A third interleaved run: for each of three training seeds, cpu-quick as it is (224 px), then the same with the
@@ -120,16 +132,18 @@ def training_budget() -> str:
     """A longer cpu-quick training against cpu-quick as it is, over three seeds in one interleaved run, paired by
     training seed on best validation mean IoU; with the longer one's training time alone, estimated from today's
     cpu-quick timed alone and the two recipes' CPU ratio in this run, against the issue's 600-s target."""
-    text = _against_cpu_quick(INTERLEAVED_6, BUDGET_6400, "`cpu-quick` + `train.budget_images=6400`", "budget6400")
-    runs, alone = (load(INTERLEAVED_6), load(BUDGET_6400)), load(TODAY_QUIET)
-    if any(r is None for r in runs) or alone is None:
-        return text
-    base, cand = (figures(r) for r in runs)
-    ratio = statistics.fmean(cand["train_cpu_seconds"]) / statistics.fmean(base["train_cpu_seconds"])
+    return _against_cpu_quick(INTERLEAVED_6, BUDGET_6400, "`cpu-quick` + `train.budget_images=6400`", "budget6400",
+                              after=_estimated_alone)
+
+
+def _estimated_alone(base: dict[str, list[float]], cand: dict[str, list[float]]) -> str:
+    alone = load(TODAY_QUIET)
+    if alone is None:
+        return missing(TODAY_QUIET, TODAY_QUIET_COMMAND)
     (q,) = alone["results"]
+    ratio = _cpu_ratio(base, cand)
     estimate = q["train_seconds"] * ratio
-    return text + (
-        f"\n\nEstimated alone: `cpu-quick`'s training timed alone ({q['train_seconds']:,.0f} s, the "
-        f"one-training-alone block below) times this run's CPU ratio ({ratio:.2f}x) is {estimate:,.0f} s "
-        f"(target ≤ {TARGETS['train_seconds']} s: "
-        f"{_missed(estimate, TARGETS['train_seconds'], False, ',.0f', ' s')}); an estimate, not a timing.")
+    return (f"Estimated alone: `cpu-quick`'s training timed alone ({q['train_seconds']:,.0f} s, the "
+            f"one-training-alone block below) times this run's CPU ratio ({ratio:.2f}x) is {estimate:,.0f} s "
+            f"(target ≤ {TARGETS['train_seconds']} s: "
+            f"{_missed(estimate, TARGETS['train_seconds'], False, ',.0f', ' s')}); an estimate, not a timing.")
