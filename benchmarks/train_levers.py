@@ -31,12 +31,15 @@ What each variant changes (nothing else differs; all share `--set` and the budge
   threads-2-4      TF_NUM_INTEROP_THREADS=4: more independent ops at once, to fill the idle core
   xla              train.jit_compile=true: the train and validation steps compiled by XLA, which fuses the
                    element-wise ops and reductions (batch norm, activations) into the convolutions' loops
+  steps-9          train.steps_per_execution=9: nine train steps per call of the compiled function (a third
+                   of an epoch of the sample's random split), so Python and Keras' loop run once per nine steps
+  steps-27         train.steps_per_execution=27: the whole epoch in one call
   img-160          train.img_size=160: cpu-quick at 160 px, issue 20's throughput recipe before its
                    input-size decision
   earlier-recipe   cpu-quick as issue 20 found it: 160 px, ASPP and decoder 256 wide, the encoder's batch
                    norms training after unfreezing (the reference of the issue's throughput target)
 
-`batch-16` alone, `threads-2-1`, `xla`, `img-160` and `earlier-recipe` run only when `--variants` names them
+`batch-16` alone, `threads-2-1`, `xla`, `steps-9`, `steps-27`, `img-160` and `earlier-recipe` run only when `--variants` names them
 (the default set leaves them out to keep the run under an hour on a slow machine).
 
 Quality is not judged here: a four-epoch run says nothing about it. A variant that is cheaper per image
@@ -58,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common  # noqa: E402
 
 REFERENCE = "cpu-quick"
-OPT_IN = ("batch-16", "threads-2-1", "xla", "img-160", "earlier-recipe")  # run only when --variants names them
+OPT_IN = ("batch-16", "threads-2-1", "xla", "steps-9", "steps-27", "img-160", "earlier-recipe")  # run only when --variants names them
 VARIANTS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"set": [], "env": {}},
     "bn-frozen": {"set": ["train.freeze_encoder_bn=true"], "env": {}},
@@ -72,6 +75,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "threads-2-1": {"set": [], "env": {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}},
     "threads-2-4": {"set": [], "env": {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "4"}},
     "xla": {"set": ["train.jit_compile=true"], "env": {}},
+    "steps-9": {"set": ["train.steps_per_execution=9"], "env": {}},
+    "steps-27": {"set": ["train.steps_per_execution=27"], "env": {}},
     # cpu-quick's earlier recipes, for the issue's throughput target against the cpu-quick it was filed on
     "img-160": {"set": ["train.img_size=160"], "env": {}},
     "earlier-recipe": {"set": ["model.aspp_filters=256", "train.freeze_encoder_bn=false",

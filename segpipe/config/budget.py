@@ -36,6 +36,7 @@ class TrainingPlan:
     warmup_steps: int
     frozen_epochs: int  # leading epochs with the encoder frozen (0: never frozen)
     small_epochs: int = 0  # leading epochs at train.progressive_img_size (0: all at train.img_size)
+    steps_per_execution: int = 1  # train steps per call of the compiled train function; divides steps_per_epoch
 
     @property
     def images_per_epoch(self) -> int:
@@ -74,7 +75,14 @@ def training_plan(train: TrainConfig, n_train: int) -> TrainingPlan:
         warmup_steps=math.ceil(train.warmup_images / train.batch_size),
         frozen_epochs=frozen,
         small_epochs=small,
+        steps_per_execution=largest_divisor_up_to(steps, train.steps_per_execution),
     )
+
+
+def largest_divisor_up_to(n: int, most: int) -> int:
+    """The largest divisor of `n` that is at most `most`: the steps per execution that keep an epoch `n` steps
+    long (Keras runs whole executions, so with an endless dataset 34 steps at 8 per call would be 40)."""
+    return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
 
 
 def progress_line(plan: TrainingPlan, epoch: int, seconds_per_epoch: float | None, img_size: int | None = None) -> str:

@@ -284,6 +284,12 @@ class TrainConfig(_AugmentFields):  # type: ignore[misc, valid-type]
         "the best checkpoint and the saved model use the averaged weights. None: off",
     )
     jit_compile: bool = False
+    steps_per_execution: int = Field(
+        1, ge=1, le=1000,
+        description="train steps run in one call of the compiled train function (fewer returns to Python "
+        "between steps): the largest divisor of the epoch's steps that is not above this, so an epoch keeps its "
+        "length. A stop (Ctrl-C) is taken between calls, so it waits for up to this many steps",
+    )
     seed: int = Field(42, ge=0, lt=2**32)
     steps_per_epoch: int | None = Field(None, ge=1, description="None: ceil(train examples / batch_size), about one pass")
 

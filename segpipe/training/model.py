@@ -87,6 +87,7 @@ def build_and_compile(
                 accuracy(name="pixel_accuracy"),
             ],
             jit_compile=t.jit_compile,
+            steps_per_execution=plan.steps_per_execution,
         )
 
     return model, compile_phase, for_saving

@@ -88,3 +88,19 @@ def test_progress_line_reports_images_against_the_budget_and_an_eta():
 def test_bad_budget_values_name_the_field(over, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         build_config("cpu-quick", over)
+
+
+@pytest.mark.parametrize("steps, asked, used", [(6, 1, 1), (6, 3, 3), (6, 4, 3), (34, 8, 2), (27, 9, 9), (27, 100, 27),
+                                                (7, 6, 1)])
+def test_steps_per_execution_is_the_largest_divisor_of_the_epoch_not_above_the_setting(steps, asked, used):
+    train = build_config("tiny", {"train": {"steps_per_epoch": steps, "epochs": 2,
+                                            "steps_per_execution": asked}}).train
+    plan = training_plan(train, 1_000)
+    assert (plan.steps_per_epoch, plan.steps_per_execution) == (steps, used)
+    assert plan.to_json()["steps_per_execution"] == used
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1001, "many"])
+def test_a_bad_steps_per_execution_fails_naming_it(bad):
+    with pytest.raises(ConfigError, match=r"train\.steps_per_execution"):
+        build_config("tiny", {"train": {"steps_per_execution": bad}})
