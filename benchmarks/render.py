@@ -39,7 +39,7 @@ from benchmarks.render_interleaved import (boundary_loss, edge_head, equal_cpu, 
                                            training_budget)
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import (  # noqa: E402
-    input_size_throughput, presets_quality, progressive, throughput_recipe, train_levers, xla_lever)
+    input_size_throughput, presets_quality, progressive, steps_lever, throughput_recipe, train_levers, xla_lever)
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
 from benchmarks.render_serving import (export_inference, export_portability, inference, local_start,  # noqa: E402
                                        orchestration)
@@ -64,6 +64,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "test-time-levers": test_time_levers,
     "train-levers": train_levers,
     "xla-lever": xla_lever,
+    "steps-lever": steps_lever,
     "input-size-throughput": input_size_throughput,
     "progressive": progressive,
     "throughput-recipe": throughput_recipe,

@@ -99,6 +99,34 @@ def xla_lever() -> str:
     return head + "\n\n" + "\n".join(rows) + "\n\n" + tail + "\n\n" + provenance(d, LEVERS_XLA) + "\n"
 
 
+LEVERS_STEPS = "train-levers-steps.json"
+LEVERS_STEPS_COMMAND = (".venv/bin/python benchmarks/train_levers.py --source ../shared/pets-sample "
+                        "--set model.encoder_weights=<weights file> --variants cpu-quick steps-9 steps-27 "
+                        "--out benchmarks/results/train-levers-steps.json")
+
+
+def steps_lever() -> str:
+    """Several train steps per call of the compiled function (`train.steps_per_execution`) against today's
+    `cpu-quick`, in a lever run of its own; and where the whole run's CPU share falls below the steady state's."""
+    d = load(LEVERS_STEPS)
+    if d is None:
+        return missing(LEVERS_STEPS, LEVERS_STEPS_COMMAND)
+    head, rows = _levers_table(d)
+    ref = d["summary"][d["reference"]]
+    variants = [n for n in d["summary"] if n != d["reference"]]
+    won = [n for n in variants if cheaper(d["summary"][n])]
+    ratios = ", ".join(f"`{n}` {d['summary'][n]['images_per_cpu_second_vs_reference']:.2f}x" for n in variants)
+    verdict = (f"Cheaper by the rule: {', '.join(f'`{n}`' for n in won)}." if won else
+               f"None is cheaper by the rule ({ratios} the images per CPU-second of `cpu-quick`), so `cpu-quick` "
+               "keeps `train.steps_per_execution=1`.")
+    shares = (f"`cpu-quick`'s CPU share: {ref['cpu_share_percent']:.0f}% in the steady state, "
+              f"{ref['whole_run_cpu_share_percent']:.0f}% over the whole run (model build, the first epoch's "
+              f"tracing and the end of the run included; {ref['whole_run_wall_seconds']:.0f} s wall, medians over "
+              "the rounds).")
+    return (head + "\n\n" + "\n".join(rows) + "\n\n" + verdict + " " + shares + "\n\n"
+            + provenance(d, LEVERS_STEPS) + "\n")
+
+
 LEVERS_INPUT_SIZE = "train-levers-input-size.json"
 LEVERS_INPUT_SIZE_COMMAND = (".venv/bin/python benchmarks/train_levers.py --source ../shared/pets-sample "
                              "--set model.encoder_weights=<weights file> --variants cpu-quick img-160 earlier-recipe "
