@@ -59,6 +59,18 @@ def test_img_size_rule_follows_the_model():
         build_config(None, {"model.name": "xception_unet", "train.img_size": 40})
 
 
+@pytest.mark.parametrize("rates", [(), (0,), (-2, 4), (3, 3), ("six",)])
+def test_bad_aspp_rates_fail_naming_the_field_before_any_work(rates):
+    with pytest.raises(ConfigError, match=r"model\.aspp_rates"):
+        build_config("cpu-quick", {"model.aspp_rates": rates})
+
+
+def test_aspp_rates_from_the_command_line():
+    from segpipe_app.cli.options import parse_value
+
+    assert build_config("cpu-quick", {"model.aspp_rates": parse_value("[3,5,8]")}).model.aspp_rates == (3, 5, 8)
+
+
 def test_a_model_knob_the_model_does_not_take_fails_before_any_work():
     with pytest.raises(ConfigError, match=r"model\.aspp_rates: model 'segnet' does not take aspp_rates; it takes "
                                           r"base_filters, depth"):
