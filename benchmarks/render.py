@@ -35,8 +35,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.render_border import alone_and_breeds, border_levers, border_weight  # noqa: E402
-from benchmarks.render_interleaved import (boundary_loss, edge_head, equal_cpu, input_size,  # noqa: E402
-                                           training_budget)
+from benchmarks.render_interleaved import (aspp_rates, boundary_loss, edge_head, equal_cpu,  # noqa: E402
+                                           input_size, training_budget)
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import (  # noqa: E402
     input_size_throughput, presets_quality, progressive, steps_lever, throughput_recipe, train_levers, xla_lever)
@@ -57,6 +57,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "boundary-loss": boundary_loss,
     "edge-head": edge_head,
     "training-budget": training_budget,
+    "aspp-rates": aspp_rates,
     "equal-cpu": equal_cpu,
     "input-size": input_size,
     "alone-and-breeds": alone_and_breeds,

@@ -147,3 +147,13 @@ def _estimated_alone(base: dict[str, list[float]], cand: dict[str, list[float]])
             f"one-training-alone block below) times this run's CPU ratio ({ratio:.2f}x) is {estimate:,.0f} s "
             f"(target ≤ {TARGETS['train_seconds']} s: "
             f"{_missed(estimate, TARGETS['train_seconds'], False, ',.0f', ' s')}); an estimate, not a timing.")
+
+
+# A seventh interleaved run: for each of three training seeds, cpu-quick with ASPP rates (3, 5, 8) (the paper's
+# (6, 12, 18) scaled from its 33x33 map to cpu-quick's 14x14, fixed before the run), then cpu-quick as it is.
+INTERLEAVED_7 = "quality-cpu-quick-interleaved-7.json"  # cpu-quick as it is: the seventh run's reference
+RATES_358 = "quality-cpu-quick-aspp-rates-358.json"  # cpu-quick + model.aspp_rates=[3,5,8]
+
+
+def aspp_rates() -> str:
+    return _against_cpu_quick(INTERLEAVED_7, RATES_358, "`cpu-quick` + `model.aspp_rates=[3,5,8]`", "rates358")
