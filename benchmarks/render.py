@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.render_border import alone_and_breeds, border_levers, border_weight  # noqa: E402
 from benchmarks.render_interleaved import (aspp_rates, boundary_loss, edge_head, equal_cpu,  # noqa: E402
-                                           input_size, training_budget)
+                                           input_288, input_size, training_budget)
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import (  # noqa: E402
     input_size_throughput, presets_quality, progressive, steps_lever, throughput_recipe, train_levers, xla_lever)
@@ -58,6 +58,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "edge-head": edge_head,
     "training-budget": training_budget,
     "aspp-rates": aspp_rates,
+    "input-288": input_288,
     "equal-cpu": equal_cpu,
     "input-size": input_size,
     "alone-and-breeds": alone_and_breeds,
