@@ -110,6 +110,31 @@ DECISIONS: list[dict[str, Any]] = [
         },
     },
     {
+        "id": "cpu-quick-aspp-rates",
+        "question": "cpu-quick's ASPP rates: the paper's (6, 12, 18), chosen for a 33x33 map, or (3, 5, 8), the same "
+                    "scaled to cpu-quick's 14x14 map at 224 px (fixed before the run), issue 20, three seeds in one "
+                    "interleaved run",
+        "preset_today": "(6, 12, 18) (model.aspp_rates): the scaled rates had to gain on validation by at least 0.005 "
+                        "on every seed to be adopted and lost on average (BENCHMARKS.md, the aspp-rates block)",
+        "first_decided": "(6, 12, 18) since the first DeepLabV3+; issue 20's seventh interleaved run",
+        "candidates": {
+            "cpu-quick (224 px) as it is": "quality-cpu-quick-interleaved-7.json",
+            "ASPP rates (3, 5, 8)": "quality-cpu-quick-aspp-rates-358.json",
+        },
+    },
+    {
+        "id": "cpu-quick-input-288",
+        "question": "cpu-quick's input size with about the longer training's extra CPU: 224 px at 4,800 images as it "
+                    "is, or 288 px at 4,000 (fixed before the run), issue 20, three seeds in one interleaved run",
+        "preset_today": "224 px at 4,800 images: 288 px had to gain on validation by at least 0.005 on every seed to "
+                        "be adopted and lost on each (BENCHMARKS.md, the input-288 block)",
+        "first_decided": "224 px since the input-size decision; issue 20's eighth interleaved run",
+        "candidates": {
+            "cpu-quick (224 px) as it is": "quality-cpu-quick-interleaved-8.json",
+            "288 px, 4,000 images": "quality-cpu-quick-img288-4000.json",
+        },
+    },
+    {
         "id": "cpu-quick-progressive",
         "question": "cpu-quick's input size while training: 224 px throughout, or the first 2,400 of its 4,800 images "
                     "at 160 px (progressive resizing: train.progressive_img_size 160, train.progressive_images 2400, "
