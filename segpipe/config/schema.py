@@ -136,7 +136,7 @@ class ModelConfig(_Section):
     def _rates_are_distinct_and_positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         """Checked here, before any work starts (the model builder checks them again when it builds)."""
         if not v or any(r < 1 for r in v) or len(set(v)) != len(v):
-            raise ValueError(f"expected one or more distinct dilation rates >= 1, such as (6, 12, 18); got {v!r}")
+            raise ValueError("expected one or more distinct dilation rates >= 1, such as (6, 12, 18)")
         return v
 
     @field_validator("encoder")
