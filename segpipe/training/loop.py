@@ -184,6 +184,10 @@ def _fit(
         fit_reads_one_iterator(model)  # the batches a run trains on do not depend on timing
 
     callbacks, early, backup = _callbacks(t, run_dir, plan, on_epoch_end, for_saving)
+    if plan.steps_per_execution != t.steps_per_execution:
+        log.warning("train.steps_per_execution=%d: %d step(s) per call instead, the largest divisor of the epoch's "
+                    "%d steps (an epoch keeps its length)", t.steps_per_execution, plan.steps_per_execution,
+                    plan.steps_per_epoch)
     losses: list[float] = []
     for phase in phases(plan, resumed, t.img_size, t.progressive_img_size):
         with strategy.scope():  # the compiled metrics' variables too: reduced over all replicas and workers

@@ -3,6 +3,7 @@ steps on the same batches as one step per call; an epoch keeps its length when t
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import keras
@@ -23,7 +24,18 @@ def test_several_steps_per_call_train_exactly_what_one_step_per_call_trains(tmp_
                                               "steps_per_execution": asked}})
         plan = training_plan(cfg.train, 24)
         assert (plan.steps_per_epoch, plan.steps_per_execution) == (6, 1 if asked == 1 else 3)
-        result = train(cfg, ds, tmp_path / f"run-{asked}", verbose=0)
+        lines: list[str] = []
+        handler = logging.Handler(logging.INFO)
+        handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("segpipe.training").addHandler(handler)
+        try:
+            result = train(cfg, ds, tmp_path / f"run-{asked}", verbose=0)
+        finally:
+            logging.getLogger("segpipe.training").removeHandler(handler)
+        said = [line for line in lines if "train.steps_per_execution" in line]
+        assert said == ([] if asked == 1 else
+                        ["train.steps_per_execution=4: 3 step(s) per call instead, the largest divisor of the "
+                         "epoch's 6 steps (an epoch keeps its length)"])
         assert result.epochs_completed == 2
         assert read_json(tmp_path / f"run-{asked}" / "lineage.json")["plan"]["steps_per_execution"] == \
             plan.steps_per_execution
