@@ -296,7 +296,8 @@ class TrainConfig(_AugmentFields):  # type: ignore[misc, valid-type]
         1, ge=1, le=1000,
         description="train steps run in one call of the compiled train function (fewer returns to Python "
         "between steps): the largest divisor of the epoch's steps that is not above this, so an epoch keeps its "
-        "length. A stop (Ctrl-C) is taken between calls, so it waits for up to this many steps",
+        "length. A stop (Ctrl-C) is taken between calls, so it waits for up to this many steps. Training on several "
+        "replicas (a distribution strategy) refuses more than 1",
     )
     seed: int = Field(42, ge=0, lt=2**32)
     steps_per_epoch: int | None = Field(None, ge=1, description="None: ceil(train examples / batch_size), about one pass")

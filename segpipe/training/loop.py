@@ -84,6 +84,11 @@ def train(
     plan = training_plan(cfg.train, n_train)
     # Before any other TensorFlow op: a MultiWorkerMirroredStrategy cannot be created after one.
     strategy = distribute.strategy()
+    if plan.steps_per_execution > 1 and strategy.num_replicas_in_sync > 1:
+        raise ValueError(
+            f"train.steps_per_execution={cfg.train.steps_per_execution}: expected 1 when training on several replicas "
+            f"({type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas): Keras' multi-step loop fails under a distribution strategy "
+            "(a placeholder error inside its while loop); nothing was written")
     task = distribute.cluster_task()
     chief = task is None or task.is_chief
     if chief:

@@ -211,8 +211,9 @@ CHILD = textwrap.dedent("""
 
 
 def start(dataset_dir: Path, run_dir: Path, out: Path, *, logical_cpus: int = 1, env: dict | None = None,
-          tmp: Path | None = None, stop_after: int = -1) -> subprocess.Popen:
-    """A training subprocess (its output in `out`.log); `stop_after`: exit with status 3 after that epoch."""
+          tmp: Path | None = None, stop_after: int = -1, train: dict | None = None) -> subprocess.Popen:
+    """A training subprocess (its output in `out`.log); `stop_after`: exit with status 3 after that epoch;
+    `train`: the train section's overrides instead of TRAIN."""
     environ = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     environ.update(PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     if tmp is not None:
@@ -220,7 +221,7 @@ def start(dataset_dir: Path, run_dir: Path, out: Path, *, logical_cpus: int = 1,
     with open(out.with_suffix(".log"), "w") as log:  # the child writes to its own copy
         return subprocess.Popen(
             [sys.executable, "-c", CHILD, str(dataset_dir), str(run_dir), str(out), str(logical_cpus),
-             json.dumps(TRAIN), str(stop_after)],
+             json.dumps(TRAIN if train is None else train), str(stop_after)],
             cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT,
         )
 
@@ -283,6 +284,17 @@ def test_mirrored_strategy_on_two_logical_cpus(mirrored: dict) -> None:
     assert mirrored["best_val_mean_iou"] == pytest.approx(max(losses(mirrored, "val_mean_iou")))
     assert Path(mirrored["model_path"]) == run_dir / "model.keras" and (run_dir / "model.keras").is_file()
     assert not (run_dir / "backup").exists()
+
+
+def test_several_steps_per_call_are_refused_on_several_replicas(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Keras' multi-step loop fails inside its while loop under MirroredStrategy (a placeholder error): the run
+    stops before it writes anything, naming the setting."""
+    out = tmp_path / "out.json"
+    finish([start(tiny_dataset, tmp_path / "run", out, logical_cpus=2, train={**TRAIN, "steps_per_execution": 3})],
+           [out], status=1)
+    assert ("train.steps_per_execution=3: expected 1 when training on several replicas (MirroredStrategy, 2 replicas)"
+            in out.with_suffix(".log").read_text())
+    assert not (tmp_path / "run").exists()
 
 
 def replica_steps(result: dict, replica: int) -> list[list[str]]:
