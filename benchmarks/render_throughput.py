@@ -14,6 +14,7 @@ The rules, fixed before any of these figures was measured:
 from __future__ import annotations
 
 import statistics
+from typing import Callable
 
 from benchmarks.render_border import STRIDE4, TARGETS, _missed, _quality_rows, figures
 from benchmarks.render_interleaved import INTERLEAVED_2
@@ -60,21 +61,28 @@ def _levers_table(d: dict) -> tuple[str, list[str]]:
     return head, rows
 
 
-def train_levers() -> str:
-    d = load(LEVERS)
+def _lever_run(name: str, command: str, tail: Callable[[dict], str]) -> str:
+    """A lever run's block: its table, what `tail` makes of the run, and its provenance (or how to make it)."""
+    d = load(name)
     if d is None:
-        return missing(LEVERS, LEVERS_COMMAND)
+        return missing(name, command)
     head, rows = _levers_table(d)
+    return head + "\n\n" + "\n".join(rows) + "\n\n" + tail(d) + "\n\n" + provenance(d, name) + "\n"
+
+
+def train_levers() -> str:
+    return _lever_run(LEVERS, LEVERS_COMMAND, _cheapest_goes_on)
+
+
+def _cheapest_goes_on(d: dict) -> str:
     winners = [n for n, s in d["summary"].items() if n != d["reference"] and cheaper(s)]
     if winners:
         best = max(winners, key=lambda n: d["summary"][n]["images_per_cpu_second_vs_reference"])
         others = [n for n in winners if n != best]
-        tail = (f"Cheaper by the rule: {', '.join(f'`{n}`' for n in winners)}. The cheapest, `{best}`, is trained as "
-                "a whole recipe below and judged on validation"
+        return (f"Cheaper by the rule: {', '.join(f'`{n}`' for n in winners)}. The cheapest, `{best}`, is trained "
+                "as a whole recipe below and judged on validation"
                 + (f"; {', '.join(f'`{n}`' for n in others)} were not trained whole." if others else "."))
-    else:
-        tail = f"No lever was {CHEAPER:.2f}x cheaper than `cpu-quick` in every round."
-    return head + "\n\n" + "\n".join(rows) + "\n\n" + tail + "\n\n" + provenance(d, LEVERS) + "\n"
+    return f"No lever was {CHEAPER:.2f}x cheaper than `cpu-quick` in every round."
 
 
 LEVERS_XLA = "train-levers-xla.json"
@@ -86,17 +94,16 @@ LEVERS_XLA_COMMAND = (".venv/bin/python benchmarks/train_levers.py --source ../s
 def xla_lever() -> str:
     """XLA (`train.jit_compile=true`) against today's `cpu-quick`, in a lever run of its own: the CPU share it
     reaches, and what each image costs for it."""
-    d = load(LEVERS_XLA)
-    if d is None:
-        return missing(LEVERS_XLA, LEVERS_XLA_COMMAND)
-    head, rows = _levers_table(d)
+    return _lever_run(LEVERS_XLA, LEVERS_XLA_COMMAND, _xla_verdict)
+
+
+def _xla_verdict(d: dict) -> str:
     x, ref = d["summary"]["xla"], d["summary"][d["reference"]]
     verdict = ("cheaper by the rule" if cheaper(x) else
                f"**not** cheaper: each training image costs {1 / x['images_per_cpu_second_vs_reference']:.1f}x "
                "the CPU-seconds of `cpu-quick`'s")
-    tail = (f"XLA keeps the cores busier ({x['cpu_share_percent']:.0f}% against {ref['cpu_share_percent']:.0f}%) "
+    return (f"XLA keeps the cores busier ({x['cpu_share_percent']:.0f}% against {ref['cpu_share_percent']:.0f}%) "
             f"and is {verdict}, so `cpu-quick` keeps `train.jit_compile=false`.")
-    return head + "\n\n" + "\n".join(rows) + "\n\n" + tail + "\n\n" + provenance(d, LEVERS_XLA) + "\n"
 
 
 LEVERS_STEPS = "train-levers-steps.json"
@@ -108,10 +115,10 @@ LEVERS_STEPS_COMMAND = (".venv/bin/python benchmarks/train_levers.py --source ..
 def steps_lever() -> str:
     """Several train steps per call of the compiled function (`train.steps_per_execution`) against today's
     `cpu-quick`, in a lever run of its own; and where the whole run's CPU share falls below the steady state's."""
-    d = load(LEVERS_STEPS)
-    if d is None:
-        return missing(LEVERS_STEPS, LEVERS_STEPS_COMMAND)
-    head, rows = _levers_table(d)
+    return _lever_run(LEVERS_STEPS, LEVERS_STEPS_COMMAND, _steps_verdict)
+
+
+def _steps_verdict(d: dict) -> str:
     ref = d["summary"][d["reference"]]
     variants = [n for n in d["summary"] if n != d["reference"]]
     won = [n for n in variants if cheaper(d["summary"][n])]
@@ -123,8 +130,7 @@ def steps_lever() -> str:
               f"{ref['whole_run_cpu_share_percent']:.0f}% over the whole run (model build, the first epoch's "
               f"tracing and the end of the run included; {ref['whole_run_wall_seconds']:.0f} s wall, medians over "
               "the rounds).")
-    return (head + "\n\n" + "\n".join(rows) + "\n\n" + verdict + " " + shares + "\n\n"
-            + provenance(d, LEVERS_STEPS) + "\n")
+    return verdict + " " + shares
 
 
 LEVERS_INPUT_SIZE = "train-levers-input-size.json"
@@ -145,10 +151,10 @@ def over_earlier(d: dict, name: str) -> list[float]:
 def input_size_throughput() -> str:
     """cpu-quick at 224 px and at 160 px against the earlier cpu-quick in one lever run: issue 20's throughput
     target (training images per CPU-second, median of the per-round ratios)."""
-    d = load(LEVERS_INPUT_SIZE)
-    if d is None:
-        return missing(LEVERS_INPUT_SIZE, LEVERS_INPUT_SIZE_COMMAND)
-    head, rows = _levers_table(d)
+    return _lever_run(LEVERS_INPUT_SIZE, LEVERS_INPUT_SIZE_COMMAND, _against_earlier)
+
+
+def _against_earlier(d: dict) -> str:
     lines = []
     for name, label in ((d["reference"], "`cpu-quick` (224 px)"), ("img-160", "`cpu-quick` at 160 px")):
         ratios = over_earlier(d, name)
@@ -157,8 +163,7 @@ def input_size_throughput() -> str:
         lines.append(f"- {label} over the earlier recipe: {median:.2f}x the training images per CPU-second "
                      f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); the target "
                      f"≥ {THROUGHPUT_TARGET:.1f}x: {verdict}.")
-    return (head + "\n\n" + "\n".join(rows) + "\n\n" + "\n".join(lines) + "\n\n"
-            + provenance(d, LEVERS_INPUT_SIZE) + "\n")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- the cheaper recipe, trained whole

@@ -39,8 +39,8 @@ What each variant changes (nothing else differs; all share `--set` and the budge
   earlier-recipe   cpu-quick as issue 20 found it: 160 px, ASPP and decoder 256 wide, the encoder's batch
                    norms training after unfreezing (the reference of the issue's throughput target)
 
-`batch-16` alone, `threads-2-1`, `xla`, `steps-9`, `steps-27`, `img-160` and `earlier-recipe` run only when `--variants` names them
-(the default set leaves them out to keep the run under an hour on a slow machine).
+`batch-16` alone, `threads-2-1`, `xla`, `steps-9`, `steps-27`, `img-160` and `earlier-recipe` run only when
+`--variants` names them (the default set leaves them out to keep the run under an hour on a slow machine).
 
 Quality is not judged here: a four-epoch run says nothing about it. A variant that is cheaper per image
 goes on to `benchmarks/quality.py` over three seeds, judged on the validation split.
@@ -61,7 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common  # noqa: E402
 
 REFERENCE = "cpu-quick"
-OPT_IN = ("batch-16", "threads-2-1", "xla", "steps-9", "steps-27", "img-160", "earlier-recipe")  # run only when --variants names them
+# run only when --variants names them
+OPT_IN = ("batch-16", "threads-2-1", "xla", "steps-9", "steps-27", "img-160", "earlier-recipe")
 VARIANTS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"set": [], "env": {}},
     "bn-frozen": {"set": ["train.freeze_encoder_bn=true"], "env": {}},

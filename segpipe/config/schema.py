@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from segpipe.config.augment import KNOBS as AUGMENT_KNOBS
 from segpipe.models.encoders import ENCODER_NAMES, ENCODERS
-from segpipe.models.registry import MODEL_NAMES, NEEDS_ENCODER, TAKES_ENCODER, check_input_size, knobs_of
+from segpipe.models.registry import (MODEL_NAMES, NEEDS_ENCODER, TAKES_ENCODER, check_aspp_rates,
+                                     check_input_size, knobs_of)
 from segpipe.models.weights import IMAGENET, no_such_weights_file
 from segpipe.config.presets import PRESETS
 
@@ -134,10 +135,7 @@ class ModelConfig(_Section):
     @field_validator("aspp_rates")
     @classmethod
     def _rates_are_distinct_and_positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        """Checked here, before any work starts (the model builder checks them again when it builds)."""
-        if not v or any(r < 1 for r in v) or len(set(v)) != len(v):
-            raise ValueError("expected one or more distinct dilation rates >= 1, such as (6, 12, 18)")
-        return v
+        return check_aspp_rates(v)
 
     @field_validator("encoder")
     @classmethod

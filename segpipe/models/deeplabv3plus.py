@@ -39,7 +39,7 @@ from segpipe.models.layers import (
     sep_conv_bn_relu,
     softmax_head,
 )
-from segpipe.models.registry import check_input_size
+from segpipe.models.registry import check_aspp_rates, check_input_size
 
 LOW_LEVEL_FILTERS = 48
 STRIDE2_FILTERS = (24, 64)  # the /2 skip's 1x1 projection, the separable conv after the concat
@@ -86,9 +86,10 @@ def build_deeplabv3plus(
     takes any such size (what progressive resizing trains; `train.progressive_img_size`)."""
     input_shape = check_common(input_shape, num_classes, bn_momentum, free_size=True)
     check_encoder_input(encoder, input_shape)
-    rates = tuple(aspp_rates)
-    if not rates or any(not isinstance(r, int) or r < 1 for r in rates) or len(set(rates)) != len(rates):
-        raise ValueError(f"aspp_rates must be distinct positive ints, got {aspp_rates!r}")
+    try:
+        rates = check_aspp_rates(aspp_rates)
+    except ValueError as err:
+        raise ValueError(f"aspp_rates {aspp_rates!r}: {err}") from None
     if not isinstance(aspp_filters, int) or aspp_filters < 1:
         raise ValueError(f"aspp_filters must be an int >= 1, got {aspp_filters!r}")
     if not isinstance(upsample_logits, bool):

@@ -77,6 +77,16 @@ def required_divisor(name: str, params: dict[str, Any] | None = None) -> int:
     raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
 
 
+def check_aspp_rates(rates: Any) -> tuple[int, ...]:
+    """DeepLabV3+'s ASPP dilation rates as a tuple; ValueError unless they are one or more distinct ints >= 1.
+    The config checks them with this before any work starts, the model builder again when it builds."""
+    rates = tuple(rates)
+    if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates) \
+            or len(set(rates)) != len(rates):
+        raise ValueError("expected one or more distinct dilation rates >= 1, such as (6, 12, 18)")
+    return rates
+
+
 def check_input_size(name: str, size: tuple[int, int], params: dict[str, Any] | None = None) -> None:
     """Raise ValueError naming the size and the rule when `size` does not suit model `name`."""
     div = required_divisor(name, params)

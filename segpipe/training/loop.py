@@ -84,11 +84,7 @@ def train(
     plan = training_plan(cfg.train, n_train)
     # Before any other TensorFlow op: a MultiWorkerMirroredStrategy cannot be created after one.
     strategy = distribute.strategy()
-    if plan.steps_per_execution > 1 and strategy.num_replicas_in_sync > 1:
-        raise ValueError(
-            f"train.steps_per_execution={cfg.train.steps_per_execution}: expected 1 when training on several replicas "
-            f"({type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas): Keras' multi-step loop fails under a distribution strategy "
-            "(a placeholder error inside its while loop); nothing was written")
+    _check_steps_per_execution(cfg.train.steps_per_execution, plan, strategy)
     task = distribute.cluster_task()
     chief = task is None or task.is_chief
     if chief:
@@ -164,6 +160,19 @@ def _default_verbose() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
+def _check_steps_per_execution(asked: int, plan: TrainingPlan, strategy: tf.distribute.Strategy) -> None:
+    """Refuse several steps per call on several replicas (Keras' multi-step loop fails under a distribution
+    strategy: a placeholder error inside its while loop); say so when the plan uses fewer than asked."""
+    if plan.steps_per_execution > 1 and strategy.num_replicas_in_sync > 1:
+        raise ValueError(
+            f"train.steps_per_execution={asked}: expected 1 when training on several replicas "
+            f"({type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas): Keras' multi-step loop fails "
+            "under a distribution strategy; nothing was written")
+    if plan.steps_per_execution != asked:
+        log.warning("train.steps_per_execution=%d: %d step(s) per call instead, the largest divisor of the epoch's "
+                    "%d steps (an epoch keeps its length)", asked, plan.steps_per_execution, plan.steps_per_epoch)
+
+
 def _fit(
     cfg: PipelineConfig,
     dataset_dir: Path,
@@ -189,10 +198,6 @@ def _fit(
         fit_reads_one_iterator(model)  # the batches a run trains on do not depend on timing
 
     callbacks, early, backup = _callbacks(t, run_dir, plan, on_epoch_end, for_saving)
-    if plan.steps_per_execution != t.steps_per_execution:
-        log.warning("train.steps_per_execution=%d: %d step(s) per call instead, the largest divisor of the epoch's "
-                    "%d steps (an epoch keeps its length)", t.steps_per_execution, plan.steps_per_execution,
-                    plan.steps_per_epoch)
     losses: list[float] = []
     for phase in phases(plan, resumed, t.img_size, t.progressive_img_size):
         with strategy.scope():  # the compiled metrics' variables too: reduced over all replicas and workers
