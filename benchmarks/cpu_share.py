@@ -121,9 +121,20 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--budget-images", type=int, default=1632)
     p.add_argument("--interval", type=float, default=0.1)
+    p.add_argument("--cpu-replicas", type=int, default=1,
+                   help="split the CPU into this many logical devices before TensorFlow starts, so that training "
+                        "runs data-parallel on them (MirroredStrategy, each replica a part of every batch)")
     p.add_argument("--out")
     args = p.parse_args()
+    if args.cpu_replicas < 1:
+        p.error(f"--cpu-replicas: expected a whole number >= 1, got {args.cpu_replicas}")
+    if args.cpu_replicas > 1:  # before any other TensorFlow op: logical devices cannot change once it starts
+        import tensorflow as tf
 
+        (cpu,) = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_replicas)
+
+    import json
     import shutil
 
     from segpipe.config import build_config
@@ -145,6 +156,7 @@ def main() -> int:
 
     from segpipe import training
     from segpipe.config.budget import training_plan
+    from segpipe.runs.naming import LINEAGE_FILE
     from segpipe_app.flows.prepare_data import prepare_data_flow
 
     dataset = prepare_data_flow(config=cfg, work_dir=str(work.root))
@@ -179,6 +191,7 @@ def main() -> int:
         "commit": started_commit,
         "configs": [common.config_record(args.preset, overrides, cfg=cfg)],
         "epochs_completed": result.epochs_completed,
+        "distribution": json.loads((run_dir / LINEAGE_FILE).read_text())["distribution"],
         "images_per_epoch": training_plan(cfg.train, dataset.num_examples["train"]).images_per_epoch,
         "epoch_ends": epochs,
         "wall_seconds": round(wall, 1),

@@ -34,13 +34,19 @@ What each variant changes (nothing else differs; all share `--set` and the budge
   steps-9          train.steps_per_execution=9: nine train steps per call of the compiled function (a third
                    of an epoch of the sample's random split), so Python and Keras' loop run once per nine steps
   steps-27         train.steps_per_execution=27: the whole epoch in one call
+  replicas-2       the CPU split into two logical devices, training data-parallel on them (MirroredStrategy,
+                   four images of every batch of eight each): two independent streams of ops to fill both
+                   cores, where one step's own ops leave part of one idle (`cpu_share.py --cpu-replicas 2`)
+  replicas-2-threads-1-2   replicas-2 with TF_NUM_INTRAOP_THREADS=1, TF_NUM_INTEROP_THREADS=2: each op on one
+                   thread, the two replicas' ops side by side
   img-160          train.img_size=160: cpu-quick at 160 px, issue 20's throughput recipe before its
                    input-size decision
   earlier-recipe   cpu-quick as issue 20 found it: 160 px, ASPP and decoder 256 wide, the encoder's batch
                    norms training after unfreezing (the reference of the issue's throughput target)
 
-`batch-16` alone, `threads-2-1`, `xla`, `steps-9`, `steps-27`, `img-160` and `earlier-recipe` run only when
-`--variants` names them (the default set leaves them out to keep the run under an hour on a slow machine).
+`batch-16` alone, `threads-2-1`, `xla`, `steps-9`, `steps-27`, the `replicas-2` pair, `img-160` and
+`earlier-recipe` run only when `--variants` names them (the default set leaves them out to keep the run under an
+hour on a slow machine).
 
 Quality is not judged here: a four-epoch run says nothing about it. A variant that is cheaper per image
 goes on to `benchmarks/quality.py` over three seeds, judged on the validation split.
@@ -62,7 +68,8 @@ from benchmarks import common  # noqa: E402
 
 REFERENCE = "cpu-quick"
 # run only when --variants names them
-OPT_IN = ("batch-16", "threads-2-1", "xla", "steps-9", "steps-27", "img-160", "earlier-recipe")
+OPT_IN = ("batch-16", "threads-2-1", "xla", "steps-9", "steps-27", "replicas-2", "replicas-2-threads-1-2", "img-160",
+          "earlier-recipe")
 VARIANTS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"set": [], "env": {}},
     "bn-frozen": {"set": ["train.freeze_encoder_bn=true"], "env": {}},
@@ -78,6 +85,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "xla": {"set": ["train.jit_compile=true"], "env": {}},
     "steps-9": {"set": ["train.steps_per_execution=9"], "env": {}},
     "steps-27": {"set": ["train.steps_per_execution=27"], "env": {}},
+    "replicas-2": {"set": [], "env": {}, "args": ["--cpu-replicas", "2"]},
+    "replicas-2-threads-1-2": {"set": [], "env": {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"},
+                               "args": ["--cpu-replicas", "2"]},
     # cpu-quick's earlier recipes, for the issue's throughput target against the cpu-quick it was filed on
     "img-160": {"set": ["train.img_size=160"], "env": {}},
     "earlier-recipe": {"set": ["model.aspp_filters=256", "train.freeze_encoder_bn=false",
@@ -135,7 +145,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         cmd = [sys.executable, str(Path(__file__).with_name("cpu_share.py")), "--source", args.source,
-               "--work-dir", args.work_dir, "--budget-images", str(args.budget_images), "--out", str(out)]
+               "--work-dir", args.work_dir, "--budget-images", str(args.budget_images), "--out", str(out),
+               *spec.get("args", [])]
         for item in [*args.set, *spec["set"]]:
             cmd += ["--set", item]
         done = common.run_measured(cmd, env={**os.environ, **spec["env"]})
@@ -143,6 +154,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"variant {name} failed ({done['returncode']}):\n{done['stderr'][-3000:]}")
         run = json.loads(out.read_text())
     return {"figures": figures(run, args.skip_epochs), "config": run["configs"][0],
+            "distribution": run.get("distribution"),
             "epochs_completed": run["epochs_completed"], "child_wall_seconds": common.r(done["wall_s"], 1),
             "child_cpu_seconds": common.r(done["cpu_s"], 1)}
 
