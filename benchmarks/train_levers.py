@@ -39,14 +39,16 @@ What each variant changes (nothing else differs; all share `--set` and the budge
                    cores, where one step's own ops leave part of one idle (`cpu_share.py --cpu-replicas 2`)
   replicas-2-threads-1-2   replicas-2 with TF_NUM_INTRAOP_THREADS=1, TF_NUM_INTEROP_THREADS=2: each op on one
                    thread, the two replicas' ops side by side
+  encoder-dilated  model.encoder_tail=dilated: DeepLabV3+ on the whole MobileNetV2 at output stride 16, its last
+                   stage dilated (what that costs per training image; its quality is quality.py's question)
   img-160          train.img_size=160: cpu-quick at 160 px, issue 20's throughput recipe before its
                    input-size decision
   earlier-recipe   cpu-quick as issue 20 found it: 160 px, ASPP and decoder 256 wide, the encoder's batch
                    norms training after unfreezing (the reference of the issue's throughput target)
 
-`batch-16` alone, `threads-2-1`, `xla`, `steps-9`, `steps-27`, the `replicas-2` pair, `img-160` and
-`earlier-recipe` run only when `--variants` names them (the default set leaves them out to keep the run under an
-hour on a slow machine).
+`batch-16` alone, `threads-2-1`, `xla`, `steps-9`, `steps-27`, the `replicas-2` pair, `encoder-dilated`, `img-160`
+and `earlier-recipe` run only when `--variants` names them (the default set leaves them out to keep the run under
+an hour on a slow machine).
 
 Quality is not judged here: a four-epoch run says nothing about it. A variant that is cheaper per image
 goes on to `benchmarks/quality.py` over three seeds, judged on the validation split.
@@ -68,8 +70,8 @@ from benchmarks import common  # noqa: E402
 
 REFERENCE = "cpu-quick"
 # run only when --variants names them
-OPT_IN = ("batch-16", "threads-2-1", "xla", "steps-9", "steps-27", "replicas-2", "replicas-2-threads-1-2", "img-160",
-          "earlier-recipe")
+OPT_IN = ("batch-16", "threads-2-1", "xla", "steps-9", "steps-27", "replicas-2", "replicas-2-threads-1-2",
+          "encoder-dilated", "img-160", "earlier-recipe")
 VARIANTS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"set": [], "env": {}},
     "bn-frozen": {"set": ["train.freeze_encoder_bn=true"], "env": {}},
@@ -88,6 +90,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "replicas-2": {"set": [], "env": {}, "args": ["--cpu-replicas", "2"]},
     "replicas-2-threads-1-2": {"set": [], "env": {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"},
                                "args": ["--cpu-replicas", "2"]},
+    "encoder-dilated": {"set": ["model.encoder_tail=dilated"], "env": {}},
     # cpu-quick's earlier recipes, for the issue's throughput target against the cpu-quick it was filed on
     "img-160": {"set": ["train.img_size=160"], "env": {}},
     "earlier-recipe": {"set": ["model.aspp_filters=256", "train.freeze_encoder_bn=false",

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from segpipe.config.augment import KNOBS as AUGMENT_KNOBS
-from segpipe.models.encoders import ENCODER_NAMES, ENCODERS
+from segpipe.models.encoders import DILATED_TAIL_ENCODERS, ENCODER_NAMES, ENCODERS
 from segpipe.models.registry import (MODEL_NAMES, NEEDS_ENCODER, TAKES_ENCODER, check_aspp_rates,
                                      check_input_size, knobs_of)
 from segpipe.models.weights import IMAGENET, no_such_weights_file
@@ -113,6 +113,13 @@ class ModelConfig(_Section):
         4, description="deeplabv3plus: the logits' resolution before their last resize, as an output stride: 4 (the "
         "paper's decoder) or 2 (one more skip, from the encoder's /2 features)"
     )
+    encoder_tail: Literal["cut", "dilated"] = Field(
+        "cut", description="deeplabv3plus: where ASPP's output-stride-16 features come from: 'cut' (the encoder "
+        "stopped at its last stride-16 layer, MobileNetV2's block 13 expansion, its last stage unused) or "
+        "'dilated' (the whole encoder at output stride 16, as in the paper: the last stage's stride-2 "
+        "convolution at stride 1, the depthwise convolutions after it at dilation 2; "
+        f"{', '.join(DILATED_TAIL_ENCODERS)} only)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -172,6 +179,9 @@ class ModelConfig(_Section):
             raise ValueError(f"encoder_alpha: only mobilenetv2 has a width multiplier (encoder {self.encoder!r})")
         if self.encoder_alpha not in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
             raise ValueError("encoder_alpha: must be one of 0.35, 0.5, 0.75, 1.0, 1.3, 1.4")
+        if self.encoder_tail == "dilated" and self.encoder not in DILATED_TAIL_ENCODERS:
+            raise ValueError(f"encoder_tail: 'dilated' applies to the {', '.join(DILATED_TAIL_ENCODERS)} encoder "
+                             f"only (encoder {self.encoder!r})")
         return self
 
     @model_validator(mode="after")

@@ -7,6 +7,12 @@
     with decoder_stride=2: the /4 decoder features -> bilinear x2 -> concat with a 1x1 (24) projection of the
          encoder's /2 features -> separable 3x3 (64) -> 1x1 (logits) -> bilinear x2 -> float32 softmax
 
+`encoder_tail` is where the high-level features come from. "cut" (the default) stops the encoder at its last
+stride-16 layer (MobileNetV2's `block_13_expand_relu`, 576 channels), leaving its last stage unused. "dilated"
+runs the whole encoder at output stride 16, as the paper does: the last stage's stride-2 convolution at stride
+1 and the depthwise convolutions after it at dilation 2 (`encoders.DilatedTail`); ASPP then reads the last
+stage's output (MobileNetV2's `block_16_project_BN`, 320 channels).
+
 `decoder_stride` (4 or 2) is the resolution of the logits before their last resize. The paper's decoder
 predicts at a quarter of the input size: at 160 px, a 40x40 map for a border class a few pixels wide at the
 original resolution. At 2 the decoder adds one more skip, from the encoder's /2 features (MobileNetV2's
@@ -44,6 +50,7 @@ from segpipe.models.registry import check_aspp_rates, check_input_size
 LOW_LEVEL_FILTERS = 48
 STRIDE2_FILTERS = (24, 64)  # the /2 skip's 1x1 projection, the separable conv after the concat
 DECODER_STRIDES = (4, 2)
+ENCODER_TAILS = ("cut", "dilated")  # see segpipe.config.ModelConfig.encoder_tail
 
 
 def aspp(x: Any, rates: tuple[int, ...], filters: int, bn_momentum: float, dropout: float) -> Any:
@@ -81,6 +88,7 @@ def build_deeplabv3plus(
     aspp_filters: int = 256,
     upsample_logits: bool = True,
     decoder_stride: int = 4,
+    encoder_tail: str = "cut",
 ) -> keras.Model:
     """DeepLabV3+; height and width must be multiples of 16 and at least 32, or both None: a model that
     takes any such size (what progressive resizing trains; `train.progressive_img_size`)."""
@@ -98,11 +106,14 @@ def build_deeplabv3plus(
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if decoder_stride not in DECODER_STRIDES or isinstance(decoder_stride, bool):
         raise ValueError(f"decoder_stride must be one of {', '.join(map(str, DECODER_STRIDES))}, got {decoder_stride!r}")
+    if encoder_tail not in ENCODER_TAILS:
+        raise ValueError(f"encoder_tail must be one of {', '.join(ENCODER_TAILS)}, got {encoder_tail!r}")
     if input_shape[0] is not None:
         check_input_size("deeplabv3plus", input_shape[:2])
 
     strides = (2, 4, 16) if decoder_stride == 2 else (4, 16)
-    features = build_encoder(encoder, input_shape, encoder_weights, alpha=encoder_alpha, strides=strides)
+    features = build_encoder(encoder, input_shape, encoder_weights, alpha=encoder_alpha, strides=strides,
+                             dilated_tail=encoder_tail == "dilated")
     inputs = keras.Input(shape=input_shape, name="image")
     x = BackbonePreprocess(ENCODERS[encoder].preprocess, name="preprocess")(inputs)
     *finest, low, high = features(x)

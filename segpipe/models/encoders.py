@@ -38,6 +38,19 @@ STRIDES: tuple[int, ...] = (2, 4, 8, 16, 32)
 
 
 @dataclass(frozen=True)
+class DilatedTail:
+    """The encoder's last stage kept at output stride 16 (DeepLab's atrous encoder): its one stride-2 layer at
+    stride 1, and the depthwise convolutions after it at dilation 2, so each sees the same neighbourhood of the
+    image as at stride 32 with the same pretrained weights. `pad` is the zero padding keras.applications puts
+    before a stride-2 "valid" convolution; it becomes the stride-1 convolution's "same" padding."""
+
+    pad: str
+    strided: str
+    dilated: tuple[str, ...]
+    feature: str  # the last stage's output, then at output stride 16
+
+
+@dataclass(frozen=True)
 class EncoderSpec:
     """How to build one encoder: the keras.applications constructor, its feature layers, its input range."""
 
@@ -45,6 +58,7 @@ class EncoderSpec:
     features: tuple[str, str, str, str, str]  # layer names at output strides 2, 4, 8, 16, 32
     preprocess: str  # `BackbonePreprocess` mode
     takes_alpha: bool = False  # width multiplier (MobileNetV2)
+    dilated_tail: DilatedTail | None = None  # how its last stage runs at output stride 16, where it can
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -53,6 +67,9 @@ ENCODERS: dict[str, EncoderSpec] = {
         ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu", "out_relu"),
         preprocess="tf",
         takes_alpha=True,
+        dilated_tail=DilatedTail("block_13_pad", "block_13_depthwise",
+                                 ("block_14_depthwise", "block_15_depthwise", "block_16_depthwise"),
+                                 "block_16_project_BN"),
     ),
     "resnet50": EncoderSpec(
         "ResNet50",
@@ -67,6 +84,7 @@ ENCODERS: dict[str, EncoderSpec] = {
     ),
 }
 ENCODER_NAMES: tuple[str, ...] = tuple(ENCODERS)
+DILATED_TAIL_ENCODERS: tuple[str, ...] = tuple(name for name, spec in ENCODERS.items() if spec.dilated_tail)
 ENCODER_LAYER = "encoder"  # the nested sub-model's name in every segmentation model
 MIN_INPUT = 32  # keras.applications refuse inputs below 32x32
 
@@ -180,10 +198,13 @@ def build_encoder(
     *,
     alpha: float = 1.0,
     strides: tuple[int, ...] = STRIDES,
+    dilated_tail: bool = False,
 ) -> Any:
     """Encoder `name` as a Keras model returning its features at `strides` (a subset of 2, 4, 8, 16, 32).
 
-    Takes inputs already preprocessed for the encoder (see `ENCODERS[name].preprocess`).
+    Takes inputs already preprocessed for the encoder (see `ENCODERS[name].preprocess`). `dilated_tail`: the
+    last stage runs at output stride 16 (`DilatedTail`), and its output is the stride-16 feature; there is
+    then no stride-32 feature.
     """
     import keras
 
@@ -191,14 +212,49 @@ def build_encoder(
     bad = [s for s in strides if s not in STRIDES]
     if not strides or bad:
         raise ValueError(f"strides must be a non-empty subset of {STRIDES}, got {strides!r}")
+    check_dilated_tail(name, dilated_tail)
+    if dilated_tail and 32 in strides:
+        raise ValueError(f"strides {strides!r}: an encoder with a dilated tail has no stride-32 features")
     if weights is None:
         app = build_application(name, input_shape, weights=None, alpha=alpha)
     elif weights == "imagenet":
         app = _imagenet_application(name, input_shape, alpha)
     else:
         app = _application_from_file(name, input_shape, Path(weights).expanduser(), alpha)
-    outputs = [app.get_layer(spec.features[STRIDES.index(s)]).output for s in strides]
+    features = list(spec.features)
+    if dilated_tail:
+        app = _with_dilated_tail(app, spec.dilated_tail)
+        features[STRIDES.index(16)] = spec.dilated_tail.feature
+    outputs = [app.get_layer(features[STRIDES.index(s)]).output for s in strides]
     return keras.Model(app.input, outputs, name=ENCODER_LAYER)
+
+
+def check_dilated_tail(name: str, dilated_tail: bool) -> None:
+    """ValueError unless `dilated_tail` is a bool, and False for an encoder without a `DilatedTail`."""
+    if not isinstance(dilated_tail, bool):
+        raise ValueError(f"dilated_tail must be true or false, got {dilated_tail!r}")
+    if dilated_tail and _spec(name).dilated_tail is None:
+        raise ValueError(f"a dilated tail applies to {', '.join(DILATED_TAIL_ENCODERS)} only, not {name}")
+
+
+def _with_dilated_tail(app: Any, tail: DilatedTail) -> Any:
+    """`app` rebuilt from its config with `tail`'s layers changed, holding `app`'s weights (the same layers,
+    the same weight shapes: strides and dilation change no kernel)."""
+    import keras
+
+    config = app.get_config()
+    by_name = {layer["config"]["name"]: layer["config"] for layer in config["layers"]}
+    missing = [n for n in (tail.pad, tail.strided, *tail.dilated, tail.feature) if n not in by_name]
+    if missing:
+        raise RuntimeError(f"{app.name} has no layer {', '.join(missing)}: keras.applications changed the layer "
+                           "names segpipe.models.encoders.DilatedTail relies on")
+    by_name[tail.pad]["padding"] = ((1, 1), (1, 1))
+    by_name[tail.strided].update(strides=(1, 1), padding="valid")
+    for name in tail.dilated:
+        by_name[name]["dilation_rate"] = (2, 2)
+    dilated = keras.Model.from_config(config)
+    dilated.set_weights(app.get_weights())
+    return dilated
 
 
 def encoder_of(model: Any) -> Any | None:
