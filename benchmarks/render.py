@@ -35,11 +35,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.render_border import alone_and_breeds, border_levers, border_weight  # noqa: E402
-from benchmarks.render_interleaved import (aspp_rates, boundary_loss, edge_head, equal_cpu,  # noqa: E402
-                                           input_288, input_size, training_budget)
+from benchmarks.render_interleaved import (aspp_rates, boundary_loss, edge_head, encoder_dilated,  # noqa: E402
+                                           equal_cpu, input_288, input_size, training_budget)
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import (  # noqa: E402
-    input_size_throughput, presets_quality, progressive, steps_lever, throughput_recipe, train_levers, xla_lever)
+    dilated_cost, input_size_throughput, presets_quality, progressive, replicas_lever, steps_lever, throughput_recipe,
+    train_levers, xla_lever)
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
 from benchmarks.render_serving import (export_inference, export_portability, inference, local_start,  # noqa: E402
                                        orchestration)
@@ -59,6 +60,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "training-budget": training_budget,
     "aspp-rates": aspp_rates,
     "input-288": input_288,
+    "encoder-dilated": encoder_dilated,
     "equal-cpu": equal_cpu,
     "input-size": input_size,
     "alone-and-breeds": alone_and_breeds,
@@ -67,6 +69,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "train-levers": train_levers,
     "xla-lever": xla_lever,
     "steps-lever": steps_lever,
+    "replicas-lever": replicas_lever,
+    "dilated-cost": dilated_cost,
     "input-size-throughput": input_size_throughput,
     "progressive": progressive,
     "throughput-recipe": throughput_recipe,

@@ -185,3 +185,16 @@ def input_288() -> str:
     time alone estimated as for the longer training."""
     return _against_cpu_quick(INTERLEAVED_8, IMG288, "`cpu-quick` + `train.img_size=288`, `train.budget_images=4000`",
                               "img288", after=_estimated_alone)
+
+
+# A ninth interleaved run: for each of three training seeds, cpu-quick on the whole MobileNetV2 at output stride 16
+# (model.encoder_tail=dilated: its last stage dilated, fixed before the run), then cpu-quick as it is.
+INTERLEAVED_9 = "quality-cpu-quick-interleaved-9.json"  # cpu-quick as it is: the ninth run's reference
+ENCODER_DILATED = "quality-cpu-quick-encoder-dilated.json"  # cpu-quick + model.encoder_tail=dilated
+
+
+def encoder_dilated() -> str:
+    """The whole encoder at output stride 16 against cpu-quick's encoder cut at block 13: paired on validation,
+    with the training time alone estimated as for the longer training."""
+    return _against_cpu_quick(INTERLEAVED_9, ENCODER_DILATED, "`cpu-quick` + `model.encoder_tail=dilated`",
+                              "dilated", after=_estimated_alone)

@@ -43,7 +43,8 @@ def _levers_table(d: dict) -> tuple[str, list[str]]:
             "|---|---|---:|---:|---:|---:|---:|---|"]
     for name, s in d["summary"].items():
         v = d["variants"][name]
-        change = ", ".join([f"`{x}`" for x in v["set"]] + [f"`{k}={val}`" for k, val in v["env"].items()]) or "—"
+        change = ", ".join([f"`{x}`" for x in v["set"]] + [f"`{k}={val}`" for k, val in v["env"].items()]
+                           + ([f"`cpu_share.py {' '.join(v['args'])}`"] if v.get("args") else [])) or "—"
         per_round = ", ".join(f"{x:.2f}" for x in s["images_per_cpu_second_vs_reference_per_round"])
         verdict = "reference" if name == ref else ("**yes**" if cheaper(s) else "no")
         rows.append(f"| `{name}` | {change} | {s['images_per_cpu_second']:.2f} | "
@@ -131,6 +132,49 @@ def _steps_verdict(d: dict) -> str:
               f"tracing and the end of the run included; {ref['whole_run_wall_seconds']:.0f} s wall, medians over "
               "the rounds).")
     return verdict + " " + shares
+
+
+LEVERS_REPLICAS = "train-levers-replicas.json"
+LEVERS_REPLICAS_COMMAND = (".venv/bin/python benchmarks/train_levers.py --source ../shared/pets-sample "
+                           "--set model.encoder_weights=<weights file> --variants cpu-quick replicas-2 "
+                           "replicas-2-threads-1-2 --out benchmarks/results/train-levers-replicas.json")
+
+
+def replicas_lever() -> str:
+    """The CPU split into two logical devices, training data-parallel on them, against today's `cpu-quick` in a
+    lever run of its own: the CPU share it reaches, and what each image costs for it."""
+    return _lever_run(LEVERS_REPLICAS, LEVERS_REPLICAS_COMMAND, _replicas_verdict)
+
+
+def _replicas_verdict(d: dict) -> str:
+    ref = d["summary"][d["reference"]]
+    variants = [n for n in d["summary"] if n != d["reference"]]
+    strategies = {f"{r['distribution']['strategy']} over {r['distribution']['replicas']} replicas"
+                  for n in variants for r in d["variants"][n]["runs"]}
+    won = [n for n in variants if cheaper(d["summary"][n])]
+    parts = ", ".join(f"`{n}` {d['summary'][n]['images_per_cpu_second_vs_reference']:.2f}x the images per CPU-second "
+                      f"at a CPU share of {d['summary'][n]['cpu_share_percent']:.0f}%" for n in variants)
+    verdict = (f"Cheaper by the rule: {', '.join(f'`{n}`' for n in won)}." if won else
+               f"None is cheaper by the rule ({parts}, against {ref['cpu_share_percent']:.0f}% for `cpu-quick`).")
+    return f"Every replica run trained under {' and '.join(sorted(strategies))} (lineage.json). {verdict}"
+
+
+LEVERS_DILATED = "train-levers-encoder-dilated.json"
+LEVERS_DILATED_COMMAND = (".venv/bin/python benchmarks/train_levers.py --source ../shared/pets-sample "
+                          "--set model.encoder_weights=<weights file> --variants cpu-quick encoder-dilated "
+                          "--out benchmarks/results/train-levers-encoder-dilated.json")
+
+
+def dilated_cost() -> str:
+    """What the whole encoder at output stride 16 costs per training image, measured before its quality run."""
+    return _lever_run(LEVERS_DILATED, LEVERS_DILATED_COMMAND, _dilated_verdict)
+
+
+def _dilated_verdict(d: dict) -> str:
+    s = d["summary"]["encoder-dilated"]
+    return (f"Each training image costs {1 / s['images_per_cpu_second_vs_reference']:.2f}x the CPU-seconds of "
+            f"`cpu-quick`'s (rounds: {', '.join(f'{1 / x:.2f}' for x in s['images_per_cpu_second_vs_reference_per_round'])}"
+            "): the estimate fixed before the quality run below.")
 
 
 LEVERS_INPUT_SIZE = "train-levers-input-size.json"

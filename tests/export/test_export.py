@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def _train_tiny_model(path: Path, seed: int = 0) -> Path:
-    """A tiny U-Net trained for a few steps on synthetic pets, so its masks are neither constant nor random."""
+def _train_tiny_model(path: Path, seed: int = 0, name: str = "unet", **params) -> Path:
+    """A tiny model (default a U-Net) trained for a few steps on synthetic pets, so its masks are neither constant
+    nor random."""
     import keras
 
     from segpipe.models import build_model
@@ -35,7 +36,8 @@ def _train_tiny_model(path: Path, seed: int = 0) -> Path:
     pairs = [synthetic_example(rng, 32, 32) for _ in range(64)]
     x = np.stack([p[0] for p in pairs]).astype("float32") / 255.0
     y = np.stack([p[1] for p in pairs]).astype("int32") - 1
-    model = build_model("unet", (32, 32, 3), base_filters=4, depth=2, bn_momentum=0.5)  # statistics settle fast
+    params = params or {"base_filters": 4, "depth": 2}
+    model = build_model(name, (32, 32, 3), bn_momentum=0.5, **params)  # statistics settle fast
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=8, epochs=8, verbose=0)
     model.save(path)
@@ -141,6 +143,17 @@ def test_an_ensemble_exports_as_one_artifact_with_parity(exported, tmp_path):
                            formats=["onnx"], flip=False)
     # the ensemble's reference is the averaged Keras models: not either member's
     assert manifest["parity"]["reference"]["mean_iou"] != single.manifest["parity"]["reference"]["mean_iou"]
+
+
+def test_deeplabv3plus_on_the_dilated_encoder_keeps_parity_in_every_format(exported, tmp_path):
+    """Dilated depthwise convolutions (`model.encoder_tail=dilated`) through every converter."""
+    from segpipe.export.exporter import export_models
+
+    model = _train_tiny_model(tmp_path / "dilated.keras", name="deeplabv3plus", encoder="mobilenetv2",
+                              encoder_alpha=0.35, aspp_filters=8, aspp_rates=(1, 2), encoder_tail="dilated")
+    result = export_models([model], tmp_path / "out", dataset_dir=exported["dataset"], split="test", flip=False)
+    assert [a.name for a in result.artifacts] == [a.name for a in exported["result"].artifacts]
+    assert result.parity and all(check.passed for check in result.parity), result.parity
 
 
 def test_multi_scale_tta_exports_in_every_format_and_agrees_with_evaluate_and_predict(exported, tmp_path):
