@@ -135,6 +135,19 @@ DECISIONS: list[dict[str, Any]] = [
         },
     },
     {
+        "id": "cpu-quick-encoder-tail",
+        "question": "cpu-quick's high-level features: MobileNetV2 cut at block 13's expansion as it is, or the whole "
+                    "encoder at output stride 16, its last stage dilated (model.encoder_tail=dilated, fixed before "
+                    "the run), issue 20, three seeds in one interleaved run",
+        "preset_today": "cut (model.encoder_tail): the dilated encoder had to gain on validation by at least 0.005 on "
+                        "every seed to be adopted and lost on each (BENCHMARKS.md, the encoder-dilated block)",
+        "first_decided": "cut since the first DeepLabV3+; issue 20's ninth interleaved run",
+        "candidates": {
+            "cpu-quick (224 px) as it is": "quality-cpu-quick-interleaved-9.json",
+            "the whole encoder, dilated": "quality-cpu-quick-encoder-dilated.json",
+        },
+    },
+    {
         "id": "cpu-quick-progressive",
         "question": "cpu-quick's input size while training: 224 px throughout, or the first 2,400 of its 4,800 images "
                     "at 160 px (progressive resizing: train.progressive_img_size 160, train.progressive_images 2400, "

@@ -248,7 +248,8 @@ def _with_dilated_tail(app: Any, tail: DilatedTail) -> Any:
     if missing:
         raise RuntimeError(f"{app.name} has no layer {', '.join(missing)}: keras.applications changed the layer "
                            "names segpipe.models.encoders.DilatedTail relies on")
-    by_name[tail.pad]["padding"] = ((1, 1), (1, 1))
+    half = tuple(k // 2 for k in by_name[tail.strided]["kernel_size"])  # "same" padding at stride 1
+    by_name[tail.pad]["padding"] = ((half[0], half[0]), (half[1], half[1]))
     by_name[tail.strided].update(strides=(1, 1), padding="valid")
     for name in tail.dilated:
         by_name[name]["dilation_rate"] = (2, 2)
