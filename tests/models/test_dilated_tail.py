@@ -4,8 +4,6 @@ the folded batch norms, the saved model, the run identity, and clear errors."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from segpipe.models.encoders import ENCODERS, build_application, build_encoder, 
 from segpipe.models.rebuild import at_input_size
 from segpipe.runs.naming import run_id_for
 from segpipe.training.bn_folding import fold_frozen_batch_norms
-from tests.models.test_encoders import assert_encoder_holds, randomised_mobilenetv2
+from tests.models.test_encoders import assert_encoder_holds, weights_file  # noqa: F401 - the fixture
 
 TAIL = ENCODERS["mobilenetv2"].dilated_tail
 TINY = {"encoder": "mobilenetv2", "encoder_alpha": 0.35, "aspp_filters": 8, "aspp_rates": (1, 2)}
@@ -59,14 +57,6 @@ def test_the_dilated_tail_computes_the_last_stage_at_every_other_position():
 def _weights_of(src: keras.Model, encoder: keras.Model) -> list[np.ndarray]:
     """`src`'s weights in `encoder`'s order, by layer name."""
     return [w for layer in encoder.layers if layer.weights for w in src.get_layer(layer.name).get_weights()]
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, keras.Model]:
-    src = randomised_mobilenetv2(0)
-    path = tmp_path_factory.mktemp("weights") / "mnv2-035.weights.h5"
-    src.save_weights(path)
-    return path, src
 
 
 def test_deeplabv3plus_on_the_dilated_tail_keeps_the_weights_and_trains_a_step(weights_file, tmp_path):
