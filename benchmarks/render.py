@@ -39,8 +39,8 @@ from benchmarks.render_interleaved import (aspp_rates, boundary_loss, edge_head,
                                            equal_cpu, input_288, input_size, training_budget)
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import (  # noqa: E402
-    dilated_cost, input_size_throughput, presets_quality, progressive, replicas_lever, steps_lever, throughput_recipe,
-    train_levers, xla_lever)
+    dilated_cost, frozen_prefix, frozen_prefix_cost, input_size_throughput, presets_quality, progressive,
+    replicas_lever, steps_lever, throughput_recipe, train_levers, xla_lever)
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
 from benchmarks.render_serving import (export_inference, export_portability, inference, local_start,  # noqa: E402
                                        orchestration)
@@ -73,6 +73,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "dilated-cost": dilated_cost,
     "input-size-throughput": input_size_throughput,
     "progressive": progressive,
+    "frozen-prefix-cost": frozen_prefix_cost,
+    "frozen-prefix": frozen_prefix,
     "throughput-recipe": throughput_recipe,
     "presets-quality": presets_quality,
     "multiscale-tta": multiscale_tta,

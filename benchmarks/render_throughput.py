@@ -177,6 +177,30 @@ def _dilated_verdict(d: dict) -> str:
             "): the estimate fixed before the quality run below.")
 
 
+LEVERS_FROZEN = "train-levers-frozen-prefix.json"
+LEVERS_FROZEN_COMMAND = (".venv/bin/python benchmarks/train_levers.py --source ../shared/pets-sample "
+                         "--set model.encoder_weights=<weights file> --variants cpu-quick frozen-4 frozen-8 "
+                         "earlier-recipe --out benchmarks/results/train-levers-frozen-prefix.json")
+
+
+def frozen_prefix_cost() -> str:
+    """What the encoder frozen up to its /4 or /8 features saves per fine-tuning image, against cpu-quick and
+    against the earlier recipe of issue 20's throughput target, measured before the quality run."""
+    return _lever_run(LEVERS_FROZEN, LEVERS_FROZEN_COMMAND, _frozen_verdict)
+
+
+def _frozen_verdict(d: dict) -> str:
+    lines = []
+    for name in ("frozen-4", "frozen-8"):
+        s, ratios = d["summary"][name], over_earlier(d, name)
+        lines.append(f"- `{name}`: {s['images_per_cpu_second_vs_reference']:.2f}x `cpu-quick`'s training images per "
+                     f"CPU-second (rounds: {', '.join(f'{x:.2f}' for x in s['images_per_cpu_second_vs_reference_per_round'])}"
+                     f"), {statistics.median(ratios):.2f}x the earlier recipe's (rounds: "
+                     f"{', '.join(f'{x:.2f}' for x in ratios)}; the target ≥ {THROUGHPUT_TARGET:.1f}x), at a CPU "
+                     f"share of {s['cpu_share_percent']:.0f}% against {d['summary'][d['reference']]['cpu_share_percent']:.0f}%.")
+    return "\n".join(lines)
+
+
 LEVERS_INPUT_SIZE = "train-levers-input-size.json"
 LEVERS_INPUT_SIZE_COMMAND = (".venv/bin/python benchmarks/train_levers.py --source ../shared/pets-sample "
                              "--set model.encoder_weights=<weights file> --variants cpu-quick img-160 earlier-recipe "
@@ -277,18 +301,38 @@ PROGRESSIVE_COMMAND = (".venv/bin/python benchmarks/quality.py --merge {0}-0.jso
 
 
 def progressive() -> str:
-    """Progressive resizing against cpu-quick as it is, three seeds in one interleaved run: per seed, the images
-    per CPU-second against the reference's (cheaper?) and the best validation mean IoU against it (equal
-    quality?); held-out figures are shown, scored once, and choose nothing."""
-    names = {INTERLEAVED_4: "reference", PROGRESSIVE: "progressive"}
+    """Progressive resizing against cpu-quick as it is, three seeds in one interleaved run (`_throughput_lever`)."""
+    return _throughput_lever(INTERLEAVED_4, PROGRESSIVE, PROGRESSIVE_LABEL, "progressive", "Progressive resizing")
+
+
+# The encoder's first layers frozen for the whole run (issue 20's lever): for each of three training seeds,
+# cpu-quick with train.freeze_encoder_stride=4 (fixed before the run), then cpu-quick as it is; judged as
+# progressive resizing is.
+INTERLEAVED_10 = "quality-cpu-quick-interleaved-10.json"  # cpu-quick as it is: the tenth run's reference
+FROZEN_STRIDE4 = "quality-cpu-quick-frozen-stride4.json"  # + train.freeze_encoder_stride=4
+FROZEN_STRIDE4_LABEL = "`cpu-quick` + its encoder frozen up to the /4 features (`train.freeze_encoder_stride=4`)"
+
+
+def frozen_prefix() -> str:
+    """The encoder frozen up to its /4 features against cpu-quick as it is, three seeds in one interleaved run
+    (`_throughput_lever`)."""
+    return _throughput_lever(INTERLEAVED_10, FROZEN_STRIDE4, FROZEN_STRIDE4_LABEL, "frozen4",
+                             "The encoder frozen up to the /4 features")
+
+
+def _throughput_lever(reference: str, candidate: str, label: str, stem: str, lever: str) -> str:
+    """A throughput lever against the same run's cpu-quick, paired by training seed: per seed, the images per
+    CPU-second against the reference's (cheaper?) and the best validation mean IoU against it (equal quality?);
+    held-out figures are shown, scored once, and choose nothing. `stem` names the lever's per-seed outputs."""
+    names = {reference: "reference", candidate: stem}
     reports = {name: load(name) for name in names}
     gone = [name for name, d in reports.items() if d is None]
     if gone:
         return "\n\n".join(missing(n, PROGRESSIVE_COMMAND.format(names[n], n)) for n in gone)
-    base, cand = figures(reports[INTERLEAVED_4]), figures(reports[PROGRESSIVE])
+    base, cand = figures(reports[reference]), figures(reports[candidate])
     if base["seeds"] != cand["seeds"]:
-        raise ValueError(f"{INTERLEAVED_4} and {PROGRESSIVE} must hold the same training seeds to be paired")
-    rows = _quality_rows((("`cpu-quick` (224 px, 4,800 images)", base), (PROGRESSIVE_LABEL, cand)))
+        raise ValueError(f"{reference} and {candidate} must hold the same training seeds to be paired")
+    rows = _quality_rows((("`cpu-quick` (224 px, 4,800 images)", base), (label, cand)))
     speed = [c / b for b, c in zip(base["images_per_cpu_s"], cand["images_per_cpu_s"])]
     paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
     is_cheaper, is_equal = min(speed) >= CHEAPER, equal_quality(paired)
@@ -298,13 +342,14 @@ def progressive() -> str:
                                              ("it does not keep equal quality", not is_equal)) if failed))
     return "\n".join([
         *rows, "",
-        "Progressive resizing over `cpu-quick`, training images per CPU-second per seed (the same run): "
+        f"{lever} over `cpu-quick`, training images per CPU-second per seed (the same run): "
         + ", ".join(f"{x:.2f}x" for x in speed) + f" (cheaper: ≥ {CHEAPER:.2f}x on every seed: "
         + ("**yes**" if is_cheaper else "**no**") + "). Minus `cpu-quick`, best validation mean IoU per seed: "
         + ", ".join(f"{d:+.3f}" for d in paired) + f" (mean {statistics.fmean(paired):+.4f}; equal quality: mean ≥ "
         f"{EQUAL_MEAN:+.3f} and every seed ≥ {EQUAL_SEED:+.3f}: " + ("**yes**" if is_equal else "**no**")
         + f"); {verdict}.", "",
-        provenance(reports[INTERLEAVED_4], INTERLEAVED_4), "", provenance(reports[PROGRESSIVE], PROGRESSIVE)])
+        provenance(reports[reference], reference), "", provenance(reports[candidate], candidate)])
+
 
 def presets_quality() -> str:
     """README.md, under the presets table: today's `cpu-quick` (224 px) against the same recipe at 160 px (paired

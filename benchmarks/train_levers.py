@@ -41,13 +41,16 @@ What each variant changes (nothing else differs; all share `--set` and the budge
                    thread, the two replicas' ops side by side
   encoder-dilated  model.encoder_tail=dilated: DeepLabV3+ on the whole MobileNetV2 at output stride 16, its last
                    stage dilated (what that costs per training image; its quality is quality.py's question)
+  frozen-4         train.freeze_encoder_stride=4: the encoder's stem and blocks 0 to 3's expansion (everything
+                   its /4 features come from) frozen for the whole run, so no gradient is computed through them
+  frozen-8         train.freeze_encoder_stride=8: the same, up to the /8 features (blocks 0 to 6's expansion)
   img-160          train.img_size=160: cpu-quick at 160 px, issue 20's throughput recipe before its
                    input-size decision
   earlier-recipe   cpu-quick as issue 20 found it: 160 px, ASPP and decoder 256 wide, the encoder's batch
                    norms training after unfreezing (the reference of the issue's throughput target)
 
-`batch-16` alone, `threads-2-1`, `xla`, `steps-9`, `steps-27`, the `replicas-2` pair, `encoder-dilated`, `img-160`
-and `earlier-recipe` run only when `--variants` names them (the default set leaves them out to keep the run under
+`batch-16` alone, `threads-2-1`, `xla`, `steps-9`, `steps-27`, the `replicas-2` pair, `encoder-dilated`, the `frozen`
+pair, `img-160` and `earlier-recipe` run only when `--variants` names them (the default set leaves them out to keep the run under
 an hour on a slow machine).
 
 Quality is not judged here: a four-epoch run says nothing about it. A variant that is cheaper per image
@@ -71,7 +74,7 @@ from benchmarks import common  # noqa: E402
 REFERENCE = "cpu-quick"
 # run only when --variants names them
 OPT_IN = ("batch-16", "threads-2-1", "xla", "steps-9", "steps-27", "replicas-2", "replicas-2-threads-1-2",
-          "encoder-dilated", "img-160", "earlier-recipe")
+          "encoder-dilated", "frozen-4", "frozen-8", "img-160", "earlier-recipe")
 VARIANTS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"set": [], "env": {}},
     "bn-frozen": {"set": ["train.freeze_encoder_bn=true"], "env": {}},
@@ -91,6 +94,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "replicas-2-threads-1-2": {"set": [], "env": {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"},
                                "args": ["--cpu-replicas", "2"]},
     "encoder-dilated": {"set": ["model.encoder_tail=dilated"], "env": {}},
+    "frozen-4": {"set": ["train.freeze_encoder_stride=4"], "env": {}},
+    "frozen-8": {"set": ["train.freeze_encoder_stride=8"], "env": {}},
     # cpu-quick's earlier recipes, for the issue's throughput target against the cpu-quick it was filed on
     "img-160": {"set": ["train.img_size=160"], "env": {}},
     "earlier-recipe": {"set": ["model.aspp_filters=256", "train.freeze_encoder_bn=false",

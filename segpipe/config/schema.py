@@ -239,8 +239,14 @@ class TrainConfig(_AugmentFields):  # type: ignore[misc, valid-type]
     freeze_encoder_bn: bool = Field(
         False, description="keep the encoder's BatchNormalization in inference mode after unfreezing too"
     )
+    freeze_encoder_stride: Literal[0, 2, 4, 8, 16] = Field(
+        0, description="keep the encoder's layers up to its feature at this output stride (2, 4, 8 or 16) frozen "
+        "for the whole run, BatchNormalization included: ImageNet's low-level filters kept as they are, and no "
+        "gradient computed through them. 0: none (the whole encoder trains once unfrozen)"
+    )
     fold_frozen_bn: bool = Field(
-        False, description="while a BatchNormalization layer does not train (a frozen encoder, freeze_encoder_bn), "
+        False, description="while a BatchNormalization layer does not train (a frozen encoder, freeze_encoder_bn, "
+        "freeze_encoder_stride), "
         "compute it inside the convolution before it: the same function and gradients, fewer ops per step "
         "(segpipe.training.bn_folding)"
     )
@@ -399,15 +405,17 @@ class PipelineConfig(_Section):
             for field, value, neutral in (("freeze_encoder_images", t.freeze_encoder_images, 0),
                                           ("encoder_lr_multiplier", t.encoder_lr_multiplier, 1.0),
                                           ("freeze_encoder_bn", t.freeze_encoder_bn, False),
+                                          ("freeze_encoder_stride", t.freeze_encoder_stride, 0),
                                           ("fold_frozen_bn", t.fold_frozen_bn, False)):
                 if value != neutral:
                     raise ValueError(
                         f"train.{field}: model {self.model.name!r} has no pretrained encoder to fine-tune "
                         "(set model.encoder)"
                     )
-        elif t.fold_frozen_bn and not (t.freeze_encoder_images or t.freeze_encoder_bn):
+        elif t.fold_frozen_bn and not (t.freeze_encoder_images or t.freeze_encoder_bn or t.freeze_encoder_stride):
             raise ValueError("train.fold_frozen_bn: no batch norm stays frozen to fold; expected "
-                             "train.freeze_encoder_images > 0 or train.freeze_encoder_bn=true with it")
+                             "train.freeze_encoder_images > 0, train.freeze_encoder_bn=true or "
+                             "train.freeze_encoder_stride > 0 with it")
         return self
 
     @model_validator(mode="after")
@@ -460,7 +468,8 @@ class PipelineConfig(_Section):
 
 # Models whose training can change input size (train.progressive_img_size): built with free spatial dims
 PROGRESSIVE_MODELS = ("deeplabv3plus",)
-_ENCODER_TRAIN_FIELDS = ("freeze_encoder_images", "encoder_lr_multiplier", "freeze_encoder_bn", "fold_frozen_bn")
+_ENCODER_TRAIN_FIELDS = ("freeze_encoder_images", "encoder_lr_multiplier", "freeze_encoder_bn", "freeze_encoder_stride",
+                         "fold_frozen_bn")
 
 
 def _preset_for(preset: str, given: dict[str, Any]) -> dict[str, Any]:

@@ -229,6 +229,19 @@ def build_encoder(
     return keras.Model(app.input, outputs, name=ENCODER_LAYER)
 
 
+def encoder_prefix(encoder: Any, name: str, stride: int) -> list[Any]:
+    """The layers of `encoder` (a `build_encoder(name, ...)` model) that its feature at output stride `stride`
+    is computed from, that feature's own layer included: what `train.freeze_encoder_stride` keeps frozen.
+    Nothing after the feature is among them (for MobileNetV2 at stride 4: the stem and blocks 0 to 2, and
+    block 3's expansion, whose output the decoder's /4 skip reads)."""
+    import keras
+
+    if stride not in STRIDES:
+        raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}")
+    feature = encoder.get_layer(_spec(name).features[STRIDES.index(stride)])
+    return list(keras.Model(encoder.input, feature.output).layers)
+
+
 def check_dilated_tail(name: str, dilated_tail: bool) -> None:
     """ValueError unless `dilated_tail` is a bool, and False for an encoder without a `DilatedTail`."""
     if not isinstance(dilated_tail, bool):

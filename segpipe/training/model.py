@@ -3,14 +3,14 @@ frozen, or fine-tuned)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import keras
 
 from segpipe.config.budget import TrainingPlan
 from segpipe.config import PipelineConfig
-from segpipe.models.encoders import encoder_of
+from segpipe.models.encoders import encoder_of, encoder_prefix
 from segpipe.training.bn_folding import fold_frozen_batch_norms
 from segpipe.training.boundary_loss import with_boundary_term
 from segpipe.training.edge_head import AccuracyOfClasses, EdgeHeadLoss, MeanIoUOfClasses, with_edge_head
@@ -74,9 +74,13 @@ def build_and_compile(
         loss = EdgeHeadLoss(loss, t.edge_head_weight, t.edge_head_radius)
         mean_iou, accuracy = MeanIoUOfClasses, AccuracyOfClasses
 
+    # train.freeze_encoder_stride: the encoder's layers up to its feature at that stride never train
+    prefix = encoder_prefix(encoder, cfg.model.encoder, t.freeze_encoder_stride) if t.freeze_encoder_stride else []
+
     def compile_phase(encoder_frozen: bool) -> None:
         if encoder is not None:
-            set_encoder_trainable(encoder, not encoder_frozen, batch_norm=not (encoder_frozen or t.freeze_encoder_bn))
+            set_encoder_trainable(encoder, not encoder_frozen, batch_norm=not (encoder_frozen or t.freeze_encoder_bn),
+                                  frozen=prefix)
         if t.fold_frozen_bn:  # after what trains is set: only the batch norms that do not train fold
             fold_frozen_batch_norms(model)
         model.compile(
@@ -98,13 +102,17 @@ def _without_weights_file(params: dict[str, Any]) -> dict[str, Any]:
     return {**params, "encoder_weights": None} if "encoder_weights" in params else params
 
 
-def set_encoder_trainable(encoder: keras.Model, trainable: bool, *, batch_norm: bool) -> None:
+def set_encoder_trainable(
+    encoder: keras.Model, trainable: bool, *, batch_norm: bool, frozen: Sequence[keras.layers.Layer] = ()
+) -> None:
     """Freeze or unfreeze `encoder`; a BatchNormalization layer that is not trainable runs in inference mode
-    (Keras 3), so a frozen encoder keeps its statistics too. `batch_norm=False` keeps BN frozen when unfrozen."""
+    (Keras 3), so a frozen encoder keeps its statistics too. `batch_norm=False` keeps BN frozen when unfrozen;
+    the layers in `frozen` (`encoder_prefix`) stay frozen when unfrozen, BN included."""
     encoder.trainable = trainable
-    if trainable and not batch_norm:
+    kept = {id(layer) for layer in frozen}
+    if trainable:
         for layer in encoder.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
+            if (not batch_norm and isinstance(layer, keras.layers.BatchNormalization)) or id(layer) in kept:
                 layer.trainable = False
 
 
