@@ -161,6 +161,22 @@ DECISIONS: list[dict[str, Any]] = [
         },
     },
     {
+        "id": "cpu-quick-frozen-prefix",
+        "question": "cpu-quick's encoder after its frozen phase: fine-tuned whole, or with the stem and blocks up to "
+                    "its /4 features frozen for the whole run (train.freeze_encoder_stride 4, fixed before the run), "
+                    "a throughput lever (issue 20), three seeds in one interleaved run",
+        "preset_today": "frozen up to the /4 features (train.freeze_encoder_stride 4) since this run: cheaper per "
+                        "training image on every seed and of equal validation quality by the throughput rules, both "
+                        "fixed before the run (BENCHMARKS.md, the frozen-prefix block); the paired validation mean "
+                        "is a little lower, within the rules' tolerance, so the choice here, on the higher mean, "
+                        "is the whole encoder",
+        "first_decided": "the whole encoder fine-tuned since the first cpu-quick; issue 20's tenth interleaved run",
+        "candidates": {
+            "cpu-quick (224 px), the whole encoder fine-tuned": "quality-cpu-quick-interleaved-10.json",
+            "frozen up to the /4 features": "quality-cpu-quick-frozen-stride4.json",
+        },
+    },
+    {
         "id": "cpu-quick-frozen-phase",
         "question": "cpu-quick's DeepLabV3+ on the MobileNetV2 encoder: with or without a frozen encoder phase",
         "preset_today": "encoder frozen for the first 800 images",

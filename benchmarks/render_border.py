@@ -146,7 +146,7 @@ def _missed(got: float, want: float, at_least: bool, fmt: str, unit: str = "") -
     return "**met**" if ok else f"**missed** by {abs(want - got):{fmt}}{unit}"
 
 
-TODAY_BREED = "quality-cpu-quick-img224-breed-{}.json"  # today's cpu-quick (224 px), one breed held out
+TODAY_BREED = "quality-cpu-quick-img224-breed-{}.json"  # cpu-quick at 224 px before its frozen prefix, one breed
 BREED_160 = "quality-cpu-quick-breed-{}.json"  # cpu-quick at 160 px (issue 20's throughput recipe), one breed held out
 
 
@@ -211,7 +211,7 @@ def _breed_seeds_table(label: str, breeds: dict[str, dict]) -> list[str]:
     return ["\n".join(rows), tail]
 
 
-TODAY_QUIET = "quality-cpu-quick-img224-alone.json"  # today's cpu-quick (224 px), seed 0, timed alone
+TODAY_QUIET = "quality-cpu-quick-img224-alone.json"  # cpu-quick at 224 px before its frozen prefix, timed alone
 QUIET_160 = "quality-cpu-quick-alone.json"  # cpu-quick at 160 px (issue 20's throughput recipe), seed 0, timed alone
 TODAY_QUIET_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --preset cpu-quick "
                        "--train-seed 0 --set model.encoder_weights=<weights file> --out benchmarks/results/"
@@ -244,7 +244,7 @@ def _alone(label: str, report: dict) -> str:
 
 def alone_and_breeds() -> str:
     """Issue 20's timing of one cpu-quick training alone (wall seconds, the process tree's CPU share) and the breed
-    hold-outs (mean IoU on a breed training never saw): today's recipe (224 px), the 160-px recipe before it and
+    hold-outs (mean IoU on a breed training never saw): the 224-px recipe before its frozen prefix, the 160-px one and
     the earlier one, each against the issue's targets."""
     quiet, quiet_160, today_quiet = load(QUIET), load(QUIET_160), load(TODAY_QUIET)
     breeds = {b: r for b in BREEDS if (r := load(BREED.format(b))) is not None}
@@ -253,7 +253,7 @@ def alone_and_breeds() -> str:
     today_seeds = {b: r for b in BREEDS if (r := load(TODAY_BREED_SEEDS.format(b))) is not None}
     parts: list[str] = [
         missing(TODAY_QUIET, TODAY_QUIET_COMMAND) if today_quiet is None
-        else _alone("`cpu-quick` (224 px, 4,800 images)", today_quiet),
+        else _alone("`cpu-quick` at 224 px before its frozen prefix (4,800 images)", today_quiet),
         *([] if quiet_160 is None else [_alone("`cpu-quick` at 160 px (issue 20's throughput recipe)", quiet_160)]),
         missing(QUIET, QUIET_COMMAND) if quiet is None else _alone("The earlier `cpu-quick`", quiet)]
     if len(today_seeds) == len(BREEDS):
@@ -261,7 +261,8 @@ def alone_and_breeds() -> str:
         later = " and ".join(str(seed) for seed in seeds if seed != 0)
         parts.append("Breed hold-out (`--split breed --holdout-breed B`: trained and validated on the two other "
                      "breeds, scored once after training on every image of B, original resolution, flip TTA), "
-                     f"training seeds {', '.join(map(str, seeds))} per breed for today's recipe (seed 0 is the run of "
+                     f"training seeds {', '.join(map(str, seeds))} per breed for the 224-px recipe before its frozen prefix "
+                     f"(seed 0 is the run of "
                      f"the one-seed table that follows, merged with seed{'s' if len(seeds) > 2 else ''} {later}):")
         parts += _breed_seeds_table("`cpu-quick`, 224 px", today_seeds)
         commits = sorted({m["commit"][:10] for r in today_seeds.values() for m in r["merged_from"]})

@@ -87,9 +87,13 @@ REMEASURED: dict[str, str] = {
 EARLIER_CPU_QUICK = ("`cpu-quick` before issue 20's throughput recipe (ASPP and decoder 256 wide, the encoder's batch "
                      "norms training after unfreezing, 160 px: today's `cpu-quick` with `model.aspp_filters=256`, "
                      "`train.freeze_encoder_bn=false`, `train.fold_frozen_bn=false`, `train.img_size=160`, "
-                     "`train.budget_images=8000`)")
+                     "`train.budget_images=8000`, `train.freeze_encoder_stride=0`)")
 EARLIER_CPU_QUICK_160 = ("`cpu-quick` at 160 px, before issue 20's input-size decision (issue 20's throughput recipe: "
-                         "today's `cpu-quick` with `train.img_size=160`, `train.budget_images=8000`)")
+                         "today's `cpu-quick` with `train.img_size=160`, `train.budget_images=8000`, "
+                         "`train.freeze_encoder_stride=0`)")
+EARLIER_CPU_QUICK_224 = ("`cpu-quick` at 224 px before its frozen prefix (issue 20): the whole encoder fine-tuned after "
+                         "its frozen phase, today's `cpu-quick` with `train.freeze_encoder_stride=0`")
+
 EARLIER_RECIPES: dict[str, str] = {
     name: EARLIER_CPU_QUICK for name in (
         "cpu-share.json", "export_inference.json", "input_pipeline.json", "local_start.json", "multiscale-tta.json",
@@ -104,6 +108,17 @@ EARLIER_RECIPES: dict[str, str] = {
         "quality-cpu-quick-breed-Bengal.json", "quality-cpu-quick-breed-american_bulldog.json",
         "quality-cpu-quick-interleaved.json", "quality-cpu-quick-interleaved-2.json",
         "quality-cpu-quick-unet-mobilenetv2.json", "train-levers-xla.json")
+} | {
+    name: EARLIER_CPU_QUICK_224 for name in (
+        "quality-cpu-quick-aspp-rates-358.json", "quality-cpu-quick-boundary-loss.json",
+        "quality-cpu-quick-budget-6400.json", "quality-cpu-quick-edge-head.json",
+        "quality-cpu-quick-encoder-dilated.json", "quality-cpu-quick-img224-4800.json",
+        "quality-cpu-quick-img224-alone.json", "quality-cpu-quick-img224.json", "quality-cpu-quick-img288-4000.json",
+        *(f"quality-cpu-quick-img224-breed-{b}{s}.json" for b in ("Abyssinian", "Bengal", "american_bulldog")
+          for s in ("", "-seeds")),
+        *(f"quality-cpu-quick-interleaved-{n}.json" for n in range(3, 11)),
+        "quality-cpu-quick-progressive.json", "train-levers-encoder-dilated.json", "train-levers-frozen-prefix.json",
+        "train-levers-input-size.json", "train-levers-replicas.json", "train-levers-steps.json")
 }
 
 

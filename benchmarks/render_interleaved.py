@@ -12,7 +12,7 @@ from typing import Callable
 from benchmarks.render_border import (TARGETS, TODAY_QUIET, TODAY_QUIET_COMMAND, _missed, _paired_sentence,
                                       _quality_rows, figures)
 from benchmarks.render_common import load, missing, provenance
-from benchmarks.render_quality import CURRENT
+from benchmarks.render_quality import WHOLE_ENCODER_224
 
 
 # --------------------------------------------------------------------------- two levers at equal training CPU
@@ -42,9 +42,9 @@ def equal_cpu() -> str:
 # inputs with the budget set before the run for cpu-quick's training CPU (the first run's 224-pixel recipe
 # spent 0.85x of it at 4,100 images).
 INTERLEAVED_2 = "quality-cpu-quick-interleaved-2.json"  # cpu-quick as it is: the second run's reference
-# the candidate, train.img_size=224 and train.budget_images=4800, is today's cpu-quick: render_quality.CURRENT
+# the candidate, train.img_size=224 and train.budget_images=4800, was cpu-quick until its frozen prefix
 INPUT_SIZE = {INTERLEAVED_2: ("`cpu-quick` at 160 px, 8,000 images (the preset before this run)", "reference"),
-              CURRENT: ("224 px, 4,800 images (`cpu-quick` since this run)", "img224b")}
+              WHOLE_ENCODER_224: ("224 px, 4,800 images (`cpu-quick` since this run)", "img224b")}
 INPUT_SIZE_COMMAND = (".venv/bin/python benchmarks/quality.py --merge {0}-0.json {0}-1.json {0}-2.json {0}-3.json "
                       "{0}-4.json --out benchmarks/results/{1}")
 

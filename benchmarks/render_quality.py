@@ -14,7 +14,8 @@ from collections.abc import Callable
 from benchmarks.render_common import REMEASURED, RESULTS, WITHDRAWN, load, missing, n0, provenance, provenance_problems
 
 RANDOM = "transfer-random.json"  # the earlier cpu-quick, 3 training seeds, random split
-CURRENT = "quality-cpu-quick-img224-4800.json"  # today's cpu-quick (224 px), 5 seeds (issue 20), random split
+CURRENT = "quality-cpu-quick-frozen-stride4.json"  # today's cpu-quick (its encoder frozen up to /4), 3 seeds, random
+WHOLE_ENCODER_224 = "quality-cpu-quick-img224-4800.json"  # cpu-quick at 224 px before its frozen prefix, 5 seeds
 BEFORE = "transfer-random-bf16.json"  # the same, with cpu-quick as it was before the roofline (section "Roofline")
 KERAS = "transfer-random-keras-example.json"  # keras-example, same split
 SCRATCH = "transfer-random-cpu-scratch.json"  # cpu-scratch, same split, stopped at a training CPU budget
@@ -204,8 +205,8 @@ def quality_summary() -> str:
             f"`../shared/pets-sample`'s random split at original resolution: mean IoU {spread('held_out.mean_iou')}, "
             f"foreground IoU {spread('held_out.foreground_iou')}; {spread('train_cpu_seconds', n0)} CPU-s of "
             f"training on {m['cpu_model']}, {m.get('cpus') or m.get('cores')} cores "
-            f"(`benchmarks/results/{name}`; its provenance is under \"Larger inputs at `cpu-quick`'s own training "
-            "CPU\" below, and the table that follows gives the earlier `cpu-quick`).")
+            f"(`benchmarks/results/{name}`; its provenance is under \"The encoder's first layers frozen for the whole "
+            "run\" below, and the table that follows gives the earlier `cpu-quick`).")
 
 
 def recipe_selection() -> str:

@@ -38,6 +38,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "warmup_images": 272, "schedule": "cosine", "loss": "sce+dice", "augment": True,
             "freeze_encoder_images": 800, "encoder_lr_multiplier": 0.1, "freeze_encoder_bn": True,
             "fold_frozen_bn": True,
+            # The stem and blocks up to the /4 features stay frozen for the whole run: cheaper per training image
+            # on every seed at equal validation quality (issue 20, BENCHMARKS.md section 4, "The encoder's first
+            # layers frozen for the whole run"; decision cpu-quick-frozen-prefix).
+            "freeze_encoder_stride": 4,
             "aug_max_scale": 1.5, "aug_max_rotation": 20.0, "aug_brightness": 0.15, "aug_contrast": 0.3,
             # float32, not bfloat16: MobileNetV2's depthwise convolutions, ReLU6 and unfused batch norms
             # gain nothing from bfloat16 and pay its casts (1.27x the images per CPU-second in float32,
