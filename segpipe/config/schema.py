@@ -147,9 +147,9 @@ class ModelConfig(_Section):
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, v: str | None) -> str | None:
-        if isinstance(v, str) and v.strip().lower() in ("", "none", "null"):
+        if _is_none(v):
             return None
-        if v is not None and v not in ENCODERS:
+        if v not in ENCODERS:
             raise ValueError(f"unknown encoder {v!r}; expected None or one of {', '.join(ENCODER_NAMES)}")
         return v
 
@@ -474,16 +474,27 @@ _ENCODER_TRAIN_FIELDS = ("freeze_encoder_images", "encoder_lr_multiplier", "free
 
 def _preset_for(preset: str, given: dict[str, Any]) -> dict[str, Any]:
     """Preset `preset`, less the model knobs (and encoder training settings) that the model `given` switches to
-    does not take (`--preset cpu-quick --model segnet` means segnet with cpu-quick's recipe)."""
+    does not take (`--preset cpu-quick --model segnet` means segnet with cpu-quick's recipe), and less its encoder
+    weights and encoder training settings when `given` sets no encoder (`--model unet --encoder none`: the
+    classic U-Net with cpu-quick's recipe)."""
     base = PRESETS[preset]
-    name = (given.get("model") or {}).get("name")
-    if name is None or name not in MODEL_NAMES:
+    model = given.get("model") or {}
+    name = model.get("name")
+    switched = name is not None and name in MODEL_NAMES
+    no_encoder = "encoder" in model and _is_none(model["encoder"])
+    if not switched and not no_encoder:
         return base
-    dropped = {"model": [k for k in base.get("model", {}) if k != "name" and k not in knobs_of(name)],
-               "train": [] if name in TAKES_ENCODER else _ENCODER_TRAIN_FIELDS}
+    dropped = {"model": [k for k in base.get("model", {}) if k != "name" and switched and k not in knobs_of(name)]
+               + (["encoder_weights"] if no_encoder else []),
+               "train": _ENCODER_TRAIN_FIELDS if no_encoder or (switched and name not in TAKES_ENCODER) else []}
     return {section: ({k: v for k, v in values.items() if k not in dropped.get(section, ())}
                       if isinstance(values, dict) else values)
             for section, values in base.items()}
+
+
+def _is_none(value: Any) -> bool:
+    """None, or the text a command line gives for it."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
 
 
 class ConfigError(ValueError):

@@ -82,6 +82,19 @@ def test_a_model_knob_the_model_does_not_take_fails_before_any_work():
     assert set(build_config("cpu-quick", {"model.name": "xception_unet"}).model.params()) == {"bn_momentum"}
 
 
+@pytest.mark.parametrize("encoder", ["none", "null"])
+def test_no_encoder_drops_the_presets_encoder_settings_but_not_the_users(encoder):
+    """`--model unet --encoder none` on cpu-quick is the classic U-Net with cpu-quick's recipe: the preset's
+    weights and encoder training settings go with its encoder; the same settings given by the user still fail."""
+    cfg = build_config("cpu-quick", {"model.name": "unet", "model.encoder": encoder})
+    assert cfg.model.encoder is None and cfg.model.encoder_weights is None
+    assert (cfg.train.freeze_encoder_images, cfg.train.freeze_encoder_stride, cfg.train.freeze_encoder_bn,
+            cfg.train.fold_frozen_bn, cfg.train.encoder_lr_multiplier) == (0, 0, False, False, 1.0)
+    assert cfg.train.img_size == 224 and cfg.train.budget_images == 4800  # the rest of the recipe stays
+    with pytest.raises(ConfigError, match=r"train\.freeze_encoder_stride: model 'unet' has no pretrained encoder"):
+        build_config("cpu-quick", {"model.name": "unet", "model.encoder": encoder, "train.freeze_encoder_stride": 4})
+
+
 def test_one_definition_of_the_augmentation_knobs_and_the_collapse_threshold():
     from segpipe.config.augment import DEFAULTS, KNOBS
     from segpipe.config import COLLAPSE_THRESHOLD
