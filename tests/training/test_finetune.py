@@ -116,6 +116,7 @@ def test_encoder_learning_rate_multiplier_scales_its_steps_only(weights_file):
     for mult in (1.0, 0.1):
         model, compile_phase = _built(cfg_for(weights_file, epochs=1, encoder_lr_multiplier=mult, learning_rate=1e-3))
         compile_phase(False)
+        model.run_eagerly = True  # one step each: tracing two graphs would cost far more than the steps
         conv1, head = encoder_of(model).get_layer("Conv1").kernel, model.get_layer("head_logits").kernel
         before = conv1.numpy().copy(), head.numpy().copy()
         model.train_on_batch(x, y)
