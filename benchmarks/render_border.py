@@ -261,8 +261,8 @@ def alone_and_breeds() -> str:
         later = " and ".join(str(seed) for seed in seeds if seed != 0)
         parts.append("Breed hold-out (`--split breed --holdout-breed B`: trained and validated on the two other "
                      "breeds, scored once after training on every image of B, original resolution, flip TTA), "
-                     f"training seeds {', '.join(map(str, seeds))} per breed for the 224-px recipe before its frozen prefix "
-                     f"(seed 0 is the run of "
+                     f"training seeds {', '.join(map(str, seeds))} per breed for the 224-px recipe before its "
+                     "frozen prefix (seed 0 is the run of "
                      f"the one-seed table that follows, merged with seed{'s' if len(seeds) > 2 else ''} {later}):")
         parts += _breed_seeds_table("`cpu-quick`, 224 px", today_seeds)
         commits = sorted({m["commit"][:10] for r in today_seeds.values() for m in r["merged_from"]})

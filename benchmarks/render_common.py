@@ -91,8 +91,8 @@ EARLIER_CPU_QUICK = ("`cpu-quick` before issue 20's throughput recipe (ASPP and 
 EARLIER_CPU_QUICK_160 = ("`cpu-quick` at 160 px, before issue 20's input-size decision (issue 20's throughput recipe: "
                          "today's `cpu-quick` with `train.img_size=160`, `train.budget_images=8000`, "
                          "`train.freeze_encoder_stride=0`)")
-EARLIER_CPU_QUICK_224 = ("`cpu-quick` at 224 px before its frozen prefix (issue 20): the whole encoder fine-tuned after "
-                         "its frozen phase, today's `cpu-quick` with `train.freeze_encoder_stride=0`")
+EARLIER_CPU_QUICK_224 = ("`cpu-quick` at 224 px before its frozen prefix (issue 20): the whole encoder fine-tuned "
+                         "after its frozen phase, today's `cpu-quick` with `train.freeze_encoder_stride=0`")
 
 EARLIER_RECIPES: dict[str, str] = {
     name: EARLIER_CPU_QUICK for name in (

@@ -309,7 +309,7 @@ def progressive() -> str:
 # cpu-quick with train.freeze_encoder_stride=4 (fixed before the run), then cpu-quick as it is; judged as
 # progressive resizing is.
 INTERLEAVED_10 = "quality-cpu-quick-interleaved-10.json"  # cpu-quick as it is: the tenth run's reference
-FROZEN_STRIDE4 = CURRENT  # + train.freeze_encoder_stride=4: today's cpu-quick since this run
+FROZEN_STRIDE4 = "quality-cpu-quick-frozen-stride4.json"  # + train.freeze_encoder_stride=4 (cpu-quick since)
 FROZEN_STRIDE4_LABEL = "`cpu-quick` + its encoder frozen up to the /4 features (`train.freeze_encoder_stride=4`)"
 
 

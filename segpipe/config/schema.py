@@ -157,10 +157,10 @@ class ModelConfig(_Section):
     @classmethod
     def _weights_exist(cls, v: str | None) -> str | None:
         """A path must name an existing file (made absolute); checked before any work starts."""
-        if v is None or v == IMAGENET:
-            return v
-        if v.strip().lower() in ("", "none", "null"):
+        if _is_none(v):
             return None
+        if v == IMAGENET:
+            return v
         path = Path(v).expanduser()
         if not path.is_file():
             raise ValueError(no_such_weights_file(v))
@@ -480,13 +480,15 @@ def _preset_for(preset: str, given: dict[str, Any]) -> dict[str, Any]:
     base = PRESETS[preset]
     model = given.get("model") or {}
     name = model.get("name")
-    switched = name is not None and name in MODEL_NAMES
+    switched = name in MODEL_NAMES
     no_encoder = "encoder" in model and _is_none(model["encoder"])
     if not switched and not no_encoder:
         return base
-    dropped = {"model": [k for k in base.get("model", {}) if k != "name" and switched and k not in knobs_of(name)]
-               + (["encoder_weights"] if no_encoder else []),
-               "train": _ENCODER_TRAIN_FIELDS if no_encoder or (switched and name not in TAKES_ENCODER) else []}
+    dropped_model = [k for k in base.get("model", {}) if k != "name" and k not in knobs_of(name)] if switched else []
+    if no_encoder:
+        dropped_model.append("encoder_weights")
+    drops_encoder_training = no_encoder or name not in TAKES_ENCODER
+    dropped = {"model": dropped_model, "train": _ENCODER_TRAIN_FIELDS if drops_encoder_training else ()}
     return {section: ({k: v for k, v in values.items() if k not in dropped.get(section, ())}
                       if isinstance(values, dict) else values)
             for section, values in base.items()}
