@@ -146,13 +146,17 @@ def test_an_ensemble_exports_as_one_artifact_with_parity(exported, tmp_path):
 
 
 def test_deeplabv3plus_on_the_dilated_encoder_keeps_parity_in_every_format(exported, tmp_path):
-    """Dilated depthwise convolutions (`model.encoder_tail=dilated`) through every converter."""
+    """Dilated depthwise convolutions (`model.encoder_tail=dilated`) through every converter: the LiteRT
+    converter (its three files) and tf2onnx. The SavedModel runs TensorFlow's own ops, the Keras model's, so
+    dilation cannot convert differently there; it is left out to keep the test short."""
     from segpipe.export.exporter import export_models
 
     model = _train_tiny_model(tmp_path / "dilated.keras", name="deeplabv3plus", encoder="mobilenetv2",
                               encoder_alpha=0.35, aspp_filters=8, aspp_rates=(1, 2), encoder_tail="dilated")
-    result = export_models([model], tmp_path / "out", dataset_dir=exported["dataset"], split="test", flip=False)
-    assert [a.name for a in result.artifacts] == [a.name for a in exported["result"].artifacts]
+    result = export_models([model], tmp_path / "out", dataset_dir=exported["dataset"], split="test", flip=False,
+                           formats=["litert", "onnx"])
+    assert [a.name for a in result.artifacts] == [a.name for a in exported["result"].artifacts
+                                                  if a.format != "saved_model"]
     assert result.parity and all(check.passed for check in result.parity), result.parity
 
 

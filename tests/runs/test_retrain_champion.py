@@ -98,6 +98,12 @@ def test_retrain_promotes_first_then_keeps_a_better_champion_rescored_on_a_new_d
                                 f"{rescored['mean_iou']:.4f}: champion kept")
     assert json.loads((champion / "lineage.json").read_text())["promoted_at"] == promoted_at
     assert sha256_file(champion / "model.keras") == champion_sha and not (work / "models" / "history").exists()
+    # the flow run's decision artifact says so (the deployment test reads the promoted one through a worker)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        decisions = [a.data or "" for a in client.read_artifacts() if a.key == "promotion-decision"]
+    assert any("# Promotion decision: KEPT CHAMPION" in d and second["reason"] in d for d in decisions), decisions
 
     # the champion's own recipe again (its training is cached: the candidate ties, and would be promoted),
     # but with a parity bound no export can meet: the failed check keeps the champion and serving version 1
