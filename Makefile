@@ -8,6 +8,9 @@ SOURCE ?= official
 PRESET ?= cpu-quick
 WORK ?= segpipe-work
 ARGS ?=
+# Test workers: one more than the 2 cores CI has. Many slow tests wait on a subprocess, a server or a terminal,
+# and a third worker runs tests in those waits (tests/conftest.py, LONGEST_FIRST, says how files are handed out).
+WORKERS ?= 3
 BIN := $(VENV)/bin
 
 .PHONY: run test test-fast install clean
@@ -25,7 +28,7 @@ run: $(BIN)/.installed
 	$(BIN)/segpipe run --source $(SOURCE) --preset $(PRESET) --work-dir $(WORK) $(ARGS)
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -m "slow or not slow" -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -m "slow or not slow" -q -n $(WORKERS) --dist loadfile
 
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

@@ -114,28 +114,28 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 # The test files that take longest, longest first (per-file seconds of a profile on 2 cores: real servers,
-# workers, trainings, terminals). `make test` spreads whole files over two workers (`--dist loadfile`), each
+# workers, trainings, terminals). `make test` spreads whole files over its workers (`--dist loadfile`), each
 # worker taking the next file when it runs short. Started last, one of them kept a worker busy alone at the
 # end of the run; started first, the short files fill the gaps (longest-first scheduling).
 LONGEST_FIRST = (
-    "tests/deployments/test_deployments.py",
+    "tests/export/test_export.py",
     "tests/cli/test_local_server.py",
+    "tests/deployments/test_deployments.py",
     "tests/training/test_distributed.py",
     "tests/training/test_finetune.py",
     "tests/models/test_models.py",
-    "tests/export/test_export.py",
-    "tests/training/test_progressive.py",
     "tests/cli/test_cli_stages.py",
     "tests/cli/test_cli_interrupt.py",
+    "tests/training/test_progressive.py",
     "tests/benchmarks/test_gpu_full.py",
     "tests/reliability/test_reliability_kills.py",
+    "tests/training/test_training_paths.py",
     "tests/runs/test_retrain_champion.py",
     "tests/orchestration/test_prepare_flow.py",
-    "tests/training/test_training_paths.py",
-    "tests/training/test_training.py",
     "tests/models/test_encoders.py",
-    "tests/benchmarks/test_export_portability.py",
+    "tests/training/test_training.py",
     "tests/evaluation/test_model_host.py",
+    "tests/benchmarks/test_export_portability.py",
 )
 
 
