@@ -211,6 +211,16 @@ def _breed_seeds_table(label: str, breeds: dict[str, dict]) -> list[str]:
     return ["\n".join(rows), tail]
 
 
+FROZEN_QUIET = "quality-cpu-quick-frozen-alone.json"  # cpu-quick with its frozen prefix (stride 4), timed alone
+FROZEN_BREED_SEEDS = "quality-cpu-quick-frozen-breed-{}-seeds.json"  # the same, one breed held out, seeds 0-2 merged
+FROZEN_QUIET_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --preset cpu-quick "
+                        "--train-seed 0 --set model.encoder_weights=<weights file> --out benchmarks/results/"
+                        + FROZEN_QUIET)
+FROZEN_BREED_SEEDS_COMMAND = (
+    "for S in 0 1 2; do .venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --split breed "
+    "--holdout-breed {b} --preset cpu-quick --train-seed $S --set model.encoder_weights=<weights file> "
+    "--out breed-{b}-$S.json; done; .venv/bin/python benchmarks/quality.py --merge breed-{b}-0.json "
+    "breed-{b}-1.json breed-{b}-2.json --out benchmarks/results/" + FROZEN_BREED_SEEDS.format("{b}"))
 TODAY_QUIET = "quality-cpu-quick-img224-alone.json"  # cpu-quick at 224 px before its frozen prefix, timed alone
 QUIET_160 = "quality-cpu-quick-alone.json"  # cpu-quick at 160 px (issue 20's throughput recipe), seed 0, timed alone
 TODAY_QUIET_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --preset cpu-quick "
@@ -242,6 +252,23 @@ def _alone(label: str, report: dict) -> str:
         f"{q['held_out']['iou']['border']:.3f}.")
 
 
+def _frozen(quiet: dict | None, seeds: dict[str, dict]) -> list[str]:
+    """Today's cpu-quick (its encoder's first layers frozen for the whole run): one training timed alone, then the
+    breed hold-outs over three training seeds, each against the issue's targets."""
+    label = "Today's `cpu-quick` (224 px, encoder frozen up to its /4 features, 4,800 images)"
+    parts = [missing(FROZEN_QUIET, FROZEN_QUIET_COMMAND) if quiet is None else _alone(label, quiet)]
+    if len(seeds) < len(BREEDS):
+        return parts + [missing(FROZEN_BREED_SEEDS.format(b), FROZEN_BREED_SEEDS_COMMAND.format(b=b))
+                        for b in BREEDS if b not in seeds]
+    trained = sorted({seed for r in seeds.values() for seed in figures(r)["seeds"]})
+    return [*parts, "Breed hold-out for today's `cpu-quick` (`--split breed --holdout-breed B`: trained and "
+            "validated on the two other breeds, scored once after training on every image of B, original "
+            f"resolution, flip TTA), training seeds {', '.join(map(str, trained))} per breed, run one after the "
+            "other after the training timed alone; the table gives no wall seconds or CPU shares, the timing is "
+            "the run above:",
+            *_breed_seeds_table("today's `cpu-quick`", seeds)]
+
+
 def alone_and_breeds() -> str:
     """Issue 20's timing of one cpu-quick training alone (wall seconds, the process tree's CPU share) and the breed
     hold-outs (mean IoU on a breed training never saw): the 224-px recipe before its frozen prefix, the 160-px one and
@@ -251,7 +278,9 @@ def alone_and_breeds() -> str:
     breeds_160 = {b: r for b in BREEDS if (r := load(BREED_160.format(b))) is not None}
     today = {b: r for b in BREEDS if (r := load(TODAY_BREED.format(b))) is not None}
     today_seeds = {b: r for b in BREEDS if (r := load(TODAY_BREED_SEEDS.format(b))) is not None}
-    parts: list[str] = [
+    frozen_quiet = load(FROZEN_QUIET)
+    frozen_seeds = {b: r for b in BREEDS if (r := load(FROZEN_BREED_SEEDS.format(b))) is not None}
+    parts: list[str] = [*_frozen(frozen_quiet, frozen_seeds),
         missing(TODAY_QUIET, TODAY_QUIET_COMMAND) if today_quiet is None
         else _alone("`cpu-quick` at 224 px before its frozen prefix (4,800 images)", today_quiet),
         *([] if quiet_160 is None else [_alone("`cpu-quick` at 160 px (issue 20's throughput recipe)", quiet_160)]),
@@ -290,7 +319,8 @@ def alone_and_breeds() -> str:
         parts.append("The earlier recipe's hold-outs ran one after the other alone.")
     else:
         parts += [missing(BREED.format(b), BREED_COMMAND.format(b=b)) for b in BREEDS]
-    named = ((TODAY_QUIET, today_quiet), *((TODAY_BREED_SEEDS.format(b), r) for b, r in today_seeds.items()),
+    named = ((FROZEN_QUIET, frozen_quiet), *((FROZEN_BREED_SEEDS.format(b), r) for b, r in frozen_seeds.items()),
+             (TODAY_QUIET, today_quiet), *((TODAY_BREED_SEEDS.format(b), r) for b, r in today_seeds.items()),
              *((TODAY_BREED.format(b), r) for b, r in today.items()),
              (QUIET_160, quiet_160), *((BREED_160.format(b), r) for b, r in breeds_160.items()),
              (QUIET, quiet), *((BREED.format(b), r) for b, r in breeds.items()))
