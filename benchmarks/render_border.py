@@ -146,7 +146,7 @@ def _missed(got: float, want: float, at_least: bool, fmt: str, unit: str = "") -
     return "**met**" if ok else f"**missed** by {abs(want - got):{fmt}}{unit}"
 
 
-TODAY_BREED = "quality-cpu-quick-img224-breed-{}.json"  # cpu-quick at 224 px before its frozen prefix, one breed
+IMG224_BREED = "quality-cpu-quick-img224-breed-{}.json"  # cpu-quick at 224 px before its frozen prefix, one breed
 BREED_160 = "quality-cpu-quick-breed-{}.json"  # cpu-quick at 160 px (issue 20's throughput recipe), one breed held out
 
 
@@ -174,13 +174,13 @@ def _breed_table(label: str, breeds: dict[str, dict], *, timed: bool, verdict: b
     return ["\n".join(rows), tail]
 
 
-TODAY_BREED_SEEDS = "quality-cpu-quick-img224-breed-{}-seeds.json"  # the same, training seeds 0, 1 and 2 merged
-TODAY_BREED_SEEDS_COMMAND = (
+IMG224_BREED_SEEDS = "quality-cpu-quick-img224-breed-{}-seeds.json"  # the same, training seeds 0, 1 and 2 merged
+IMG224_BREED_SEEDS_COMMAND = (
     "for S in 1 2; do .venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --split breed "
     "--holdout-breed {b} --preset cpu-quick --train-seed $S --set model.encoder_weights=<weights file> "
     "--out breed-{b}-$S.json; done; .venv/bin/python benchmarks/quality.py --merge benchmarks/results/"
-    + TODAY_BREED.format("{b}") + " breed-{b}-1.json breed-{b}-2.json --out benchmarks/results/"
-    + TODAY_BREED_SEEDS.format("{b}"))
+    + IMG224_BREED.format("{b}") + " breed-{b}-1.json breed-{b}-2.json --out benchmarks/results/"
+    + IMG224_BREED_SEEDS.format("{b}"))
 
 
 def _breed_seeds_table(label: str, breeds: dict[str, dict]) -> list[str]:
@@ -221,14 +221,14 @@ FROZEN_BREED_SEEDS_COMMAND = (
     "--holdout-breed {b} --preset cpu-quick --train-seed $S --set model.encoder_weights=<weights file> "
     "--out breed-{b}-$S.json; done; .venv/bin/python benchmarks/quality.py --merge breed-{b}-0.json "
     "breed-{b}-1.json breed-{b}-2.json --out benchmarks/results/" + FROZEN_BREED_SEEDS.format("{b}"))
-TODAY_QUIET = "quality-cpu-quick-img224-alone.json"  # cpu-quick at 224 px before its frozen prefix, timed alone
+IMG224_QUIET = "quality-cpu-quick-img224-alone.json"  # cpu-quick at 224 px before its frozen prefix, timed alone
 QUIET_160 = "quality-cpu-quick-alone.json"  # cpu-quick at 160 px (issue 20's throughput recipe), seed 0, timed alone
-TODAY_QUIET_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --preset cpu-quick "
+IMG224_QUIET_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --preset cpu-quick "
                        "--train-seed 0 --set model.encoder_weights=<weights file> --out benchmarks/results/"
-                       + TODAY_QUIET)
-TODAY_BREED_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --split breed "
+                       + IMG224_QUIET)
+IMG224_BREED_COMMAND = (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --split breed "
                        "--holdout-breed {b} --preset cpu-quick --train-seed 0 --set model.encoder_weights=<weights "
-                       "file> --out benchmarks/results/" + TODAY_BREED.format("{b}"))
+                       "file> --out benchmarks/results/" + IMG224_BREED.format("{b}"))
 
 
 def _alone(label: str, report: dict) -> str:
@@ -271,45 +271,45 @@ def _frozen(quiet: dict | None, seeds: dict[str, dict]) -> list[str]:
 
 def alone_and_breeds() -> str:
     """Issue 20's timing of one cpu-quick training alone (wall seconds, the process tree's CPU share) and the breed
-    hold-outs (mean IoU on a breed training never saw): the 224-px recipe before its frozen prefix, the 160-px one and
-    the earlier one, each against the issue's targets."""
-    quiet, quiet_160, today_quiet = load(QUIET), load(QUIET_160), load(TODAY_QUIET)
+    hold-outs (mean IoU on a breed training never saw): today's recipe (`_frozen`), the 224-px recipe before its frozen
+    prefix, the 160-px one and the earlier one, each against the issue's targets."""
+    quiet, quiet_160, img224_quiet = load(QUIET), load(QUIET_160), load(IMG224_QUIET)
     breeds = {b: r for b in BREEDS if (r := load(BREED.format(b))) is not None}
     breeds_160 = {b: r for b in BREEDS if (r := load(BREED_160.format(b))) is not None}
-    today = {b: r for b in BREEDS if (r := load(TODAY_BREED.format(b))) is not None}
-    today_seeds = {b: r for b in BREEDS if (r := load(TODAY_BREED_SEEDS.format(b))) is not None}
+    img224 = {b: r for b in BREEDS if (r := load(IMG224_BREED.format(b))) is not None}
+    img224_seeds = {b: r for b in BREEDS if (r := load(IMG224_BREED_SEEDS.format(b))) is not None}
     frozen_quiet = load(FROZEN_QUIET)
     frozen_seeds = {b: r for b in BREEDS if (r := load(FROZEN_BREED_SEEDS.format(b))) is not None}
     parts: list[str] = [*_frozen(frozen_quiet, frozen_seeds),
-        missing(TODAY_QUIET, TODAY_QUIET_COMMAND) if today_quiet is None
-        else _alone("`cpu-quick` at 224 px before its frozen prefix (4,800 images)", today_quiet),
+        missing(IMG224_QUIET, IMG224_QUIET_COMMAND) if img224_quiet is None
+        else _alone("`cpu-quick` at 224 px before its frozen prefix (4,800 images)", img224_quiet),
         *([] if quiet_160 is None else [_alone("`cpu-quick` at 160 px (issue 20's throughput recipe)", quiet_160)]),
         missing(QUIET, QUIET_COMMAND) if quiet is None else _alone("The earlier `cpu-quick`", quiet)]
-    if len(today_seeds) == len(BREEDS):
-        seeds = sorted({seed for r in today_seeds.values() for seed in figures(r)["seeds"]})
+    if len(img224_seeds) == len(BREEDS):
+        seeds = sorted({seed for r in img224_seeds.values() for seed in figures(r)["seeds"]})
         later = " and ".join(str(seed) for seed in seeds if seed != 0)
         parts.append("Breed hold-out (`--split breed --holdout-breed B`: trained and validated on the two other "
                      "breeds, scored once after training on every image of B, original resolution, flip TTA), "
                      f"training seeds {', '.join(map(str, seeds))} per breed for the 224-px recipe before its "
                      "frozen prefix (seed 0 is the run of "
                      f"the one-seed table that follows, merged with seed{'s' if len(seeds) > 2 else ''} {later}):")
-        parts += _breed_seeds_table("`cpu-quick`, 224 px", today_seeds)
-        commits = sorted({m["commit"][:10] for r in today_seeds.values() for m in r["merged_from"]})
+        parts += _breed_seeds_table("`cpu-quick`, 224 px", img224_seeds)
+        commits = sorted({m["commit"][:10] for r in img224_seeds.values() for m in r["merged_from"]})
         parts.append(f"The runs of seed{'s' if len(seeds) > 2 else ''} {later} ran one after the other"
                      + ("" if len(commits) == 1 else f", at a later commit than seed 0's (the merged runs' commits: "
                         f"{', '.join(f'`{c}`' for c in commits)}; the notes after this block say what changed between them)")
                      + ". The table gives no wall seconds or CPU shares: the issue's timing targets are for the random "
                      "split's training timed alone, above.")
     else:
-        parts += [missing(TODAY_BREED_SEEDS.format(b), TODAY_BREED_SEEDS_COMMAND.format(b=b))
-                  for b in BREEDS if b not in today_seeds]
+        parts += [missing(IMG224_BREED_SEEDS.format(b), IMG224_BREED_SEEDS_COMMAND.format(b=b))
+                  for b in BREEDS if b not in img224_seeds]
     parts.append("Breed hold-out, one training seed per breed:")
-    if today:
-        parts += _breed_table("`cpu-quick`, 224 px", today, timed=False)
+    if img224:
+        parts += _breed_table("`cpu-quick`, 224 px", img224, timed=False)
         parts.append("The 224-px hold-outs ran one after the other with the machine to themselves, apart from this "
                      "repository's own short tests, rendering and a gallery checked by hand; so their wall seconds "
                      "and CPU shares are not given.")
-    parts += [missing(TODAY_BREED.format(b), TODAY_BREED_COMMAND.format(b=b)) for b in BREEDS if b not in today]
+    parts += [missing(IMG224_BREED.format(b), IMG224_BREED_COMMAND.format(b=b)) for b in BREEDS if b not in img224]
     if breeds_160:
         parts += _breed_table("`cpu-quick` at 160 px", breeds_160, timed=False)
         parts.append("The 160-px `cpu-quick` hold-outs ran one after the other while another training shared the "
@@ -320,8 +320,8 @@ def alone_and_breeds() -> str:
     else:
         parts += [missing(BREED.format(b), BREED_COMMAND.format(b=b)) for b in BREEDS]
     named = ((FROZEN_QUIET, frozen_quiet), *((FROZEN_BREED_SEEDS.format(b), r) for b, r in frozen_seeds.items()),
-             (TODAY_QUIET, today_quiet), *((TODAY_BREED_SEEDS.format(b), r) for b, r in today_seeds.items()),
-             *((TODAY_BREED.format(b), r) for b, r in today.items()),
+             (IMG224_QUIET, img224_quiet), *((IMG224_BREED_SEEDS.format(b), r) for b, r in img224_seeds.items()),
+             *((IMG224_BREED.format(b), r) for b, r in img224.items()),
              (QUIET_160, quiet_160), *((BREED_160.format(b), r) for b, r in breeds_160.items()),
              (QUIET, quiet), *((BREED.format(b), r) for b, r in breeds.items()))
     parts += [provenance(d, n) for n, d in named if d is not None]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from typing import Callable
 
-from benchmarks.render_border import (TARGETS, TODAY_QUIET, TODAY_QUIET_COMMAND, _missed, _paired_sentence,
+from benchmarks.render_border import (TARGETS, IMG224_QUIET, IMG224_QUIET_COMMAND, _missed, _paired_sentence,
                                       _quality_rows, figures)
 from benchmarks.render_common import load, missing, provenance
 from benchmarks.render_quality import WHOLE_ENCODER_224
@@ -137,15 +137,15 @@ def training_budget() -> str:
 
 
 def _estimated_alone(base: dict[str, list[float]], cand: dict[str, list[float]]) -> str:
-    alone = load(TODAY_QUIET)
+    alone = load(IMG224_QUIET)
     if alone is None:
-        return missing(TODAY_QUIET, TODAY_QUIET_COMMAND)
+        return missing(IMG224_QUIET, IMG224_QUIET_COMMAND)
     (q,) = alone["results"]
     ratio = _cpu_ratio(base, cand)
     estimate = q["train_seconds"] * ratio
-    return (f"Estimated alone: `cpu-quick`'s training timed alone ({q['train_seconds']:,.0f} s, the "
-            f"one-training-alone block below) times this run's CPU ratio ({ratio:.2f}x) is {estimate:,.0f} s "
-            f"(target ≤ {TARGETS['train_seconds']} s: "
+    return (f"Estimated alone: the reference's training timed alone ({q['train_seconds']:,.0f} s: `cpu-quick` at "
+            f"224 px before its frozen prefix, in the one-training-alone block below) times this run's CPU ratio "
+            f"({ratio:.2f}x) is {estimate:,.0f} s (target ≤ {TARGETS['train_seconds']} s: "
             f"{_missed(estimate, TARGETS['train_seconds'], False, ',.0f', ' s')}); an estimate, not a timing.")
 
 
