@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -62,15 +63,12 @@ def write_saved_model(model: Any, out: Path, band: Band | None = None) -> list[A
 
 def write_litert(model: Any, out: Path, band: Band | None = None) -> list[Artifact]:
     """float32, float16 and dynamic-range int8 `.tflite` files, builtin ops only (no Flex delegate needed).
-    They output probabilities; `band` is drawn outside them (`runtime.BAND_FILE`)."""
-    import tensorflow as tf
+    They output probabilities; `band` is drawn outside them (`runtime.BAND_FILE`).
 
-    def convert(quantize: Callable[[Any], None] | None) -> bytes:
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantize is not None:
-            quantize(converter)
-        return converter.convert()
+    The model is traced and saved once (Keras' `export`, a SavedModel in a temporary folder that is removed
+    afterwards) and each variant is converted from that: `TFLiteConverter.from_keras_model` would save the
+    model again for every variant, most of a conversion's time."""
+    import tensorflow as tf
 
     def float16(c: Any) -> None:
         c.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -80,11 +78,18 @@ def write_litert(model: Any, out: Path, band: Band | None = None) -> list[Artifa
         c.optimizations = [tf.lite.Optimize.DEFAULT]
 
     artifacts = []
-    for variant, quantize in (("float32", None), ("float16", float16), ("int8", int8_weights)):
-        path = out / f"pets-{variant}.tflite"
+    with tempfile.TemporaryDirectory(prefix=".litert-source-", dir=out) as source:
         with _quiet():
-            path.write_bytes(convert(quantize))
-        artifacts.append(Artifact(f"litert-{variant}", "litert", path))
+            model.export(source, format="tf_saved_model", verbose=False)
+        for variant, quantize in (("float32", None), ("float16", float16), ("int8", int8_weights)):
+            converter = tf.lite.TFLiteConverter.from_saved_model(source)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if quantize is not None:
+                quantize(converter)
+            path = out / f"pets-{variant}.tflite"
+            with _quiet():
+                path.write_bytes(converter.convert())
+            artifacts.append(Artifact(f"litert-{variant}", "litert", path))
     return artifacts
 
 
