@@ -69,16 +69,27 @@ def pets_archives(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def migrated_prefect_db(tmp_path_factory) -> Path:
+    """A Prefect database with Prefect's migrations applied, made once per test session (tests/prefect_homes.py
+    says why); `seed_prefect_home(home, migrated_prefect_db)` starts a fresh home with a copy."""
+    from tests.prefect_homes import migrate_database
+
+    return migrate_database(tmp_path_factory.mktemp("migrated-prefect-home"))
+
+
 @pytest.fixture
-def local_server_homes(tmp_path):
-    """Makes fresh PREFECT_HOME folders (`make("name")`) for tests of segpipe's background Prefect server;
-    whatever server a command started for one is stopped after the test (and, should that fail, at the
-    end of the session)."""
+def local_server_homes(tmp_path, migrated_prefect_db):
+    """Makes fresh PREFECT_HOME folders (`make("name")`) for tests of segpipe's background Prefect server, each
+    with a migrated database (`migrated_prefect_db`); whatever server a command started for one is stopped
+    after the test (and, should that fail, at the end of the session)."""
+    from tests.prefect_homes import seed_prefect_home
+
     made: list[Path] = []
 
     def make(name: str = "prefect-home") -> Path:
         home = tmp_path / name
-        home.mkdir()
+        seed_prefect_home(home, migrated_prefect_db)
         made.append(home)
         _LOCAL_SERVER_HOMES.append(home)
         return home

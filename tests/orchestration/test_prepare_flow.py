@@ -12,6 +12,7 @@ import pytest
 
 from tests.httpserver import Fault, LoopbackServer
 from tests.prefect_states import task_states_since
+from tests.prefect_homes import seed_prefect_home
 from tests.synthetic import make_pets_archives, make_pets_tree
 
 import tensorflow as tf
@@ -121,7 +122,7 @@ def test_checksum_mismatch_stops_before_extraction(prefect_api, archives, tmp_pa
 
 
 @pytest.mark.slow
-def test_cli_prepare_from_a_directory_then_cached_then_corrupt(archives, tmp_path):
+def test_cli_prepare_from_a_directory_then_cached_then_corrupt(archives, tmp_path, migrated_prefect_db):
     """`segpipe prepare` as a user runs it: its own ephemeral Prefect API, a directory source."""
     files, info = archives
     src = tmp_path / "mirror"
@@ -129,7 +130,7 @@ def test_cli_prepare_from_a_directory_then_cached_then_corrupt(archives, tmp_pat
     for name, data in files.items():
         (src / name).write_bytes(data)
     env = {k: v for k, v in __import__("os").environ.items()}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_HOME"] = str(seed_prefect_home(tmp_path / "prefect-home", migrated_prefect_db))
 
     def cli(*args):
         return subprocess.run(

@@ -17,6 +17,7 @@ import keras
 
 from segpipe.config import build_config
 from tests.faults import REPO, write_dataset
+from tests.prefect_homes import seed_prefect_home
 from tests.synthetic import make_pets_archives, make_pets_tree
 
 pytestmark = pytest.mark.slow
@@ -77,7 +78,7 @@ def test_focal_loss_and_class_weights_go_from_the_config_through_train(dataset_d
         assert abs(mean_loss(other) - recorded) > 1e-3, other.get_config()  # the comparison can tell them apart
 
 
-def test_segnet_trained_through_the_cli(tmp_path):
+def test_segnet_trained_through_the_cli(tmp_path, migrated_prefect_db):
     """`segpipe run --model segnet`: prepared, trained, scored and rendered, and the saved model is a
     SegNet (max-pooling indices drive its unpooling)."""
     from segpipe.models.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
@@ -85,7 +86,7 @@ def test_segnet_trained_through_the_cli(tmp_path):
     src = tmp_path / "src"
     make_pets_archives(src, n_per_breed=3, include_odd=False)
     work = tmp_path / "work"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env = {**os.environ, "PREFECT_HOME": str(seed_prefect_home(tmp_path / "prefect-home", migrated_prefect_db))}
     proc = subprocess.run(
         [sys.executable, "-m", "segpipe_app.cli.main", "run", "--preset", "tiny", "--model", "segnet", "--source", str(src),
          "--split", "random", "--set", "train.epochs=2", "--work-dir", str(work)],
