@@ -120,9 +120,10 @@ def test_deploy_all_then_worker_runs_pipeline_and_retrain(server, tmp_path):
         assert client.read_deployment_by_name("pipeline/pets-pipeline").schedules == []
 
     worker_log = open(tmp_path / "worker.log", "w")
+    # the worker asks for scheduled runs every 2 s (Prefect's default is 10 s: idle time between this test's runs)
     worker = subprocess.Popen(
         [str(BIN / "prefect"), "worker", "start", "--pool", "segpipe-process", "--type", "process"],
-        cwd=ROOT, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT, env={**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         with LoopbackServer(files) as srv:
@@ -130,7 +131,7 @@ def test_deploy_all_then_worker_runs_pipeline_and_retrain(server, tmp_path):
             params = {"config": {"preset": "tiny", "data": {"source": srv.url, "split": "random"},
                                  "eval": {"collapse_threshold": 1.0}, "promotion": {"min_mean_iou": 0.0}}}
             run_args = ["--params", json.dumps(params), "--job-variable", f"env={json.dumps(job_env)}",
-                        "--watch", "--watch-timeout", "600"]
+                        "--watch", "--watch-interval", "1", "--watch-timeout", "600"]
             out = _prefect(env, "deployment", "run", "pipeline/pets-pipeline", *run_args, timeout=660)
             assert _flow_run_state(env, out.stdout) == "Completed", out.stdout[-2000:]
             runs = list((work / "runs").iterdir())
@@ -159,7 +160,7 @@ def test_deploy_all_then_worker_runs_pipeline_and_retrain(server, tmp_path):
                               "work_dir": str(work), "eval_config": {"batch_size": 2}}
             out = _prefect(env, "deployment", "run", "champion-predict-flow/champion-predict", "--params",
                            json.dumps(predict_params), "--job-variable", f"env={json.dumps(job_env)}",
-                           "--watch", "--watch-timeout", "600", timeout=660)
+                           "--watch", "--watch-interval", "1", "--watch-timeout", "600", timeout=660)
             assert _flow_run_state(env, out.stdout) == "Completed", out.stdout[-2000:]
             summary = json.loads((tmp_path / "served-masks" / "predictions.json").read_text())
             assert summary["n_written"] == 3 and summary["models"][0]["format"] == "saved_model"
