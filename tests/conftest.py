@@ -121,7 +121,15 @@ def pytest_sessionfinish(session, exitstatus):
         _stop_local_server(home)
     server = sys.modules.get("prefect.server.api.server")
     if server is not None:
-        server.SubprocessASGIServer().stop()  # the process's one ephemeral server (Prefect's own fixtures stop it so)
+        import logging
+
+        prefect_logger = logging.getLogger("prefect")  # its "Stopping temporary server" line is not the run's output
+        level = prefect_logger.level
+        prefect_logger.setLevel(logging.WARNING)
+        try:
+            server.SubprocessASGIServer().stop()  # the process's one ephemeral server (Prefect's own fixtures stop it so)
+        finally:
+            prefect_logger.setLevel(level)
 
 
 # The test files that take longest, longest first (per-file seconds of a profile on 2 cores: real servers,
