@@ -123,7 +123,8 @@ def pytest_sessionfinish(session, exitstatus):
     if server is not None:
         import logging
 
-        prefect_logger = logging.getLogger("prefect")  # its "Stopping temporary server" line is not the run's output
+        # Prefect's "Stopping temporary server" line is not the test run's output
+        prefect_logger = logging.getLogger("prefect")
         level = prefect_logger.level
         prefect_logger.setLevel(logging.WARNING)
         try:

@@ -66,8 +66,8 @@ def write_litert(model: Any, out: Path, band: Band | None = None) -> list[Artifa
     They output probabilities; `band` is drawn outside them (`runtime.BAND_FILE`).
 
     The model is traced and saved once (Keras' `export`, a SavedModel in a temporary folder that is removed
-    afterwards) and each variant is converted from that: `TFLiteConverter.from_keras_model` would save the
-    model again for every variant, most of a conversion's time."""
+    afterwards) and each variant is converted from that: `TFLiteConverter.from_keras_model` would trace and
+    save the model again for every variant."""
     import tensorflow as tf
 
     def float16(c: Any) -> None:

@@ -123,7 +123,8 @@ def test_deploy_all_then_worker_runs_pipeline_and_retrain(server, tmp_path):
     # the worker asks for scheduled runs every 2 s (Prefect's default is 10 s: idle time between this test's runs)
     worker = subprocess.Popen(
         [str(BIN / "prefect"), "worker", "start", "--pool", "segpipe-process", "--type", "process"],
-        cwd=ROOT, env={**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT, env={**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}, stdout=worker_log, stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         with LoopbackServer(files) as srv:

@@ -86,7 +86,8 @@ def test_segnet_trained_through_the_cli(tmp_path, migrated_prefect_db):
     src = tmp_path / "src"
     make_pets_archives(src, n_per_breed=3, include_odd=False)
     work = tmp_path / "work"
-    env = {**os.environ, "PREFECT_HOME": str(seed_prefect_home(tmp_path / "prefect-home", migrated_prefect_db))}
+    home = seed_prefect_home(tmp_path / "prefect-home", migrated_prefect_db)
+    env = {**os.environ, "PREFECT_HOME": str(home)}
     proc = subprocess.run(
         [sys.executable, "-m", "segpipe_app.cli.main", "run", "--preset", "tiny", "--model", "segnet", "--source", str(src),
          "--split", "random", "--set", "train.epochs=2", "--work-dir", str(work)],
