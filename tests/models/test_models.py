@@ -147,12 +147,21 @@ def test_train_step_under_distribute_scope_updates_every_weight(name):
     assert not unchanged
 
 
+def compile_as_training(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss) -> keras.Model:
+    """Compile for the graph-mode path as `segpipe.training.model.build_and_compile` does: the optimizer built
+    first, so the first `train_on_batch` traces its step once (Keras traces it twice when the optimizer's
+    variables are made inside the first trace)."""
+    optimizer.build(model.trainable_variables)
+    model.compile(optimizer, loss=loss, jit_compile=False)
+    return model
+
+
 @pytest.mark.slow
 def test_graph_mode_train_step_reduces_loss_on_one_batch():
     """The compiled (tf.function) path as used by training: unet fits one fixed batch."""
     keras.utils.set_random_seed(2)
     model = build_model("unet", SHAPE, 3, **tiny_params("unet"))
-    model.compile(keras.optimizers.Adam(1e-2), loss=build_loss("sce"), jit_compile=False)
+    compile_as_training(model, keras.optimizers.Adam(1e-2), build_loss("sce"))
     x, y = batch()
     losses = [float(model.train_on_batch(x, y)) for _ in range(8)]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
@@ -163,7 +172,7 @@ def test_graph_mode_train_step_reduces_loss_on_one_batch():
 def test_graph_mode_train_step_all_models(name):
     keras.utils.set_random_seed(3)
     model = build_model(name, SHAPE, 3, **tiny_params(name))
-    model.compile(keras.optimizers.Adam(1e-3), loss=build_loss("sce+dice"), jit_compile=False)
+    compile_as_training(model, keras.optimizers.Adam(1e-3), build_loss("sce+dice"))
     x, y = batch()
     assert np.isfinite(float(model.train_on_batch(x, y)))
 
