@@ -163,6 +163,22 @@ LONGEST_FIRST = (
     "tests/training/test_training.py",
     "tests/evaluation/test_model_host.py",
     "tests/benchmarks/test_export_portability.py",
+    # left to the unordered rest, these ran last and kept one worker busy alone for the last half minute
+    "tests/orchestration/test_stages.py",
+    "tests/training/test_edge_head.py",
+    "tests/training/test_frozen_prefix.py",
+    "tests/orchestration/test_pipeline_flow.py",
+    "tests/training/test_bn_folding.py",
+    "tests/orchestration/test_cache_coverage.py",
+    "tests/evaluation/test_preload.py",
+    "tests/cli/test_quiet.py",
+    "tests/benchmarks/test_figures.py",
+    "tests/models/test_dilated_tail.py",
+    "tests/reliability/test_reliability_concurrency.py",
+    "tests/cli/test_progress.py",
+    "tests/evaluation/test_multiscale_tta.py",
+    "tests/runs/test_runs_cli.py",
+    "tests/training/test_steps_per_execution.py",
 )
 
 
