@@ -98,6 +98,22 @@ def test_every_format_keeps_parity_in_a_fresh_process_without_segpipe(exported):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".out.tmp")]
 
 
+def test_each_litert_file_stores_its_weights_in_the_type_its_name_says(exported):
+    """One converter makes the three LiteRT files (segpipe.export.formats.write_litert): no variant's quantization
+    settings may carry over into the next. float32 keeps float32 weights; float16 stores them as float16 (dequantized
+    when loaded); int8 (dynamic range) stores the convolutions' kernels as int8."""
+    from ai_edge_litert.interpreter import Interpreter  # LiteRT's own runtime, as pets_runtime.py loads them
+
+    def tensor_types(variant: str) -> set[str]:
+        interpreter = Interpreter(model_path=str(exported["result"].out_dir / f"pets-{variant}.tflite"))
+        return {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+
+    float32, float16, int8 = (tensor_types(v) for v in ("float32", "float16", "int8"))
+    assert "float32" in float32 and not {"float16", "int8"} & float32
+    assert "float16" in float16 and "int8" not in float16
+    assert "int8" in int8 and "float16" not in int8
+
+
 def test_the_worker_really_cannot_import_segpipe(exported, tmp_path):
     runtime = exported["result"].out_dir / "pets_runtime.py"
     code = f"import runpy; g = runpy.run_path({str(runtime)!r}); g['block_imports'](['segpipe']); import segpipe"
