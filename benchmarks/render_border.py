@@ -141,7 +141,7 @@ def quiet_command(name: str) -> str:
             "--train-seed 0 --set model.encoder_weights=<weights file> --out benchmarks/results/" + name)
 
 
-def breed_run(seed: str, out: str) -> str:
+def breed_command(seed: str, out: str) -> str:
     """The command of one `cpu-quick` breed hold-out (`{b}` left for the breed) with training seed `seed`."""
     return (".venv/bin/python benchmarks/quality.py --source ../shared/pets-sample --split breed "
             f"--holdout-breed {{b}} --preset cpu-quick --train-seed {seed} --set model.encoder_weights=<weights file> "
@@ -149,7 +149,7 @@ def breed_run(seed: str, out: str) -> str:
 
 
 QUIET_COMMAND = quiet_command(QUIET)
-BREED_COMMAND = breed_run("0", "benchmarks/results/transfer-breed-{b}.json")
+BREED_COMMAND = breed_command("0", "benchmarks/results/transfer-breed-{b}.json")
 
 
 def _missed(got: float, want: float, at_least: bool, fmt: str, unit: str = "") -> str:
@@ -187,7 +187,7 @@ def _breed_table(label: str, breeds: dict[str, dict], *, timed: bool, verdict: b
 
 IMG224_BREED_SEEDS = "quality-cpu-quick-img224-breed-{}-seeds.json"  # the same, training seeds 0, 1 and 2 merged
 IMG224_BREED_SEEDS_COMMAND = (
-    "for S in 1 2; do " + breed_run("$S", "breed-{b}-$S.json") + "; done; .venv/bin/python benchmarks/quality.py "
+    "for S in 1 2; do " + breed_command("$S", "breed-{b}-$S.json") + "; done; .venv/bin/python benchmarks/quality.py "
     "--merge benchmarks/results/" + IMG224_BREED.format("{b}") + " breed-{b}-1.json breed-{b}-2.json --out "
     "benchmarks/results/" + IMG224_BREED_SEEDS.format("{b}"))
 
@@ -224,13 +224,13 @@ FROZEN_QUIET = "quality-cpu-quick-frozen-alone.json"  # cpu-quick with its froze
 FROZEN_BREED_SEEDS = "quality-cpu-quick-frozen-breed-{}-seeds.json"  # the same, one breed held out, seeds 0-2 merged
 FROZEN_QUIET_COMMAND = quiet_command(FROZEN_QUIET)
 FROZEN_BREED_SEEDS_COMMAND = (
-    "for S in 0 1 2; do " + breed_run("$S", "breed-{b}-$S.json") + "; done; .venv/bin/python benchmarks/quality.py "
+    "for S in 0 1 2; do " + breed_command("$S", "breed-{b}-$S.json") + "; done; .venv/bin/python benchmarks/quality.py "
     "--merge breed-{b}-0.json breed-{b}-1.json breed-{b}-2.json --out benchmarks/results/"
     + FROZEN_BREED_SEEDS.format("{b}"))
 IMG224_QUIET = "quality-cpu-quick-img224-alone.json"  # cpu-quick at 224 px before its frozen prefix, timed alone
 QUIET_160 = "quality-cpu-quick-alone.json"  # cpu-quick at 160 px (issue 20's throughput recipe), seed 0, timed alone
 IMG224_QUIET_COMMAND = quiet_command(IMG224_QUIET)
-IMG224_BREED_COMMAND = breed_run("0", "benchmarks/results/" + IMG224_BREED.format("{b}"))
+IMG224_BREED_COMMAND = breed_command("0", "benchmarks/results/" + IMG224_BREED.format("{b}"))
 
 
 def _alone(label: str, report: dict) -> str:

@@ -143,7 +143,8 @@ def pytest_sessionfinish(session, exitstatus):
 # end of the run; started first, the short files fill the gaps (longest-first scheduling).
 # The two files that mostly wait (on a worker's polls, on servers starting) are not handed out together: the
 # first three files run at once on the three workers, and with both waiting files among them the 2 cores were
-# busy at 113-115% (of 200%) for the first two minutes of a profile. Each waiting file is paired with files that compute.
+# busy at 113-115% (of 200%) for the first two minutes of a profile. Each waiting file is paired with files
+# that compute.
 LONGEST_FIRST = (
     "tests/export/test_export.py",
     "tests/deployments/test_deployments.py",  # waits

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.models.test_models import compile_as_training
 from tests.synthetic import split_as_pngs, synthetic_example, write_tiny_dataset
 
 pytestmark = pytest.mark.slow
@@ -38,9 +39,7 @@ def _train_tiny_model(path: Path, seed: int = 0, name: str = "unet", **params) -
     y = np.stack([p[1] for p in pairs]).astype("int32") - 1
     params = params or {"base_filters": 4, "depth": 2}
     model = build_model(name, (32, 32, 3), bn_momentum=0.5, **params)  # statistics settle fast
-    optimizer = keras.optimizers.Adam(1e-2)
-    optimizer.build(model.trainable_variables)  # as training does: `fit` then traces its step once, not twice
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    compile_as_training(model, keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=8, epochs=8, verbose=0)
     model.save(path)
     return path

@@ -149,7 +149,7 @@ def test_train_step_under_distribute_scope_updates_every_weight(name):
 
 def compile_as_training(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss) -> keras.Model:
     """Compile for the graph-mode path as `segpipe.training.model.build_and_compile` does: the optimizer built
-    first, so the first `train_on_batch` traces its step once (Keras traces it twice when the optimizer's
+    first, so the first `train_on_batch` or `fit` traces its step once (Keras traces it twice when the optimizer's
     variables are made inside the first trace)."""
     optimizer.build(model.trainable_variables)
     model.compile(optimizer, loss=loss, jit_compile=False)
