@@ -7,6 +7,7 @@ API, fenced in this one module.
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -99,6 +100,29 @@ def fit_under_multi_worker_strategy(model: Any) -> None:
 
     model.train_step = vectors(model.train_step)
     model.test_step = vectors(model.test_step)
+
+
+@contextlib.contextmanager
+def initializer_seeds_from(seed: int) -> Iterator[None]:
+    """Inside the block, the seeds Keras draws for unseeded initializers (and any other unseeded
+    `SeedGenerator`) come from a private `random.Random(seed)`, not from Python's global `random`.
+
+    Keras draws each of them with `keras.src.random.seed_generator.make_default_seed`, which calls
+    `random.randint` through that module's `python_random` attribute: the process-wide generator that
+    `keras.utils.set_random_seed` seeds. Another thread drawing from it while a model is built (Prefect's
+    client threads in the same process, say) changes the model's initial weights, and a seeded run then
+    trains other weights now and then. The private generator, seeded like the global one, gives the
+    seeds `set_random_seed(seed)` gives when nothing else draws. The attribute is swapped for the block
+    and put back after it.
+    """
+    from keras.src.random import seed_generator
+
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
 
 
 _FETCHED = threading.local()  # per thread: the lists of the `files_fetched_by_keras` blocks open in it

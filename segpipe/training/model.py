@@ -16,6 +16,7 @@ from segpipe.training.boundary_loss import with_boundary_term
 from segpipe.training.edge_head import AccuracyOfClasses, EdgeHeadLoss, MeanIoUOfClasses, with_edge_head
 from segpipe.training.optimizers import build_optimizer
 from segpipe.data import NUM_CLASSES
+from segpipe.kerascompat import initializer_seeds_from
 
 
 class Phase(NamedTuple):
@@ -45,10 +46,12 @@ def build_and_compile(
 
     t = cfg.train
     size = (t.img_size, t.img_size, 3)
-    saved = build_model(cfg.model.name, (None, None, 3) if t.progressive_img_size else size, NUM_CLASSES,
-                        **cfg.model.params())
-    # With an edge head (train.edge_head_weight), the model trained is `saved` plus the head, on its variables.
-    model = with_edge_head(saved) if t.edge_head_weight else saved
+    # the initial weights follow train.seed alone, whatever other threads of the process draw meanwhile
+    with initializer_seeds_from(t.seed):
+        saved = build_model(cfg.model.name, (None, None, 3) if t.progressive_img_size else size, NUM_CLASSES,
+                            **cfg.model.params())
+        # With an edge head (train.edge_head_weight), the model trained is `saved` plus the head, on its variables.
+        model = with_edge_head(saved) if t.edge_head_weight else saved
     fixed: list[keras.Model] = []  # built on first use, once
 
     def for_saving() -> keras.Model:

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import inspect
+import random
 import threading
+import time
 
 import keras  # pinned: a missing or broken install fails here, never skips
 import numpy as np
 
-from segpipe.kerascompat import ema_weights_in_model, files_fetched_by_keras, variable_key
+from segpipe.kerascompat import ema_weights_in_model, files_fetched_by_keras, initializer_seeds_from, variable_key
 from segpipe.models.encoders import ENCODERS
 
 
@@ -96,3 +98,48 @@ def test_applications_fetch_their_weights_through_file_utils_get_file(tmp_path) 
     assert inner == [str(cached)] and outer == [str(cached)] * 2 and seen_elsewhere == [[str(cached)]]
     file_utils.get_file(cached.name, "http://127.0.0.1:9/unreachable", cache_subdir="models", cache_dir=str(tmp_path))
     assert outer == [str(cached)] * 2  # nothing recorded outside a block
+
+
+def _deep_model_weights() -> list[np.ndarray]:
+    layers = [keras.layers.Dense(4) for _ in range(24)]  # 24 unseeded initializers: 24 seeds drawn
+    return keras.Sequential([keras.Input((4,)), *layers]).get_weights()
+
+
+def test_initializer_seeds_come_from_the_block_whatever_other_threads_draw() -> None:
+    """Keras draws unseeded initializers' seeds from Python's global `random` (through
+    `keras.src.random.seed_generator.python_random`): a thread drawing from it meanwhile changes the weights
+    of a model built outside `initializer_seeds_from`, never of one built inside. If Keras stops drawing
+    from there, the first half fails: the fence is then not needed, or must follow Keras elsewhere."""
+    from keras.src.random import seed_generator
+
+    assert seed_generator.python_random is random and "python_random.randint" in inspect.getsource(
+        seed_generator.make_default_seed)
+    keras.utils.set_random_seed(0)
+    reference = _deep_model_weights()
+    drawing = threading.Event()
+    stop = threading.Event()
+
+    def draw() -> None:
+        while not stop.is_set():
+            random.random()
+            drawing.set()
+            time.sleep(0)
+
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    try:
+        assert drawing.wait(10)
+        outside = []
+        for _ in range(5):
+            keras.utils.set_random_seed(0)
+            outside.append(_deep_model_weights())
+        assert any(not all(np.array_equal(a, b) for a, b in zip(w, reference)) for w in outside)
+        for _ in range(3):
+            keras.utils.set_random_seed(0)
+            with initializer_seeds_from(0):
+                inside = _deep_model_weights()
+            assert all(np.array_equal(a, b) for a, b in zip(inside, reference))
+    finally:
+        stop.set()
+        thread.join()
+    assert seed_generator.python_random is random  # put back
