@@ -109,9 +109,11 @@ def initializer_seeds_from(seed: int) -> Iterator[None]:
 
     Keras draws each of them with `keras.src.random.seed_generator.make_default_seed`, which calls
     `random.randint` through that module's `python_random` attribute: the process-wide generator that
-    `keras.utils.set_random_seed` seeds. Another thread drawing from it while a model is built (Prefect's
-    client threads in the same process, say) changes the model's initial weights, and a seeded run then
-    trains other weights now and then. The private generator, seeded like the global one, gives the
+    `keras.utils.set_random_seed` seeds. Another thread drawing from it while a model is built changes the
+    model's initial weights, and a seeded run then trains other weights now and then. One such thread is
+    there once a flow has run in the process: Prefect's events client keeps a websocket open in its
+    `GlobalEventLoopThread`, and the `websockets` package draws each keepalive ping's payload (every 20 s)
+    with `random.getrandbits`. The private generator, seeded like the global one, gives the
     seeds `set_random_seed(seed)` gives when nothing else draws. The attribute is swapped for the block
     and put back after it.
     """
