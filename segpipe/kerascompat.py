@@ -102,10 +102,22 @@ def fit_under_multi_worker_strategy(model: Any) -> None:
     model.test_step = vectors(model.test_step)
 
 
+_SEEDS = threading.local()  # per thread: the private generators of the `initializer_seeds_from` blocks open in it
+
+
+class _SeedsOfThisThread:
+    """Stands in for Python's `random` module in Keras' `seed_generator`: the generator of the innermost
+    `initializer_seeds_from` block open in the calling thread, or the global `random` outside any block."""
+
+    def __getattr__(self, name: str) -> Any:
+        stack = getattr(_SEEDS, "stack", ())
+        return getattr(stack[-1] if stack else random, name)
+
+
 @contextlib.contextmanager
 def initializer_seeds_from(seed: int) -> Iterator[None]:
-    """Inside the block, the seeds Keras draws for unseeded initializers (and any other unseeded
-    `SeedGenerator`) come from a private `random.Random(seed)`, not from Python's global `random`.
+    """Inside the block, the seeds Keras draws in this thread for unseeded initializers (and any other
+    unseeded `SeedGenerator`) come from a private `random.Random(seed)`, not from Python's global `random`.
 
     Keras draws each of them with `keras.src.random.seed_generator.make_default_seed`, which calls
     `random.randint` through that module's `python_random` attribute: the process-wide generator that
@@ -113,18 +125,23 @@ def initializer_seeds_from(seed: int) -> Iterator[None]:
     model's initial weights, and a seeded run then trains other weights now and then. One such thread is
     there once a flow has run in the process: Prefect's events client keeps a websocket open in its
     `GlobalEventLoopThread`, and the `websockets` package draws each keepalive ping's payload (every 20 s)
-    with `random.getrandbits`. The private generator, seeded like the global one, gives the
-    seeds `set_random_seed(seed)` gives when nothing else draws. The attribute is swapped for the block
-    and put back after it.
+    with `random.getrandbits`. The private generator, seeded like the global one, gives the seeds
+    `set_random_seed(seed)` gives when nothing else draws.
+
+    The attribute is replaced once by a stand-in that routes each draw by thread (as `files_fetched_by_keras`
+    wraps `get_file`) and stays: outside a block every thread draws from the global `random` as before, and
+    blocks open in two threads at once neither share a generator nor undo each other.
     """
     from keras.src.random import seed_generator
 
-    shared = seed_generator.python_random
-    seed_generator.python_random = random.Random(seed)
+    if not isinstance(seed_generator.python_random, _SeedsOfThisThread):
+        seed_generator.python_random = _SeedsOfThisThread()
+    generator = random.Random(seed)
+    _SEEDS.stack = [*getattr(_SEEDS, "stack", ()), generator]
     try:
         yield
     finally:
-        seed_generator.python_random = shared
+        _SEEDS.stack = [g for g in _SEEDS.stack if g is not generator]
 
 
 _FETCHED = threading.local()  # per thread: the lists of the `files_fetched_by_keras` blocks open in it

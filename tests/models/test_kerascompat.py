@@ -13,7 +13,13 @@ import time
 import keras  # pinned: a missing or broken install fails here, never skips
 import numpy as np
 
-from segpipe.kerascompat import ema_weights_in_model, files_fetched_by_keras, initializer_seeds_from, variable_key
+from segpipe.kerascompat import (
+    _SeedsOfThisThread,
+    ema_weights_in_model,
+    files_fetched_by_keras,
+    initializer_seeds_from,
+    variable_key,
+)
 from segpipe.models.encoders import ENCODERS
 
 
@@ -112,8 +118,8 @@ def test_initializer_seeds_come_from_the_block_whatever_other_threads_draw() -> 
     from there, the first half fails: the fence is then not needed, or must follow Keras elsewhere."""
     from keras.src.random import seed_generator
 
-    assert seed_generator.python_random is random and "python_random.randint" in inspect.getsource(
-        seed_generator.make_default_seed)
+    assert "python_random.randint" in inspect.getsource(seed_generator.make_default_seed)
+    assert seed_generator.python_random is random or isinstance(seed_generator.python_random, _SeedsOfThisThread)
     keras.utils.set_random_seed(0)
     reference = _deep_model_weights()
     drawing = threading.Event()
@@ -142,4 +148,40 @@ def test_initializer_seeds_come_from_the_block_whatever_other_threads_draw() -> 
     finally:
         stop.set()
         thread.join()
-    assert seed_generator.python_random is random  # put back
+    random.seed(7)  # outside a block, Keras draws from the global random as before
+    assert [seed_generator.python_random.randint(1, 10**9) for _ in range(3)] == _draws_after(7, 3)
+
+
+def _draws_after(seed: int, n: int) -> list[int]:
+    generator = random.Random(seed)
+    return [generator.randint(1, 10**9) for _ in range(n)]
+
+
+def test_blocks_open_in_two_threads_at_once_each_get_their_own_seeds() -> None:
+    """Two threads building inside `initializer_seeds_from(0)` at the same time (say, two trainings in one
+    process) each get the weights of a build alone, and neither block's end undoes the other's."""
+    keras.utils.set_random_seed(0)
+    with initializer_seeds_from(0):
+        reference = _deep_model_weights()
+    start = threading.Barrier(2)
+    built: list[list[np.ndarray]] = []
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            start.wait(10)
+            for _ in range(3):
+                with initializer_seeds_from(0):
+                    built.append(_deep_model_weights())
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert len(built) == 6
+    for weights in built:
+        assert all(np.array_equal(a, b) for a, b in zip(weights, reference))
