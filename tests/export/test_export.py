@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.models.test_models import compile_as_training
+from tests.compiling import compile_as_training
 from tests.synthetic import split_as_pngs, synthetic_example, write_tiny_dataset
 
 pytestmark = pytest.mark.slow

@@ -16,6 +16,7 @@ from segpipe.training.losses import build_loss
 from segpipe.models import MODEL_NAMES, build_model
 from segpipe.models.encoders import build_application
 from segpipe.models.layers import BackbonePreprocess, MaxPoolingWithArgmax2D, MaxUnpooling2D
+from tests.compiling import compile_as_training
 
 SHAPE = (32, 48, 3)  # non-square on purpose
 # Tiny settings per model, on top of ModelConfig's defaults (so unused params must be ignored).
@@ -145,15 +146,6 @@ def test_train_step_under_distribute_scope_updates_every_weight(name):
     assert np.isfinite(loss) and loss > 0
     unchanged = [v.path for b, v in zip(before, model.trainable_variables) if np.array_equal(b, v.numpy())]
     assert not unchanged
-
-
-def compile_as_training(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss) -> keras.Model:
-    """Compile for the graph-mode path as `segpipe.training.model.build_and_compile` does: the optimizer built
-    first, so the first `train_on_batch` or `fit` traces its step once (Keras traces it twice when the optimizer's
-    variables are made inside the first trace)."""
-    optimizer.build(model.trainable_variables)
-    model.compile(optimizer, loss=loss, jit_compile=False)
-    return model
 
 
 @pytest.mark.slow
