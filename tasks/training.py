@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 
 from segpipe.config import EvalConfig, ModelConfig, PipelineConfig, TrainConfig
 from segpipe.data.dataset import DatasetRef
-from segpipe.runs.naming import TrainedRun, train_run, train_run_dir
+from segpipe.runs.naming import TrainedRun, resume_point, train_run, train_run_dir
 from segpipe_app.tasks.caching import TRAIN_CACHE
 from segpipe_app.tasks.retries import TRAIN_RETRY
 
@@ -26,6 +26,9 @@ def train_task(
     cfg = PipelineConfig(model=model, train=train_config, eval=eval_config)
     run_dir = train_run_dir(work_dir, dataset.dataset_key, model, train_config)
     logger.info("training %s on dataset %s into %s", model.name, dataset.dataset_key, run_dir)
+    kept = resume_point(run_dir)
+    if kept:  # said now: the next epoch line comes only after the first epoch trained here
+        logger.info("resuming after epoch %d: the epochs an interrupted run completed are kept", kept)
 
     def log_epoch(epoch: int, logs: dict) -> None:
         progress = logs.pop("progress", f"epoch {epoch + 1}")

@@ -6,6 +6,7 @@ same source.
 
     run_dir = train_run_dir(work_dir, dataset_key, cfg.model, cfg.train)   # WORK/runs/<run-id>
     run_complete(run_dir)                                                 # train_summary.json and model.keras
+    resume_point(run_dir)                                                 # epochs a killed run completed
     trained = train_run(cfg, dataset, work_dir)                           # the train stage -> TrainedRun
 
 The names of the run directory's files live here (`segpipe.training.run_dir` writes them and re-exports
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from segpipe.codekeys import code_key
 from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
-from segpipe.fsutil import digest_json
+from segpipe.fsutil import digest_json, read_json
 from segpipe.layout import WorkDir
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ CONFIG_FILE = "config.json"
 LINEAGE_FILE = "lineage.json"
 SUMMARY_FILE = "train_summary.json"  # written last: the run is complete once it exists
 MODEL_FILE = "model.keras"  # the best model by val_mean_iou
+BACKUP_DIR = "backup"
+BACKUP_WEIGHTS = "latest.weights.h5"  # in BACKUP_DIR: model weights and optimizer state
+BACKUP_METADATA = "training_metadata.json"  # in BACKUP_DIR: {"epoch": epochs completed, "batch": 0}
 
 TRAIN_ENTRY: tuple[str, ...] = ("segpipe.training",)
 """The train stage's entry module: its code key covers every segpipe module this can import."""
@@ -68,6 +72,20 @@ def run_complete(run_dir: str | Path) -> bool:
     """True once training finished in `run_dir`: its summary (written last) and its best model are there."""
     run_dir = Path(run_dir)
     return (run_dir / SUMMARY_FILE).is_file() and (run_dir / MODEL_FILE).is_file()
+
+
+def epochs_in_backup(backup_dir: str | Path) -> int:
+    """Epochs completed according to a training backup's metadata (0 when there is no complete backup)."""
+    backup_dir = Path(backup_dir)
+    meta = backup_dir / BACKUP_METADATA
+    return int(read_json(meta)["epoch"]) if meta.is_file() and (backup_dir / BACKUP_WEIGHTS).is_file() else 0
+
+
+def resume_point(run_dir: str | Path) -> int:
+    """The epochs that an interrupted run in `run_dir` completed, after which `segpipe.training.train` resumes it:
+    its backup's. 0 for a new run, and for a complete one (train returns it without training)."""
+    run_dir = Path(run_dir)
+    return 0 if run_complete(run_dir) else epochs_in_backup(run_dir / BACKUP_DIR)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from segpipe.evaluation.band import calibrate_saved_model, describe_calibration
 from segpipe.fsutil import atomic_write_json, file_lock, read_json
 from segpipe.kerascompat import fit_reads_one_iterator, fit_under_multi_worker_strategy
 from segpipe.layout import MANIFEST
-from segpipe.runs.naming import run_complete, run_identity as _identity
+from segpipe.runs.naming import epochs_in_backup, run_complete, run_identity as _identity
 from segpipe.training.callbacks import (
     AtomicBackupAndRestore,
     AveragedWeights,
@@ -49,7 +49,6 @@ from segpipe.training.run_dir import (
     SUMMARY_FILE,
     TENSORBOARD_DIR,
     TrainResult,
-    _backup_epoch,
     _check_same_run,
     output_dir,
     _record_weights_files,
@@ -99,7 +98,7 @@ def train(
             return dataclasses.replace(complete, chief=chief)
 
         with output_dir(run_dir, task) as out_dir:
-            resumed = _backup_epoch(out_dir / BACKUP_DIR)
+            resumed = epochs_in_backup(out_dir / BACKUP_DIR)
             truncate_history(out_dir / HISTORY_FILE, resumed)
             policy = precision_policy(cfg.train.mixed_precision)
             if chief:

@@ -103,6 +103,11 @@ def test_ctrl_c_in_a_terminal_during_training_stops_in_seconds_and_records_the_r
 
     again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
+    # the rerun says it resumes before it trains: that line, then the first epoch trained, then the summary's
+    said = again.stdout + again.stderr
+    order = [said.find(f"resuming after epoch {done}: "), said.find(f"epoch {done + 1}/25"),
+             said.find(f"resumed from epoch {done}")]
+    assert -1 not in order and order == sorted(order), said[-3000:]
     lineage = json.loads((run_dir / "lineage.json").read_text())
     assert [r["from_epoch"] for r in lineage["resumed_at"]] == [done]
     assert len((run_dir / "history.csv").read_text().strip().splitlines()) == 1 + 25

@@ -20,6 +20,7 @@ from segpipe import cancel  # noqa: E402
 from segpipe.config.budget import training_plan  # noqa: E402
 from segpipe.config import build_config  # noqa: E402
 from segpipe.fsutil import read_json, sha256_file  # noqa: E402
+from segpipe.runs.naming import resume_point  # noqa: E402
 from segpipe.training import (  # noqa: E402
     PRECISION_POLICIES,
     AtomicBackupAndRestore,
@@ -73,6 +74,7 @@ def run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         "history": read_history(run_dir / "history.csv"),
         "summary_exists": (run_dir / "train_summary.json").exists(),
         "model_exists": (run_dir / "model.keras").exists(),
+        "resume_point": resume_point(run_dir),
     }
     backup = h5_arrays(run_dir / "backup" / "latest.weights.h5")
     restored: dict[str, list[np.ndarray]] = {}
@@ -112,6 +114,13 @@ def test_interrupted_run_leaves_a_resumable_state(run: dict) -> None:
     assert run["interrupted"]["backup_epoch"] == 1
     assert [row["epoch"] for row in run["interrupted"]["history"]] == [0]
     assert run["interrupted"]["model_exists"] and not run["interrupted"]["summary_exists"]
+    # what the train task tells a user before the resumed run trains again
+    assert run["interrupted"]["resume_point"] == 1
+
+
+def test_a_complete_run_or_a_new_one_has_no_resume_point(run: dict, tmp_path: Path) -> None:
+    assert resume_point(run["run_dir"]) == 0  # complete: train returns it as it is
+    assert resume_point(tmp_path / "never-trained") == 0
 
 
 def test_resumed_run_continues_from_the_last_completed_epoch(run: dict) -> None:
