@@ -6,7 +6,6 @@ same source.
 
     run_dir = train_run_dir(work_dir, dataset_key, cfg.model, cfg.train)   # WORK/runs/<run-id>
     run_complete(run_dir)                                                 # train_summary.json and model.keras
-    resume_point(run_dir)                                                 # epochs a killed run completed
     trained = train_run(cfg, dataset, work_dir)                           # the train stage -> TrainedRun
 
 The names of the run directory's files live here (`segpipe.training.run_dir` writes them and re-exports
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from segpipe.codekeys import code_key
 from segpipe.config import ModelConfig, PipelineConfig, TrainConfig
-from segpipe.fsutil import digest_json, read_json
+from segpipe.fsutil import digest_json
 from segpipe.layout import WorkDir
 
 if TYPE_CHECKING:
@@ -34,9 +33,6 @@ CONFIG_FILE = "config.json"
 LINEAGE_FILE = "lineage.json"
 SUMMARY_FILE = "train_summary.json"  # written last: the run is complete once it exists
 MODEL_FILE = "model.keras"  # the best model by val_mean_iou
-BACKUP_DIR = "backup"
-BACKUP_WEIGHTS = "latest.weights.h5"  # in BACKUP_DIR: model weights and optimizer state
-BACKUP_METADATA = "training_metadata.json"  # in BACKUP_DIR: {"epoch": epochs completed, "batch": 0}
 
 TRAIN_ENTRY: tuple[str, ...] = ("segpipe.training",)
 """The train stage's entry module: its code key covers every segpipe module this can import."""
@@ -74,20 +70,6 @@ def run_complete(run_dir: str | Path) -> bool:
     return (run_dir / SUMMARY_FILE).is_file() and (run_dir / MODEL_FILE).is_file()
 
 
-def epochs_in_backup(backup_dir: str | Path) -> int:
-    """Epochs completed according to a training backup's metadata (0 when there is no complete backup)."""
-    backup_dir = Path(backup_dir)
-    meta = backup_dir / BACKUP_METADATA
-    return int(read_json(meta)["epoch"]) if meta.is_file() and (backup_dir / BACKUP_WEIGHTS).is_file() else 0
-
-
-def resume_point(run_dir: str | Path) -> int:
-    """The epochs that an interrupted run in `run_dir` completed, after which `segpipe.training.train` resumes it:
-    its backup's. 0 for a new run, and for a complete one (train returns it without training)."""
-    run_dir = Path(run_dir)
-    return 0 if run_complete(run_dir) else epochs_in_backup(run_dir / BACKUP_DIR)
-
-
 @dataclass(frozen=True)
 class TrainedRun:
     """A complete training run as the later stages need it (`train_run`): the run, its best model, the data
@@ -118,8 +100,8 @@ class TrainedRun:
 
 def train_run(
     cfg: PipelineConfig, dataset: DatasetRef, work_dir: str | Path | None, *,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None, verbose: int | None = None,
-    run_dir: str | Path | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    on_resume: Callable[[int], None] | None = None, verbose: int | None = None, run_dir: str | Path | None = None,
 ) -> TrainedRun:
     """The train stage: train `cfg.model` with `cfg.train` on `dataset` into WORK/runs/<run-id>
     (`train_run_dir`, or `run_dir` when the caller computed it already), resuming a killed run and returning
@@ -134,5 +116,5 @@ def train_run(
 
     if run_dir is None:
         run_dir = train_run_dir(work_dir, dataset.dataset_key, cfg.model, cfg.train)
-    result = train(cfg, Path(dataset.path), run_dir, on_epoch_end=on_epoch_end, verbose=verbose)
+    result = train(cfg, Path(dataset.path), run_dir, on_epoch_end=on_epoch_end, on_resume=on_resume, verbose=verbose)
     return TrainedRun.of(result, dataset.dataset_key, run_dir)

@@ -18,8 +18,7 @@ from segpipe import cancel
 from segpipe.config.budget import TrainingPlan, progress_line
 from segpipe.fsutil import atomic_write_json, read_json
 from segpipe.kerascompat import ema_weights_in_model
-from segpipe.runs.naming import epochs_in_backup
-from segpipe.training.run_dir import BACKUP_METADATA, BACKUP_WEIGHTS, MONITOR
+from segpipe.training.run_dir import BACKUP_METADATA, BACKUP_WEIGHTS, MONITOR, _backup_epoch
 
 
 def _save_atomically(path: Path, save: Callable[[str], Any]) -> None:
@@ -78,7 +77,7 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
         self.metadata_path = self.backup_dir / BACKUP_METADATA
 
     def completed_epochs(self) -> int:
-        return epochs_in_backup(self.backup_dir)
+        return _backup_epoch(self.backup_dir)
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if not self.weights_path.is_file():

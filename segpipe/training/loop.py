@@ -25,7 +25,7 @@ from segpipe.evaluation.band import calibrate_saved_model, describe_calibration
 from segpipe.fsutil import atomic_write_json, file_lock, read_json
 from segpipe.kerascompat import fit_reads_one_iterator, fit_under_multi_worker_strategy
 from segpipe.layout import MANIFEST
-from segpipe.runs.naming import epochs_in_backup, run_complete, run_identity as _identity
+from segpipe.runs.naming import run_complete, run_identity as _identity
 from segpipe.training.callbacks import (
     AtomicBackupAndRestore,
     AveragedWeights,
@@ -49,6 +49,7 @@ from segpipe.training.run_dir import (
     SUMMARY_FILE,
     TENSORBOARD_DIR,
     TrainResult,
+    _backup_epoch,
     _check_same_run,
     output_dir,
     _record_weights_files,
@@ -69,6 +70,7 @@ def train(
     run_dir: str | os.PathLike[str],
     *,
     on_epoch_end: EpochHook | None = None,
+    on_resume: Callable[[int], None] | None = None,
     verbose: int | None = None,
 ) -> TrainResult:
     """Train `cfg.model` on `dataset_dir` into `run_dir`; resume a killed run; return a complete one as is.
@@ -76,6 +78,8 @@ def train(
     `on_epoch_end(epoch, logs)` is called after each epoch is fully saved
     (0-based epoch, logs with loss, mean_iou, pixel_accuracy and their val_ versions,
     and `progress`: the epoch against the budget with an ETA, as text).
+    `on_resume(epochs)` is called before a resumed run trains again, with the epochs its backup kept (not for a
+    new run, nor for a complete one, which is returned as is): a caller can say so before the first epoch ends.
     """
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
     dataset_key, n_train = _prepared_dataset(dataset_dir)
@@ -98,7 +102,7 @@ def train(
             return dataclasses.replace(complete, chief=chief)
 
         with output_dir(run_dir, task) as out_dir:
-            resumed = epochs_in_backup(out_dir / BACKUP_DIR)
+            resumed = _backup_epoch(out_dir / BACKUP_DIR)
             truncate_history(out_dir / HISTORY_FILE, resumed)
             policy = precision_policy(cfg.train.mixed_precision)
             if chief:
@@ -107,6 +111,8 @@ def train(
                                distribute.describe(strategy))
             if resumed:
                 log.info("resuming %s after epoch %d", run_dir, resumed)
+                if on_resume is not None:
+                    on_resume(resumed)
             with global_policy(policy):
                 stop_reason = _fit(cfg, dataset_dir, out_dir, plan, resumed, on_epoch_end, verbose, strategy)
             if not chief:

@@ -26,12 +26,14 @@ from segpipe.config import PipelineConfig
 from segpipe.fsutil import atomic_write_json, atomic_write_text, code_version, read_json, sha256_file
 from segpipe.layout import MANIFEST
 # The names a complete-run check reads live TensorFlow-free in segpipe.runs.naming, beside that check (`run_complete`).
-from segpipe.runs.naming import (BACKUP_DIR, BACKUP_METADATA, BACKUP_WEIGHTS, CONFIG_FILE, LINEAGE_FILE, MODEL_FILE,
-                                 SUMMARY_FILE)
+from segpipe.runs.naming import CONFIG_FILE, LINEAGE_FILE, MODEL_FILE, SUMMARY_FILE
 
 MONITOR = "val_mean_iou"  # what best.json and model.keras are chosen by
 BEST_FILE = "best.json"
 HISTORY_FILE = "history.csv"
+BACKUP_DIR = "backup"
+BACKUP_WEIGHTS = "latest.weights.h5"  # in BACKUP_DIR: model weights and optimizer state
+BACKUP_METADATA = "training_metadata.json"  # in BACKUP_DIR: {"epoch": epochs completed, "batch": 0}
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -82,6 +84,12 @@ def truncate_history(path: Path, keep_epochs: int) -> None:
         return
     lines = [",".join(header)] + [",".join(r) for r in kept]
     atomic_write_text(path, "\r\n".join(lines) + "\r\n")
+
+
+def _backup_epoch(backup_dir: Path) -> int:
+    """Epochs completed according to the backup's metadata (0 when there is no backup)."""
+    meta = backup_dir / BACKUP_METADATA
+    return int(read_json(meta)["epoch"]) if meta.is_file() and (backup_dir / BACKUP_WEIGHTS).is_file() else 0
 
 
 def _check_same_run(run_dir: Path, identity: dict[str, Any], dataset_key: str) -> None:

@@ -20,7 +20,6 @@ from segpipe import cancel  # noqa: E402
 from segpipe.config.budget import training_plan  # noqa: E402
 from segpipe.config import build_config  # noqa: E402
 from segpipe.fsutil import read_json, sha256_file  # noqa: E402
-from segpipe.runs.naming import resume_point  # noqa: E402
 from segpipe.training import (  # noqa: E402
     PRECISION_POLICIES,
     AtomicBackupAndRestore,
@@ -74,7 +73,6 @@ def run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         "history": read_history(run_dir / "history.csv"),
         "summary_exists": (run_dir / "train_summary.json").exists(),
         "model_exists": (run_dir / "model.keras").exists(),
-        "resume_point": resume_point(run_dir),
     }
     backup = h5_arrays(run_dir / "backup" / "latest.weights.h5")
     restored: dict[str, list[np.ndarray]] = {}
@@ -86,13 +84,16 @@ def run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         restored.setdefault("optimizer", [v.numpy() for v in self.model.optimizer.variables])
 
     second: list[tuple[int, dict]] = []
+    resumes: dict[str, list] = {"resumed": [], "straight": []}  # what on_resume was told, and when
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(AtomicBackupAndRestore, "on_train_begin", restore_and_keep)
-        result = train(cfg, tiny_dataset, run_dir, on_epoch_end=lambda e, logs: second.append((e, logs)), verbose=0)
+        result = train(cfg, tiny_dataset, run_dir, on_epoch_end=lambda e, logs: second.append((e, logs)),
+                       on_resume=lambda kept: resumes["resumed"].append((kept, len(second))), verbose=0)
     straight_dir = tmp_path_factory.mktemp("runs") / run_dir.name
-    straight = train(cfg, tiny_dataset, straight_dir, verbose=0)  # the same run, never interrupted
+    straight = train(cfg, tiny_dataset, straight_dir, on_resume=resumes["straight"].append,
+                     verbose=0)  # the same run, never interrupted
     return {"cfg": cfg, "run_dir": run_dir, "first": first, "second": second, "interrupted": interrupted,
-            "result": result, "backup": backup, "restored": restored, "straight": straight}
+            "result": result, "backup": backup, "restored": restored, "straight": straight, "resumes": resumes}
 
 
 def h5_arrays(path: Path) -> list[np.ndarray]:
@@ -114,13 +115,12 @@ def test_interrupted_run_leaves_a_resumable_state(run: dict) -> None:
     assert run["interrupted"]["backup_epoch"] == 1
     assert [row["epoch"] for row in run["interrupted"]["history"]] == [0]
     assert run["interrupted"]["model_exists"] and not run["interrupted"]["summary_exists"]
-    # what the train task tells a user before the resumed run trains again
-    assert run["interrupted"]["resume_point"] == 1
 
 
-def test_a_complete_run_or_a_new_one_has_no_resume_point(run: dict, tmp_path: Path) -> None:
-    assert resume_point(run["run_dir"]) == 0  # complete: train returns it as it is
-    assert resume_point(tmp_path / "never-trained") == 0
+def test_on_resume_is_told_the_kept_epochs_before_the_resumed_run_trains(run: dict) -> None:
+    """What the train task tells a user at once: once, with the backup's epochs, before any epoch ends; never for
+    a new run."""
+    assert run["resumes"] == {"resumed": [(1, 0)], "straight": []}
 
 
 def test_resumed_run_continues_from_the_last_completed_epoch(run: dict) -> None:
@@ -221,7 +221,8 @@ def test_complete_run_is_returned_without_training(run: dict, tiny_dataset: Path
     run_dir, result = run["run_dir"], run["result"]
     mtime = (run_dir / "model.keras").stat().st_mtime_ns
     seen: list[int] = []
-    again = train(run["cfg"], tiny_dataset, run_dir, on_epoch_end=lambda e, logs: seen.append(e), verbose=0)
+    again = train(run["cfg"], tiny_dataset, run_dir, on_epoch_end=lambda e, logs: seen.append(e),
+                  on_resume=seen.append, verbose=0)
     assert again.cached and seen == []
     assert (again.epochs_completed, again.best_epoch, again.best_val_mean_iou, again.resumed_from_epoch) == (
         result.epochs_completed, result.best_epoch, result.best_val_mean_iou, result.resumed_from_epoch)
