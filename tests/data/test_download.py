@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from segpipe.data.download import (
     verify_archive,
 )
 from tests.httpserver import Fault, LoopbackServer, closed_port_url, etag
+from tests.threads import run_at_once
 
 NAME = "images.tar.gz"
 SIZE = 300_000
@@ -207,20 +207,7 @@ def test_local_directory_and_file_url_sources(payload, tmp_path):
 
 def test_two_concurrent_downloads_fetch_once(server, payload, tmp_path):
     server.faults[NAME] = Fault(stall=0.3, times=1)
-    results, errors = [], []
-
-    def run():
-        try:
-            results.append(fetch(server, tmp_path, sha(payload)))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    results = run_at_once(lambda: fetch(server, tmp_path, sha(payload)), 2)
     assert sorted(r.cached for r in results) == [False, True]
     assert len(server.gets(NAME)) == 1
 

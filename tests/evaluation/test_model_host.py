@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from segpipe.evaluation import ensemble
 from segpipe.preload import preloaded, take
 from tests.evaluation.test_predict import halves, mask_of
 from tests.faults import REPO, child_env
+from tests.threads import run_at_once
 
 pytestmark = [pytest.mark.slow,  # each host imports TensorFlow
               pytest.mark.skipif(not model_host.supported(), reason="the model host is Linux-only")]
@@ -77,24 +77,13 @@ def test_two_commands_in_a_row_use_one_host_and_match_in_process(unet, images, h
 
 
 def test_commands_starting_at_once_share_one_host(unet, host_dir):
-    results: list[tuple[int, int]] = []
-    errors: list[BaseException] = []
+    def command() -> tuple[int, int]:
+        with preloaded([unet], flip=False, host_dir=host_dir) as remote:
+            assert remote.host is not None
+            labels = remote.labels([halves(10, 12)])
+            return remote.host.pid, labels[0].shape[0]
 
-    def command() -> None:
-        try:
-            with preloaded([unet], flip=False, host_dir=host_dir) as remote:
-                assert remote.host is not None
-                labels = remote.labels([halves(10, 12)])
-                results.append((remote.host.pid, labels[0].shape[0]))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=command) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors, errors
+    results = run_at_once(command, 3)
     assert len({pid for pid, _ in results}) == 1 and [n for _, n in results] == [10, 10, 10], results
     assert model_host.running_pid(host_dir) == results[0][0]
 

@@ -21,6 +21,7 @@ from segpipe.kerascompat import (
     variable_key,
 )
 from segpipe.models.encoders import ENCODERS
+from tests.threads import run_at_once
 
 
 def _trained(optimizer: keras.optimizers.Optimizer) -> keras.Model:
@@ -163,25 +164,15 @@ def test_blocks_open_in_two_threads_at_once_each_get_their_own_seeds() -> None:
     keras.utils.set_random_seed(0)
     with initializer_seeds_from(0):
         reference = _deep_model_weights()
-    start = threading.Barrier(2)
-    built: list[list[np.ndarray]] = []
-    errors: list[BaseException] = []
 
-    def build() -> None:
-        try:
-            start.wait(10)
-            for _ in range(3):
-                with initializer_seeds_from(0):
-                    built.append(_deep_model_weights())
-        except BaseException as error:  # noqa: BLE001 - reported by the main thread
-            errors.append(error)
+    def build() -> list[list[np.ndarray]]:
+        built = []
+        for _ in range(3):
+            with initializer_seeds_from(0):
+                built.append(_deep_model_weights())
+        return built
 
-    threads = [threading.Thread(target=build) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    built = [weights for thread in run_at_once(build, 2) for weights in thread]
     assert len(built) == 6
     for weights in built:
         assert all(np.array_equal(a, b) for a, b in zip(weights, reference))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import stat
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from tests.faults import ThrottledServer, leftover_temps, spawn_python
 from tests.httpserver import LoopbackServer
 from tests.synthetic import make_pets_archives, make_pets_tree
+from tests.threads import run_at_once
 
 PREPARE_CHILD = """
     import sys
@@ -85,23 +85,15 @@ def test_two_prefect_flows_at_once_on_one_work_dir(prefect_api, archives, tmp_pa
 
     files, info = archives
     work = tmp_path / "work"
-    results, errors = [], []
 
-    def run(url: str) -> None:
-        try:
-            with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(work / "prefect-results")}):
-                results.append(prepare_data_flow(config=build_config("tiny", {"data.source": url}), work_dir=str(work)))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def run(url: str):
+        with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(work / "prefect-results")}):
+            return prepare_data_flow(config=build_config("tiny", {"data.source": url}), work_dir=str(work))
 
     with LoopbackServer(files) as srv:
-        threads = [threading.Thread(target=run, args=(srv.url,)) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
+        results = run_at_once(lambda: run(srv.url), 2)
         gets = {name: len(srv.gets(name)) for name in ("images.tar.gz", "annotations.tar.gz")}
-    assert errors == [] and len(results) == 2
+    assert len(results) == 2
     assert results[0] == results[1]
     assert verify_dataset(results[0].path) == []
     assert json.loads((Path(results[0].path) / "manifest.json").read_text())["num_examples"] == len(info.valid)
