@@ -35,8 +35,9 @@ def train_task(
     def log_resume(kept: int) -> None:  # said now: the next epoch line comes only after the first epoch trained here
         logger.info("resuming after epoch %d: the epochs an interrupted run completed are kept", kept)
 
-    trained = train_run(cfg, dataset, work_dir, on_epoch_end=log_epoch, on_resume=log_resume, verbose=0,
-                        run_dir=run_dir)
+    # each phase's line (frozen encoder, small images) before its first epoch: the epoch lines don't say it
+    trained = train_run(cfg, dataset, work_dir, on_epoch_end=log_epoch, on_resume=log_resume,
+                        on_phase=lambda line: logger.info("%s", line), verbose=0, run_dir=run_dir)
     if trained.resumed_from_epoch:
         logger.info("resumed from epoch %d", trained.resumed_from_epoch)
     logger.info("best val mean IoU %.4g at epoch %d", trained.best_val_mean_iou, trained.best_epoch + 1)  # 1-based

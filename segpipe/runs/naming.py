@@ -101,7 +101,8 @@ class TrainedRun:
 def train_run(
     cfg: PipelineConfig, dataset: DatasetRef, work_dir: str | Path | None, *,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-    on_resume: Callable[[int], None] | None = None, verbose: int | None = None, run_dir: str | Path | None = None,
+    on_resume: Callable[[int], None] | None = None, on_phase: Callable[[str], None] | None = None,
+    verbose: int | None = None, run_dir: str | Path | None = None,
 ) -> TrainedRun:
     """The train stage: train `cfg.model` with `cfg.train` on `dataset` into WORK/runs/<run-id>
     (`train_run_dir`, or `run_dir` when the caller computed it already), resuming a killed run and returning
@@ -116,5 +117,6 @@ def train_run(
 
     if run_dir is None:
         run_dir = train_run_dir(work_dir, dataset.dataset_key, cfg.model, cfg.train)
-    result = train(cfg, Path(dataset.path), run_dir, on_epoch_end=on_epoch_end, on_resume=on_resume, verbose=verbose)
+    result = train(cfg, Path(dataset.path), run_dir, on_epoch_end=on_epoch_end, on_resume=on_resume,
+                   on_phase=on_phase, verbose=verbose)
     return TrainedRun.of(result, dataset.dataset_key, run_dir)

@@ -71,6 +71,7 @@ def train(
     *,
     on_epoch_end: EpochHook | None = None,
     on_resume: Callable[[int], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
     verbose: int | None = None,
 ) -> TrainResult:
     """Train `cfg.model` on `dataset_dir` into `run_dir`; resume a killed run; return a complete one as is.
@@ -80,6 +81,8 @@ def train(
     and `progress`: the epoch against the budget with an ETA, as text).
     `on_resume(epochs)` is called before a resumed run trains again, with the epochs its backup kept (not for a
     new run, nor for a complete one, which is returned as is): a caller can say so before the first epoch ends.
+    `on_phase(text)` is called as each phase of a run in phases starts (a frozen encoder first, small images
+    first), with the line the `segpipe.training` logger gets: up to which epoch, the encoder's state, the size.
     """
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
     dataset_key, n_train = _prepared_dataset(dataset_dir)
@@ -114,7 +117,8 @@ def train(
                 if on_resume is not None:
                     on_resume(resumed)
             with global_policy(policy):
-                stop_reason = _fit(cfg, dataset_dir, out_dir, plan, resumed, on_epoch_end, verbose, strategy)
+                stop_reason = _fit(cfg, dataset_dir, out_dir, plan, resumed, on_epoch_end, on_phase, verbose,
+                                   strategy)
             if not chief:
                 distribute.barrier(strategy)  # returns once the chief has written the summary
                 return dataclasses.replace(
@@ -185,6 +189,7 @@ def _fit(
     plan: TrainingPlan,
     resumed: int,
     on_epoch_end: EpochHook | None,
+    on_phase: Callable[[str], None] | None,
     verbose: int | None,
     strategy: tf.distribute.Strategy,
 ) -> str:
@@ -207,7 +212,7 @@ def _fit(
     for phase in phases(plan, resumed, t.img_size, t.progressive_img_size):
         with strategy.scope():  # the compiled metrics' variables too: reduced over all replicas and workers
             compile_phase(phase.frozen)  # a new compile: new train and test functions, traced at this size
-        _log_phase(phase, plan, t)
+        _log_phase(phase, plan, t, on_phase)
         # Each fit starts a new iterator: this one continues the stream where the completed epochs left it,
         # so a resumed run (and a phase change) reads the batches an uninterrupted run reads.
         train_ds = _train_dataset(dataset_dir, t, skip_batches=backup.completed_epochs() * plan.steps_per_epoch,
@@ -223,8 +228,9 @@ def _fit(
     return _stop_reason(losses, early)
 
 
-def _log_phase(phase: Phase, plan: TrainingPlan, t: TrainConfig) -> None:
-    """One line per fit of a run in phases: up to which epoch, the encoder's state and the images' size."""
+def _log_phase(phase: Phase, plan: TrainingPlan, t: TrainConfig, on_phase: Callable[[str], None] | None) -> None:
+    """One line per fit of a run in phases: up to which epoch, the encoder's state and the images' size; logged,
+    and given to `on_phase`."""
     if not (plan.frozen_epochs or plan.small_epochs):
         return
     parts = []
@@ -233,7 +239,10 @@ def _log_phase(phase: Phase, plan: TrainingPlan, t: TrainConfig) -> None:
     if plan.small_epochs:
         parts.append(f"training images {phase.img_size} px" + (", validation at " + str(t.img_size) + " px"
                                                                if phase.img_size != t.img_size else ""))
-    log.info("epochs up to %d: %s", phase.end_epoch, "; ".join(parts))
+    line = f"epochs up to {phase.end_epoch}: {'; '.join(parts)}"
+    log.info("%s", line)
+    if on_phase is not None:
+        on_phase(line)
 
 
 def _train_dataset(dataset_dir: Path, t: TrainConfig, skip_batches: int, img_size: int) -> tf.data.Dataset:

@@ -165,10 +165,12 @@ def test_runs_killed_at_the_phase_boundary_and_after_it_resume_in_the_right_phas
     # resumes from a frozen-phase backup straight into fine-tuning, the last from a fine-tuned one. (A resume
     # inside one phase is the ordinary resume of test_training.py; each kill here costs a run's graph tracing.)
     start = 0
+    phase_lines: list[list[str]] = []  # what on_phase was told, run by run (the train task logs it)
     for stop in (1, 2):
         hook, seen = kill_after(stop)
+        phase_lines.append([])
         with pytest.raises(Interrupt):
-            train(cfg, ds, run_dir, on_epoch_end=hook, verbose=0)
+            train(cfg, ds, run_dir, on_epoch_end=hook, on_phase=phase_lines[-1].append, verbose=0)
         assert [e for e, _ in seen] == list(range(start, stop + 1))  # each rerun starts where the last was killed
         start = stop + 1
         assert read_json(run_dir / "backup" / "training_metadata.json")["epoch"] == stop + 1
@@ -181,8 +183,12 @@ def test_runs_killed_at_the_phase_boundary_and_after_it_resume_in_the_right_phas
             assert n_changed > 0 and n_stats == len(backed_up["bn_stats"]), "the encoder did not fine-tune"
         assert seen[-1][1].startswith(f"epoch {stop + 1}/4, {8 * (stop + 1)}/32 images")
 
-    result = train(cfg, ds, run_dir, verbose=0)
+    phase_lines.append([])
+    result = train(cfg, ds, run_dir, on_phase=phase_lines[-1].append, verbose=0)
     assert result.epochs_completed == 4 and result.resumed_from_epoch == 3 and not result.cached
+    # each run says the phases it trains, as they start: the frozen one, then (resumed) the fine-tuned one
+    assert phase_lines == [["epochs up to 2: encoder frozen"], ["epochs up to 4: encoder fine-tuned"],
+                           ["epochs up to 4: encoder fine-tuned"]]
     assert [row["epoch"] for row in result.history] == [0, 1, 2, 3]
     lineage = read_json(run_dir / "lineage.json")
     assert [r["from_epoch"] for r in lineage["resumed_at"]] == [2, 3]

@@ -108,12 +108,13 @@ def progressive_runs(tmp_path_factory: pytest.TempPathFactory):
                 raise Interrupt(f"killed after epoch {stop}")
         return hook
 
+    phase_lines: dict[str, list[str]] = {"killed": [], "resumed": [], "straight": []}  # what on_phase was told
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(keras.Model, "fit", fit_and_record)
         with pytest.raises(Interrupt):
-            train(cfg, ds, run_dir, on_epoch_end=kill_after(1), verbose=0)
+            train(cfg, ds, run_dir, on_epoch_end=kill_after(1), on_phase=phase_lines["killed"].append, verbose=0)
         resumed = train(cfg, ds, run_dir, on_epoch_end=lambda e, logs: (seen.append(e), progress.append(logs["progress"])),
-                        verbose=0)
+                        on_phase=phase_lines["resumed"].append, verbose=0)
     lines: list[str] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
@@ -122,12 +123,12 @@ def progressive_runs(tmp_path_factory: pytest.TempPathFactory):
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        straight = train(cfg, ds, tmp / "straight" / run_dir.name, verbose=0)
+        straight = train(cfg, ds, tmp / "straight" / run_dir.name, on_phase=phase_lines["straight"].append, verbose=0)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
     return {"cfg": cfg, "run_dir": run_dir, "seen": seen, "sizes": sizes, "resumed": resumed, "straight": straight,
-            "straight_log": lines, "progress": progress}
+            "straight_log": lines, "progress": progress, "phase_lines": phase_lines}
 
 
 @pytest.mark.slow
@@ -160,9 +161,11 @@ def test_a_progressive_run_resumed_across_the_size_change_ends_where_an_uninterr
 
 
 @pytest.mark.slow
-def test_the_log_says_which_size_each_phase_trains_at(progressive_runs):
-    assert [line for line in progressive_runs["straight_log"] if line.startswith("epochs up to")] == [
-        "epochs up to 2: training images 32 px, validation at 64 px", "epochs up to 4: training images 64 px"]
+def test_the_log_and_on_phase_say_which_size_each_phase_trains_at(progressive_runs):
+    both = ["epochs up to 2: training images 32 px, validation at 64 px", "epochs up to 4: training images 64 px"]
+    assert [line for line in progressive_runs["straight_log"] if line.startswith("epochs up to")] == both
+    # the train task logs what on_phase is told: a run resumed after the small phase says only the phase it trains
+    assert progressive_runs["phase_lines"] == {"killed": both[:1], "resumed": both[1:], "straight": both}
 
 
 def test_the_progressive_settings_change_the_run_identity():
