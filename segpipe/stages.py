@@ -59,12 +59,16 @@ def prepare(source: str | None, work_dir: PathLike | None, data: DataConfig = Da
 
 
 def train(config: PipelineConfig, dataset: DatasetRef, work_dir: PathLike | None, *,
-          on_epoch_end: Callable[[int, dict[str, float]], None] | None = None, verbose: int | None = 0) -> TrainedRun:
+          on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+          on_resume: Callable[[int], None] | None = None, on_phase: Callable[[str], None] | None = None,
+          verbose: int | None = 0) -> TrainedRun:
     """Train `config.model` with `config.train` on `dataset` into WORK/runs/<run-id> (the run id of the
-    `train` task); a killed run resumes, a complete one is returned as it is."""
+    `train` task); a killed run resumes, a complete one is returned as it is. The hooks are the `train` task's:
+    after each saved epoch, when a killed run resumes, as each phase starts (`segpipe.training.train`)."""
     from segpipe.runs.naming import train_run
 
-    return train_run(config, dataset, work_dir, on_epoch_end=on_epoch_end, verbose=verbose)
+    return train_run(config, dataset, work_dir, on_epoch_end=on_epoch_end, on_resume=on_resume, on_phase=on_phase,
+                     verbose=verbose)
 
 
 def evaluate(model_paths: Sequence[PathLike] | PathLike, dataset: DatasetRef | PathLike,

@@ -21,6 +21,22 @@ from tests.synthetic import make_pets_archives, make_pets_tree
 OVERRIDES = {"data": {"val_fraction": 0.25}}
 
 
+def test_the_notebook_train_takes_every_hook_the_train_task_passes():
+    """`segpipe.stages.train` offers each keyword of `train_run` but the run directory (the stage computes it), so a
+    notebook gets the epoch, resume and phase hooks the `train` task logs from; this fails when one is added
+    to `train_run` and not here."""
+    import inspect
+
+    from segpipe import stages
+    from segpipe.runs.naming import train_run
+
+    def keywords(fn) -> set[str]:
+        return {p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+    assert keywords(stages.train) == keywords(train_run) - {"run_dir"}
+    assert {"on_epoch_end", "on_resume", "on_phase"} <= keywords(stages.train)
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A directory holding synthetic images.tar.gz, annotations.tar.gz and SHA256SUMS, and what it holds."""
