@@ -75,11 +75,13 @@ SOURCE_COMMANDS = {"download", "prepare", "run", "retrain", "serve"}
 
 
 def _check_source(source: str) -> None:
-    """A missing directory or a malformed URL fails here, before Prefect starts or WORK is touched."""
+    """A missing directory, one without both archives or a malformed URL fails here, before Prefect starts or
+    WORK is touched."""
     from segpipe.data.download import SourceError, resolve_source
+    from segpipe.data.sources import require_archives
 
     try:
-        resolve_source(source)
+        require_archives(resolve_source(source))
     except SourceError as exc:
         raise CliError(f"data.source (--source): {exc}") from None
 

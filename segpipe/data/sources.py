@@ -95,3 +95,14 @@ def _local_source(path: str, shown: str) -> Source:
         what = "is not a directory" if directory.exists() else "does not exist"
         raise SourceError(f"source {shown!r}: {directory} {what}; {_EXPECTED_SOURCE}")
     return Source("local", (str(directory),))
+
+
+def require_archives(source: Source) -> None:
+    """A local source must hold both archives before a pipeline starts on it (`resolve_source` alone accepts a
+    directory holding either, for a download of one archive); a remote one is checked when it is fetched."""
+    if source.kind != "local":
+        return
+    directory = Path(source.locations[0])
+    missing = [name for name in ARCHIVES if not (directory / name).is_file()]
+    if missing:
+        raise SourceError(f"source directory {directory} has no {' and no '.join(missing)}; {_EXPECTED_SOURCE}")

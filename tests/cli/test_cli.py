@@ -39,6 +39,20 @@ def test_bad_parameters_exit_2_naming_the_field(argv, field, capsys, tmp_path):
     assert not any(tmp_path.iterdir()), "nothing may be written before validation passes"
 
 
+def test_predict_with_no_input_that_exists_fails_before_any_work(tmp_path, capsys):
+    """Every input missing (a typo) is exit 2 naming them, before the model host, Prefect or the output directory;
+    one missing among others stays a per-input failure in the report (tests/evaluation/test_predict.py)."""
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"stand-in: never loaded, the inputs are checked first")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model), str(tmp_path / "nope"), str(tmp_path / "nope.jpg"),
+                 "--out", str(out), "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert f"none of the inputs exists: {tmp_path / 'nope'}, {tmp_path / 'nope.jpg'}" in err
+    assert "expected image files or directories" in err
+    assert not out.exists() and not (tmp_path / "w").exists()
+
+
 def test_predict_batch_size_is_the_eval_batch_size():
     """`segpipe predict --batch-size` sets eval.batch_size (what the predict flow takes), not the training batch."""
     from segpipe_app.cli.options import config_from_args

@@ -233,3 +233,19 @@ def test_missing_source_directory_is_rejected_before_any_work(prefect_api, tmp_p
     assert err.startswith("segpipe prepare: data.source (--source): ")
     assert f"{tmp_path / 'nope'} does not exist" in err and "images.tar.gz and annotations.tar.gz" in err
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("present", [(), ("images.tar.gz",)])
+def test_a_source_directory_without_both_archives_is_rejected_before_any_work(tmp_path, capsys, present):
+    """`--source` an existing directory that lacks an archive (the wrong folder, a half-copied one): exit 2 naming
+    what is missing, before Prefect starts and before WORK is created."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in present:
+        (src / name).write_bytes(b"present")
+    rc = main(["prepare", "--preset", "tiny", "--source", str(src), "--work-dir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    missing = " and no ".join(n for n in ("images.tar.gz", "annotations.tar.gz") if n not in present)
+    assert rc == 2 and err.startswith("segpipe prepare: data.source (--source): ")
+    assert f"source directory {src} has no {missing};" in err, err
+    assert not (tmp_path / "w").exists()
