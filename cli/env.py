@@ -83,7 +83,16 @@ def local_run_settings() -> Iterator[datetime]:
         yield started
         return
     with temporary_settings(updates={"flows.heartbeat_frequency": None}):
-        yield started
+        try:
+            yield started
+        except Exception:  # a failed run's states and logs too (an interrupt has record_interruption)
+            _send_what_is_queued(url, started)
+            raise
+    _send_what_is_queued(url, started)
+
+
+def _send_what_is_queued(url: str | None, started: datetime) -> None:
+    """Before the command exits: without it, Prefect's own drain at exit prints "Still processing items"."""
     if url:  # segpipe's background server (`cli.server`): it stays up, send it what is still queued
         _drain(5.0)
     else:

@@ -37,6 +37,7 @@ def segpipe(tmp_path, *args, expect=0):
     assert proc.returncode == expect, f"segpipe {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     # every event and log reached the server before the command exited (cli.env.local_run_settings)
     assert "Error flushing" not in proc.stderr, proc.stderr[-4000:]
+    assert "Still processing items" not in proc.stderr, proc.stderr[-4000:]  # the refused training's too
     # no TensorFlow start-up noise on any command (RELIABILITY.md, finding 3)
     assert not [n for n in NATIVE_NOISE if n in proc.stderr], proc.stderr[:3000]
     return proc if expect else proc.stdout

@@ -262,6 +262,27 @@ def test_prefect_tracebacks_are_one_line_on_the_console_only():
     assert "Traceback (most recent call last)" in console.format(record)  # restored afterwards
 
 
+@pytest.mark.parametrize("failure", [None, ValueError("the run failed")])
+def test_a_command_sends_what_prefect_still_queues_whether_its_run_completed_or_failed(monkeypatch, failure):
+    """A failed command used to exit with its events still queued: Prefect's own drain at exit then printed
+    "EventsWorker - Still processing items: 3 items remaining..." under the error line. Both ends send them
+    first (`_send_what_is_queued`); an interrupt is `record_interruption`'s, not this."""
+    from segpipe_app.cli import env
+
+    sent: list[object] = []
+    monkeypatch.setattr(env, "_send_what_is_queued", lambda url, started: sent.append((url, started)))
+    if failure is None:
+        with env.local_run_settings() as started:
+            pass
+    else:
+        with pytest.raises(ValueError, match="the run failed"), env.local_run_settings() as started:
+            raise failure
+    assert sent == [(None, started)]  # no API URL in the test: the embedded server's path
+    with pytest.raises(KeyboardInterrupt), env.local_run_settings():
+        raise KeyboardInterrupt
+    assert len(sent) == 1
+
+
 def test_the_licence_is_an_spdx_string():
     """A licence table (`license = { text = ... }`) made setuptools (>= 77, what the isolated build resolves)
     print a deprecation warning several times per `make install`."""
