@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import weakref
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ def load_models(paths: Sequence[PathLike]) -> list[Any]:
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} does not exist (expected a .keras file)")
+        if not zipfile.is_zipfile(path):  # Keras says "File not found" of a file that is there but not a zip
+            raise ValueError(f"cannot load model {path} (expected a .keras file): it is not a zip archive, as a .keras "
+                             "model is (truncated, or another format)")
         try:
             model = keras.saving.load_model(path, compile=False)
         except Exception as exc:  # keras raises many types for corrupt or foreign files
