@@ -329,11 +329,21 @@ def cmd_retrain(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     from segpipe_app.flows.pipeline import retrain
 
     decision = retrain(config=cfg, work_dir=str(work))
-    print(("PROMOTED: " if decision["promoted"] else "CHAMPION KEPT: ") + decision["reason"])
-    print(f"champion: {decision['champion']}")
-    if decision.get("serving_dir"):
-        print(f"serving:  {decision['serving_dir']} (SavedModel for TF Serving, LiteRT and ONNX, parity-checked)")
+    print("\n".join(decision_lines(decision)))
     return 0
+
+
+def decision_lines(decision: dict[str, Any]) -> list[str]:
+    """What `segpipe retrain` prints of the promote task's decision."""
+    if decision["has_champion"]:
+        lines = [("PROMOTED: " if decision["promoted"] else "CHAMPION KEPT: ") + decision["reason"],
+                 f"champion: {decision['champion']}"]
+    else:  # the first retrain, not promoted: nothing is at the champion's path
+        lines = [f"NOT PROMOTED: {decision['reason']}",
+                 f"champion: none yet (a promoted model is installed in {decision['champion']})"]
+    if decision.get("serving_dir"):
+        lines.append(f"serving:  {decision['serving_dir']} (SavedModel for TF Serving, LiteRT and ONNX, parity-checked)")
+    return lines
 
 
 def cmd_server(args: argparse.Namespace, cfg: PipelineConfig) -> int:

@@ -36,7 +36,8 @@ class Decision:
     reported: dict[str, Any] | None = None
 
     def to_markdown(self) -> str:
-        verdict = "PROMOTED" if self.promote else "KEPT CHAMPION"
+        verdict = "PROMOTED" if self.promote else "KEPT CHAMPION" if self.champion_mean_iou is not None else \
+            "NOT PROMOTED (no champion yet)"
         fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
         return "\n".join([
             f"# Promotion decision: {verdict}",
@@ -98,14 +99,15 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, *, floor:
     def result(promote: bool, reason: str) -> Decision:
         return Decision(promote, reason, cand, champ, floor, split, key, exports, reported)
 
+    kept = "champion kept" if champ is not None else "not promoted, and there is no champion yet"
     if exports is not None and not exports.get("ok"):
-        return result(False, f"the candidate's export failed its check ({exports.get('error')}): champion kept")
+        return result(False, f"the candidate's export failed its check ({exports.get('error')}): {kept}")
     if cand is None:
-        return result(False, "the candidate has no mean IoU (empty split?): champion kept")
+        return result(False, f"the candidate has no mean IoU (empty split?): {kept}")
     if candidate.get("collapsed"):
-        return result(False, "the candidate's predictions collapse to one class: champion kept")
+        return result(False, f"the candidate's predictions collapse to one class: {kept}")
     if cand < floor:
-        return result(False, f"candidate mean IoU {cand:.4f} is below the floor {floor:.4f}: champion kept")
+        return result(False, f"candidate mean IoU {cand:.4f} is below the floor {floor:.4f}: {kept}")
     if champ is None:
         return result(True, f"no champion yet and candidate mean IoU {cand:.4f} clears the floor {floor:.4f}: promoted")
     if cand >= champ:

@@ -26,7 +26,27 @@ def test_decide(cand, champ, floor, promoted, words):
     d = decide(metrics(cand), None if champ is None else metrics(champ), floor=floor)
     assert d.promote is promoted and words in d.reason
     assert (d.candidate_mean_iou, d.champion_mean_iou, d.floor) == (cand, champ, floor)
-    assert ("PROMOTED" if promoted else "KEPT CHAMPION") in d.to_markdown()
+    verdict = "PROMOTED" if promoted else "KEPT CHAMPION" if champ is not None else "NOT PROMOTED (no champion yet)"
+    assert f"# Promotion decision: {verdict}\n" in d.to_markdown()
+    assert ("champion kept" in d.reason) is (not promoted and champ is not None)  # never "kept" of no champion
+
+
+def test_what_retrain_prints_of_each_decision():
+    from segpipe_app.cli.commands import decision_lines
+
+    where = "/w/models/champion"
+    first = decide(metrics(0.4), None, floor=0.5)
+    assert decision_lines({"promoted": False, "reason": first.reason, "champion": where, "has_champion": False}) == [
+        "NOT PROMOTED: candidate mean IoU 0.4000 is below the floor 0.5000: not promoted, and there is no champion yet",
+        f"champion: none yet (a promoted model is installed in {where})"]
+    kept = decide(metrics(0.55), metrics(0.6), floor=0.5)
+    assert decision_lines({"promoted": False, "reason": kept.reason, "champion": where, "has_champion": True}) == [
+        "CHAMPION KEPT: candidate mean IoU 0.5500 < champion's 0.6000: champion kept", f"champion: {where}"]
+    won = decide(metrics(0.7), None, floor=0.5)
+    assert decision_lines({"promoted": True, "reason": won.reason, "champion": where, "has_champion": True,
+                           "serving_dir": "/w/models/serving/pets/1"})[::2] == [
+        f"PROMOTED: {won.reason}", "serving:  /w/models/serving/pets/1 (SavedModel for TF Serving, LiteRT and ONNX, "
+        "parity-checked)"]
 
 
 def test_collapsed_candidate_is_never_promoted():

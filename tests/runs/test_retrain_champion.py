@@ -56,7 +56,7 @@ def test_retrain_promotes_first_then_keeps_a_better_champion_rescored_on_a_new_d
     serving = work / "models" / "serving" / "pets"
 
     first = _retrain(_config(src_a, **{"train.epochs": 15}), work)
-    assert first["promoted"] and "no champion yet" in first["reason"], first
+    assert first["promoted"] and "no champion yet" in first["reason"] and first["has_champion"], first
     assert first["serving_dir"] == str(serving / "1")
     stored = json.loads((champion / "metrics.json").read_text())  # the champion's score on dataset A
     promoted_at = json.loads((champion / "lineage.json").read_text())["promoted_at"]
@@ -93,7 +93,7 @@ def test_retrain_promotes_first_then_keeps_a_better_champion_rescored_on_a_new_d
 
     # ... and being better there, it is kept
     assert candidate["mean_iou"] < rescored["mean_iou"], (candidate["mean_iou"], rescored["mean_iou"])
-    assert not second["promoted"]
+    assert not second["promoted"] and second["has_champion"]
     assert second["reason"] == (f"candidate mean IoU {candidate['mean_iou']:.4f} < champion's "
                                 f"{rescored['mean_iou']:.4f}: champion kept")
     assert json.loads((champion / "lineage.json").read_text())["promoted_at"] == promoted_at
