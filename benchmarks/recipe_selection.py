@@ -188,12 +188,17 @@ DECISIONS: list[dict[str, Any]] = [
     },
     {
         "id": "cpu-quick-hue-saturation",
-        "question": "cpu-quick's augmentation: hue and saturation jitter, or none",
-        "preset_today": "none (train.aug_hue 0, train.aug_saturation 0)",
-        "first_decided": "rejected on a held-out breed's score (Bengal, one of the three behind the breed target)",
+        "question": "cpu-quick's augmentation: no hue or saturation jitter as it is, or hue within ±30° and "
+                    "saturation within 1 ± 0.6 (train.aug_hue 30, train.aug_saturation 0.6: the values the option "
+                    "was first tried with, fixed before the run), for breeds of other colours (issue 20), three "
+                    "seeds in one interleaved run",
+        "preset_today": "none (train.aug_hue 0, train.aug_saturation 0): the jitter must gain on validation by at "
+                        "least 0.005 on every seed to be adopted (BENCHMARKS.md, the hue-saturation block)",
+        "first_decided": "rejected on a held-out breed's score (Bengal, one of the three behind the breed target), "
+                         "withdrawn in issue 19; re-made in issue 20's eleventh interleaved run",
         "candidates": {
-            "no hue/saturation jitter": "quality-cpu-quick-no-hue-saturation.json",
-            "hue/saturation jitter": "quality-cpu-quick-hue-saturation.json",
+            "cpu-quick as it is (no hue or saturation jitter)": "quality-cpu-quick-interleaved-11.json",
+            "hue ±30°, saturation 1 ± 0.6": "quality-cpu-quick-hue-saturation.json",
         },
     },
     {

@@ -160,6 +160,20 @@ def aspp_rates() -> str:
                               after=_reference_alone)
 
 
+# An eleventh interleaved run: for each of three training seeds, cpu-quick as it is (its encoder frozen up to the /4
+# features), then the same with hue (±30°) and saturation (1 ± 0.6) jitter, the values the option was first tried
+# with, fixed before the run. The decision cpu-quick-hue-saturation, withdrawn in issue 19 (it was made on a
+# held-out breed's score), re-made on validation.
+INTERLEAVED_11 = "quality-cpu-quick-interleaved-11.json"  # cpu-quick as it is: the eleventh run's reference
+HUE_SATURATION = "quality-cpu-quick-hue-saturation.json"  # cpu-quick + train.aug_hue=30, train.aug_saturation=0.6
+
+
+def hue_saturation() -> str:
+    return _against_cpu_quick(INTERLEAVED_11, HUE_SATURATION,
+                              "`cpu-quick` + `train.aug_hue=30`, `train.aug_saturation=0.6`", "huesat",
+                              after=_reference_alone)
+
+
 def _reference_alone(base: dict[str, list[float]], cand: dict[str, list[float]]) -> str:
     """cpu-quick's own trainings of an interleaved run, each with the machine to itself, against the issue's
     timing targets (the machine is in the run's provenance line)."""
