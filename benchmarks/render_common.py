@@ -172,7 +172,7 @@ def config_drift(result: dict) -> list[str]:
     out = []
     for c in result.get("configs") or []:
         try:
-            today_cfg = resolve_config(c["preset"], c["overrides"])
+            today_cfg = resolve_config(c["preset"], _overrides_as_resolved(c))
         except Exception as exc:  # noqa: BLE001 - a preset or field that no longer exists is drift too
             out.append(f"{c['preset']}: {c['overrides']} no longer resolves ({exc})")
             continue
@@ -190,6 +190,23 @@ def config_drift(result: dict) -> list[str]:
             continue  # only sections this benchmark never runs through changed
         out.append(f"{c['preset']} with {c['overrides']}: ran {c['digest'][:12]}, resolves to {today[:12]} "
                    f"today (fields changed: {', '.join(fields) or 'not recorded'})")
+    return out
+
+
+def _overrides_as_resolved(record: dict) -> dict:
+    """A record's overrides, each relative path replaced by the absolute path the run resolved it to (its
+    `resolved` configuration holds it): a relative path was relative to the directory the benchmark ran in, which
+    is not the directory a later check runs in (a fresh clone elsewhere)."""
+    resolved = record.get("resolved") or {}
+    out = {}
+    for key, value in record["overrides"].items():
+        then: Any = resolved
+        for part in key.split("."):
+            then = then.get(part) if isinstance(then, dict) else None
+        relative = isinstance(value, str) and value and not Path(value).is_absolute()
+        if relative and isinstance(then, str) and Path(then).is_absolute() and Path(then).name == Path(value).name:
+            value = then
+        out[key] = value
     return out
 
 

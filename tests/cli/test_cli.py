@@ -146,6 +146,8 @@ def test_prefect_home_is_created_with_its_parents_or_named_in_the_error(tmp_path
     assert ensure_prefect_home() == tmp_path / "a" / "b" / "home" and (tmp_path / "a" / "b" / "home").is_dir()
 
     (tmp_path / "file").write_text("")
+    for name in ("images.tar.gz", "annotations.tar.gz"):  # a source that passes its own check, which comes first
+        (tmp_path / name).write_bytes(b"never read: the command stops at PREFECT_HOME")
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "file" / "home"))
     rc = main(["download", "--source", str(tmp_path), "--work-dir", str(tmp_path / "work")])
     err = capsys.readouterr().err

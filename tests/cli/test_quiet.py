@@ -267,19 +267,24 @@ def test_a_command_sends_what_prefect_still_queues_whether_its_run_completed_or_
     """A failed command used to exit with its events still queued: Prefect's own drain at exit then printed
     "EventsWorker - Still processing items: 3 items remaining..." under the error line. Both ends send them
     first (`_send_what_is_queued`); an interrupt is `record_interruption`'s, not this."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from segpipe_app.cli import env
 
     sent: list[object] = []
     monkeypatch.setattr(env, "_send_what_is_queued", lambda url, started: sent.append((url, started)))
-    if failure is None:
-        with env.local_run_settings() as started:
-            pass
-    else:
-        with pytest.raises(ValueError, match="the run failed"), env.local_run_settings() as started:
-            raise failure
-    assert sent == [(None, started)]  # no API URL in the test: the embedded server's path
-    with pytest.raises(KeyboardInterrupt), env.local_run_settings():
-        raise KeyboardInterrupt
+    # no API URL, whatever an earlier test of this worker set: the embedded server's path (a user's own URL skips it)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        if failure is None:
+            with env.local_run_settings() as started:
+                pass
+        else:
+            with pytest.raises(ValueError, match="the run failed"), env.local_run_settings() as started:
+                raise failure
+        assert sent == [(None, started)]
+        with pytest.raises(KeyboardInterrupt), env.local_run_settings():
+            raise KeyboardInterrupt
     assert len(sent) == 1
 
 
