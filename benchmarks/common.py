@@ -250,11 +250,12 @@ def config_digest(cfg: Any) -> str:
     return hashlib.sha256(config_json(cfg).encode()).hexdigest()
 
 
-def resolve_config(preset: str | None, overrides: dict[str, Any] | None = None) -> Any:
-    """`segpipe.config.build_config(preset, overrides)`: the configuration a recorded run asks for."""
+def resolve_config(preset: str | None, overrides: dict[str, Any] | None = None, *, check_files: bool = True) -> Any:
+    """`segpipe.config.build_config(preset, overrides)`: the configuration a recorded run asks for (with
+    `check_files=False`, a weights file the run named need not exist on this machine)."""
     from segpipe.config import build_config
 
-    return build_config(preset, dict(overrides or {}))
+    return build_config(preset, dict(overrides or {}), check_files=check_files)
 
 
 def config_record(preset: str | None, overrides: dict[str, Any] | None = None, *, role: str = "",

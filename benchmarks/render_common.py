@@ -172,7 +172,8 @@ def config_drift(result: dict) -> list[str]:
     out = []
     for c in result.get("configs") or []:
         try:
-            today_cfg = resolve_config(c["preset"], _overrides_as_resolved(c))
+            # the files a run named need not be on this machine (a clone without ../shared): only the preset counts
+            today_cfg = resolve_config(c["preset"], _overrides_as_resolved(c), check_files=False)
         except Exception as exc:  # noqa: BLE001 - a preset or field that no longer exists is drift too
             out.append(f"{c['preset']}: {c['overrides']} no longer resolves ({exc})")
             continue

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
 from segpipe.config.augment import KNOBS as AUGMENT_KNOBS
 from segpipe.models.encoders import DILATED_TAIL_ENCODERS, ENCODER_NAMES, ENCODERS
@@ -155,14 +156,15 @@ class ModelConfig(_Section):
 
     @field_validator("encoder_weights")
     @classmethod
-    def _weights_exist(cls, v: str | None) -> str | None:
-        """A path must name an existing file (made absolute); checked before any work starts."""
+    def _weights_exist(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """A path must name an existing file (made absolute); checked before any work starts, unless the
+        validation context says `check_files=False` (`build_config`: resolving a recorded run elsewhere)."""
         if _is_none(v):
             return None
         if v == IMAGENET:
             return v
         path = Path(v).expanduser()
-        if not path.is_file():
+        if not path.is_file() and (info.context or {}).get("check_files", True):
             raise ValueError(no_such_weights_file(v))
         return str(path.resolve())
 
@@ -535,11 +537,13 @@ def format_validation_error(exc: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None, *,
+                 check_files: bool = True) -> PipelineConfig:
     """A validated config from a named preset plus overrides.
 
     `overrides` may be nested (`{"train": {"epochs": 3}}`) or dotted
-    (`{"train.epochs": 3}`); None values are ignored.
+    (`{"train.epochs": 3}`); None values are ignored. `check_files=False` resolves a weights file's path
+    without requiring the file here (what a run elsewhere resolved: the benchmarks' drift check); never for a run.
     """
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"preset: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
@@ -550,6 +554,6 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
     merged = _deep_merge(_preset_for(preset, given) if preset else {}, given)
     merged["preset"] = preset
     try:
-        return PipelineConfig.model_validate(merged)
+        return PipelineConfig.model_validate(merged, context={"check_files": check_files})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
