@@ -191,9 +191,12 @@ def cmd_predict(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     if missing:
         raise CliError(f"--model: no such file or directory: {', '.join(missing)} "
                        "(expected a .keras model or an exported SavedModel directory, .tflite or .onnx file)")
-    if not any(p.exists() for p in args.paths):  # some missing is a per-input failure in the report; all is a typo
-        raise CliError(f"paths: none of the inputs exists: {', '.join(map(str, args.paths))} "
-                       "(expected image files or directories)")
+    from segpipe.predict import require_an_input
+
+    try:
+        require_an_input(args.paths)
+    except FileNotFoundError as exc:
+        raise CliError(f"paths: {exc}") from None
     _check_export_tta(args)
     models = [str(p.resolve()) for p in args.model_paths]
     from segpipe.preload import can_preload, preloaded

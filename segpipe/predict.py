@@ -95,6 +95,17 @@ def _walk(folder: Path, out_dir: Path) -> list[Path]:
     return found
 
 
+def require_an_input(inputs: Sequence[PathLike]) -> None:
+    """Refuse inputs of which none exists (a typo), before any work; one missing among others is a per-input
+    failure in the report (`find_inputs`)."""
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise ValueError("no inputs given; expected image files or directories")
+    if not any(p.exists() for p in paths):
+        raise FileNotFoundError(f"none of the inputs exists: {', '.join(str(p) for p in paths)} "
+                                "(expected image files or directories)")
+
+
 def find_inputs(
     inputs: Sequence[PathLike], out_dir: PathLike
 ) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
@@ -103,10 +114,7 @@ def find_inputs(
     Raises FileNotFoundError when none of `inputs` exists.
     """
     paths = [Path(p) for p in inputs]
-    if not paths:
-        raise ValueError("no inputs given; expected image files or directories")
-    if not any(p.exists() for p in paths):
-        raise FileNotFoundError(f"none of the inputs exists: {', '.join(str(p) for p in paths)}")
+    require_an_input(paths)
     exclude = Path(out_dir).resolve()
     pairs: list[tuple[Path, Path]] = []
     failed: list[dict[str, str]] = []

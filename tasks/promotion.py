@@ -58,5 +58,5 @@ def promote_task(
     create_markdown_artifact(markdown=decision.to_markdown(), key="promotion-decision",
                              description="segpipe promotion gate")
     return {"promoted": decision.promote, "reason": decision.reason, "champion": str(work.champion),
-            "has_champion": promotion.champion_info(work.champion) is not None,
+            "has_champion": decision.leaves_a_champion,
             "serving_dir": (decision.exports or {}).get("serving_dir")}

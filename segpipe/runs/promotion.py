@@ -35,9 +35,14 @@ class Decision:
     exports: dict[str, Any] | None = None
     reported: dict[str, Any] | None = None
 
+    @property
+    def leaves_a_champion(self) -> bool:
+        """A champion is installed after this decision: the candidate, or the one `decide` compared it with."""
+        return self.promote or self.champion_mean_iou is not None
+
     def to_markdown(self) -> str:
-        verdict = "PROMOTED" if self.promote else "KEPT CHAMPION" if self.champion_mean_iou is not None else \
-            "NOT PROMOTED (no champion yet)"
+        verdict = ("PROMOTED" if self.promote else "KEPT CHAMPION" if self.leaves_a_champion
+                   else "NOT PROMOTED (no champion yet)")
         fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
         return "\n".join([
             f"# Promotion decision: {verdict}",

@@ -44,9 +44,10 @@ def test_what_retrain_prints_of_each_decision():
         "CHAMPION KEPT: candidate mean IoU 0.5500 < champion's 0.6000: champion kept", f"champion: {where}"]
     won = decide(metrics(0.7), None, floor=0.5)
     assert decision_lines({"promoted": True, "reason": won.reason, "champion": where, "has_champion": True,
-                           "serving_dir": "/w/models/serving/pets/1"})[::2] == [
-        f"PROMOTED: {won.reason}", "serving:  /w/models/serving/pets/1 (SavedModel for TF Serving, LiteRT and ONNX, "
-        "parity-checked)"]
+                           "serving_dir": "/w/models/serving/pets/1"}) == [
+        f"PROMOTED: {won.reason}", f"champion: {where}",
+        "serving:  /w/models/serving/pets/1 (SavedModel for TF Serving, LiteRT and ONNX, parity-checked)"]
+    assert [d.leaves_a_champion for d in (first, kept, won)] == [False, True, True]
 
 
 def test_collapsed_candidate_is_never_promoted():
