@@ -31,6 +31,7 @@ LOSSES: dict[str, str] = {
     "dice": "soft Dice",
     "sce+dice": "cross-entropy + dice_weight x soft Dice",
     "focal": "focal loss (focal_gamma; 0 = cross-entropy)",
+    "sce+lovasz": "cross-entropy + the Lovász-softmax surrogate of each present class's IoU loss",
 }
 """The losses `model.loss` accepts, by name; `segpipe.training.losses.build_loss` builds each one (it checks
 at import that it builds exactly these)."""

@@ -12,6 +12,11 @@ the weight of its true class and then averaged over all pixels (Keras
 `class_weight` semantics, not renormalised); for Dice the per-class scores
 are averaged with these weights.
 
+The Lovász-softmax term (`sce+lovasz`) is Berman et al.'s convex surrogate of the Jaccard loss (2018, "The
+Lovász-Softmax loss: a tractable surrogate for the optimization of the intersection-over-union measure in
+neural networks"), per image over the classes present in its label, as their `per_image=True, classes="present"`.
+Mean IoU is what segpipe reports; cross-entropy and Dice only stand in for it.
+
 The losses are `keras.losses.Loss` subclasses registered as serialisable
 under the "segpipe" package: a model compiled with them saves to `.keras`
 and loads with `compile=True` once `segpipe.training.losses` is imported (with
@@ -194,6 +199,49 @@ class CombinedLoss(_SegLoss):
         }
 
 
+def lovasz_softmax(labels: Any, probs: Any, class_weights: tuple[float, ...] | None = None) -> Any:
+    """Per image (B,): the Lovász-softmax loss over the classes present in the image's label.
+
+    For class c, with errors e_i = |[y_i = c] - p_c(i)| sorted in decreasing order, the loss is
+    sum_i e_(i) * g_i, where g_i is the increase of the Jaccard loss 1 - |A n B| / |A u B| when the i-th
+    largest error's pixel is counted wrong after those before it (`g` is the Lovász extension's gradient,
+    fixed, so only the errors carry gradient). It equals 1 - IoU_c when every probability is 0 or 1. The
+    image's loss is the (class-weighted) mean over present classes.
+    """
+    num_classes = probs.shape[-1]
+    batch = ops.shape(probs)[0]
+    onehot = ops.one_hot(labels, num_classes, dtype="float32")
+    # (B, C, P): one row per image and class, its pixels along the last axis.
+    fg = ops.transpose(ops.reshape(onehot, (batch, -1, num_classes)), (0, 2, 1))
+    prob = ops.transpose(ops.reshape(probs, (batch, -1, num_classes)), (0, 2, 1))
+    errors = ops.abs(fg - prob)
+    sorted_errors, order = ops.top_k(errors, ops.shape(errors)[-1], sorted=True)
+    fg_sorted = ops.take_along_axis(fg, order, axis=-1)
+    positives = ops.sum(fg_sorted, axis=-1, keepdims=True)
+    intersection = positives - ops.cumsum(fg_sorted, axis=-1)
+    union = positives + ops.cumsum(1.0 - fg_sorted, axis=-1)  # >= 1 from the first pixel on
+    jaccard = 1.0 - intersection / union
+    steps = ops.concatenate([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], axis=-1)
+    per_class = ops.sum(sorted_errors * ops.stop_gradient(steps), axis=-1)  # (B, C)
+    present = ops.cast(positives[..., 0] > 0, "float32")
+    weights = present * ops.convert_to_tensor(class_weights or (1.0,) * num_classes, dtype="float32")
+    return ops.sum(per_class * weights, axis=-1) / ops.maximum(ops.sum(weights, axis=-1), EPSILON)
+
+
+@keras.saving.register_keras_serializable(package="segpipe")
+class LovaszLoss(_SegLoss):
+    """Per-image mean cross-entropy + the Lovász-softmax loss (`lovasz_softmax`), equal weights."""
+
+    def __init__(self, class_weights: Sequence[float] | None = None, **kwargs: Any):
+        kwargs.setdefault("name", "sce_lovasz")
+        super().__init__(class_weights, **kwargs)
+        self._sce = SparseCategoricalCrossentropy(class_weights)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        labels, probs = prepare(y_true, y_pred, self.class_weights)
+        return per_image_mean(self._sce.call(y_true, y_pred)) + lovasz_softmax(labels, probs, self.class_weights)
+
+
 def sparse_categorical_crossentropy(class_weights: Sequence[float] | None = None) -> keras.losses.Loss:
     """Per-pixel (optionally class-weighted) cross-entropy on softmax probabilities."""
     return SparseCategoricalCrossentropy(class_weights)
@@ -223,6 +271,7 @@ _BUILDERS: dict[str, Any] = {  # name -> (weights, num_classes, dice_weight, foc
     "dice": lambda w, n, dice, gamma: soft_dice_loss(n, w),
     "sce+dice": lambda w, n, dice, gamma: combined_loss(dice, w, num_classes=n),
     "focal": lambda w, n, dice, gamma: focal_loss(gamma, w),
+    "sce+lovasz": lambda w, n, dice, gamma: LovaszLoss(w),
 }
 if tuple(_BUILDERS) != LOSS_NAMES:
     raise RuntimeError(f"segpipe.training.losses builds {tuple(_BUILDERS)} but segpipe.config names {LOSS_NAMES}")

@@ -15,9 +15,12 @@ from segpipe.training.losses import (
     LOSS_NAMES,
     CombinedLoss,
     FocalLoss,
+    LovaszLoss,
     SoftDiceLoss,
     SparseCategoricalCrossentropy,
     build_loss,
+    lovasz_softmax,
+    prepare,
     combined_loss,
     focal_loss,
     soft_dice_loss,
@@ -43,7 +46,8 @@ def random_batch(seed=0, shape=(2, 8, 8), classes=3):
 
 def test_names_match_train_config():
     assert set(typing.get_args(TrainConfig.model_fields["loss"].annotation)) == set(LOSS_NAMES)
-    kinds = {"sce": SparseCategoricalCrossentropy, "dice": SoftDiceLoss, "sce+dice": CombinedLoss, "focal": FocalLoss}
+    kinds = {"sce": SparseCategoricalCrossentropy, "dice": SoftDiceLoss, "sce+dice": CombinedLoss, "focal": FocalLoss,
+             "sce+lovasz": LovaszLoss}
     for name in LOSS_NAMES:
         assert type(build_loss(name)) is kinds[name]
 
@@ -82,7 +86,7 @@ def test_class_weights_move_the_loss_in_the_expected_direction():
     labels, probs = random_batch(1)
     # Make class 0 badly predicted: its pixels get probability 0.05 for the true class.
     probs[labels == 0] = [0.05, 0.5, 0.45]
-    for name in ("sce", "focal", "dice", "sce+dice"):
+    for name in ("sce", "focal", "dice", "sce+dice", "sce+lovasz"):
         plain = value(build_loss(name), labels, probs)
         up = value(build_loss(name, class_weights=(5.0, 1.0, 1.0)), labels, probs)
         down = value(build_loss(name, class_weights=(0.2, 1.0, 1.0)), labels, probs)
@@ -193,3 +197,85 @@ def test_model_compiled_with_a_segpipe_loss_loads_with_compile_true(tmp_path):
     loaded = keras.models.load_model(path)
     assert isinstance(loaded.loss, CombinedLoss)
     assert loaded.loss.dice_weight == 0.25 and loaded.loss.class_weights == (1.0, 1.0, 2.0)
+
+
+def lovasz_by_the_paper(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Berman et al.'s reference algorithm, image by image and class by class, in plain numpy loops."""
+    out = []
+    for image_labels, image_probs in zip(labels, probs):
+        per_class = []
+        for c in range(image_probs.shape[-1]):
+            fg = (image_labels.ravel() == c).astype("float64")
+            if fg.sum() == 0:
+                continue
+            errors = np.abs(fg - image_probs[..., c].ravel().astype("float64"))
+            order = np.argsort(-errors, kind="stable")
+            gts, jaccard = fg.sum(), []
+            for i in range(len(order)):
+                seen = fg[order[: i + 1]]
+                jaccard.append(1.0 - (gts - seen.sum()) / (gts + (1.0 - seen).sum()))
+            grad = np.diff(np.array(jaccard), prepend=0.0)
+            per_class.append(float(np.dot(errors[order], grad)))
+        out.append(np.mean(per_class))
+    return np.array(out)
+
+
+def test_lovasz_of_hard_predictions_is_one_minus_iou_over_present_classes():
+    # Label: class 0 twice, 1 once, 2 once. Prediction: pixel (0, 1) called 1 instead of 0.
+    prediction = np.eye(3, dtype="float32")[np.array([[[0, 1], [1, 2]]])]
+    labels, probs = prepare(LABELS, prediction, None)
+    # IoU: class 0 1/2, class 1 1/2, class 2 1.
+    assert float(lovasz_softmax(labels, probs)[0]) == pytest.approx((0.5 + 0.5 + 0.0) / 3, rel=1e-6)
+    # Class 2 absent from a label: it is not averaged in, though it is predicted nowhere wrongly either.
+    two_classes = np.array([[[0, 0], [1, 1]]], dtype="int32")
+    labels, probs = prepare(two_classes, np.eye(3, dtype="float32")[np.array([[[0, 1], [1, 1]]])], None)
+    # IoU: class 0 1/2, class 1 2/3.
+    assert float(lovasz_softmax(labels, probs)[0]) == pytest.approx((0.5 + 1 / 3) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lovasz_matches_the_papers_algorithm_on_soft_predictions(seed):
+    labels, probs = random_batch(seed, shape=(3, 5, 6))
+    labels[1] = np.where(labels[1] == 2, 0, labels[1])  # one image without class 2
+    got = keras.ops.convert_to_numpy(lovasz_softmax(*prepare(labels, probs, None)))
+    np.testing.assert_allclose(got, lovasz_by_the_paper(labels, probs), rtol=1e-5)
+    # The loss adds the per-image cross-entropy to it.
+    ce = -np.log(np.take_along_axis(probs, labels[..., None], -1)[..., 0]).reshape(3, -1).mean(-1)
+    assert value(build_loss("sce+lovasz"), labels, probs) == pytest.approx(float((ce + got).mean()), rel=1e-5)
+
+
+def test_lovasz_class_weights_weight_the_present_classes_mean():
+    prediction = np.eye(3, dtype="float32")[np.array([[[0, 1], [1, 2]]])]
+    labels, probs = prepare(LABELS, prediction, None)
+    # Per class 1/2, 1/2, 0; weights 2, 1, 1 -> (2 * 1/2 + 1/2) / 4.
+    got = float(lovasz_softmax(labels, probs, (2.0, 1.0, 1.0))[0])
+    assert got == pytest.approx(1.5 / 4, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_tiny_run_with_the_lovasz_loss_trains_and_compiles_it(tiny_dataset, tmp_path):
+    from segpipe.config import build_config
+    from segpipe.config.budget import training_plan
+    from segpipe.fsutil import read_json
+    from segpipe.runs.naming import run_id_for
+    from segpipe.training import train
+    from segpipe.training.model import build_and_compile
+    from segpipe.training.run_dir import HISTORY_FILE, read_history
+
+    cfg = build_config("tiny", {"train": {"epochs": 2, "batch_size": 4, "img_size": 32, "loss": "sce+lovasz"}})
+    assert run_id_for(cfg, "ds", "code") != run_id_for(build_config("tiny", {"train": {
+        "epochs": 2, "batch_size": 4, "img_size": 32}}), "ds", "code")
+    model, compile_phase, _ = build_and_compile(cfg, training_plan(cfg.train, 12))
+    compile_phase(False)
+    assert isinstance(model.loss, LovaszLoss)
+    result = train(cfg, tiny_dataset, tmp_path / "run", verbose=0)
+    assert read_json(result.run_dir / "train_summary.json")["stop_reason"] == "completed"
+    losses = [float(row["loss"]) for row in read_history(result.run_dir / HISTORY_FILE)]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_an_unknown_loss_name_is_refused_by_the_config_naming_the_choices():
+    from segpipe.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match=r"train\.loss.*sce\+lovasz"):
+        build_config("tiny", {"train": {"loss": "lovasz"}})
