@@ -51,6 +51,7 @@ from segpipe.data.sources import (
     OFFICIAL_SIZES,
     Source,
     redact_url,
+    require_archives,
     resolve_source,
 )
 from segpipe.fsutil import CHUNK, file_lock, sha256_file
@@ -188,13 +189,9 @@ def source_fingerprint(source: Source, timeout: float = 60.0, names: Iterable[st
       request (credentials stripped from the URL).
     """
     if source.kind == "local":
-        out = {}
-        for name in names:
-            path = Path(source.locations[0]) / name
-            if not path.is_file():
-                raise SourceError(f"{name} not found in source directory {source.locations[0]}")
-            out[name] = "sha256:" + sha256_file(path)
-        return out
+        names = tuple(names)
+        require_archives(source, names)
+        return {name: "sha256:" + sha256_file(Path(source.locations[0]) / name) for name in names}
     digests = expected_digests(source, timeout)
     return {
         name: f"sha256:{digests[name]}" if digests.get(name) else _head_fingerprint(source, name, timeout)

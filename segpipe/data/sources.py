@@ -11,7 +11,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
 
 from segpipe.data import ARCHIVES
 from segpipe.data.download_errors import SourceError
@@ -97,12 +97,13 @@ def _local_source(path: str, shown: str) -> Source:
     return Source("local", (str(directory),))
 
 
-def require_archives(source: Source) -> None:
-    """A local source must hold both archives before a pipeline starts on it (`resolve_source` alone accepts a
-    directory holding either, for a download of one archive); a remote one is checked when it is fetched."""
+def require_archives(source: Source, names: Iterable[str] = ARCHIVES) -> None:
+    """A local source must hold the archives in `names` (both, before a pipeline starts on it; `resolve_source`
+    alone accepts a directory holding either, for a download of one archive); a remote one is checked when it is
+    fetched."""
     if source.kind != "local":
         return
     directory = Path(source.locations[0])
-    missing = [name for name in ARCHIVES if not (directory / name).is_file()]
+    missing = [name for name in names if not (directory / name).is_file()]
     if missing:
         raise SourceError(f"source directory {directory} has no {' and no '.join(missing)}; {_EXPECTED_SOURCE}")

@@ -271,7 +271,7 @@ def test_source_fingerprint_http_and_local(server, payload, other, tmp_path):
     assert source_fingerprint(resolve_source(server.url), 5)[NAME] == f"sha256:{sha(payload)}"
 
     (tmp_path / NAME).write_bytes(payload)
-    with pytest.raises(SourceError, match="annotations.tar.gz not found"):
+    with pytest.raises(SourceError, match=r"source directory .* has no annotations\.tar\.gz; expected"):
         source_fingerprint(resolve_source(str(tmp_path)))
     (tmp_path / "annotations.tar.gz").write_bytes(other)
     assert source_fingerprint(resolve_source(str(tmp_path))) == {
