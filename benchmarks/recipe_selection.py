@@ -202,6 +202,20 @@ DECISIONS: list[dict[str, Any]] = [
         },
     },
     {
+        "id": "cpu-quick-loss-lovasz",
+        "question": "cpu-quick's loss: cross-entropy + Dice as it is, or cross-entropy + the Lovász-softmax loss "
+                    "(train.loss sce+lovasz: per image, present classes, equal weights, fixed before the run), "
+                    "a surrogate of the IoU the targets measure, for the border class (issue 20), three seeds in "
+                    "one interleaved run",
+        "preset_today": "cross-entropy + Dice (train.loss sce+dice): the Lovász loss must gain on validation by at "
+                        "least 0.005 on every seed to be adopted (BENCHMARKS.md, the Lovász block)",
+        "first_decided": "cross-entropy + Dice since the first cpu-quick; issue 20's twelfth interleaved run",
+        "candidates": {
+            "cpu-quick as it is (cross-entropy + Dice)": "quality-cpu-quick-interleaved-12.json",
+            "cross-entropy + Lovász-softmax": "quality-cpu-quick-lovasz.json",
+        },
+    },
+    {
         "id": "cpu-quick-precision",
         "question": "cpu-quick's precision: float32 or mixed bfloat16 (chosen for speed; its quality claimed "
                     "\"not lower\")",

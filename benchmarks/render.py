@@ -36,7 +36,8 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.render_border import alone_and_breeds, border_levers, border_weight  # noqa: E402
 from benchmarks.render_interleaved import (aspp_rates, boundary_loss, edge_head, encoder_dilated,  # noqa: E402
-                                           equal_cpu, hue_saturation, input_288, input_size, training_budget)
+                                           equal_cpu, hue_saturation, input_288, input_size, lovasz,
+                                           training_budget)
 from benchmarks.render_levers import border_band, cpu_share, multiscale_tta, test_time_levers  # noqa: E402
 from benchmarks.render_throughput import (  # noqa: E402
     dilated_cost, frozen_prefix, frozen_prefix_cost, input_size_throughput, presets_quality, progressive,
@@ -58,6 +59,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "boundary-loss": boundary_loss,
     "edge-head": edge_head,
     "hue-saturation": hue_saturation,
+    "lovasz": lovasz,
     "training-budget": training_budget,
     "aspp-rates": aspp_rates,
     "input-288": input_288,

@@ -174,6 +174,18 @@ def hue_saturation() -> str:
                               after=_reference_alone)
 
 
+# A twelfth interleaved run: for each of three training seeds, cpu-quick as it is, then the same with its Dice term
+# replaced by the Lovász-softmax loss (train.loss=sce+lovasz), a surrogate of each class's IoU loss; the loss's
+# form (per image, present classes, equal weight to the cross-entropy) was fixed before the run.
+INTERLEAVED_12 = "quality-cpu-quick-interleaved-12.json"  # cpu-quick as it is: the twelfth run's reference
+LOVASZ = "quality-cpu-quick-lovasz.json"  # cpu-quick + train.loss=sce+lovasz
+
+
+def lovasz() -> str:
+    return _against_cpu_quick(INTERLEAVED_12, LOVASZ, "`cpu-quick` + `train.loss=sce+lovasz`", "lovasz",
+                              after=_reference_alone)
+
+
 def _reference_alone(base: dict[str, list[float]], cand: dict[str, list[float]]) -> str:
     """cpu-quick's own trainings of an interleaved run, each with the machine to itself, against the issue's
     timing targets (the machine is in the run's provenance line)."""
