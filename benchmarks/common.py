@@ -27,8 +27,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +244,13 @@ def config_json(cfg: Any) -> str:
     return json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
+def dotted_get(record: Any, dotted: str) -> Any:
+    """`record["a"]["b"]` for "a.b" in nested dicts; None where a part is missing."""
+    for part in dotted.split("."):
+        record = record.get(part) if isinstance(record, dict) else None
+    return record
+
+
 def config_digest(cfg: Any) -> str:
     """sha256 (hex) of `config_json(cfg)`: what a result records as the configuration it ran."""
     return hashlib.sha256(config_json(cfg).encode()).hexdigest()
@@ -275,29 +281,12 @@ def config_record(preset: str | None, overrides: dict[str, Any] | None = None, *
     return {"role": role, **record} if role else record
 
 
-# --------------------------------------------------------------------------- timing
-
-
-@contextmanager
-def timer() -> Iterator[dict[str, float]]:
-    """`with timer() as t: ...` then `t["s"]` holds the elapsed seconds."""
-    t: dict[str, float] = {}
-    start = time.perf_counter()
-    try:
-        yield t
-    finally:
-        t["s"] = time.perf_counter() - start
-
-
 def spread(values: Sequence[float]) -> dict[str, float]:
     """{mean, min, max} of per-seed figures."""
     return {"mean": statistics.mean(values), "min": min(values), "max": max(values)}
 
 
-def median(xs: Sequence[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+median = statistics.median
 
 
 # --------------------------------------------------------------------------- subprocesses

@@ -60,12 +60,6 @@ def commit() -> str:
     return common.git_commit()
 
 
-def _get(result: dict, dotted: str):
-    for part in dotted.split("."):
-        result = result.get(part) if isinstance(result, dict) else None
-    return result
-
-
 def summarise(results: list[dict]) -> dict:
     """Per preset: mean, min and max over its runs of each figure in SUMMARY_KEYS."""
     out: dict[str, dict] = {}
@@ -73,7 +67,7 @@ def summarise(results: list[dict]) -> dict:
         runs = [r for r in results if r["preset"] == preset]
         entry: dict = {"runs": len(runs), "seeds": [r["train_seed"] for r in runs]}
         for key in SUMMARY_KEYS:
-            values = [v for v in (_get(r, key) for r in runs) if v is not None]
+            values = [v for v in (common.dotted_get(r, key) for r in runs) if v is not None]
             if values:
                 entry[key] = {"mean": round(statistics.fmean(values), 4), "min": round(min(values), 4),
                               "max": round(max(values), 4), "n": len(values)}

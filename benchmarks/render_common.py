@@ -198,12 +198,11 @@ def _overrides_as_resolved(record: dict) -> dict:
     """A record's overrides, each relative path replaced by the absolute path the run resolved it to (its
     `resolved` configuration holds it): a relative path was relative to the directory the benchmark ran in, which
     is not the directory a later check runs in (a fresh clone elsewhere)."""
-    resolved = record.get("resolved") or {}
+    from benchmarks.common import dotted_get
+
     out = {}
     for key, value in record["overrides"].items():
-        then: Any = resolved
-        for part in key.split("."):
-            then = then.get(part) if isinstance(then, dict) else None
+        then = dotted_get(record.get("resolved") or {}, key)
         relative = isinstance(value, str) and value and not Path(value).is_absolute()
         if relative and isinstance(then, str) and Path(then).is_absolute() and Path(then).name == Path(value).name:
             value = then

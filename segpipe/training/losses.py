@@ -101,7 +101,10 @@ class FocalLoss(_SegLoss):
         self.gamma = float(gamma)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        labels, probs = prepare(y_true, y_pred, self.class_weights)
+        return self.per_pixel(*prepare(y_true, y_pred, self.class_weights))
+
+    def per_pixel(self, labels: Any, probs: Any) -> Any:
+        """The loss of each pixel (B, H, W), from `prepare`'s labels and probabilities."""
         p_true = ops.take_along_axis(probs, ops.expand_dims(labels, -1), axis=-1)[..., 0]
         loss = -ops.log(p_true) * _pixel_weights(labels, self.class_weights)
         if self.gamma:
@@ -239,7 +242,7 @@ class LovaszLoss(_SegLoss):
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         labels, probs = prepare(y_true, y_pred, self.class_weights)
-        return per_image_mean(self._sce.call(y_true, y_pred)) + lovasz_softmax(labels, probs, self.class_weights)
+        return per_image_mean(self._sce.per_pixel(labels, probs)) + lovasz_softmax(labels, probs, self.class_weights)
 
 
 def sparse_categorical_crossentropy(class_weights: Sequence[float] | None = None) -> keras.losses.Loss:
