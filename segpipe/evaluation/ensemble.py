@@ -38,7 +38,8 @@ PathLike = str | os.PathLike[str]
 
 
 def load_models(paths: Sequence[PathLike]) -> list[Any]:
-    """Load `.keras` models (compile=False); a clear error names any missing or unreadable file.
+    """Load `.keras` models (compile=False) for inference, in float32 whatever precision they were trained in
+    (`segpipe.models.rebuild.in_float32`); a clear error names any missing or unreadable file.
 
     Every model must take one image input of fixed size (B, H, W, 3) and output
     (B, h, w, 3) softmax probabilities.
@@ -46,6 +47,7 @@ def load_models(paths: Sequence[PathLike]) -> list[Any]:
     import keras
 
     import segpipe.models.layers  # noqa: F401  (registers segpipe's custom layers for deserialisation)
+    from segpipe.models.rebuild import in_float32
 
     paths = [Path(p) for p in paths]
     if not paths:
@@ -64,6 +66,7 @@ def load_models(paths: Sequence[PathLike]) -> list[Any]:
                 f"cannot load model {path} (expected a .keras file): {type(exc).__name__}: {exc}"
             ) from exc
         input_size(model, name=str(path))
+        model = in_float32(model)  # a model trained in mixed precision computes in float32 here (rebuild.py)
         out = model.output_shape
         if isinstance(out, list) or len(out) != 4 or out[-1] != NUM_CLASSES:
             raise ValueError(

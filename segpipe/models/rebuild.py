@@ -1,11 +1,19 @@
-"""A trained model's weights in the same architecture built for another input size (multi-scale TTA).
+"""A trained model's weights in the same architecture built for another input size (multi-scale TTA), or
+computing in float32 (a model trained in mixed precision, for inference and export).
 
     big = at_input_size(model, 224)      # model takes 160x160; big takes 224x224, same weights
+    exact = in_float32(model)            # trained under mixed_bfloat16; exact computes in float32, same weights
 
 Every segpipe model is fully convolutional except for the layers whose config names a size: the input
 layer, and DeepLabV3+'s image-pooling branch (`aspp_pool_upsample`, which spreads the pooled vector over
 the output-stride-16 map). Both are rescaled in the model's config; the rebuilt model gets the original's
 weights, and its output must scale with its input, or a clear error names the model and the size.
+
+Mixed precision is a training setting: each layer of a model trained under `mixed_bfloat16` or `mixed_float16`
+saves that policy in its config and computes in the half type, while its variables are float32. LiteRT's
+converter has no builtin bfloat16 kernels, and export's parity check compares the exports with the Keras model,
+so every saved model is loaded for inference with its layers' policies set to float32 (`in_float32`, called by
+`segpipe.evaluation.ensemble.load_models`): evaluate, predict and every export compute the same function.
 """
 
 from __future__ import annotations
@@ -43,6 +51,34 @@ def at_input_size(model: Any, size: int) -> Any:
             f"scale with the input as at {own_h}x{own_w} ({own_out[1]}x{own_out[2]})"
         )
     return rebuilt
+
+
+def in_float32(model: Any) -> Any:
+    """`model` itself when every layer computes in float32; else its weights in its architecture with every
+    mixed-precision policy (`mixed_bfloat16`, `mixed_float16`) set to float32."""
+    import keras
+
+    config = copy.deepcopy(model.get_config())
+    if not _to_float32(config):
+        return model
+    rebuilt = keras.Model.from_config(config)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def _to_float32(node: Any) -> int:
+    """In place: every DTypePolicy named `mixed_*` becomes float32; returns how many changed."""
+    changed = 0
+    if isinstance(node, dict):
+        config = node.get("config")
+        if (node.get("class_name") == "DTypePolicy" and isinstance(config, dict)
+                and str(config.get("name", "")).startswith("mixed_")):
+            config["name"] = "float32"
+            changed += 1
+        changed += sum(_to_float32(value) for value in node.values())
+    elif isinstance(node, list):
+        changed += sum(_to_float32(value) for value in node)
+    return changed
 
 
 def _rescale(node: Any, size: int, own: int) -> None:

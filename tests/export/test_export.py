@@ -11,6 +11,7 @@ import re
 import struct
 import subprocess
 import sys
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -171,6 +172,25 @@ def test_deeplabv3plus_on_the_dilated_encoder_keeps_parity_in_every_format(expor
     model = _train_tiny_model(tmp_path / "dilated.keras", name="deeplabv3plus", encoder="mobilenetv2",
                               encoder_alpha=0.35, aspp_filters=8, aspp_rates=(1, 2), encoder_tail="dilated")
     result = export_models([model], tmp_path / "out", dataset_dir=exported["dataset"], split="test", flip=False,
+                           formats=["litert", "onnx"])
+    assert [a.name for a in result.artifacts] == [a.name for a in exported["result"].artifacts
+                                                  if a.format != "saved_model"]
+    assert result.parity and all(check.passed for check in result.parity), result.parity
+
+
+def test_a_model_trained_in_mixed_bfloat16_exports_with_parity(exported, tmp_path):
+    """A model trained under mixed_bfloat16 (`train.mixed_precision`) saves that policy in its layers; LiteRT has no
+    builtin bfloat16 kernels, so loading for export sets every layer to float32 (`segpipe.models.rebuild.in_float32`)
+    and every format keeps parity with the Keras model as evaluate and predict load it."""
+    from segpipe.export.exporter import export_models
+    from segpipe.training.precision import global_policy
+
+    with global_policy("mixed_bfloat16"):
+        model = _train_tiny_model(tmp_path / "bf16.keras", name="deeplabv3plus", encoder="mobilenetv2",
+                                  encoder_alpha=0.35, aspp_filters=8, aspp_rates=(1, 2))
+    with zipfile.ZipFile(model) as saved:
+        assert "mixed_bfloat16" in saved.read("config.json").decode()  # the file keeps the training precision
+    result = export_models([model], tmp_path / "out", dataset_dir=exported["dataset"], split="test", flip=True,
                            formats=["litert", "onnx"])
     assert [a.name for a in result.artifacts] == [a.name for a in exported["result"].artifacts
                                                   if a.format != "saved_model"]

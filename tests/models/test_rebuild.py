@@ -41,3 +41,42 @@ def test_a_size_a_model_cannot_take_gets_a_clear_error():
     model = build_model("unet", (32, 32, 3), **TINY["unet"])
     with pytest.raises(ValueError, match=r"cannot be built for 30x30 inputs|outputs .* expected its output"):
         at_input_size(model, 30)
+
+
+def _policies(model) -> set[str]:
+    """The dtype policy names of every layer of `model`, nested models' layers included."""
+    import keras
+
+    names = set()
+    for layer in model.layers:
+        names.add(layer.dtype_policy.name)
+        if isinstance(layer, keras.Model):
+            names |= _policies(layer)
+    return names
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_a_model_built_in_mixed_precision_is_rebuilt_in_float32_with_its_weights(policy, tmp_path):
+    """`in_float32`, through a saved and reloaded `.keras` file as `load_models` sees it: every layer of every nested
+    model computes in float32, the weights are the same, and the output is the half-precision one's to within
+    its rounding; a float32 model is returned as it is."""
+    import keras
+
+    from segpipe.evaluation.ensemble import load_models
+    from segpipe.models.rebuild import in_float32
+    from segpipe.training.precision import global_policy
+
+    with global_policy(policy):
+        mixed = build_model("deeplabv3plus", (32, 32, 3), **TINY["deeplabv3plus"])
+    mixed.save(tmp_path / "mixed.keras")
+    loaded = keras.saving.load_model(tmp_path / "mixed.keras", compile=False)
+    policies = _policies(loaded)
+    assert policy in policies  # the file keeps the training precision
+    exact = in_float32(loaded)
+    assert _policies(exact) == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), exact.get_weights()))
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
+    half, full = np.asarray(loaded(x, training=False), "float32"), np.asarray(exact(x, training=False))
+    assert full.dtype == np.float32 and np.abs(half - full).max() < 0.05 and not np.array_equal(half, full)
+    assert _policies(load_models([tmp_path / "mixed.keras"])[0]) == {"float32"}
+    assert in_float32(exact) is exact
