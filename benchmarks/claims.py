@@ -16,7 +16,7 @@ from typing import Any
 
 # knob -> (baseline result file, candidate result file): the paired quality runs a claim rests on
 CLAIM_PAIRS: dict[str, tuple[str, str]] = {
-    "float32": ("transfer-random-bf16.json", "transfer-random.json"),
+    "float32": ("quality-cpu-quick-bfloat16.json", "quality-cpu-quick-interleaved-13.json"),
 }
 FIGURES = (("validation", lambda r: r.get("best_val_mean_iou")),
            ("held-out", lambda r: (r.get("held_out") or {}).get("mean_iou")))

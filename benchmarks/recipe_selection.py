@@ -178,12 +178,17 @@ DECISIONS: list[dict[str, Any]] = [
     },
     {
         "id": "cpu-quick-frozen-phase",
-        "question": "cpu-quick's DeepLabV3+ on the MobileNetV2 encoder: with or without a frozen encoder phase",
-        "preset_today": "encoder frozen for the first 800 images",
-        "first_decided": "on validation figures assembled by hand from training logs that were never committed",
+        "question": "cpu-quick's DeepLabV3+ on the MobileNetV2 encoder: with its frozen encoder phase (the first 800 "
+                    "images train the decoder alone) as it is, or without it (train.freeze_encoder_images 0), issue "
+                    "20, three seeds in one interleaved run",
+        "preset_today": "encoder frozen for the first 800 images (train.freeze_encoder_images 800): dropping the "
+                        "phase had to gain on validation by at least 0.005 on every seed to be adopted (BENCHMARKS.md, "
+                        "the frozen-phase-precision block)",
+        "first_decided": "on validation figures assembled by hand from training logs that were never committed; "
+                         "withdrawn in issue 19; re-made in issue 20's thirteenth interleaved run",
         "candidates": {
-            "deeplabv3plus-mobilenetv2, frozen phase": "quality-cpu-quick-deeplabv3plus-frozen.json",
-            "deeplabv3plus-mobilenetv2, no frozen phase": "quality-cpu-quick-deeplabv3plus-unfrozen.json",
+            "cpu-quick as it is (frozen phase)": "quality-cpu-quick-interleaved-13.json",
+            "no frozen phase": "quality-cpu-quick-no-frozen-phase.json",
         },
     },
     {
@@ -217,13 +222,18 @@ DECISIONS: list[dict[str, Any]] = [
     },
     {
         "id": "cpu-quick-precision",
-        "question": "cpu-quick's precision: float32 or mixed bfloat16 (chosen for speed; its quality claimed "
-                    "\"not lower\")",
-        "preset_today": "float32 (train.mixed_precision off)",
-        "first_decided": "for speed on the roofline's measurements; quality compared on held-out figures",
+        "question": "cpu-quick's precision: float32 as it was, or mixed bfloat16 (train.mixed_precision bfloat16), a "
+                    "throughput lever on a CPU with native bfloat16 (avx512_bf16), issue 20, three seeds in one "
+                    "interleaved run",
+        "preset_today": "auto (train.mixed_precision auto: mixed bfloat16 on a CPU with native bfloat16, float32 on "
+                        "one without, float16 on a GPU) since this run, where bfloat16 was cheaper per training image "
+                        "on every seed and kept equal validation quality by the throughput rules, both fixed before "
+                        "the run (BENCHMARKS.md, the frozen-phase-precision block)",
+        "first_decided": "float32 for speed on the roofline's measurements, quality compared on held-out figures; "
+                         "withdrawn in issue 19; re-made in issue 20's thirteenth interleaved run",
         "candidates": {
-            "float32": "transfer-random.json",
-            "mixed_bfloat16": "transfer-random-bf16.json",
+            "float32": "quality-cpu-quick-interleaved-13.json",
+            "mixed_bfloat16": "quality-cpu-quick-bfloat16.json",
         },
     },
     {

@@ -12,8 +12,8 @@ outside the blocks quotes a measured-looking number.
 The provenance rules every rendered result must pass: render_common.py's docstring.
 
 Where the code is: the provenance rules, WITHDRAWN, EARLIER_RECIPES and `load` in render_common.py; the
-blocks in render_quality.py, render_border.py, render_interleaved.py, render_levers.py, render_throughput.py,
-render_training.py and render_serving.py, and the five-row results table
+blocks in render_quality.py, render_border.py, render_interleaved.py, render_remade.py, render_levers.py,
+render_throughput.py, render_training.py and render_serving.py, and the five-row results table
 README.md and BENCHMARKS.md open their results with (`results-summary`) in render_summary.py; this file maps
 block names to them and rewrites or checks the documents.
 """
@@ -43,6 +43,7 @@ from benchmarks.render_throughput import (  # noqa: E402
     dilated_cost, frozen_prefix, frozen_prefix_cost, input_size_throughput, presets_quality, progressive,
     replicas_lever, steps_lever, throughput_recipe, train_levers, xla_lever)
 from benchmarks.render_quality import quality_summary, recipe_selection, transfer, withdrawn  # noqa: E402
+from benchmarks.render_remade import frozen_phase_precision  # noqa: E402
 from benchmarks.render_serving import (export_inference, export_portability, inference, local_start,  # noqa: E402
                                        orchestration)
 from benchmarks.render_summary import results_summary  # noqa: E402
@@ -60,6 +61,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "edge-head": edge_head,
     "hue-saturation": hue_saturation,
     "lovasz": lovasz,
+    "frozen-phase-precision": frozen_phase_precision,
     "training-budget": training_budget,
     "aspp-rates": aspp_rates,
     "input-288": input_288,

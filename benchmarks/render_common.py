@@ -94,6 +94,9 @@ EARLIER_CPU_QUICK_160 = ("`cpu-quick` at 160 px, before issue 20's input-size de
 EARLIER_CPU_QUICK_224 = ("`cpu-quick` at 224 px before its frozen prefix (issue 20): the whole encoder fine-tuned "
                          "after its frozen phase, today's `cpu-quick` with `train.freeze_encoder_stride=0`")
 
+EARLIER_CPU_QUICK_F32 = ("`cpu-quick` in float32, before its precision decision (issue 20): today's `cpu-quick` with "
+                         "`train.mixed_precision=off`")
+
 EARLIER_RECIPES: dict[str, str] = {
     name: EARLIER_CPU_QUICK for name in (
         "cpu-share.json", "export_inference.json", "input_pipeline.json", "local_start.json", "multiscale-tta.json",
@@ -119,6 +122,12 @@ EARLIER_RECIPES: dict[str, str] = {
         *(f"quality-cpu-quick-interleaved-{n}.json" for n in range(3, 11)),
         "quality-cpu-quick-progressive.json", "train-levers-encoder-dilated.json", "train-levers-frozen-prefix.json",
         "train-levers-input-size.json", "train-levers-replicas.json", "train-levers-steps.json")
+} | {
+    name: EARLIER_CPU_QUICK_F32 for name in (
+        "quality-cpu-quick-frozen-alone.json", "quality-cpu-quick-frozen-stride4.json",
+        *(f"quality-cpu-quick-frozen-breed-{b}-seeds.json" for b in ("Abyssinian", "Bengal", "american_bulldog")),
+        "quality-cpu-quick-hue-saturation.json", "quality-cpu-quick-lovasz.json",
+        *(f"quality-cpu-quick-interleaved-{n}.json" for n in (11, 12, 13)), "quality-cpu-quick-no-frozen-phase.json")
 }
 
 

@@ -181,6 +181,11 @@ INTERLEAVED_12 = "quality-cpu-quick-interleaved-12.json"  # cpu-quick as it is: 
 LOVASZ = "quality-cpu-quick-lovasz.json"  # cpu-quick + train.loss=sce+lovasz
 
 
+# A thirteenth interleaved run (render_remade.py renders it): for each of three training seeds, cpu-quick in float32
+# as it was, then without its frozen encoder phase, then in mixed bfloat16 (cpu-quick's precision since).
+INTERLEAVED_13 = "quality-cpu-quick-interleaved-13.json"  # cpu-quick in float32: the thirteenth run's reference
+
+
 def lovasz() -> str:
     return _against_cpu_quick(INTERLEAVED_12, LOVASZ, "`cpu-quick` + `train.loss=sce+lovasz`", "lovasz",
                               after=_reference_alone)

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from benchmarks.render_common import REMEASURED, RESULTS, WITHDRAWN, load, missing, n0, provenance, provenance_problems
 
 RANDOM = "transfer-random.json"  # the earlier cpu-quick, 3 training seeds, random split
-CURRENT = "quality-cpu-quick-frozen-stride4.json"  # today's cpu-quick (its encoder frozen up to /4), 3 seeds, random
+# today's cpu-quick where its precision (auto) is bfloat16: a CPU with avx512_bf16, as in this run; 3 seeds, random
+CURRENT = "quality-cpu-quick-bfloat16.json"
 WHOLE_ENCODER_224 = "quality-cpu-quick-img224-4800.json"  # cpu-quick at 224 px before its frozen prefix, 5 seeds
 BEFORE = "transfer-random-bf16.json"  # the same, with cpu-quick as it was before the roofline (section "Roofline")
 KERAS = "transfer-random-keras-example.json"  # keras-example, same split
@@ -205,8 +206,8 @@ def quality_summary() -> str:
             f"`../shared/pets-sample`'s random split at original resolution: mean IoU {spread('held_out.mean_iou')}, "
             f"foreground IoU {spread('held_out.foreground_iou')}; {spread('train_cpu_seconds', n0)} CPU-s of "
             f"training on {m['cpu_model']}, {m.get('cpus') or m.get('cores')} cores "
-            f"(`benchmarks/results/{name}`; its provenance is under \"The encoder's first layers frozen for the whole "
-            "run\" below, and the table that follows gives the earlier `cpu-quick`).")
+            f"(`benchmarks/results/{name}`, mixed bfloat16 on a CPU with native bfloat16; its provenance is under "
+            "\"The frozen encoder phase and bfloat16\" below, and the table that follows gives the earlier `cpu-quick`).")
 
 
 def recipe_selection() -> str:

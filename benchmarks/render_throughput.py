@@ -17,7 +17,7 @@ import statistics
 from typing import Callable
 
 from benchmarks.render_border import STRIDE4, TARGETS, _missed, _quality_rows, figures
-from benchmarks.render_interleaved import INTERLEAVED_2
+from benchmarks.render_interleaved import INTERLEAVED_2, INTERLEAVED_13
 from benchmarks.render_common import load, missing, provenance
 from benchmarks.render_quality import CURRENT, WHOLE_ENCODER_224, spread
 
@@ -352,10 +352,11 @@ def _throughput_lever(reference: str, candidate: str, label: str, stem: str, lev
 
 
 def presets_quality() -> str:
-    """README.md, under the presets table: today's `cpu-quick` against the same recipe with its whole encoder
-    fine-tuned (paired seeds, one interleaved run), that recipe against 160 px (another interleaved run) and
+    """README.md, under the presets table: today's `cpu-quick` (bfloat16) against float32 (paired seeds, one
+    interleaved run), float32 against the same recipe with its whole encoder fine-tuned (another), that recipe against 160 px (another interleaved run) and
     `cpu-quick` before issue 20 (validation, then held-out, scored once after training)."""
-    reports = {name: load(name) for name in (CURRENT, INTERLEAVED_10, WHOLE_ENCODER_224, INTERLEAVED_2, STRIDE4)}
+    reports = {name: load(name) for name in (CURRENT, INTERLEAVED_13, FROZEN_STRIDE4, INTERLEAVED_10,
+                                             WHOLE_ENCODER_224, INTERLEAVED_2, STRIDE4)}
     levers = load(LEVERS)
     if any(d is None for d in reports.values()) or levers is None:
         return "Not measured yet: BENCHMARKS.md section 4 says how."
@@ -368,8 +369,11 @@ def presets_quality() -> str:
     rows = ["| recipe | training seeds | best val mean IoU | held-out mean IoU | foreground IoU | border IoU "
             "| training cost |", "|---|---|---:|---:|---:|---:|---|"]
     for label, name, cost in (
-            ("`cpu-quick` (today: 224 px, 4,800 images, its encoder frozen up to the /4 features)", CURRENT,
-             f"{cpu(CURRENT, INTERLEAVED_10):.2f}x the CPU-seconds of the whole encoder fine-tuned, same run"),
+            ("`cpu-quick` (today: 224 px, 4,800 images, its encoder frozen up to the /4 features, mixed bfloat16 on a "
+             "CPU with native bfloat16)", CURRENT, f"{cpu(CURRENT, INTERLEAVED_13):.2f}x the CPU-seconds of float32, "
+             "same run"),
+            ("`cpu-quick` in float32 (before its precision decision)", FROZEN_STRIDE4,
+             f"{cpu(FROZEN_STRIDE4, INTERLEAVED_10):.2f}x the CPU-seconds of the whole encoder fine-tuned, same run"),
             ("`cpu-quick` before its frozen prefix (224 px, 4,800 images, the whole encoder fine-tuned)",
              WHOLE_ENCODER_224, f"{cpu(WHOLE_ENCODER_224, INTERLEAVED_2):.2f}x the CPU-seconds of 160 px, same run"),
             ("`cpu-quick` at 160 px, 8,000 images (issue 20's throughput recipe)", INTERLEAVED_2,

@@ -43,10 +43,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             # layers frozen for the whole run"; decision cpu-quick-frozen-prefix).
             "freeze_encoder_stride": 4,
             "aug_max_scale": 1.5, "aug_max_rotation": 20.0, "aug_brightness": 0.15, "aug_contrast": 0.3,
-            # float32, not bfloat16: MobileNetV2's depthwise convolutions, ReLU6 and unfused batch norms
-            # gain nothing from bfloat16 and pay its casts (1.27x the images per CPU-second in float32,
-            # benchmarks/roofline.py); the U-Net of cpu-scratch is the other way round.
-            "early_stopping_patience": 0, "mixed_precision": "off", "ema_momentum": 0.99,
+            # auto: mixed bfloat16 on a CPU with native bfloat16 (avx512_bf16, AMX), float32 on one without, float16
+            # on a GPU. On an AMD EPYC with avx512_bf16, bfloat16 was cheaper per training image on every seed at
+            # equal validation quality (issue 20, BENCHMARKS.md section 4, "The frozen encoder phase and bfloat16";
+            # decision cpu-quick-precision). Models load for inference in float32 (segpipe.models.rebuild).
+            "early_stopping_patience": 0, "mixed_precision": "auto", "ema_momentum": 0.99,
         },
         "eval": {"tta_flip": True},
     },

@@ -29,9 +29,9 @@ def cpu_has_native_bfloat16(cpuinfo: str | None = None) -> bool:
 def precision_policy(setting: str) -> str:
     """The Keras dtype policy for `train.mixed_precision`; "auto" looks at the devices.
 
-    auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native bfloat16, float32 otherwise.
-    On such a CPU bfloat16 is cheaper for plain convolutional models (the U-Net) and dearer for
-    MobileNetV2 encoders (depthwise convolutions, casts); presets say which (benchmarks/roofline.py).
+    auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native bfloat16, float32 otherwise
+    (where bfloat16 is emulated). Both CPU presets set auto; BENCHMARKS.md sections 3 and 4 give the
+    measurements behind it.
     """
     if setting != "auto":
         return PRECISION_POLICIES[setting]
