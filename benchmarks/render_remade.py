@@ -22,7 +22,7 @@ import statistics
 from benchmarks.render_border import _paired_sentence, _quality_rows, figures
 from benchmarks.render_common import load, missing, provenance
 from benchmarks.render_interleaved import EQUAL_CPU_COMMAND, INTERLEAVED_13, _cpu_ratio, _reference_alone
-from benchmarks.render_throughput import CHEAPER, EQUAL_MEAN, EQUAL_SEED, equal_quality
+from benchmarks.render_throughput import throughput_sentence
 
 UNFROZEN = "quality-cpu-quick-no-frozen-phase.json"  # cpu-quick + train.freeze_encoder_images=0
 BFLOAT16 = "quality-cpu-quick-bfloat16.json"  # cpu-quick + train.mixed_precision=bfloat16
@@ -34,21 +34,10 @@ FILES = {INTERLEAVED_13: ("`cpu-quick` in float32 as it was (224 px, 4,800 image
 
 def _bfloat16_sentence(base: dict[str, list[float]], cand: dict[str, list[float]]) -> str:
     """Mixed bfloat16 by the throughput levers' two rules, paired by training seed with the run's cpu-quick."""
-    speed = [c / b for b, c in zip(base["images_per_cpu_s"], cand["images_per_cpu_s"])]
-    paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
-    is_cheaper, is_equal = min(speed) >= CHEAPER, equal_quality(paired)
-    verdict = ("so by the two rules it **becomes `cpu-quick`'s precision**" if is_cheaper and is_equal else
-               "so by the rules it is **not adopted**: " + " and ".join(
-                   part for part, failed in ((f"it is not {CHEAPER:.2f}x cheaper on every seed", not is_cheaper),
-                                             ("it does not keep equal quality", not is_equal)) if failed))
-    return ("Mixed bfloat16 over `cpu-quick`, training images per CPU-second per seed (the same run): "
-            + ", ".join(f"{x:.2f}x" for x in speed) + f" (cheaper: ≥ {CHEAPER:.2f}x on every seed: "
-            + ("**yes**" if is_cheaper else "**no**") + "); its CPU share "
-            f"{100 * statistics.fmean(cand['cpu_share']):.0f}% on average against `cpu-quick`'s "
-            f"{100 * statistics.fmean(base['cpu_share']):.0f}%. Minus `cpu-quick`, best validation mean IoU per "
-            "seed: " + ", ".join(f"{d:+.3f}" for d in paired) + f" (mean {statistics.fmean(paired):+.4f}; equal "
-            f"quality: mean ≥ {EQUAL_MEAN:+.3f} and every seed ≥ {EQUAL_SEED:+.3f}: "
-            + ("**yes**" if is_equal else "**no**") + f"); {verdict}.")
+    share = (f" Its CPU share is {100 * statistics.fmean(cand['cpu_share']):.0f}% on average against `cpu-quick`'s "
+             f"{100 * statistics.fmean(base['cpu_share']):.0f}%.")
+    return throughput_sentence("Mixed bfloat16", base, cand, adopted="**becomes `cpu-quick`'s precision**",
+                               after_cost=share)
 
 
 def frozen_phase_precision() -> str:

@@ -320,6 +320,26 @@ def frozen_prefix() -> str:
                              "The encoder frozen up to the /4 features")
 
 
+def throughput_sentence(lever: str, base: dict[str, list[float]], cand: dict[str, list[float]],
+                        adopted: str = "**becomes `cpu-quick`**", after_cost: str = "") -> str:
+    """A throughput lever by the module doc's two rules, paired by training seed with the same run's cpu-quick
+    (`figures` of each): per seed, the images per CPU-second against the reference's (cheaper?), `after_cost`, then
+    the best validation mean IoU against it (equal quality?) and the verdict (`adopted` when both rules hold)."""
+    speed = [c / b for b, c in zip(base["images_per_cpu_s"], cand["images_per_cpu_s"])]
+    paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
+    is_cheaper, is_equal = min(speed) >= CHEAPER, equal_quality(paired)
+    verdict = (f"so by the two rules it {adopted}" if is_cheaper and is_equal else
+               "so by the rules it is **not adopted**: " + " and ".join(
+                   part for part, failed in ((f"it is not {CHEAPER:.2f}x cheaper on every seed", not is_cheaper),
+                                             ("it does not keep equal quality", not is_equal)) if failed))
+    return (f"{lever} over `cpu-quick`, training images per CPU-second per seed (the same run): "
+            + ", ".join(f"{x:.2f}x" for x in speed) + f" (cheaper: ≥ {CHEAPER:.2f}x on every seed: "
+            + ("**yes**" if is_cheaper else "**no**") + ")." + after_cost + " Minus `cpu-quick`, best validation mean "
+            "IoU per seed: " + ", ".join(f"{d:+.3f}" for d in paired) + f" (mean {statistics.fmean(paired):+.4f}; "
+            f"equal quality: mean ≥ {EQUAL_MEAN:+.3f} and every seed ≥ {EQUAL_SEED:+.3f}: "
+            + ("**yes**" if is_equal else "**no**") + f"); {verdict}.")
+
+
 def _throughput_lever(reference: str, candidate: str, label: str, stem: str, lever: str) -> str:
     """A throughput lever against the same run's cpu-quick, paired by training seed: per seed, the images per
     CPU-second against the reference's (cheaper?) and the best validation mean IoU against it (equal quality?);
@@ -333,21 +353,7 @@ def _throughput_lever(reference: str, candidate: str, label: str, stem: str, lev
     if base["seeds"] != cand["seeds"]:
         raise ValueError(f"{reference} and {candidate} must hold the same training seeds to be paired")
     rows = _quality_rows((("`cpu-quick` (224 px, 4,800 images)", base), (label, cand)))
-    speed = [c / b for b, c in zip(base["images_per_cpu_s"], cand["images_per_cpu_s"])]
-    paired = [c - b for b, c in zip(base["best_val_mean_iou"], cand["best_val_mean_iou"])]
-    is_cheaper, is_equal = min(speed) >= CHEAPER, equal_quality(paired)
-    verdict = ("so by the two rules it **becomes `cpu-quick`**" if is_cheaper and is_equal else
-               "so by the rules it is **not adopted**: " + " and ".join(
-                   part for part, failed in ((f"it is not {CHEAPER:.2f}x cheaper on every seed", not is_cheaper),
-                                             ("it does not keep equal quality", not is_equal)) if failed))
-    return "\n".join([
-        *rows, "",
-        f"{lever} over `cpu-quick`, training images per CPU-second per seed (the same run): "
-        + ", ".join(f"{x:.2f}x" for x in speed) + f" (cheaper: ≥ {CHEAPER:.2f}x on every seed: "
-        + ("**yes**" if is_cheaper else "**no**") + "). Minus `cpu-quick`, best validation mean IoU per seed: "
-        + ", ".join(f"{d:+.3f}" for d in paired) + f" (mean {statistics.fmean(paired):+.4f}; equal quality: mean ≥ "
-        f"{EQUAL_MEAN:+.3f} and every seed ≥ {EQUAL_SEED:+.3f}: " + ("**yes**" if is_equal else "**no**")
-        + f"); {verdict}.", "",
+    return "\n".join([*rows, "", throughput_sentence(lever, base, cand), "",
         provenance(reports[reference], reference), "", provenance(reports[candidate], candidate)])
 
 
