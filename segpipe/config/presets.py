@@ -20,9 +20,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"batch_size": 4, "gallery_samples": 2, "gallery_worst": 2},
     },
     # The pretrained recipe for a CPU: DeepLabV3+ on an ImageNet MobileNetV2 encoder, frozen for the
-    # first 800 images, then fine-tuned at a tenth of the decoder's learning rate; 8,000 images seen.
-    # Its recipe decisions were withdrawn for re-making on validation figures (benchmarks/recipe_selection.py,
-    # benchmarks/results/recipe-selection.json says which and why). Without internet:
+    # first 800 images, then fine-tuned at a tenth of the decoder's learning rate; 4,800 images seen.
+    # Each recipe decision is made on validation figures of committed results (benchmarks/recipe_selection.py;
+    # benchmarks/results/recipe-selection.json says which run decided each). Without internet:
     # --set model.encoder_weights=FILE or a primed $KERAS_HOME (README).
     # Issue 20's throughput levers (BENCHMARKS.md "Throughput levers"): ASPP and decoder 128 wide, the
     # encoder's batch norms kept in inference mode after unfreezing and folded into their convolutions;

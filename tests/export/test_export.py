@@ -163,34 +163,24 @@ def test_an_ensemble_exports_as_one_artifact_with_parity(exported, tmp_path):
     assert manifest["parity"]["reference"]["mean_iou"] != single.manifest["parity"]["reference"]["mean_iou"]
 
 
-def test_deeplabv3plus_on_the_dilated_encoder_keeps_parity_in_every_format(exported, tmp_path):
+def test_deeplabv3plus_on_the_dilated_encoder_trained_in_bfloat16_keeps_parity_in_every_format(exported, tmp_path):
     """Dilated depthwise convolutions (`model.encoder_tail=dilated`) through every converter: the LiteRT
     converter (its three files) and tf2onnx. The SavedModel runs TensorFlow's own ops, the Keras model's, so
-    dilation cannot convert differently there; it is left out to keep the test short."""
-    from segpipe.export.exporter import export_models
+    dilation cannot convert differently there; it is left out to keep the test short.
 
-    model = _train_tiny_model(tmp_path / "dilated.keras", name="deeplabv3plus", encoder="mobilenetv2",
-                              encoder_alpha=0.35, aspp_filters=8, aspp_rates=(1, 2), encoder_tail="dilated")
-    result = export_models([model], tmp_path / "out", dataset_dir=exported["dataset"], split="test", flip=False,
-                           formats=["litert", "onnx"])
-    assert [a.name for a in result.artifacts] == [a.name for a in exported["result"].artifacts
-                                                  if a.format != "saved_model"]
-    assert result.parity and all(check.passed for check in result.parity), result.parity
-
-
-def test_a_model_trained_in_mixed_bfloat16_exports_with_parity(exported, tmp_path):
-    """A model trained under mixed_bfloat16 (`train.mixed_precision`) saves that policy in its layers; LiteRT has no
-    builtin bfloat16 kernels, so loading for export sets every layer to float32 (`segpipe.models.rebuild.in_float32`)
-    and every format keeps parity with the Keras model as evaluate and predict load it."""
+    The model is trained under mixed_bfloat16 (`train.mixed_precision`, cpu-quick's `auto` on a CPU with native
+    bfloat16), whose layers save that policy; LiteRT has no builtin bfloat16 kernels, so loading for export sets
+    every layer to float32 (`segpipe.models.rebuild.in_float32`), and the exports keep parity with the Keras model
+    as evaluate and predict load it."""
     from segpipe.export.exporter import export_models
     from segpipe.training.precision import global_policy
 
     with global_policy("mixed_bfloat16"):
-        model = _train_tiny_model(tmp_path / "bf16.keras", name="deeplabv3plus", encoder="mobilenetv2",
-                                  encoder_alpha=0.35, aspp_filters=8, aspp_rates=(1, 2))
+        model = _train_tiny_model(tmp_path / "dilated.keras", name="deeplabv3plus", encoder="mobilenetv2",
+                                  encoder_alpha=0.35, aspp_filters=8, aspp_rates=(1, 2), encoder_tail="dilated")
     with zipfile.ZipFile(model) as saved:
         assert "mixed_bfloat16" in saved.read("config.json").decode()  # the file keeps the training precision
-    result = export_models([model], tmp_path / "out", dataset_dir=exported["dataset"], split="test", flip=True,
+    result = export_models([model], tmp_path / "out", dataset_dir=exported["dataset"], split="test", flip=False,
                            formats=["litert", "onnx"])
     assert [a.name for a in result.artifacts] == [a.name for a in exported["result"].artifacts
                                                   if a.format != "saved_model"]
