@@ -359,7 +359,8 @@ def _throughput_lever(reference: str, candidate: str, label: str, stem: str, lev
 
 def presets_quality() -> str:
     """README.md, under the presets table: today's `cpu-quick` (bfloat16) against float32 (paired seeds, one
-    interleaved run), float32 against the same recipe with its whole encoder fine-tuned (another), that recipe against 160 px (another interleaved run) and
+    interleaved run), float32 against the same recipe with its whole encoder fine-tuned (another), that recipe
+    against 160 px (another interleaved run) and
     `cpu-quick` before issue 20 (validation, then held-out, scored once after training)."""
     reports = {name: load(name) for name in (CURRENT, INTERLEAVED_13, FROZEN_STRIDE4, INTERLEAVED_10,
                                              WHOLE_ENCODER_224, INTERLEAVED_2, STRIDE4)}

@@ -58,12 +58,21 @@ def in_float32(model: Any) -> Any:
     mixed-precision policy (`mixed_bfloat16`, `mixed_float16`) set to float32."""
     import keras
 
-    config = copy.deepcopy(model.get_config())
-    if not _to_float32(config):
+    if not _has_mixed_layer(model):  # the common case costs a walk over the layers, not a config copy
         return model
+    config = copy.deepcopy(model.get_config())
+    _to_float32(config)
     rebuilt = keras.Model.from_config(config)
     rebuilt.set_weights(model.get_weights())
     return rebuilt
+
+
+def _has_mixed_layer(model: Any) -> bool:
+    """Whether any layer of `model`, nested models' layers included, has a mixed-precision policy."""
+    import keras
+
+    return any(layer.dtype_policy.name.startswith("mixed_")
+               or (isinstance(layer, keras.Model) and _has_mixed_layer(layer)) for layer in model.layers)
 
 
 def _to_float32(node: Any) -> int:
